@@ -1,0 +1,172 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Gohsp.VisionTransformer;
+
+/// <summary>A linear layer (weight [out, in], bias [out]) that honours the model's <see cref="ComputePrecision"/>.</summary>
+internal sealed class ViTLinear : nn.Module<Tensor, Tensor>
+{
+    private readonly ComputeSettings _settings;
+#pragma warning disable IDE1006 // names match timm/PyTorch state-dict keys
+    public Parameter weight;
+    public Parameter bias;
+#pragma warning restore IDE1006
+
+    public ViTLinear(int inFeatures, int outFeatures, ComputeSettings settings) : base("Linear")
+    {
+        _settings = settings;
+        weight = nn.Parameter(empty(outFeatures, inFeatures));
+        bias = nn.Parameter(zeros(outFeatures));
+        RegisterComponents();
+    }
+
+    public int InFeatures => (int)weight.shape[1];
+    public int OutFeatures => (int)weight.shape[0];
+
+    public override Tensor forward(Tensor x)
+    {
+        if (_settings.Precision == ComputePrecision.BFloat16)
+            return nn.functional.linear(x.to(ScalarType.BFloat16), weight.to(ScalarType.BFloat16), bias.to(ScalarType.BFloat16));
+        return nn.functional.linear(x, weight, bias);
+    }
+}
+
+/// <summary>Patch embedding: a Conv2d with kernel = stride = patch size, flattened to [B, patches, dim].</summary>
+internal sealed class PatchEmbedding : nn.Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006
+    public Conv2d proj;
+#pragma warning restore IDE1006
+
+    public PatchEmbedding(int channels, int embedDim, int patchSize) : base("PatchEmbed")
+    {
+        proj = nn.Conv2d(channels, embedDim, patchSize, stride: patchSize);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var y = proj.forward(x);            // [B, D, H/p, W/p]
+        return y.flatten(2).transpose(1, 2);      // [B, N, D]
+    }
+}
+
+/// <summary>
+/// Multi-head self-attention whose heads share a q/k dim and a v dim (which may differ from each other and
+/// from embedDim/heads after pruning). The fused qkv output is laid out [q heads | k heads | v heads], as timm's.
+/// </summary>
+internal sealed class Attention : nn.Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006
+    public ViTLinear qkv;
+    public ViTLinear proj;
+#pragma warning restore IDE1006
+
+    public ViTBlockSpec Spec { get; }
+
+    /// <summary>Optional per-head multiplier [heads] (the head mask Mᴴ of GOHSP); not a parameter, not saved.</summary>
+    public Tensor? HeadMask { get; set; }
+
+    public Attention(int embedDim, ViTBlockSpec spec, ComputeSettings settings) : base("Attention")
+    {
+        Spec = spec;
+        qkv = new ViTLinear(embedDim, spec.QkvWidth, settings);
+        proj = new ViTLinear(spec.AttentionOutWidth, embedDim, settings);
+        RegisterComponents();
+    }
+
+    /// <summary>Per-head attention outputs before the output projection: [B, heads, N, vDim].</summary>
+    public Tensor HeadOutputs(Tensor x)
+    {
+        long b = x.shape[0], n = x.shape[1];
+        int h = Spec.Heads, dq = Spec.QkDim, dv = Spec.VDim;
+        using var t = qkv.forward(x);
+        using var q = t.narrow(-1, 0, h * dq).view(b, n, h, dq).transpose(1, 2);
+        using var k = t.narrow(-1, h * dq, h * dq).view(b, n, h, dq).transpose(1, 2);
+        using var v = t.narrow(-1, 2 * h * dq, h * dv).view(b, n, h, dv).transpose(1, 2);
+        return nn.functional.scaled_dot_product_attention(q, k, v);
+    }
+
+    /// <summary>Attention probabilities per head: [B, heads, N, N] (used by attention-map head similarities).</summary>
+    public Tensor AttentionMaps(Tensor x)
+    {
+        long b = x.shape[0], n = x.shape[1];
+        int h = Spec.Heads, dq = Spec.QkDim;
+        using var t = qkv.forward(x);
+        using var q = t.narrow(-1, 0, h * dq).view(b, n, h, dq).transpose(1, 2);
+        using var k = t.narrow(-1, h * dq, h * dq).view(b, n, h, dq).transpose(1, 2);
+        using var s = matmul(q, k.transpose(-2, -1)).mul_(1.0 / Math.Sqrt(dq));
+        return s.to(ScalarType.Float32).softmax(-1);
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        long b = x.shape[0], n = x.shape[1];
+        var o = HeadOutputs(x);                                       // [B, h, N, dv]
+        if (HeadMask is not null)
+        {
+            var masked = o.mul(HeadMask.to(o.dtype).view(1, Spec.Heads, 1, 1));
+            o.Dispose();
+            o = masked;
+        }
+        using (o)
+        using (var merged = o.transpose(1, 2).reshape(b, n, Spec.AttentionOutWidth))
+            return proj.forward(merged);
+    }
+}
+
+/// <summary>Two-layer MLP with exact GELU.</summary>
+internal sealed class Mlp : nn.Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006
+    public ViTLinear fc1;
+    public ViTLinear fc2;
+#pragma warning restore IDE1006
+
+    public Mlp(int embedDim, int hidden, ComputeSettings settings) : base("Mlp")
+    {
+        fc1 = new ViTLinear(embedDim, hidden, settings);
+        fc2 = new ViTLinear(hidden, embedDim, settings);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var h = fc1.forward(x);
+        using var a = nn.functional.gelu(h);
+        return fc2.forward(a);
+    }
+}
+
+/// <summary>Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)).</summary>
+internal sealed class Block : nn.Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006
+    public LayerNorm norm1;
+    public Attention attn;
+    public LayerNorm norm2;
+    public Mlp mlp;
+#pragma warning restore IDE1006
+
+    public Block(int embedDim, ViTBlockSpec spec, double eps, ComputeSettings settings) : base("Block")
+    {
+        norm1 = nn.LayerNorm(embedDim, eps);
+        attn = new Attention(embedDim, spec, settings);
+        norm2 = nn.LayerNorm(embedDim, eps);
+        mlp = new Mlp(embedDim, spec.MlpHidden, settings);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        Tensor x1;
+        using (var n1 = norm1.forward(x))
+        using (var a = attn.forward(n1))
+            x1 = x + a;                                   // float32 residual stream (bf16 promotes)
+        using (x1)
+        using (var n2 = norm2.forward(x1))
+        using (var m = mlp.forward(n2))
+            return x1 + m;
+    }
+}

@@ -1,0 +1,189 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Gohsp.VisionTransformer;
+
+/// <summary>
+/// A vision transformer (ViT/DeiT family) in pure TorchSharp: patch embedding, class token, learned position
+/// embedding, pre-norm blocks, final LayerNorm and a linear head on the class token. Its shape is given by a
+/// <see cref="ViTArchitecture"/>, which may differ per block. State-dict keys follow timm
+/// (<c>patch_embed.proj.weight</c>, <c>cls_token</c>, <c>pos_embed</c>, <c>blocks.N.attn.qkv.weight</c>, …).
+/// </summary>
+/// <remarks>Input: normalised images [B, C, H, W] float32. Output: logits [B, classes] float32.</remarks>
+public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
+{
+    private readonly ComputeSettings _settings = new();
+
+#pragma warning disable IDE1006 // names match timm/PyTorch state-dict keys
+    private readonly PatchEmbedding patch_embed;
+    private readonly Parameter cls_token;
+    private readonly Parameter pos_embed;
+    private readonly ModuleList<Block> blocks;
+    private readonly LayerNorm norm;
+    private readonly ViTLinear head;
+#pragma warning restore IDE1006
+
+    /// <summary>Builds a model with freshly initialised weights (truncated normal σ=0.02 as in timm/DeiT).</summary>
+    /// <param name="architecture">The architecture.</param>
+    /// <param name="seed">Seed for the weight initialisation; null uses the global torch generator.</param>
+    public VisionTransformerModel(ViTArchitecture architecture, long? seed = null) : base("VisionTransformer")
+    {
+        ArgumentNullException.ThrowIfNull(architecture);
+        architecture.Validate();
+        Architecture = architecture;
+        int d = architecture.EmbedDim;
+        patch_embed = new PatchEmbedding(architecture.Channels, d, architecture.PatchSize);
+        cls_token = nn.Parameter(zeros(1, 1, d));
+        pos_embed = nn.Parameter(zeros(1, architecture.SequenceLength, d));
+        blocks = new ModuleList<Block>(architecture.Blocks.Select(b => new Block(d, b, architecture.LayerNormEps, _settings)).ToArray());
+        norm = nn.LayerNorm(d, architecture.LayerNormEps);
+        head = new ViTLinear(d, architecture.NumClasses, _settings);
+        RegisterComponents();
+        Initialize(seed);
+    }
+
+    /// <summary>The architecture this model was built from.</summary>
+    public ViTArchitecture Architecture { get; }
+
+    /// <summary>Precision of the matrix products (float32 by default; see <see cref="ComputePrecision"/>).</summary>
+    public ComputePrecision Precision
+    {
+        get => _settings.Precision;
+        set => _settings.Precision = value;
+    }
+
+    internal IList<Block> Blocks => blocks;
+    internal LayerNorm FinalNorm => norm;
+    internal ViTLinear Head => head;
+    internal Parameter ClassToken => cls_token;
+    internal Parameter PositionEmbedding => pos_embed;
+    internal Conv2d PatchProjection => patch_embed.proj;
+
+    private void Initialize(long? seed)
+    {
+        using var _ = no_grad();
+        Generator? g = seed is long s ? new Generator((ulong)s) : null;
+        try
+        {
+            nn.init.trunc_normal_(pos_embed, std: 0.02, generator: g);
+            nn.init.trunc_normal_(cls_token, std: 0.02, generator: g);
+            foreach (var m in modules())
+            {
+                if (m is ViTLinear l)
+                {
+                    nn.init.trunc_normal_(l.weight, std: 0.02, generator: g);
+                    l.bias.zero_();
+                }
+            }
+            // Patch embedding: PyTorch's default Conv2d init (kaiming-uniform), made reproducible by the generator.
+            var w = patch_embed.proj.weight!;
+            double fanIn = w.shape[1] * w.shape[2] * w.shape[3];
+            double bound = 1.0 / Math.Sqrt(fanIn);
+            w.uniform_(-bound, bound, generator: g);
+            patch_embed.proj.bias?.uniform_(-bound, bound, generator: g);
+        }
+        finally
+        {
+            g?.Dispose();
+        }
+    }
+
+    /// <summary>Token features after the final norm: [B, N+1, D].</summary>
+    public Tensor ForwardTokens(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        var x = TokensBeforeBlocks(images);
+        foreach (var b in blocks) x = b.forward(x);
+        return norm.forward(x).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Patch embedding + class token + position embedding: the input of block 0, [B, N+1, D].</summary>
+    internal Tensor TokensBeforeBlocks(Tensor images)
+    {
+        CheckInput(images);
+        long b = images.shape[0];
+        using var p = patch_embed.forward(images);
+        using var cls = cls_token.expand(b, -1, -1);
+        using var t = cat([cls, p], 1);
+        return t.add(pos_embed);
+    }
+
+    /// <summary>Logits [B, classes] for normalised images [B, C, H, W].</summary>
+    public override Tensor forward(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        var x = TokensBeforeBlocks(images);
+        foreach (var b in blocks) x = b.forward(x);
+        using var c = x.select(1, 0);
+        using var n = norm.forward(c);
+        var logits = head.forward(n);
+        if (logits.dtype != ScalarType.Float32) logits = logits.to(ScalarType.Float32);
+        return logits.MoveToOuterDisposeScope();
+    }
+
+    private void CheckInput(Tensor images)
+    {
+        var a = Architecture;
+        if (images.dim() != 4 || images.shape[1] != a.Channels || images.shape[2] != a.ImageSize || images.shape[3] != a.ImageSize)
+            throw new ArgumentException(
+                $"Expected images of shape [B, {a.Channels}, {a.ImageSize}, {a.ImageSize}], got [{string.Join(", ", images.shape)}].", nameof(images));
+    }
+
+    /// <summary>Number of trainable parameter elements actually held by the module.</summary>
+    public long CountParameters() => parameters().Sum(p => p.numel());
+
+    /// <summary>
+    /// Writes the architecture followed by the weights (TorchSharp's <c>Module.save</c> format) to a stream.
+    /// This is the payload stored inside an ML.NET model zip.
+    /// </summary>
+    public void Save(BinaryWriter writer)
+    {
+        ArgumentNullException.ThrowIfNull(writer);
+        Architecture.Write(writer);
+        writer.Write((int)Precision);
+        save(writer); // TorchSharp copies device tensors to the CPU as it writes them
+    }
+
+    /// <summary>Reads a model written by <see cref="Save"/>. Throws <see cref="InvalidDataException"/> on corrupted input.</summary>
+    public static VisionTransformerModel Load(BinaryReader reader)
+    {
+        ArgumentNullException.ThrowIfNull(reader);
+        ViTArchitecture arch;
+        int precision;
+        try
+        {
+            arch = ViTArchitecture.Read(reader);
+            precision = reader.ReadInt32();
+        }
+        catch (EndOfStreamException e)
+        {
+            throw new InvalidDataException("The ViT model data is truncated.", e);
+        }
+        var model = new VisionTransformerModel(arch, seed: 0);
+        try
+        {
+            model.load(reader, strict: true);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            model.Dispose();
+            throw new InvalidDataException("The ViT weights are corrupted or do not match the stored architecture: " + e.Message, e);
+        }
+        model.Precision = Enum.IsDefined(typeof(ComputePrecision), precision) ? (ComputePrecision)precision : ComputePrecision.Float32;
+        return model;
+    }
+
+    /// <summary>A deep copy (same architecture, copied weights) on the same device.</summary>
+    public VisionTransformerModel Clone()
+    {
+        using var ms = new MemoryStream();
+        using (var w = new BinaryWriter(ms, System.Text.Encoding.UTF8, leaveOpen: true)) Save(w);
+        ms.Position = 0;
+        using var r = new BinaryReader(ms);
+        var copy = Load(r);
+        var device = parameters().First().device;
+        if (device.type != DeviceType.CPU) copy.to(device);
+        return copy;
+    }
+}
