@@ -1,0 +1,51 @@
+using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Runtime;
+
+namespace Microsoft.ML.Gohsp;
+
+/// <summary>Every public ML.NET entry point of Microsoft.ML.Gohsp, as extension methods on the ML.NET catalogs.</summary>
+public static class GohspCatalog
+{
+    /// <summary>
+    /// A vision-transformer trainer: <c>mlContext.MulticlassClassification.Trainers.ViTClassification(...)</c>.
+    /// </summary>
+    /// <param name="catalog">The multiclass trainers catalog.</param>
+    /// <param name="labelColumnName">Key-typed label column.</param>
+    /// <param name="imageColumnName">MLImage column, or planar float vector column.</param>
+    /// <param name="architecturePreset">Architecture preset name (see <see cref="VisionTransformer.ViTArchitecture.PresetNames"/>).</param>
+    /// <param name="epochs">Training epochs.</param>
+    /// <param name="batchSize">Images per step.</param>
+    public static ViTClassificationTrainer ViTClassification(this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
+        string labelColumnName = DefaultColumnNames.Label, string imageColumnName = "Image", string architecturePreset = "cifar-tiny",
+        int epochs = 10, int batchSize = 64)
+        => ViTClassification(catalog, new ViTClassificationTrainer.Options
+        {
+            LabelColumnName = labelColumnName,
+            ImageColumnName = imageColumnName,
+            ArchitecturePreset = architecturePreset,
+            Epochs = epochs,
+            BatchSize = batchSize,
+        });
+
+    /// <summary>A vision-transformer trainer with all options.</summary>
+    /// <param name="catalog">The multiclass trainers catalog.</param>
+    /// <param name="options">Trainer options.</param>
+    public static ViTClassificationTrainer ViTClassification(this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
+        ViTClassificationTrainer.Options options)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(options);
+        return new ViTClassificationTrainer(CatalogUtils.GetEnvironment(catalog), options);
+    }
+
+    /// <summary>
+    /// Saves a model like <c>mlContext.Model.Save</c>, but atomically: the zip is written to a temporary file next to
+    /// <paramref name="path"/> and renamed into place, so a failure never leaves a half-written model behind.
+    /// </summary>
+    public static void SaveAtomically(this ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, string path)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        AtomicFile.Write(path, stream => catalog.Save(model, inputSchema, stream));
+    }
+}

@@ -1,0 +1,192 @@
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Gohsp.VisionTransformer;
+using Microsoft.ML.Runtime;
+using Microsoft.ML.Trainers;
+
+namespace Microsoft.ML.Gohsp.MLNet;
+
+/// <summary>
+/// Trains a vision transformer (ViT/DeiT family, TorchSharp) for multiclass image classification inside an
+/// ML.NET pipeline. Input: an <see cref="MLImage"/> column or a planar float vector column
+/// (<c>ExtractPixels(interleavePixelColors: false)</c>) and a key-typed label. Output: <c>Score</c> (class
+/// probabilities with the label's key values as slot names) and <c>PredictedLabel</c>. The result is a standard
+/// <see cref="MulticlassPredictionTransformer{TModel}"/>, so <c>Evaluate</c>, <c>Model.Save</c>/<c>Model.Load</c>
+/// and <c>CreatePredictionEngine</c> work as with any ML.NET trainer.
+/// </summary>
+public sealed class ViTClassificationTrainer :
+    TrainerEstimatorBase<MulticlassPredictionTransformer<ViTModelParameters>, ViTModelParameters>,
+    IEstimator<MulticlassPredictionTransformer<ViTModelParameters>>
+{
+    internal const string LoadName = "ViTClassification";
+
+    /// <summary>Options of <see cref="ViTClassificationTrainer"/>.</summary>
+    public sealed class Options : ViTTrainingOptions
+    {
+        /// <summary>Name of the key-typed label column. Default "Label".</summary>
+        public string LabelColumnName { get; set; } = DefaultColumnNames.Label;
+
+        /// <summary>Name of the image column: MLImage, or a known-size float vector of planar CHW pixels. Default "Image".</summary>
+        public string ImageColumnName { get; set; } = "Image";
+
+        /// <summary>
+        /// Architecture preset (see <see cref="ViTArchitecture.PresetNames"/>) used when <see cref="Architecture"/>
+        /// is null. Default "cifar-tiny" (32×32, patch 4, 192 wide, 6 blocks, 3 heads).
+        /// </summary>
+        public string ArchitecturePreset { get; set; } = "cifar-tiny";
+
+        /// <summary>An explicit architecture (its class count is replaced by the label's key count). Overrides <see cref="ArchitecturePreset"/>.</summary>
+        public ViTArchitecture? Architecture { get; set; }
+
+        /// <summary>Image size fed to the model (images are resized to it); null keeps the architecture's. Must be divisible by the patch size.</summary>
+        public int? ImageSize { get; set; }
+
+        /// <summary>Optional validation data (same columns); its accuracy is logged after every epoch.</summary>
+        public IDataView? ValidationSet { get; set; }
+
+        /// <summary>Optional callback receiving progress after every step and epoch.</summary>
+        public IProgress<ViTTrainingProgress>? Progress { get; set; }
+
+        /// <summary>The architecture to train for <paramref name="numClasses"/> classes.</summary>
+        public ViTArchitecture ResolveArchitecture(int numClasses)
+        {
+            var a = Architecture ?? ViTArchitecture.FromPreset(ArchitecturePreset, Math.Max(numClasses, 2));
+            a = a.WithNumClasses(Math.Max(numClasses, 2));
+            if (ImageSize is int s && s != a.ImageSize)
+            {
+                if (s <= 0) throw new ArgumentOutOfRangeException(nameof(ImageSize), s, "ImageSize must be positive.");
+                if (s % a.PatchSize != 0)
+                    throw new ArgumentOutOfRangeException(nameof(ImageSize), s, $"ImageSize ({s}) must be divisible by the patch size ({a.PatchSize}).");
+                a = new ViTArchitecture(s, a.PatchSize, a.Channels, a.EmbedDim, a.NumClasses, a.Blocks, a.LayerNormEps);
+            }
+            return a;
+        }
+
+        /// <summary>Validates everything that can be checked without data.</summary>
+        public void ValidateOptions()
+        {
+            if (string.IsNullOrWhiteSpace(LabelColumnName)) throw new ArgumentException("LabelColumnName must be set.", nameof(LabelColumnName));
+            if (string.IsNullOrWhiteSpace(ImageColumnName)) throw new ArgumentException("ImageColumnName must be set.", nameof(ImageColumnName));
+            var a = ResolveArchitecture(2);
+            Validate(a.Channels);
+        }
+    }
+
+    private static readonly TrainerInfo _info = new(normalization: false, caching: false);
+    private readonly Options _options;
+
+    /// <inheritdoc />
+    public override PredictionKind PredictionKind => PredictionKind.MulticlassClassification;
+
+    /// <inheritdoc />
+    public override TrainerInfo Info => _info;
+
+    internal ViTClassificationTrainer(IHostEnvironment env, Options options)
+        : base(Contracts.CheckRef(env, nameof(env)).Register(LoadName),
+            TrainerUtils.MakeR4VecFeature(options?.ImageColumnName ?? "Image"),
+            TrainerUtils.MakeU4ScalarColumn(options?.LabelColumnName ?? DefaultColumnNames.Label))
+    {
+        Host.CheckValue(options, nameof(options));
+        options!.ValidateOptions();
+        _options = options;
+    }
+
+    /// <summary>The options this trainer was created with.</summary>
+    public Options TrainerOptions => _options;
+
+    /// <summary>
+    /// Checks the input schema and returns the output schema (adds <c>Score</c> and <c>PredictedLabel</c>). Throws
+    /// <see cref="ArgumentOutOfRangeException"/> naming the column when the image or label column is missing or of the wrong type.
+    /// </summary>
+    public new SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        Host.CheckValue(inputSchema, nameof(inputSchema));
+        var arch = _options.ResolveArchitecture(2);
+        ImageColumn.Check(inputSchema, _options.ImageColumnName, arch.Channels, nameof(Options.ImageColumnName));
+        if (!inputSchema.TryFindColumn(_options.LabelColumnName, out var label))
+            throw new ArgumentOutOfRangeException(nameof(Options.LabelColumnName), $"Label column '{_options.LabelColumnName}' was not found in the input schema.");
+        if (!label.IsKey || label.Kind != SchemaShape.Column.VectorKind.Scalar)
+            throw new ArgumentOutOfRangeException(nameof(Options.LabelColumnName),
+                $"Label column '{_options.LabelColumnName}' has type {label.GetTypeString()}; expected a key type (use MapValueToKey).");
+        var outColumns = inputSchema.ToDictionary(c => c.Name);
+        foreach (var c in GetOutputColumnsCore(inputSchema)) outColumns[c.Name] = c;
+        return new SchemaShape(outColumns.Values);
+    }
+
+    SchemaShape IEstimator<MulticlassPredictionTransformer<ViTModelParameters>>.GetOutputSchema(SchemaShape inputSchema) => GetOutputSchema(inputSchema);
+
+    /// <summary>Trains the model. Input problems (missing/mistyped columns, wrong sizes, no rows, NaN/∞ pixels) throw before any training.</summary>
+    public new MulticlassPredictionTransformer<ViTModelParameters> Fit(IDataView input)
+    {
+        Host.CheckValue(input, nameof(input));
+        GetOutputSchema(SchemaShape.Create(input.Schema));
+        var labelType = input.Schema[_options.LabelColumnName].Type as KeyDataViewType;
+        var arch = _options.ResolveArchitecture(labelType!.GetCountAsInt32(Host));
+        ImageColumn.Check(input.Schema, _options.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ImageColumnName));
+        if (_options.ValidationSet is not null)
+            ImageColumn.Check(_options.ValidationSet.Schema, _options.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ValidationSet));
+        // What TrainerEstimatorBase.TrainTransformer does, minus its float-vector-only feature check.
+        var roles = new RoleMappedData(input, label: _options.LabelColumnName, feature: _options.ImageColumnName);
+        var model = TrainModelCore(new TrainContext(roles));
+        return MakeTransformer(model, input.Schema);
+    }
+
+    MulticlassPredictionTransformer<ViTModelParameters> IEstimator<MulticlassPredictionTransformer<ViTModelParameters>>.Fit(IDataView input) => Fit(input);
+
+    /// <inheritdoc />
+    public override SchemaShape.Column[] GetOutputColumnsCore(SchemaShape inputSchema)
+    {
+        inputSchema.TryFindColumn(LabelColumn.Name, out var labelCol);
+        var predLabelMetadata = new SchemaShape(labelCol.Annotations.Where(x => x.Name == AnnotationUtils.Kinds.KeyValues)
+            .Concat(AnnotationUtils.GetTrainerOutputAnnotation()));
+        return
+        [
+            new SchemaShape.Column(DefaultColumnNames.Score, SchemaShape.Column.VectorKind.Vector, NumberDataViewType.Single, false,
+                new SchemaShape(AnnotationUtils.AnnotationsForMulticlassScoreColumn(labelCol))),
+            new SchemaShape.Column(DefaultColumnNames.PredictedLabel, SchemaShape.Column.VectorKind.Scalar, NumberDataViewType.UInt32, true,
+                predLabelMetadata),
+        ];
+    }
+
+    /// <inheritdoc />
+    public override MulticlassPredictionTransformer<ViTModelParameters> MakeTransformer(ViTModelParameters model, DataViewSchema trainSchema)
+        => new(Host, model, trainSchema, FeatureColumn.Name, LabelColumn.Name);
+
+    /// <inheritdoc />
+    public override ViTModelParameters TrainModelCore(TrainContext context)
+    {
+        Host.CheckValue(context, nameof(context));
+        var data = context.TrainingSet.Data;
+        var o = _options;
+        var labelType = (KeyDataViewType)data.Schema[o.LabelColumnName].Type;
+        int numClasses = labelType.GetCountAsInt32(Host);
+        if (numClasses < 2)
+            throw new ArgumentOutOfRangeException(nameof(Options.LabelColumnName), $"Label column '{o.LabelColumnName}' has {numClasses} key value(s); at least 2 classes are needed.");
+        var arch = o.ResolveArchitecture(numClasses);
+
+        using var ch = Host.Start("Training");
+        var train = ImageColumn.ReadAll(data, o.ImageColumnName, o.LabelColumnName, arch.Channels, arch.ImageSize, out int skipped);
+        if (skipped > 0) ch.Warning("{0} row(s) with a missing label were skipped.", skipped);
+        if (train.Count == 0)
+            throw new ArgumentException($"The training data has no rows with a label (column '{o.LabelColumnName}'); nothing to train on.", "input");
+
+        ImageTensorData? valid = null;
+        var validView = o.ValidationSet ?? context.ValidationSet?.Data;
+        if (validView is not null)
+        {
+            valid = ImageColumn.ReadAll(validView, o.ImageColumnName, o.LabelColumnName, arch.Channels, arch.ImageSize, out _);
+            if (valid.Count == 0) throw new ArgumentException("The validation set has no labelled rows.", nameof(Options.ValidationSet));
+        }
+
+        ch.Info("Training {0} ({1:N0} parameters, {2:N1} MFLOPs/image) on {3} images, {4} classes.",
+            arch, arch.ParameterCount, arch.ForwardFlops / 1e6, train.Count, numClasses);
+        TorchDevices.ApplyThreads(o.NumberOfThreads);
+        var model = new VisionTransformerModel(arch, o.Seed);
+        var loop = new TrainingLoop(o, "dense", line => ch.Info(line), o.Progress);
+        loop.Train(model, train, valid);
+        var inputType = data.Schema[o.ImageColumnName].Type;
+        var kind = ImageColumn.CheckType(inputType, o.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ImageColumnName));
+        return new ViTModelParameters(Host, model, kind, inputType, ViTPreprocessing.From(o), o.Device) { TrainingHistory = loop.History };
+    }
+}

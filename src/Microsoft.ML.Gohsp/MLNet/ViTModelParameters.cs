@@ -1,0 +1,207 @@
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Gohsp.VisionTransformer;
+using Microsoft.ML.Model;
+using Microsoft.ML.Runtime;
+using Microsoft.ML.Trainers;
+using Microsoft.ML.Transforms.Image;
+using TorchSharp;
+using static TorchSharp.torch;
+
+// Registered like first-party ML.NET models: Model.Load finds the loader in a fresh process with no registration call.
+[assembly: LoadableClass(typeof(ViTModelParameters), null, typeof(SignatureLoadModel),
+    "Vision Transformer multiclass predictor", ViTModelParameters.LoaderSignature)]
+
+namespace Microsoft.ML.Gohsp.MLNet;
+
+/// <summary>
+/// A trained (dense or pruned) vision transformer as ML.NET model parameters: maps an image column to class
+/// probabilities. Produced by <see cref="ViTClassificationTrainer"/> and by the pruning estimators, wrapped in a
+/// <see cref="MulticlassPredictionTransformer{TModel}"/>. Architecture and weights are stored inside the model zip.
+/// </summary>
+public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IValueMapper
+{
+    internal const string LoaderSignature = "GohspViTPredictor";
+    internal const string WeightsStream = "TSModel";
+
+    private static VersionInfo GetVersionInfo() => new(
+        modelSignature: "GOHSPVIT",
+        verWrittenCur: 0x00010001,
+        verReadableCur: 0x00010001,
+        verWeCanReadBack: 0x00010001,
+        loaderSignature: LoaderSignature,
+        loaderAssemblyName: typeof(ViTModelParameters).Assembly.FullName);
+
+    private readonly DataViewType _inputType;
+    private readonly VectorDataViewType _outputType;
+    private readonly Device _device;
+
+    /// <inheritdoc />
+    public override PredictionKind PredictionKind => PredictionKind.MulticlassClassification;
+
+    DataViewType IValueMapper.InputType => _inputType;
+    DataViewType IValueMapper.OutputType => _outputType;
+
+    /// <summary>The TorchSharp model (in evaluation mode). Shared, not copied: do not dispose it.</summary>
+    public VisionTransformerModel Model { get; }
+
+    /// <summary>The model's architecture (per-block heads and widths).</summary>
+    public ViTArchitecture Architecture => Model.Architecture;
+
+    /// <summary>Number of parameters of the model.</summary>
+    public long ParameterCount => Architecture.ParameterCount;
+
+    /// <summary>Forward FLOPs per image (2 × multiply-adds of the matrix products).</summary>
+    public long ForwardFlops => Architecture.ForwardFlops;
+
+    /// <summary>Pre-processing that turns raw pixel values (0…255) into model input.</summary>
+    public ViTPreprocessing Preprocessing { get; }
+
+    internal ImageInputKind InputKind { get; }
+
+    /// <summary>Per-epoch history of the training that produced this model (empty after loading from a file).</summary>
+    public IReadOnlyList<EpochRecord> TrainingHistory { get; internal init; } = Array.Empty<EpochRecord>();
+
+    internal ViTModelParameters(IHostEnvironment env, VisionTransformerModel model, ImageInputKind inputKind, DataViewType inputType,
+        ViTPreprocessing preprocessing, ViTDevice device = ViTDevice.Auto)
+        : base(env, LoaderSignature)
+    {
+        Host.CheckValue(model, nameof(model));
+        Model = model;
+        InputKind = inputKind;
+        _inputType = inputType;
+        Preprocessing = preprocessing;
+        _outputType = new VectorDataViewType(NumberDataViewType.Single, model.Architecture.NumClasses);
+        _device = TorchDevices.Resolve(device);
+        Model.to(_device);
+        Model.eval();
+    }
+
+    private ViTModelParameters(IHostEnvironment env, ModelLoadContext ctx)
+        : base(env, LoaderSignature, ctx)
+    {
+        // *** Binary format ***
+        // int: input kind (0 = planar vector, 1 = MLImage)
+        // int, int: declared image height, width of the MLImage column type (input kind 1)
+        // preprocessing (see ViTPreprocessing.Write)
+        // stream "TSModel": ViTArchitecture + TorchSharp Module.save weights
+        int kind = ctx.Reader.ReadInt32();
+        Host.CheckDecode(kind is 0 or 1, "Unknown ViT input kind");
+        InputKind = (ImageInputKind)kind;
+        int declaredH = ctx.Reader.ReadInt32(), declaredW = ctx.Reader.ReadInt32();
+        Preprocessing = ViTPreprocessing.Read(ctx.Reader);
+        VisionTransformerModel? model = null;
+        bool found;
+        try
+        {
+            found = ctx.TryLoadBinaryStream(WeightsStream, r => model = VisionTransformerModel.Load(r));
+        }
+        catch (InvalidDataException e)
+        {
+            throw new InvalidDataException($"The ViT model stored in this ML.NET zip is corrupted: {e.Message}", e);
+        }
+        if (!found || model is null)
+            throw new InvalidDataException($"The ML.NET zip has no '{WeightsStream}' entry with the ViT weights; the file is incomplete or corrupted.");
+        Model = model;
+        var a = model.Architecture;
+        _inputType = InputKind == ImageInputKind.Image
+            ? new ImageDataViewType(declaredH, declaredW)
+            : new VectorDataViewType(NumberDataViewType.Single, a.Channels, a.ImageSize, a.ImageSize);
+        _outputType = new VectorDataViewType(NumberDataViewType.Single, a.NumClasses);
+        _device = TorchDevices.Resolve(ViTDevice.Auto);
+        Model.to(_device);
+        Model.eval();
+    }
+
+    internal static ViTModelParameters Create(IHostEnvironment env, ModelLoadContext ctx)
+    {
+        Contracts.CheckValue(env, nameof(env));
+        env.CheckValue(ctx, nameof(ctx));
+        ctx.CheckAtModel(GetVersionInfo());
+        return new ViTModelParameters(env, ctx);
+    }
+
+    /// <inheritdoc />
+    public override void SaveCore(ModelSaveContext ctx)
+    {
+        if (InputKind == ImageInputKind.Image)
+            throw new NotSupportedException(
+                "This ViT model was trained directly on an MLImage column. ML.NET 5.0.1 cannot save such a model: its " +
+                "BinarySaver has no codec for MLImage columns, so the train schema would lose the feature column and the " +
+                "zip could not be loaded again. Put mlContext.Transforms.ExtractPixels(\"Pixels\", \"Image\", interleavePixelColors: false) " +
+                "before the trainer and set ImageColumnName = \"Pixels\"; that pipeline saves, loads and accepts MLImage input.");
+        base.SaveCore(ctx);
+        ctx.SetVersionInfo(GetVersionInfo());
+        ctx.Writer.Write((int)InputKind);
+        var img = _inputType as ImageDataViewType;
+        ctx.Writer.Write(img?.Height ?? 0);
+        ctx.Writer.Write(img?.Width ?? 0);
+        Preprocessing.Write(ctx.Writer);
+        ctx.SaveBinaryStream(WeightsStream, w => Model.Save(w));
+    }
+
+    /// <summary>A new model-parameters object over another TorchSharp model with the same input and pre-processing (used by pruning).</summary>
+    internal ViTModelParameters WithModel(VisionTransformerModel model) => new(Host, model, InputKind, _inputType, Preprocessing);
+
+    internal DataViewType InputType => _inputType;
+
+    ValueMapper<TIn, TOut> IValueMapper.GetMapper<TIn, TOut>()
+    {
+        Host.Check(typeof(TOut) == typeof(VBuffer<float>), "ViT models output a float vector of class probabilities.");
+        if (typeof(TIn) == typeof(VBuffer<float>))
+        {
+            ValueMapper<VBuffer<float>, VBuffer<float>> del = MapVector;
+            return (ValueMapper<TIn, TOut>)(Delegate)del;
+        }
+        if (typeof(TIn) == typeof(MLImage))
+        {
+            ValueMapper<MLImage, VBuffer<float>> del = MapImage;
+            return (ValueMapper<TIn, TOut>)(Delegate)del;
+        }
+        throw Host.Except($"A ViT model cannot score input of type {typeof(TIn).Name}; expected MLImage or VBuffer<Single>.");
+    }
+
+    private void MapVector(in VBuffer<float> src, ref VBuffer<float> dst)
+    {
+        var a = Architecture;
+        var x = new float[a.Channels * a.ImageSize * a.ImageSize];
+        ImageColumn.CopyVector(src, x, "Features");
+        Score(x, ref dst);
+    }
+
+    private void MapImage(in MLImage src, ref VBuffer<float> dst)
+    {
+        var a = Architecture;
+        var x = new float[a.Channels * a.ImageSize * a.ImageSize];
+        ImageColumn.CopyImage(src, x, a.ImageSize, "Image");
+        Score(x, ref dst);
+    }
+
+    private void Score(float[] raw, ref VBuffer<float> dst)
+    {
+        var a = Architecture;
+        Preprocessing.NormalizeInPlace(raw, a.Channels);
+        int k = a.NumClasses;
+        var editor = VBufferEditor.Create(ref dst, k);
+        using (var scope = NewDisposeScope())
+        using (no_grad())
+        {
+            var input = tensor(raw, new long[] { 1, a.Channels, a.ImageSize, a.ImageSize });
+            if (_device.type != DeviceType.CPU) input = input.to(_device);
+            var probs = Model.forward(input).softmax(1);
+            if (_device.type != DeviceType.CPU) probs = probs.cpu();
+            probs.data<float>().CopyTo(editor.Values);
+        }
+        dst = editor.Commit();
+    }
+
+    /// <summary>Class probabilities for raw (unnormalised) images in bulk: [Count × classes], row-major.</summary>
+    public float[] PredictProbabilities(ImageTensorData data, int batchSize = 256)
+    {
+        var o = Preprocessing.ToTrainingOptions();
+        o.EvaluationBatchSize = batchSize;
+        return TrainingLoop.PredictProbabilities(Model, data, o, _device);
+    }
+}

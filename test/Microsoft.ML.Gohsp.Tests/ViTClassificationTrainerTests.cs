@@ -1,0 +1,137 @@
+using FluentAssertions;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp.Data;
+using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp.VisionTransformer;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Microsoft.ML.Gohsp.Tests;
+
+public class ViTClassificationTrainerTests : IClassFixture<TrainedModelFixture>
+{
+    private readonly TrainedModelFixture _f;
+    private readonly ITestOutputHelper _out;
+
+    public ViTClassificationTrainerTests(TrainedModelFixture fixture, ITestOutputHelper output)
+    {
+        _f = fixture;
+        _out = output;
+    }
+
+    /// <summary>
+    /// Bar: 25% top-1 on the 1,017 real CIFAR-10 test images (chance is 10%; the binomial standard deviation of
+    /// a chance-level classifier on 1,017 images is 0.9 points, so 25% is more than 15σ above chance). It is set
+    /// well below what 4 short epochs of the micro config reach, so that it only fails when learning is broken.
+    /// </summary>
+    [Fact]
+    public void TrainsClearlyAboveChanceAndEvaluateWorks()
+    {
+        var scored = _f.Model.Transform(_f.Test);
+        var metrics = _f.Ml.MulticlassClassification.Evaluate(scored);
+        _out.WriteLine($"micro accuracy {metrics.MicroAccuracy:P2}, log-loss {metrics.LogLoss:F3}");
+        metrics.MicroAccuracy.Should().BeGreaterThan(0.25);
+        metrics.LogLoss.Should().BeLessThan(Math.Log(10));
+        metrics.ConfusionMatrix.NumberOfClasses.Should().Be(10);
+    }
+
+    [Fact]
+    public void ScoreHasSlotNamesFromKeyValuesAndSumsToOne()
+    {
+        var scored = _f.Model.Transform(_f.Test);
+        VBuffer<ReadOnlyMemory<char>> names = default;
+        scored.Schema["Score"].GetSlotNames(ref names);
+        names.DenseValues().Select(n => n.ToString()).Should().BeEquivalentTo(Cifar10.DefaultClassNames);
+        var scores = scored.GetColumn<float[]>("Score").Take(20).ToList();
+        scores.Should().OnlyContain(s => Math.Abs(s.Sum() - 1f) < 1e-4);
+        scored.Schema["PredictedLabel"].Type.Should().BeOfType<KeyDataViewType>();
+    }
+
+    [Fact]
+    public void ProgressAndLogReportEveryEpoch()
+    {
+        var epochs = _f.Progress.Where(p => p.EpochCompleted).Select(p => p.Epoch).ToList();
+        epochs.Should().Equal(1, 2, 3, 4);
+        _f.Progress.Should().Contain(p => !p.EpochCompleted && p.Step == 1);
+        _f.Log.Should().HaveCount(4).And.Contain(l => l.Contains("epoch 4/4"));
+        _f.Predictor.Model.TrainingHistory.Should().HaveCount(4);
+        _f.Predictor.Model.TrainingHistory[^1].Loss.Should().BeLessThan(_f.Predictor.Model.TrainingHistory[0].Loss);
+    }
+
+    [Fact]
+    public void SaveLoadInFreshContextGivesIdenticalScoresInPredictionEngine()
+    {
+        var path = Path.Combine(_f.TempDir, "model.zip");
+        _f.Ml.Model.SaveAtomically(_f.Model, _f.Train.Schema, path);
+        var fresh = new MLContext();
+        var loaded = fresh.Model.Load(path, out var schema);
+        var before = _f.Ml.Model.CreatePredictionEngine<ImageRow, ScoreRow>(_f.Model);
+        var after = fresh.Model.CreatePredictionEngine<ImageRow, ScoreRow>(loaded);
+        for (int i = 0; i < 8; i++)
+        {
+            var row = new ImageRow { Image = Cifar10.CreateImage(_f.TestSet.GetImage(i)), Label = "cat" };
+            var a = before.Predict(row);
+            var b = after.Predict(row);
+            b.Score.Should().Equal(a.Score);
+            b.PredictedLabel.Should().Be(a.PredictedLabel);
+        }
+        // and the scores equal what the bulk Transform path gives
+        var bulk = _f.Model.Transform(_f.Test).GetColumn<float[]>("Score").First();
+        after.Predict(new ImageRow { Image = Cifar10.CreateImage(_f.TestSet.GetImage(0)), Label = "cat" }).Score
+            .Should().BeEquivalentTo(bulk, o => o.Using<float>(c => c.Subject.Should().BeApproximately(c.Expectation, 1e-5f)).WhenTypeIs<float>());
+    }
+
+    [Fact]
+    public void MLImageInputTrainsAndScoresInMemoryAndRefusesAnUnloadableSave()
+    {
+        var ml = new MLContext(1);
+        var small = Cifar10.ToDataView(ml, _f.TrainSet.Take(300));
+        var o = TrainedModelFixture.SmallOptions();
+        o.Epochs = 1;
+        var model = ml.Transforms.Conversion.MapValueToKey("Label")
+            .Append(ml.MulticlassClassification.Trainers.ViTClassification(o)).Fit(small);
+        var scores = model.Transform(small).GetColumn<float[]>("Score").Take(3).ToList();
+        scores.Should().HaveCount(3).And.OnlyContain(s => s.Length == 10 && Math.Abs(s.Sum() - 1) < 1e-4);
+        var engine = ml.Model.CreatePredictionEngine<ImageRow, ScoreRow>(model);
+        engine.Predict(new ImageRow { Image = Cifar10.CreateImage(_f.TestSet.GetImage(0)), Label = "cat" }).Score.Should().HaveCount(10);
+        var path = Path.Combine(_f.TempDir, "mlimage.zip");
+        var save = () => ml.Model.SaveAtomically(model, small.Schema, path);
+        save.Should().Throw<NotSupportedException>().WithMessage("*ExtractPixels*");
+        File.Exists(path).Should().BeFalse("a failed save must not leave a file behind");
+    }
+
+    [Fact]
+    public void ResumeFromCheckpointContinuesInsteadOfRestarting()
+    {
+        var ml = new MLContext(1);
+        var data = Cifar10.ToDataView(ml, _f.TrainSet.Take(256));
+        var folder = Path.Combine(_f.TempDir, "ckpt");
+        ViTClassificationTrainer.Options Opts(Action<Training.ViTTrainingProgress> onProgress)
+        {
+            var o = TrainedModelFixture.SmallOptions();
+            o.Epochs = 3;
+            o.CheckpointFolder = folder;
+            o.Progress = new SyncProgress<Training.ViTTrainingProgress>(onProgress);
+            return o;
+        }
+        // 1) simulate a kill after epoch 2
+        var killed = Opts(p => { if (p.EpochCompleted && p.Epoch == 2) throw new OperationCanceledException("killed"); });
+        var act = () => ml.Transforms.Conversion.MapValueToKey("Label").Append(ml.MulticlassClassification.Trainers.ViTClassification(killed)).Fit(data);
+        act.Should().Throw<OperationCanceledException>();
+        File.Exists(Path.Combine(folder, "checkpoint.bin")).Should().BeTrue();
+        // 2) run again: only epoch 3 runs
+        var seen = new List<int>();
+        var resumed = ml.Transforms.Conversion.MapValueToKey("Label")
+            .Append(ml.MulticlassClassification.Trainers.ViTClassification(Opts(p => { if (p.EpochCompleted) seen.Add(p.Epoch); }))).Fit(data);
+        seen.Should().Equal(3);
+        resumed.LastTransformer.Model.TrainingHistory.Select(h => h.Epoch).Should().Equal(1, 2, 3);
+        // 3) same result as an uninterrupted run
+        var straightOpts = TrainedModelFixture.SmallOptions();
+        straightOpts.Epochs = 3;
+        var straight = ml.Transforms.Conversion.MapValueToKey("Label").Append(ml.MulticlassClassification.Trainers.ViTClassification(straightOpts)).Fit(data);
+        var a = resumed.LastTransformer.Model.Model.parameters().ToArray();
+        var b = straight.LastTransformer.Model.Model.parameters().ToArray();
+        a.Zip(b).Max(t => TensorAssert.MaxAbsDiff(t.First, t.Second)).Should().BeLessThan(1e-4);
+    }
+}
