@@ -1,21 +1,148 @@
+// Benchmark of the reference ViT config (embed 192, depth 6, 3 heads, MLP 768, 32×32, patch 4, batch 64, 2 threads).
+// Prints human-readable lines, then ONE JSON object as the last line.
+// Usage: ./build.sh bench [-- --threads N --batch N --reps N --rss-epochs N --data PATH]
 using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Microsoft.ML.Gohsp.Data;
+using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using TorchSharp;
 using static TorchSharp.torch;
 
-torch.set_num_threads(2);
+var a = ParseArgs(args);
+int threads = a.GetValueOrDefault("threads", 2), batch = a.GetValueOrDefault("batch", 64), reps = a.GetValueOrDefault("reps", 5);
+int rssEpochs = Math.Max(4, a.GetValueOrDefault("rss-epochs", 5));
+torch.set_num_threads(threads);
+manual_seed(0);
 var arch = ViTArchitecture.CifarTiny();
-using var model = new VisionTransformerModel(arch, 0);
-var opt = optim.AdamW(model.parameters(), 1e-3);
-var x = randn(64, 3, 32, 32); var y = randint(0, 10, 64);
-foreach (var prec in new[] { ComputePrecision.Float32, ComputePrecision.BFloat16 })
+double fwd = arch.ForwardFlops;
+
+double gemm = Median(reps, () => GemmGflops());
+Console.WriteLine($"fp32 GEMM 1024³: {gemm:F1} GFLOP/s");
+
+using var model = new VisionTransformerModel(arch, seed: 0);
+var x = randn(batch, 3, 32, 32);
+var y = randint(0, 10, batch);
+double trainFp32 = TrainRate(model, ComputePrecision.Float32);
+double trainBf16 = TrainRate(model, ComputePrecision.BFloat16);
+double infer = InferRate(model);
+Console.WriteLine($"train fp32 {trainFp32:F1} img/s ({trainFp32 * 3 * fwd / 1e9:F1} GFLOP/s, {trainFp32 * 3 * fwd / 1e9 / gemm:P0} of GEMM)");
+Console.WriteLine($"train bf16 {trainBf16:F1} img/s ({trainBf16 / trainFp32:F2}× fp32)");
+Console.WriteLine($"infer fp32 {infer:F1} img/s ({infer * fwd / 1e9:F1} GFLOP/s, {infer * fwd / 1e9 / gemm:P0} of GEMM)");
+
+// Resident memory after each of several short epochs of the real training loop (on real CIFAR-10 images when available).
+var rss = new List<double>();
+var data = LoadData(a.GetValueOrDefault("max-images", 1280));
+using (var m2 = new VisionTransformerModel(arch, seed: 1))
 {
-    model.Precision = prec; model.train();
-    void Step() { using var s = NewDisposeScope(); opt.zero_grad(); var l = nn.functional.cross_entropy(model.forward(x), y); l.backward(); opt.step(); }
+    var o = new ViTTrainingOptions { Epochs = rssEpochs, BatchSize = batch, NumberOfThreads = threads, Device = ViTDevice.Cpu };
+    var loop = new TrainingLoop(o, "bench", null, new SyncProgress(p => { if (p.EpochCompleted) rss.Add(RssMb()); }));
+    loop.Train(m2, data);
+}
+Console.WriteLine($"RSS after each epoch (MB): {string.Join(", ", rss.Select(r => r.ToString("F0")))}");
+
+var result = new Dictionary<string, object>
+{
+    ["config"] = "embed192-depth6-heads3-mlp768-img32-patch4",
+    ["batch"] = batch,
+    ["threads"] = threads,
+    ["train_images_per_s"] = Math.Round(trainFp32, 1),
+    ["infer_images_per_s"] = Math.Round(infer, 1),
+    ["train_images_per_s_bf16"] = Math.Round(trainBf16, 1),
+    ["gemm_gflops"] = Math.Round(gemm, 1),
+    ["forward_flops_per_image"] = arch.ForwardFlops,
+    ["train_gflops"] = Math.Round(trainFp32 * 3 * fwd / 1e9, 1),
+    ["infer_gflops"] = Math.Round(infer * fwd / 1e9, 1),
+    ["train_fraction_of_gemm"] = Math.Round(trainFp32 * 3 * fwd / 1e9 / gemm, 3),
+    ["infer_fraction_of_gemm"] = Math.Round(infer * fwd / 1e9 / gemm, 3),
+    ["bf16_train_speedup"] = Math.Round(trainBf16 / trainFp32, 3),
+    ["rss_mb_per_epoch"] = rss.Select(r => Math.Round(r, 1)).ToArray(),
+    ["rss_drift_from_epoch2"] = rss.Count >= 2 ? Math.Round((rss[^1] - rss[1]) / rss[1], 4) : 0,
+    ["params"] = arch.ParameterCount,
+};
+Console.WriteLine(JsonSerializer.Serialize(result));
+return 0;
+
+double TrainRate(VisionTransformerModel m, ComputePrecision p)
+{
+    m.Precision = p; m.train();
+    using var opt = optim.AdamW(m.parameters(), 1e-4);
+    void Step()
+    {
+        using var s = NewDisposeScope();
+        opt.zero_grad();
+        nn.functional.cross_entropy(m.forward(x), y).backward();
+        opt.step();
+    }
     for (int i = 0; i < 3; i++) Step();
-    var sw = Stopwatch.StartNew(); for (int i = 0; i < 10; i++) Step();
-    Console.WriteLine($"{prec} train img/s {640 / sw.Elapsed.TotalSeconds:F1}  gflops {640 * 3.0 * arch.ForwardFlops / sw.Elapsed.TotalSeconds / 1e9:F1}");
-    model.eval();
-    using (no_grad()) { for (int i = 0; i < 3; i++) model.forward(x).Dispose(); sw.Restart(); for (int i = 0; i < 10; i++) model.forward(x).Dispose(); }
-    Console.WriteLine($"{prec} infer img/s {640 / sw.Elapsed.TotalSeconds:F1}  gflops {640.0 * arch.ForwardFlops / sw.Elapsed.TotalSeconds / 1e9:F1}");
+    double r = Median(reps, () => { var sw = Stopwatch.StartNew(); for (int i = 0; i < 4; i++) Step(); return 4.0 * batch / sw.Elapsed.TotalSeconds; });
+    m.Precision = ComputePrecision.Float32;
+    return r;
+}
+
+double InferRate(VisionTransformerModel m)
+{
+    m.eval();
+    using var _ = no_grad();
+    for (int i = 0; i < 3; i++) m.forward(x).Dispose();
+    return Median(reps, () => { var sw = Stopwatch.StartNew(); for (int i = 0; i < 8; i++) m.forward(x).Dispose(); return 8.0 * batch / sw.Elapsed.TotalSeconds; });
+}
+
+static double GemmGflops()
+{
+    using var s = NewDisposeScope();
+    var m = randn(1024, 1024);
+    for (int i = 0; i < 3; i++) m.matmul(m).Dispose();
+    var sw = Stopwatch.StartNew();
+    for (int i = 0; i < 10; i++) m.matmul(m).Dispose();
+    return 10 * 2.0 * 1024 * 1024 * 1024 / sw.Elapsed.TotalSeconds / 1e9;
+}
+
+static double Median(int n, Func<double> f)
+{
+    var v = Enumerable.Range(0, n).Select(_ => f()).OrderBy(t => t).ToArray();
+    return v[v.Length / 2];
+}
+
+static double RssMb()
+{
+    foreach (var line in File.ReadLines("/proc/self/status"))
+        if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
+            return double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024.0;
+    return Environment.WorkingSet / 1048576.0;
+}
+
+static ImageTensorData LoadData(int maxImages)
+{
+    for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir is not null; dir = dir.Parent)
+    {
+        var p = Path.Combine(dir.FullName, "shared", "data", "cifar-10-subset");
+        if (Directory.Exists(p))
+        {
+            var d = Cifar10.Read(p, Cifar10Split.Train, maxImages);
+            return new ImageTensorData(d.Pixels.Select(b => (float)b).ToArray(), d.Labels.Select(l => (int)l).ToArray(), 3, 32);
+        }
+    }
+    var rng = new Random(0);
+    var px = new float[maxImages * 3072];
+    for (int i = 0; i < px.Length; i++) px[i] = rng.Next(256);
+    return new ImageTensorData(px, Enumerable.Range(0, maxImages).Select(i => i % 10).ToArray(), 3, 32);
+}
+
+static Dictionary<string, int> ParseArgs(string[] args)
+{
+    var d = new Dictionary<string, int>();
+    for (int i = 0; i + 1 < args.Length; i += 2)
+    {
+        if (!args[i].StartsWith("--", StringComparison.Ordinal) || !int.TryParse(args[i + 1], out int v))
+            throw new ArgumentException($"Expected '--name integer' pairs, got '{args[i]} {args[i + 1]}'.");
+        d[args[i][2..]] = v;
+    }
+    return d;
+}
+
+sealed class SyncProgress(Action<ViTTrainingProgress> f) : IProgress<ViTTrainingProgress>
+{
+    public void Report(ViTTrainingProgress value) => f(value);
 }
