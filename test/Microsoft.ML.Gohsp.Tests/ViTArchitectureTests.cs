@@ -88,9 +88,14 @@ public class ViTArchitectureTests
         loaded.eval();
         loaded.Architecture.Should().Be(arch);
         using var x = randn(3, 3, 32, 32);
+        // weights round-trip bit for bit
+        var wa = model.state_dict(); var wb = loaded.state_dict();
+        wb.Keys.Should().BeEquivalentTo(wa.Keys);
+        foreach (var k in wa.Keys) TensorAssert.Same(wa[k], wb[k]).Should().BeTrue(k);
+        // outputs agree (CPU kernels may take alignment-dependent paths, so not necessarily bit for bit)
         using var a = model.forward(x);
         using var b = loaded.forward(x);
-        TensorAssert.Same(a, b).Should().BeTrue();
+        TensorAssert.MaxAbsDiff(a, b).Should().BeLessThan(1e-5);
     }
 
     [Fact]
