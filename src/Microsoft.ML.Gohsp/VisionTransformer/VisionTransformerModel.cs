@@ -62,30 +62,43 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
 
     private void Initialize(long? seed)
     {
+        // Values are drawn in C# from a seeded System.Random, not from torch's global generator, so that the same
+        // seed gives the same weights even while other threads use TorchSharp's RNG.
         using var _ = no_grad();
-        Generator? g = seed is long s ? new Generator((ulong)s) : null;
-        try
+        var rng = seed is long s ? new Random(unchecked((int)(s ^ (s >> 32)))) : new Random();
+        Fill(pos_embed, rng, () => TruncNormal(rng, 0.02));
+        Fill(cls_token, rng, () => TruncNormal(rng, 0.02));
+        foreach (var m in modules())
         {
-            nn.init.trunc_normal_(pos_embed, std: 0.02, generator: g);
-            nn.init.trunc_normal_(cls_token, std: 0.02, generator: g);
-            foreach (var m in modules())
+            if (m is ViTLinear l)
             {
-                if (m is ViTLinear l)
-                {
-                    nn.init.trunc_normal_(l.weight, std: 0.02, generator: g);
-                    l.bias.zero_();
-                }
+                Fill(l.weight, rng, () => TruncNormal(rng, 0.02));
+                l.bias.zero_();
             }
-            // Patch embedding: PyTorch's default Conv2d init (kaiming-uniform), made reproducible by the generator.
-            var w = patch_embed.proj.weight!;
-            double fanIn = w.shape[1] * w.shape[2] * w.shape[3];
-            double bound = 1.0 / Math.Sqrt(fanIn);
-            w.uniform_(-bound, bound, generator: g);
-            patch_embed.proj.bias?.uniform_(-bound, bound, generator: g);
         }
-        finally
+        // Patch embedding: PyTorch's default Conv2d init (kaiming-uniform with a = sqrt(5) => U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
+        var w = patch_embed.proj.weight!;
+        double bound = 1.0 / Math.Sqrt(w.shape[1] * w.shape[2] * w.shape[3]);
+        Fill(w, rng, () => (rng.NextDouble() * 2 - 1) * bound);
+        if (patch_embed.proj.bias is Tensor b) Fill(b, rng, () => (rng.NextDouble() * 2 - 1) * bound);
+    }
+
+    private static void Fill(Tensor t, Random rng, Func<double> next)
+    {
+        var values = new float[t.numel()];
+        for (int i = 0; i < values.Length; i++) values[i] = (float)next();
+        using var src = tensor(values, t.shape);
+        t.copy_(src);
+    }
+
+    /// <summary>Normal(0, std) truncated to [-2, 2] (absolute, as timm's trunc_normal_ defaults).</summary>
+    private static double TruncNormal(Random rng, double std)
+    {
+        while (true)
         {
-            g?.Dispose();
+            double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+            double z = Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2) * std;
+            if (z >= -2 && z <= 2) return z;
         }
     }
 
