@@ -119,4 +119,17 @@ public class ViTArchitectureTests
         pa.Zip(pb).All(t => TensorAssert.Same(t.First, t.Second)).Should().BeTrue();
         pa.Zip(pc).All(t => TensorAssert.Same(t.First, t.Second)).Should().BeFalse();
     }
+
+    [Fact]
+    public void InferencePathEqualsAutogradPath()
+    {
+        using var model = new VisionTransformerModel(Heterogeneous(), seed: 9);
+        model.eval();
+        using var x = randn(4, 3, 32, 32);
+        using var withGrad = model.forward(x);
+        using var noGrad = no_grad();
+        using var inference = model.forward(x);
+        withGrad.requires_grad.Should().BeTrue();
+        TensorAssert.MaxAbsDiff(withGrad.detach(), inference).Should().BeLessThan(1e-5);
+    }
 }

@@ -167,6 +167,11 @@ internal sealed class Mlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var h = fc1.forward(x);
+        if (!is_grad_enabled())
+        {
+            nn.functional.gelu(h, inplace: true);   // inference: no autograd graph to keep the pre-activation for
+            return fc2.forward(h);
+        }
         using var a = nn.functional.gelu(h);
         return fc2.forward(a);
     }
@@ -193,6 +198,7 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        if (!is_grad_enabled()) return ForwardInference(x);
         Tensor x1;
         using (var n1 = norm1.forward(x))
         using (var a = attn.forward(n1))
@@ -201,5 +207,24 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
         using (var n2 = norm2.forward(x1))
         using (var m = mlp.forward(n2))
             return x1 + m;
+    }
+
+    /// <summary>Same maths as <see cref="forward"/> without autograd: residual adds in place, fewer temporaries.</summary>
+    private Tensor ForwardInference(Tensor x)
+    {
+        Tensor x1;
+        using (var n1 = norm1.forward(x))
+        {
+            var a = attn.forward(n1);
+            if (a.dtype == x.dtype) x1 = a.add_(x);
+            else { using (a) x1 = x + a; }
+        }
+        using (x1)
+        using (var n2 = norm2.forward(x1))
+        {
+            var m = mlp.forward(n2);
+            if (m.dtype == x1.dtype) return m.add_(x1);
+            using (m) return x1 + m;
+        }
     }
 }
