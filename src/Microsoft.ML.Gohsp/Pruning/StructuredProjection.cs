@@ -1,0 +1,294 @@
+using System.Collections.Immutable;
+using Microsoft.ML.Gohsp.VisionTransformer;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Gohsp.Pruning;
+
+/// <summary>Importance of every prunable structure of one block (mean squared magnitude per parameter of the structure).</summary>
+public sealed class BlockImportance
+{
+    /// <summary>Per head: q, k, v rows (with biases) and the head's output-projection columns.</summary>
+    public required float[] Heads { get; init; }
+    /// <summary>Per head, per q/k dimension: the q and k rows (with biases) of that dimension.</summary>
+    public required float[][] QkDims { get; init; }
+    /// <summary>Per head, per v dimension: the v row (with bias) and the matching output-projection column.</summary>
+    public required float[][] VDims { get; init; }
+    /// <summary>Per MLP neuron: fc1 row (with bias) and fc2 column.</summary>
+    public required float[] Mlp { get; init; }
+}
+
+/// <summary>Floors and tolerance of the global budget allocation.</summary>
+public sealed class BudgetOptions
+{
+    /// <summary>Smallest number of heads a block keeps (at least 1). Default 1.</summary>
+    public int MinHeads { get; set; } = 1;
+    /// <summary>Smallest q/k and v dimension per head (at least 1). Default 1.</summary>
+    public int MinHeadDim { get; set; } = 1;
+    /// <summary>Smallest MLP width per block (at least 1). Default 1.</summary>
+    public int MinMlpWidth { get; set; } = 1;
+    /// <summary>Allowed deviation of the removed fraction from the requested one (absolute). Default 0.01 (±1%).</summary>
+    public double Tolerance { get; set; } = 0.01;
+}
+
+/// <summary>
+/// The projection Π onto the structured-sparse set, shared by GOHSP soft pruning, SOMP and SGMP: measure structure
+/// importance, allocate a global parameter budget across blocks and structure kinds (heads, q/k dims, v dims, MLP
+/// neurons) with per-block floors, and zero everything outside the resulting <see cref="StructurePlan"/>.
+/// </summary>
+public static class StructuredProjection
+{
+    /// <summary>
+    /// ℓ2 importance of every structure. <paramref name="weightOf"/> maps a parameter to the tensor to measure
+    /// (default: the parameter itself; ADMM passes W + U).
+    /// </summary>
+    public static BlockImportance[] Magnitude(VisionTransformerModel model, Func<TorchSharp.Modules.Parameter, Tensor>? weightOf = null)
+    {
+        weightOf ??= p => p;
+        var a = model.Architecture;
+        var result = new BlockImportance[a.Depth];
+        using var _ = no_grad();
+        for (int bi = 0; bi < a.Depth; bi++)
+        {
+            var spec = a.Blocks[bi];
+            var blk = model.Blocks[bi];
+            int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim, m = spec.MlpHidden;
+            using var scope = NewDisposeScope();
+            // rows of qkv: squared norms over inputs + bias²
+            var qkvRows = Rows(weightOf(blk.attn.qkv.weight), weightOf(blk.attn.qkv.bias));       // [h(2dq+dv)]
+            var projCols = Cols(weightOf(blk.attn.proj.weight));                                     // [h dv]
+            var fc1Rows = Rows(weightOf(blk.mlp.fc1.weight), weightOf(blk.mlp.fc1.bias));            // [m]
+            var fc2Cols = Cols(weightOf(blk.mlp.fc2.weight));                                        // [m]
+            int d = a.EmbedDim;
+            var q = qkvRows.AsSpan(0, h * dq); var k = qkvRows.AsSpan(h * dq, h * dq); var v = qkvRows.AsSpan(2 * h * dq, h * dv);
+            var heads = new float[h]; var qkd = new float[h][]; var vd = new float[h][];
+            for (int i = 0; i < h; i++)
+            {
+                qkd[i] = new float[dq]; vd[i] = new float[dv];
+                double sum = 0;
+                for (int j = 0; j < dq; j++) { float s = q[i * dq + j] + k[i * dq + j]; qkd[i][j] = s / (2 * (d + 1)); sum += s; }
+                for (int j = 0; j < dv; j++) { float s = v[i * dv + j] + projCols[i * dv + j]; vd[i][j] = s / (2 * d + 1); sum += s; }
+                heads[i] = (float)(sum / ((2 * dq + dv) * (d + 1) + dv * d));
+            }
+            var mlp = new float[m];
+            for (int j = 0; j < m; j++) mlp[j] = (fc1Rows[j] + fc2Cols[j]) / (2 * d + 1);
+            result[bi] = new BlockImportance { Heads = heads, QkDims = qkd, VDims = vd, Mlp = mlp };
+        }
+        return result;
+    }
+
+    private static float[] Rows(Tensor w, Tensor b)
+    {
+        using var s = w.square().sum(1).add_(b.square());
+        return s.to(ScalarType.Float32).cpu().data<float>().ToArray();
+    }
+
+    private static float[] Cols(Tensor w)
+    {
+        using var s = w.square().sum(new long[] { 0 }); // not sum(0): a literal 0 converts to the ScalarType overload
+        return s.to(ScalarType.Float32).cpu().data<float>().ToArray();
+    }
+
+    /// <summary>Parameters of a block of the given shape (same formula as <see cref="ViTArchitecture.BlockParameterCount"/>).</summary>
+    internal static long BlockParams(int embedDim, int heads, int qk, int v, int mlp)
+    {
+        long d = embedDim;
+        return 4 * d + (d + 1) * heads * (2L * qk + v) + ((long)heads * v + 1) * d + (d + 1) * mlp + ((long)mlp + 1) * d;
+    }
+
+    /// <summary>
+    /// Allocates a global budget: removes the least important structures (importance normalised by the mean of their
+    /// kind, so kinds are comparable) until the model has lost <paramref name="sparsity"/> of its total parameters,
+    /// within <see cref="BudgetOptions.Tolerance"/>. Within a block, all kept heads keep the same number of q/k and of
+    /// v dims (the indices are chosen per head). <paramref name="fixedHeads"/>, when given, fixes the kept heads per
+    /// block (GOHSP stage 1) and only dims and neurons are allocated.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">sparsity outside (0, 1), or unreachable under the floors.</exception>
+    public static StructurePlan Allocate(ViTArchitecture arch, IReadOnlyList<BlockImportance> importance, double sparsity,
+        BudgetOptions? options = null, IReadOnlyList<IReadOnlyList<int>>? fixedHeads = null)
+    {
+        options ??= new BudgetOptions();
+        if (!(sparsity > 0 && sparsity < 1))
+            throw new ArgumentOutOfRangeException(nameof(sparsity), sparsity, "Sparsity (fraction of parameters removed) must be in (0, 1).");
+        if (importance.Count != arch.Depth) throw new ArgumentException($"Importance has {importance.Count} blocks; the model has {arch.Depth}.", nameof(importance));
+        if (fixedHeads is not null && fixedHeads.Count != arch.Depth) throw new ArgumentException("fixedHeads needs one entry per block.", nameof(fixedHeads));
+        int minHeads = Math.Max(1, options.MinHeads), minDim = Math.Max(1, options.MinHeadDim), minMlp = Math.Max(1, options.MinMlpWidth);
+        int d = arch.EmbedDim;
+        long total = arch.ParameterCount;
+        long target = (long)Math.Round(total * (1 - sparsity));
+        long tol = (long)(total * options.Tolerance);
+
+        // type means for normalisation
+        double headMean = Mean(importance.SelectMany(b => b.Heads));
+        double qkMean = Mean(importance.SelectMany(b => b.QkDims.SelectMany(x => x)));
+        double vMean = Mean(importance.SelectMany(b => b.VDims.SelectMany(x => x)));
+        double mlpMean = Mean(importance.SelectMany(b => b.Mlp));
+
+        var st = new BlockState[arch.Depth];
+        long current = total;
+        for (int b = 0; b < arch.Depth; b++)
+        {
+            var spec = arch.Blocks[b];
+            var imp = importance[b];
+            List<int> heads;
+            if (fixedHeads is not null)
+            {
+                heads = fixedHeads[b].Distinct().OrderBy(i => i).ToList();
+                if (heads.Count == 0) throw new ArgumentOutOfRangeException(nameof(fixedHeads), $"Block {b} would keep no head; every block needs at least one.");
+                if (heads.Any(i => i < 0 || i >= spec.Heads)) throw new ArgumentOutOfRangeException(nameof(fixedHeads), $"Block {b}: head index out of range [0, {spec.Heads}).");
+            }
+            else heads = Enumerable.Range(0, spec.Heads).ToList();
+            st[b] = new BlockState
+            {
+                Heads = heads.OrderByDescending(i => imp.Heads[i]).ThenBy(i => i).ToList(),
+                Qk = spec.QkDim, V = spec.VDim,
+                // per head: dims sorted by descending importance (kept = first Qk/V entries)
+                QkOrder = imp.QkDims.Select(r => Enumerable.Range(0, r.Length).OrderByDescending(j => r[j]).ThenBy(j => j).ToArray()).ToArray(),
+                VOrder = imp.VDims.Select(r => Enumerable.Range(0, r.Length).OrderByDescending(j => r[j]).ThenBy(j => j).ToArray()).ToArray(),
+                MlpOrder = Enumerable.Range(0, spec.MlpHidden).OrderByDescending(j => imp.Mlp[j]).ThenBy(j => j).ToArray(),
+                Mlp = spec.MlpHidden,
+                CanDropHeads = fixedHeads is null,
+            };
+        }
+        current = NonBlock(arch) + st.Sum(s => BlockParams(d, s.Heads.Count, s.Qk, s.V, s.Mlp));
+
+        while (current > target + tol / 2)
+        {
+            // candidates: (score, cost, apply)
+            double best = double.PositiveInfinity; long bestCost = 0; Action? bestApply = null;
+            for (int b = 0; b < arch.Depth; b++)
+            {
+                var s = st[b]; var imp = importance[b];
+                int h = s.Heads.Count;
+                void Consider(double score, long cost, Action apply)
+                {
+                    // prefer not to overshoot below the tolerance band when a cheaper structure can still be removed
+                    if (current - cost < target - tol / 2) score += 1e9;
+                    if (score < best) { best = score; bestCost = cost; bestApply = apply; }
+                }
+                if (s.CanDropHeads && h > minHeads)
+                {
+                    int victim = s.Heads[^1];
+                    long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h - 1, s.Qk, s.V, s.Mlp);
+                    Consider(imp.Heads[victim] / headMean, cost, () => s.Heads.RemoveAt(s.Heads.Count - 1));
+                }
+                if (s.Qk > minDim)
+                {
+                    double score = s.Heads.Average(hh => imp.QkDims[hh][s.QkOrder[hh][s.Qk - 1]]) / qkMean;
+                    long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h, s.Qk - 1, s.V, s.Mlp);
+                    Consider(score, cost, () => s.Qk--);
+                }
+                if (s.V > minDim)
+                {
+                    double score = s.Heads.Average(hh => imp.VDims[hh][s.VOrder[hh][s.V - 1]]) / vMean;
+                    long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h, s.Qk, s.V - 1, s.Mlp);
+                    Consider(score, cost, () => s.V--);
+                }
+                if (s.Mlp > minMlp)
+                {
+                    double score = imp.Mlp[s.MlpOrder[s.Mlp - 1]] / mlpMean;
+                    Consider(score, 2L * d + 1, () => s.Mlp--);
+                }
+            }
+            if (bestApply is null)
+                throw new ArgumentOutOfRangeException(nameof(sparsity), sparsity,
+                    $"Cannot remove {sparsity:P1} of the parameters: the floors (≥{minHeads} head(s), ≥{minDim} dim(s) per head, ≥{minMlp} MLP neuron(s) per block) and the parts that are never pruned (embeddings, norms, head) leave at least {current:N0} of {total:N0}.");
+            bestApply();
+            current -= bestCost;
+        }
+
+        var blocks = st.Select(s =>
+        {
+            var heads = s.Heads.OrderBy(i => i).ToImmutableArray();
+            return new BlockPlan(heads,
+                heads.Select(hh => s.QkOrder[hh].Take(s.Qk).OrderBy(j => j).ToImmutableArray()).ToImmutableArray(),
+                heads.Select(hh => s.VOrder[hh].Take(s.V).OrderBy(j => j).ToImmutableArray()).ToImmutableArray(),
+                s.MlpOrder.Take(s.Mlp).OrderBy(j => j).ToImmutableArray());
+        }).ToImmutableArray();
+        return new StructurePlan(blocks);
+    }
+
+    private static long NonBlock(ViTArchitecture a) => a.NonBlockParameterCount;
+
+    private static double Mean(IEnumerable<float> values)
+    {
+        double s = 0; long n = 0;
+        foreach (var v in values) { s += v; n++; }
+        double m = n == 0 ? 1 : s / n;
+        return m > 0 ? m : 1e-30;
+    }
+
+    private sealed class BlockState
+    {
+        public required List<int> Heads;
+        public required int Qk, V, Mlp;
+        public required int[][] QkOrder, VOrder;
+        public required int[] MlpOrder;
+        public required bool CanDropHeads;
+    }
+
+    // ---- masks -----------------------------------------------------------------------------------------------
+
+    /// <summary>0/1 masks of one block, in the shapes of its prunable parameters.</summary>
+    public sealed class BlockMasks : IDisposable
+    {
+        /// <summary>[qkv width]: rows of qkv.weight and entries of qkv.bias.</summary>
+        public required Tensor QkvRows { get; init; }
+        /// <summary>[heads·vDim]: columns of proj.weight.</summary>
+        public required Tensor ProjCols { get; init; }
+        /// <summary>[mlp]: rows of fc1 (and its bias) and columns of fc2.</summary>
+        public required Tensor Mlp { get; init; }
+
+        /// <inheritdoc />
+        public void Dispose() { QkvRows.Dispose(); ProjCols.Dispose(); Mlp.Dispose(); }
+    }
+
+    /// <summary>Builds 0/1 masks for <paramref name="plan"/> on <paramref name="device"/> (float32).</summary>
+    public static BlockMasks[] Masks(ViTArchitecture arch, StructurePlan plan, Device? device = null)
+    {
+        plan.Validate(arch);
+        var masks = new BlockMasks[arch.Depth];
+        for (int b = 0; b < arch.Depth; b++)
+        {
+            var spec = arch.Blocks[b]; var p = plan.Blocks[b];
+            int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
+            var qkv = new float[spec.QkvWidth]; var proj = new float[spec.AttentionOutWidth]; var mlp = new float[spec.MlpHidden];
+            for (int i = 0; i < p.Heads.Length; i++)
+            {
+                int head = p.Heads[i];
+                foreach (int j in p.QkDims[i]) { qkv[head * dq + j] = 1; qkv[h * dq + head * dq + j] = 1; }
+                foreach (int j in p.VDims[i]) { qkv[2 * h * dq + head * dv + j] = 1; proj[head * dv + j] = 1; }
+            }
+            foreach (int j in p.MlpNeurons) mlp[j] = 1;
+            masks[b] = new BlockMasks
+            {
+                QkvRows = tensor(qkv, device: device), ProjCols = tensor(proj, device: device), Mlp = tensor(mlp, device: device),
+            };
+        }
+        return masks;
+    }
+
+    /// <summary>Multiplies every prunable parameter of <paramref name="model"/> by its mask, in place (Π applied to W).</summary>
+    public static void Apply(VisionTransformerModel model, IReadOnlyList<BlockMasks> masks)
+    {
+        using var _ = no_grad();
+        for (int b = 0; b < masks.Count; b++)
+        {
+            var blk = model.Blocks[b]; var m = masks[b];
+            blk.attn.qkv.weight.mul_(m.QkvRows.unsqueeze(1));
+            blk.attn.qkv.bias.mul_(m.QkvRows);
+            blk.attn.proj.weight.mul_(m.ProjCols.unsqueeze(0));
+            blk.mlp.fc1.weight.mul_(m.Mlp.unsqueeze(1));
+            blk.mlp.fc1.bias.mul_(m.Mlp);
+            blk.mlp.fc2.weight.mul_(m.Mlp.unsqueeze(0));
+        }
+    }
+
+    /// <summary>Zeroes everything outside <paramref name="plan"/> in place.</summary>
+    public static void Apply(VisionTransformerModel model, StructurePlan plan)
+    {
+        var masks = Masks(model.Architecture, plan, model.parameters().First().device);
+        try { Apply(model, masks); }
+        finally { foreach (var m in masks) m.Dispose(); }
+    }
+}
