@@ -48,4 +48,27 @@ public static class GohspCatalog
         ArgumentNullException.ThrowIfNull(catalog);
         AtomicFile.Write(path, stream => catalog.Save(model, inputSchema, stream));
     }
+
+    /// <summary>
+    /// GOHSP structured pruning: <c>mlContext.Transforms.GohspPrune(options, denseModel)</c>. Pass the trained or loaded ViT
+    /// model (or a chain containing it) as <paramref name="denseModel"/>, or leave it null and append the estimator right
+    /// after <c>ViTClassification</c> in the same chain: it then prunes the model that chain just trained.
+    /// </summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">GOHSP options (sparsity, head fraction, stage epochs, ADMM schedule, distillation, columns).</param>
+    /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
+    public static GohspPruningEstimator GohspPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? denseModel = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return new GohspPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
+    }
+
+    /// <summary>GOHSP structured pruning with the main options; see the overload taking <see cref="GohspPruningEstimator.Options"/>.</summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="sparsity">Fraction of the parameters to remove, in (0, 1).</param>
+    /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
+    /// <param name="labelColumnName">Key-typed label column.</param>
+    public static GohspPruningEstimator GohspPrune(this TransformsCatalog catalog, double sparsity, ITransformer? denseModel = null,
+        string labelColumnName = DefaultColumnNames.Label)
+        => GohspPrune(catalog, new GohspPruningEstimator.Options { Sparsity = sparsity, LabelColumnName = labelColumnName }, denseModel);
 }

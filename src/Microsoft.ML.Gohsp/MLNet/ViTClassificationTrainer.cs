@@ -135,9 +135,12 @@ public sealed class ViTClassificationTrainer :
     MulticlassPredictionTransformer<ViTModelParameters> IEstimator<MulticlassPredictionTransformer<ViTModelParameters>>.Fit(IDataView input) => Fit(input);
 
     /// <inheritdoc />
-    public override SchemaShape.Column[] GetOutputColumnsCore(SchemaShape inputSchema)
+    public override SchemaShape.Column[] GetOutputColumnsCore(SchemaShape inputSchema) => OutputColumns(inputSchema, LabelColumn.Name);
+
+    /// <summary>Score and PredictedLabel columns of a ViT multiclass predictor (shared with the pruning estimators).</summary>
+    internal static SchemaShape.Column[] OutputColumns(SchemaShape inputSchema, string labelColumnName)
     {
-        inputSchema.TryFindColumn(LabelColumn.Name, out var labelCol);
+        inputSchema.TryFindColumn(labelColumnName, out var labelCol);
         var predLabelMetadata = new SchemaShape(labelCol.Annotations.Where(x => x.Name == AnnotationUtils.Kinds.KeyValues)
             .Concat(AnnotationUtils.GetTrainerOutputAnnotation()));
         return

@@ -105,6 +105,9 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
         if (!found || model is null)
             throw new InvalidDataException($"The ML.NET zip has no '{WeightsStream}' entry with the ViT weights; the file is incomplete or corrupted.");
         Model = model;
+        string? report = null;
+        ctx.TryLoadBinaryStream(ReportStream, r => report = r.ReadString());
+        PruningReportJson = report;
         var a = model.Architecture;
         _inputType = InputKind == ImageInputKind.Image
             ? new ImageDataViewType(declaredH, declaredW)
@@ -140,10 +143,20 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
         ctx.Writer.Write(img?.Width ?? 0);
         Preprocessing.Write(ctx.Writer);
         ctx.SaveBinaryStream(WeightsStream, w => Model.Save(w));
+        if (PruningReportJson is not null) ctx.SaveBinaryStream(ReportStream, w => w.Write(PruningReportJson));
     }
 
+    internal const string ReportStream = "PruningReport";
+
     /// <summary>A new model-parameters object over another TorchSharp model with the same input and pre-processing (used by pruning).</summary>
-    internal ViTModelParameters WithModel(VisionTransformerModel model) => new(Host, model, InputKind, _inputType, Preprocessing);
+    internal ViTModelParameters WithModel(VisionTransformerModel model, Pruning.PruningReport? report = null) =>
+        new(Host, model, InputKind, _inputType, Preprocessing) { PruningReport = report, PruningReportJson = report?.ToJson() };
+
+    /// <summary>The pruning report of a model produced by a pruning estimator (in memory only; see <see cref="PruningReportJson"/>).</summary>
+    public Pruning.PruningReport? PruningReport { get; internal init; }
+
+    /// <summary>The pruning report as JSON; stored inside the model zip, so it is also available after <c>Model.Load</c>.</summary>
+    public string? PruningReportJson { get; private init; }
 
     internal DataViewType InputType => _inputType;
 

@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>Options of the whole GOHSP pipeline (pure TorchSharp core; the ML.NET estimators wrap it).</summary>
-public sealed class GohspOptions
+public class GohspOptions
 {
     /// <summary>Fraction of the model's total parameters to remove, in (0, 1). Default 0.4.</summary>
     public double Sparsity { get; set; } = 0.4;
@@ -31,8 +31,11 @@ public sealed class GohspOptions
     public ViTTrainingOptions SoftPruning { get; set; } = new() { Epochs = 5, LearningRate = 5e-4, MinLearningRate = 5e-4, WarmupEpochs = 0 };
     /// <summary>ADMM penalty schedule of stage 2.</summary>
     public AdmmOptions Admm { get; set; } = new();
-    /// <summary>Training options of the stage-3 fine-tuning. Default 5 epochs, lr 5e-4, no warm-up.</summary>
-    public ViTTrainingOptions FineTune { get; set; } = new() { Epochs = 5, LearningRate = 5e-4, WarmupEpochs = 0 };
+    /// <summary>
+    /// Training options of the stage-3 fine-tuning. Default 5 epochs, lr 5e-4 with one warm-up epoch (a fresh AdamW
+    /// without warm-up moves every weight by ~lr on its first steps, which measurably hurts a just-pruned model).
+    /// </summary>
+    public ViTTrainingOptions FineTune { get; set; } = new() { Epochs = 5, LearningRate = 5e-4, WarmupEpochs = 1 };
     /// <summary>Distil from the dense model during fine-tuning. Default false.</summary>
     public bool Distillation { get; set; }
     /// <summary>Distillation temperature. Default 4.</summary>
