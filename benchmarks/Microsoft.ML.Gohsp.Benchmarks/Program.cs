@@ -35,6 +35,20 @@ Console.WriteLine($"train fp32 {trainFp32:F1} img/s ({trainFp32 * 3 * fwd / 1e9:
 Console.WriteLine($"train bf16 {trainBf16:F1} img/s ({trainBf16 / trainFp32:F2}× fp32)");
 Console.WriteLine($"infer fp32 {infer:F1} img/s ({infer * fwd / 1e9:F1} GFLOP/s, {infer * fwd / 1e9 / gemm:P0} of GEMM)");
 
+// Pruned vs dense inference: the reference model structurally pruned (magnitude plan, same projection + surgery as GOHSP).
+var prunedRates = new Dictionary<string, object>();
+foreach (double sp in new[] { 0.4, 0.5 })
+{
+    var plan = Microsoft.ML.Gohsp.Pruning.StructuredProjection.Allocate(arch, Microsoft.ML.Gohsp.Pruning.StructuredProjection.Magnitude(model), sp);
+    using var pm = Microsoft.ML.Gohsp.Pruning.HardPruning.Prune(model, plan);
+    double denseRate = InferRate(model), prunedRate = InferRate(pm);
+    string tag = ((int)(sp * 100)).ToString(CultureInfo.InvariantCulture);
+    prunedRates[$"pruned{tag}_params_ratio"] = Math.Round((double)pm.Architecture.ParameterCount / arch.ParameterCount, 3);
+    prunedRates[$"pruned{tag}_flops_ratio"] = Math.Round((double)pm.Architecture.ForwardFlops / arch.ForwardFlops, 3);
+    prunedRates[$"pruned{tag}_infer_speedup"] = Math.Round(prunedRate / denseRate, 3);
+    Console.WriteLine($"pruned {sp:P0}: params ×{(double)pm.Architecture.ParameterCount / arch.ParameterCount:F3}, FLOPs ×{(double)pm.Architecture.ForwardFlops / arch.ForwardFlops:F3}, batch inference {prunedRate:F0} vs {denseRate:F0} img/s (×{prunedRate / denseRate:F2})");
+}
+
 // Real training-loop throughput (real CIFAR-10 images, augmentation, schedule): epochs 2+ of a short run, fp32 vs bf16.
 var data = LoadData(a.GetValueOrDefault("max-images", 1280));
 double LoopRate(ComputePrecision p, List<double>? rssOut = null, int epochs = 3)
@@ -87,6 +101,7 @@ var result = new Dictionary<string, object>
     ["rss_drift_from_epoch2"] = rss.Count >= 2 ? Math.Round((rss[^1] - rss[1]) / rss[1], 4) : 0,
     ["params"] = arch.ParameterCount,
 };
+foreach (var kv in prunedRates) result[kv.Key] = kv.Value;
 int accuracyEpochs = a.GetValueOrDefault("accuracy-epochs", 0);
 if (accuracyEpochs > 0)
 {
