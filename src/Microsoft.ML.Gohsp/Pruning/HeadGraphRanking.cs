@@ -91,38 +91,23 @@ public static class HeadGraphRanking
         var a = model.Architecture;
         var sums = a.Blocks.Select(b => new double[b.Heads, b.Heads]).ToArray();
         var device = model.parameters().First().device;
-        bool wasTraining = model.training;
-        model.eval();
-        long images = 0;
-        try
+        TrainingLoop.ForEachInputBatch(model, calibration, preprocessing, device, (x, _) =>
         {
-            using var _ = no_grad();
-            var idx = Enumerable.Range(0, calibration.Count).ToArray();
-            for (int start = 0; start < calibration.Count; start += preprocessing.EvaluationBatchSize)
+            var t = model.TokensBeforeBlocks(x);
+            for (int b = 0; b < a.Depth; b++)
             {
-                int count = Math.Min(preprocessing.EvaluationBatchSize, calibration.Count - start);
-                using var scope = NewDisposeScope();
-                var (x, _) = TrainingLoop.MakeBatch(calibration, idx.AsSpan(start, count), preprocessing, null, device);
-                var t = model.TokensBeforeBlocks(x);
-                for (int b = 0; b < a.Depth; b++)
-                {
-                    var blk = model.Blocks[b];
-                    var n1 = blk.norm1.forward(t);
-                    var sim = similarity == HeadSimilarity.ContributionCosine
-                        ? ContributionCosine(blk.attn, n1)
-                        : AttentionJensenShannon(blk.attn, n1);
-                    var s = sim.sum(new long[] { 0 }).cpu().to(ScalarType.Float64).data<double>().ToArray();  // summed over images
-                    int h = a.Blocks[b].Heads;
-                    for (int i = 0; i < h; i++) for (int j = 0; j < h; j++) sums[b][i, j] += s[i * h + j];
-                    t = blk.forward(t);
-                }
-                images += count;
+                var blk = model.Blocks[b];
+                var n1 = blk.norm1.forward(t);
+                var sim = similarity == HeadSimilarity.ContributionCosine
+                    ? ContributionCosine(blk.attn, n1)
+                    : AttentionJensenShannon(blk.attn, n1);
+                var s = sim.sum(new long[] { 0 }).cpu().to(ScalarType.Float64).data<double>().ToArray();  // summed over images
+                int h = a.Blocks[b].Heads;
+                for (int i = 0; i < h; i++) for (int j = 0; j < h; j++) sums[b][i, j] += s[i * h + j];
+                t = blk.forward(t);
             }
-        }
-        finally
-        {
-            if (wasTraining) model.train();
-        }
+        });
+        long images = calibration.Count;
         var result = new BlockHeadRanking[a.Depth];
         for (int b = 0; b < a.Depth; b++)
         {

@@ -278,8 +278,17 @@ public sealed class TrainingLoop
         return result;
     }
 
-    /// <summary>Runs the model over data in evaluation batches inside dispose scopes.</summary>
+    /// <summary>Runs the model over data in evaluation batches inside dispose scopes: <paramref name="onBatch"/> gets (logits, labels).</summary>
     internal static void ForEachBatch(VisionTransformerModel model, ImageTensorData data, ViTTrainingOptions options, Device device,
+        Action<Tensor, Tensor> onBatch)
+        => ForEachInputBatch(model, data, options, device, (x, y) => onBatch(model.forward(x), y));
+
+    /// <summary>
+    /// Cuts <paramref name="data"/> into normalised evaluation batches (no augmentation) and calls
+    /// <paramref name="onBatch"/>(images, labels) with the model in eval mode, without gradients, each batch in its own
+    /// dispose scope; the model's train/eval mode is restored afterwards.
+    /// </summary>
+    internal static void ForEachInputBatch(VisionTransformerModel model, ImageTensorData data, ViTTrainingOptions options, Device device,
         Action<Tensor, Tensor> onBatch)
     {
         bool wasTraining = model.training;
@@ -293,7 +302,7 @@ public sealed class TrainingLoop
                 int count = Math.Min(options.EvaluationBatchSize, data.Count - start);
                 using var scope = NewDisposeScope();
                 var (x, y) = MakeBatch(data, all.AsSpan(start, count), options, null, device);
-                onBatch(model.forward(x), y);
+                onBatch(x, y);
             }
         }
         finally
