@@ -89,12 +89,8 @@ public static class StructuredProjection
         return s.to(ScalarType.Float32).cpu().data<float>().ToArray();
     }
 
-    /// <summary>Parameters of a block of the given shape (same formula as <see cref="ViTArchitecture.BlockParameterCount"/>).</summary>
-    internal static long BlockParams(int embedDim, int heads, int qk, int v, int mlp)
-    {
-        long d = embedDim;
-        return 4 * d + (d + 1) * heads * (2L * qk + v) + ((long)heads * v + 1) * d + (d + 1) * mlp + ((long)mlp + 1) * d;
-    }
+    private static long BlockParams(int embedDim, int heads, int qk, int v, int mlp) =>
+        ViTArchitecture.BlockParameterCount(embedDim, new ViTBlockSpec(heads, qk, v, mlp));
 
     /// <summary>
     /// Allocates a global budget: removes the least important structures (importance normalised by the mean of their
@@ -125,7 +121,6 @@ public static class StructuredProjection
         double mlpMean = Mean(importance.SelectMany(b => b.Mlp));
 
         var st = new BlockState[arch.Depth];
-        long current = total;
         for (int b = 0; b < arch.Depth; b++)
         {
             var spec = arch.Blocks[b];
@@ -150,7 +145,7 @@ public static class StructuredProjection
                 CanDropHeads = fixedHeads is null,
             };
         }
-        current = NonBlock(arch) + st.Sum(s => BlockParams(d, s.Heads.Count, s.Qk, s.V, s.Mlp));
+        long current = arch.NonBlockParameterCount + st.Sum(s => BlockParams(d, s.Heads.Count, s.Qk, s.V, s.Mlp));
 
         while (current > target + tol / 2)
         {
@@ -207,8 +202,6 @@ public static class StructuredProjection
         }).ToImmutableArray();
         return new StructurePlan(blocks);
     }
-
-    private static long NonBlock(ViTArchitecture a) => a.NonBlockParameterCount;
 
     private static double Mean(IEnumerable<float> values)
     {

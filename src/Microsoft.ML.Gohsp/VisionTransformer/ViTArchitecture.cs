@@ -167,10 +167,12 @@ public sealed record ViTArchitecture
     // ---- counting -------------------------------------------------------------------------------------------
 
     /// <summary>Parameters of one block: two LayerNorms, fused qkv, output projection, two MLP layers (with biases).</summary>
-    public long BlockParameterCount(int block)
+    public long BlockParameterCount(int block) => BlockParameterCount(EmbedDim, Blocks[block]);
+
+    /// <summary>Parameters of a block of shape <paramref name="b"/> in a model of width <paramref name="embedDim"/>.</summary>
+    public static long BlockParameterCount(int embedDim, ViTBlockSpec b)
     {
-        var b = Blocks[block];
-        long d = EmbedDim;
+        long d = embedDim;
         return 2 * 2 * d                                   // norm1, norm2
              + (d + 1) * b.QkvWidth                        // qkv
              + ((long)b.AttentionOutWidth + 1) * d         // proj
