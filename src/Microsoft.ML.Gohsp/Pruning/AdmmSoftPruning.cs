@@ -67,15 +67,6 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// <summary>Current ρ.</summary>
     public double Rho => _rho;
 
-    private static IEnumerable<Parameter> Prunable(VisionTransformerModel m)
-    {
-        foreach (var b in m.Blocks)
-        {
-            yield return b.attn.qkv.weight; yield return b.attn.qkv.bias; yield return b.attn.proj.weight;
-            yield return b.mlp.fc1.weight; yield return b.mlp.fc1.bias; yield return b.mlp.fc2.weight;
-        }
-    }
-
     /// <inheritdoc />
     public void OnTrainingStart(VisionTransformerModel model, int startEpoch, int stepsPerEpoch)
     {
@@ -83,7 +74,8 @@ public sealed class AdmmSoftPruning : ITrainingHook
         if (_vars.Count == 0)
         {
             using var _ = no_grad();
-            foreach (var p in Prunable(model)) _vars.Add((p, zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope()));
+            foreach (var p in StructuredProjection.Prunable(model))
+                _vars.Add((p, zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope()));
             UpdateZ(model);
         }
     }
@@ -98,16 +90,12 @@ public sealed class AdmmSoftPruning : ITrainingHook
         Plan = StructuredProjection.Allocate(model.Architecture, imp, _sparsity, _budget, _heads);
         var masks = StructuredProjection.Masks(model.Architecture, Plan, model.parameters().First().device);
         int i = 0;
-        foreach (var (m, b) in masks.Select((m, b) => (m, b)))
+        foreach (var (_, mask) in StructuredProjection.PrunableWithMasks(model, masks))
         {
-            Tensor[] shapes = [m.QkvRows.unsqueeze(1), m.QkvRows, m.ProjCols.unsqueeze(0), m.Mlp.unsqueeze(1), m.Mlp, m.Mlp.unsqueeze(0)];
-            foreach (var mask in shapes)
-            {
-                var (w, z, u) = _vars[i++];
-                z.copy_((w + u) * mask);
-            }
-            m.Dispose();
+            var (w, z, u) = _vars[i++];
+            z.copy_((w + u) * mask);
         }
+        foreach (var m in masks) m.Dispose();
     }
 
     /// <inheritdoc />

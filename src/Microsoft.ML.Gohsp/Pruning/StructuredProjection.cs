@@ -261,20 +261,38 @@ public static class StructuredProjection
         return masks;
     }
 
+    /// <summary>
+    /// The prunable parameters of every block, in a fixed order: qkv.weight, qkv.bias, proj.weight, fc1.weight,
+    /// fc1.bias, fc2.weight (embeddings, norms, the proj/fc2 biases and the head are never pruned).
+    /// </summary>
+    internal static IEnumerable<TorchSharp.Modules.Parameter> Prunable(VisionTransformerModel model)
+    {
+        foreach (var blk in model.Blocks)
+        {
+            yield return blk.attn.qkv.weight; yield return blk.attn.qkv.bias; yield return blk.attn.proj.weight;
+            yield return blk.mlp.fc1.weight; yield return blk.mlp.fc1.bias; yield return blk.mlp.fc2.weight;
+        }
+    }
+
+    /// <summary>Each prunable parameter (<see cref="Prunable"/> order) with its mask broadcast to the parameter's shape.</summary>
+    internal static IEnumerable<(TorchSharp.Modules.Parameter Parameter, Tensor Mask)> PrunableWithMasks(
+        VisionTransformerModel model, IReadOnlyList<BlockMasks> masks) => Prunable(model).Zip(MaskViews(masks));
+
+    private static IEnumerable<Tensor> MaskViews(IReadOnlyList<BlockMasks> masks)
+    {
+        foreach (var m in masks)
+        {
+            yield return m.QkvRows.unsqueeze(1); yield return m.QkvRows; yield return m.ProjCols.unsqueeze(0);   // qkv rows, qkv bias, proj columns
+            yield return m.Mlp.unsqueeze(1); yield return m.Mlp; yield return m.Mlp.unsqueeze(0);                // fc1 rows, fc1 bias, fc2 columns
+        }
+    }
+
     /// <summary>Multiplies every prunable parameter of <paramref name="model"/> by its mask, in place (Π applied to W).</summary>
     public static void Apply(VisionTransformerModel model, IReadOnlyList<BlockMasks> masks)
     {
         using var _ = no_grad();
-        for (int b = 0; b < masks.Count; b++)
-        {
-            var blk = model.Blocks[b]; var m = masks[b];
-            blk.attn.qkv.weight.mul_(m.QkvRows.unsqueeze(1));
-            blk.attn.qkv.bias.mul_(m.QkvRows);
-            blk.attn.proj.weight.mul_(m.ProjCols.unsqueeze(0));
-            blk.mlp.fc1.weight.mul_(m.Mlp.unsqueeze(1));
-            blk.mlp.fc1.bias.mul_(m.Mlp);
-            blk.mlp.fc2.weight.mul_(m.Mlp.unsqueeze(0));
-        }
+        using var scope = NewDisposeScope();
+        foreach (var (p, mask) in PrunableWithMasks(model, masks)) p.mul_(mask);
     }
 
     /// <summary>Zeroes everything outside <paramref name="plan"/> in place.</summary>
