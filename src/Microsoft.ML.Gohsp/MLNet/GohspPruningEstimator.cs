@@ -32,7 +32,10 @@ public sealed class GohspPruningEstimator : IEstimator<MulticlassPredictionTrans
 
     private readonly IHost _host;
     private readonly Options _options;
-    private readonly MulticlassPredictionTransformer<ViTModelParameters>? _dense;
+    private readonly DenseViT? _dense;
+
+    /// <summary>The dense model to prune and the column it reads its images from.</summary>
+    private sealed record DenseViT(ViTModelParameters Model, string FeatureColumnName);
 
     internal GohspPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel)
     {
@@ -40,7 +43,7 @@ public sealed class GohspPruningEstimator : IEstimator<MulticlassPredictionTrans
         _options = options ?? throw new ArgumentNullException(nameof(options));
         options.Validate();
         if (denseModel is not null)
-            _dense = FindViT(denseModel) ?? throw new ArgumentException(
+            _dense = (FindViT(denseModel) is { } t ? new DenseViT(t.Model, t.FeatureColumnName) : null) ?? throw new ArgumentException(
                 $"The model passed to GOHSP is a {denseModel.GetType().Name}, not a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(denseModel));
     }
 
@@ -67,7 +70,7 @@ public sealed class GohspPruningEstimator : IEstimator<MulticlassPredictionTrans
         _host.CheckValue(input, nameof(input));
         var dense = _dense ?? FindUpstreamViT(input) ?? throw new InvalidOperationException(
             "GOHSP could not find the dense ViT: pass the trained model to the catalog method, or append the pruning estimator " +
-            "directly after ViTClassification (an AppendCacheCheckpoint in between hides the upstream model). Walked: " + Describe(input));
+            "directly after ViTClassification (an AppendCacheCheckpoint in between hides the upstream model).");
         var p = dense.Model;
         var arch = p.Architecture;
         string image = _options.ImageColumnName ?? dense.FeatureColumnName;
@@ -113,21 +116,12 @@ public sealed class GohspPruningEstimator : IEstimator<MulticlassPredictionTrans
     /// Walks the scored data view handed over by EstimatorChain back to the ViT model that scored it. Uses reflection
     /// over ML.NET 5.0.1 internals (scorer → bindable mapper → predictor); a test fails loudly if they move.
     /// </summary>
-    internal static MulticlassPredictionTransformer<ViTModelParameters>? FindUpstreamViT(IDataView view)
+    private static DenseViT? FindUpstreamViT(IDataView view)
     {
         for (var v = view; v is not null; v = (v as IDataTransform)?.Source)
-        {
-            var bindable = FieldOfType(v, "ISchemaBindableMapper");
-            if (bindable is null) continue;
-            if (PredictorOf(bindable) is ViTModelParameters p)
-            {
-                var env = FieldOfType(v, "IHost") as IHostEnvironment ?? new MLContext();
-                var featureName = FindFeatureName(v) ?? "Pixels";
-                var source = (v as IDataTransform)?.Source ?? v;
-                var labelName = source.Schema.FirstOrDefault(c => c.Type is KeyDataViewType k && k.Count == (ulong)p.Architecture.NumClasses).Name;
-                return new MulticlassPredictionTransformer<ViTModelParameters>(env, p, source.Schema, featureName, labelName);
-            }
-        }
+            if (FieldOfType(v, "ISchemaBindableMapper") is { } bindable && PredictorOf(bindable) is ViTModelParameters p)
+                return new DenseViT(p, FindFeatureName(v) ?? throw new InvalidOperationException(
+                    "GOHSP found the upstream ViT but not its feature column; pass the trained model to the catalog method."));
         return null;
     }
 
@@ -136,20 +130,6 @@ public sealed class GohspPruningEstimator : IEstimator<MulticlassPredictionTrans
     {
         if (FieldOfType(bindable, "IPredictor") is { } p) return p;
         return depth < 4 && FieldOfType(bindable, "ISchemaBindableMapper") is { } inner ? PredictorOf(inner, depth + 1) : null;
-    }
-
-    private static string Describe(IDataView view)
-    {
-        var parts = new List<string>();
-        for (var v = view; v is not null && parts.Count < 6; v = (v as IDataTransform)?.Source)
-        {
-            var fields = new List<string>();
-            for (var t = v.GetType(); t is not null; t = t.BaseType)
-                foreach (var f in t.GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly))
-                    fields.Add(f.Name + ":" + f.FieldType.Name);
-            parts.Add(v.GetType().Name + "{" + string.Join(",", fields) + "}");
-        }
-        return string.Join(" <- ", parts);
     }
 
     private static string? FindFeatureName(object scorer)
