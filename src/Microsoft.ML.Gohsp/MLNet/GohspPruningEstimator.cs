@@ -1,4 +1,3 @@
-using System.Reflection;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp.Pruning;
@@ -34,16 +33,13 @@ public sealed class GohspPruningEstimator : IEstimator<MulticlassPredictionTrans
     private readonly Options _options;
     private readonly DenseViT? _dense;
 
-    /// <summary>The dense model to prune and the column it reads its images from.</summary>
-    private sealed record DenseViT(ViTModelParameters Model, string FeatureColumnName);
-
     internal GohspPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel)
     {
         _host = Contracts.CheckRef(env, nameof(env)).Register(nameof(GohspPruningEstimator));
         _options = options ?? throw new ArgumentNullException(nameof(options));
         options.Validate();
         if (denseModel is not null)
-            _dense = (FindViT(denseModel) is { } t ? new DenseViT(t.Model, t.FeatureColumnName) : null) ?? throw new ArgumentException(
+            _dense = (DenseViTLocator.FindViT(denseModel) is { } t ? new DenseViT(t.Model, t.FeatureColumnName) : null) ?? throw new ArgumentException(
                 $"The model passed to GOHSP is a {denseModel.GetType().Name}, not a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(denseModel));
     }
 
@@ -68,7 +64,7 @@ public sealed class GohspPruningEstimator : IEstimator<MulticlassPredictionTrans
     public MulticlassPredictionTransformer<ViTModelParameters> Fit(IDataView input)
     {
         _host.CheckValue(input, nameof(input));
-        var dense = _dense ?? FindUpstreamViT(input) ?? throw new InvalidOperationException(
+        var dense = _dense ?? DenseViTLocator.FindUpstreamViT(input) ?? throw new InvalidOperationException(
             "GOHSP could not find the dense ViT: pass the trained model to the catalog method, or append the pruning estimator " +
             "directly after ViTClassification (an AppendCacheCheckpoint in between hides the upstream model).");
         var p = dense.Model;
@@ -102,57 +98,5 @@ public sealed class GohspPruningEstimator : IEstimator<MulticlassPredictionTrans
         o.PixelScale = pre.PixelScale;
         o.Mean = pre.Mean.ToArray();
         o.Std = pre.Std.ToArray();
-    }
-
-    /// <summary>The ViT prediction transformer inside <paramref name="model"/> (itself, or the last one of a chain).</summary>
-    internal static MulticlassPredictionTransformer<ViTModelParameters>? FindViT(ITransformer model) => model switch
-    {
-        MulticlassPredictionTransformer<ViTModelParameters> t => t,
-        IEnumerable<ITransformer> chain => chain.Select(FindViT).LastOrDefault(t => t is not null),
-        _ => null,
-    };
-
-    /// <summary>
-    /// Walks the scored data view handed over by EstimatorChain back to the ViT model that scored it. Uses reflection
-    /// over ML.NET 5.0.1 internals (scorer → bindable mapper → predictor); a test fails loudly if they move.
-    /// </summary>
-    private static DenseViT? FindUpstreamViT(IDataView view)
-    {
-        for (var v = view; v is not null; v = (v as IDataTransform)?.Source)
-            if (FieldOfType(v, "ISchemaBindableMapper") is { } bindable && PredictorOf(bindable) is ViTModelParameters p)
-                return new DenseViT(p, FindFeatureName(v) ?? throw new InvalidOperationException(
-                    "GOHSP found the upstream ViT but not its feature column; pass the trained model to the catalog method."));
-        return null;
-    }
-
-    // The multiclass scorer wraps the predictor's mapper (LabelNameBindableMapper adds slot names): follow nested mappers.
-    private static object? PredictorOf(object bindable, int depth = 0)
-    {
-        if (FieldOfType(bindable, "IPredictor") is { } p) return p;
-        return depth < 4 && FieldOfType(bindable, "ISchemaBindableMapper") is { } inner ? PredictorOf(inner, depth + 1) : null;
-    }
-
-    private static string? FindFeatureName(object scorer)
-    {
-        // scorer.Bindings.RowMapper.InputRoleMappedSchema.Feature.Value.Name
-        var bindings = FieldOfType(scorer, "ScorerBindingsBase", matchBase: true);
-        var mapper = bindings?.GetType().GetProperty("RowMapper", BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance)?.GetValue(bindings)
-                     ?? (bindings is null ? null : FieldOfType(bindings, "ISchemaBoundRowMapper"));
-        var roles = mapper?.GetType().GetProperty("InputRoleMappedSchema")?.GetValue(mapper) as RoleMappedSchema;
-        return roles?.Feature?.Name;
-    }
-
-    private static object? FieldOfType(object o, string typeName, bool matchBase = false)
-    {
-        for (var t = o.GetType(); t is not null; t = t.BaseType)
-            foreach (var f in t.GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly))
-            {
-                var ft = f.FieldType;
-                // simple names: these are ML.NET 5.0.1 internals (pinned; covered by a test)
-                bool match = ft.Name == typeName || ft.GetInterfaces().Any(i => i.Name == typeName);
-                for (var b = ft.BaseType; matchBase && !match && b is not null; b = b.BaseType) match = b.Name == typeName;
-                if (match) return f.GetValue(o);
-            }
-        return null;
     }
 }
