@@ -117,19 +117,51 @@ public sealed class ViTClassificationTrainer :
     SchemaShape IEstimator<MulticlassPredictionTransformer<ViTModelParameters>>.GetOutputSchema(SchemaShape inputSchema) => GetOutputSchema(inputSchema);
 
     /// <summary>Trains the model. Input problems (missing/mistyped columns, wrong sizes, no rows, NaN/∞ pixels) throw before any training.</summary>
-    public new MulticlassPredictionTransformer<ViTModelParameters> Fit(IDataView input)
+    public new MulticlassPredictionTransformer<ViTModelParameters> Fit(IDataView input) => Fit(input, null);
+
+    /// <summary>
+    /// Continues training an existing model (ML.NET's warm-start convention, as in
+    /// <c>LbfgsMaximumEntropyMulticlassTrainer.Fit(trainData, modelParameters)</c>): a copy of
+    /// <paramref name="modelParameters"/>' weights is trained for <see cref="ViTTrainingOptions.Epochs"/> more epochs with this
+    /// trainer's options (a fresh AdamW and learning-rate schedule); the given model is not modified. The model's own
+    /// architecture — dense or pruned — is kept, so <see cref="Options.ArchitecturePreset"/>, <see cref="Options.Architecture"/>
+    /// and <see cref="Options.ImageSize"/> are ignored; its pixel pre-processing must equal the options'
+    /// (<see cref="ViTTrainingOptions.PixelScale"/>, <see cref="ViTTrainingOptions.Mean"/>, <see cref="ViTTrainingOptions.Std"/>).
+    /// </summary>
+    /// <param name="trainData">Training data with the same image and label columns as the model was trained on.</param>
+    /// <param name="modelParameters">The model to start from (e.g. <c>transformer.Model</c> of a trained or loaded ViT); null trains from scratch.</param>
+    public MulticlassPredictionTransformer<ViTModelParameters> Fit(IDataView trainData, ViTModelParameters? modelParameters)
     {
-        Host.CheckValue(input, nameof(input));
+        Host.CheckValue(trainData, nameof(trainData));
+        var input = trainData;
         GetOutputSchema(SchemaShape.Create(input.Schema));
         var labelType = input.Schema[_options.LabelColumnName].Type as KeyDataViewType;
-        var arch = _options.ResolveArchitecture(labelType!.GetCountAsInt32(Host));
+        var arch = modelParameters?.Architecture ?? _options.ResolveArchitecture(labelType!.GetCountAsInt32(Host));
         ImageColumn.Check(input.Schema, _options.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ImageColumnName));
         if (_options.ValidationSet is not null)
             ImageColumn.Check(_options.ValidationSet.Schema, _options.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ValidationSet));
+        if (modelParameters is not null) CheckWarmStart(modelParameters, input.Schema, labelType!);
         // What TrainerEstimatorBase.TrainTransformer does, minus its float-vector-only feature check.
         var roles = new RoleMappedData(input, label: _options.LabelColumnName, feature: _options.ImageColumnName);
-        var model = TrainModelCore(new TrainContext(roles));
+        var model = TrainModelCore(new TrainContext(roles, initialPredictor: modelParameters));
         return MakeTransformer(model, input.Schema);
+    }
+
+    private void CheckWarmStart(ViTModelParameters init, DataViewSchema schema, KeyDataViewType labelType)
+    {
+        int classes = labelType.GetCountAsInt32(Host);
+        if (classes != init.Architecture.NumClasses)
+            throw new ArgumentOutOfRangeException(nameof(Options.LabelColumnName),
+                $"Label column '{_options.LabelColumnName}' has {classes} classes; the model to continue training has {init.Architecture.NumClasses}.");
+        var type = schema[_options.ImageColumnName].Type;
+        if (!type.Equals(init.InputType))
+            throw new ArgumentOutOfRangeException(nameof(Options.ImageColumnName),
+                $"Image column '{_options.ImageColumnName}' has type {type}; the model to continue training was trained on {init.InputType}.");
+        var p = init.Preprocessing;
+        if (p.PixelScale != _options.PixelScale || !p.Mean.SequenceEqual(_options.Mean) || !p.Std.SequenceEqual(_options.Std))
+            throw new ArgumentException(
+                $"The model to continue training normalises pixels with PixelScale {p.PixelScale}, Mean [{string.Join(", ", p.Mean)}], Std [{string.Join(", ", p.Std)}]; " +
+                "set the trainer's PixelScale, Mean and Std to the same values.", nameof(Options.PixelScale));
     }
 
     MulticlassPredictionTransformer<ViTModelParameters> IEstimator<MulticlassPredictionTransformer<ViTModelParameters>>.Fit(IDataView input) => Fit(input);
@@ -166,7 +198,13 @@ public sealed class ViTClassificationTrainer :
         int numClasses = labelType.GetCountAsInt32(Host);
         if (numClasses < 2)
             throw new ArgumentOutOfRangeException(nameof(Options.LabelColumnName), $"Label column '{o.LabelColumnName}' has {numClasses} key value(s); at least 2 classes are needed.");
-        var arch = o.ResolveArchitecture(numClasses);
+        var init = context.InitialPredictor switch
+        {
+            null => null,
+            ViTModelParameters v => v,
+            var other => throw new ArgumentException($"A ViT can only continue training a ViTModelParameters, not a {other.GetType().Name}.", "modelParameters"),
+        };
+        var arch = init?.Architecture ?? o.ResolveArchitecture(numClasses);
 
         using var ch = Host.Start("Training");
         var train = ImageColumn.ReadAll(data, o.ImageColumnName, o.LabelColumnName, arch.Channels, arch.ImageSize, out int skipped);
@@ -182,11 +220,12 @@ public sealed class ViTClassificationTrainer :
             if (valid.Count == 0) throw new ArgumentException("The validation set has no labelled rows.", nameof(Options.ValidationSet));
         }
 
-        ch.Info("Training {0} ({1:N0} parameters, {2:N1} MFLOPs/image) on {3} images, {4} classes.",
-            arch, arch.ParameterCount, arch.ForwardFlops / 1e6, train.Count, numClasses);
+        ch.Info("Training {0} ({1:N0} parameters, {2:N1} MFLOPs/image) on {3} images, {4} classes{5}.",
+            arch, arch.ParameterCount, arch.ForwardFlops / 1e6, train.Count, numClasses, init is null ? "" : ", continuing from the given model");
         TorchDevices.ApplyThreads(o.NumberOfThreads);
-        var model = new VisionTransformerModel(arch, o.Seed);
-        var loop = new TrainingLoop(o, "dense", line => ch.Info(line), o.Progress);
+        var model = init?.Model.Clone() ?? new VisionTransformerModel(arch, o.Seed);
+        // A continued run is another stage: its progress says so and its checkpoints never match a from-scratch run.
+        var loop = new TrainingLoop(o, init is null ? "dense" : "dense-continued", line => ch.Info(line), o.Progress);
         loop.Train(model, train, valid);
         var inputType = data.Schema[o.ImageColumnName].Type;
         var kind = ImageColumn.CheckType(inputType, o.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ImageColumnName));
