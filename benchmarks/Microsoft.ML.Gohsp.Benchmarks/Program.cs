@@ -122,7 +122,7 @@ static Dictionary<string, object> HeadRankingAblation(int epochs, int threads, i
     ImageTensorData Load(Cifar10Split split)
     {
         var d = Cifar10.Read(dir, split);
-        return new ImageTensorData(d.Pixels.Select(b => (float)b).ToArray(), d.Labels.Select(l => (int)l).ToArray(), 3, 32);
+        return d.ToTensorData();
     }
     var train = Load(Cifar10Split.Train); var test = Load(Cifar10Split.Test);
     var o = new ViTTrainingOptions { Epochs = epochs, BatchSize = batch, NumberOfThreads = threads, Device = ViTDevice.Cpu, TrainingPrecision = ComputePrecision.BFloat16 };
@@ -253,7 +253,7 @@ static ImageTensorData LoadData(int maxImages)
     if (FindSubset() is string p)
     {
         var d = Cifar10.Read(p, Cifar10Split.Train, maxImages);
-        return new ImageTensorData(d.Pixels.Select(b => (float)b).ToArray(), d.Labels.Select(l => (int)l).ToArray(), 3, 32);
+        return d.ToTensorData();
     }
     var rng = new Random(0);
     var px = new float[maxImages * 3072];

@@ -144,6 +144,17 @@ public class Cifar10Tests
         FluentActions.Invoking(() => test.GetImage(1017)).Should().Throw<ArgumentOutOfRangeException>();
     }
 
+    [Fact]
+    public void ToTensorData_has_the_exact_pixel_values_and_labels()
+    {
+        var test = Cifar10.Read(SubsetDir, Cifar10Split.Test, maxImages: 7);
+        var t = test.ToTensorData();
+        t.Count.Should().Be(7);
+        (t.Channels, t.Size).Should().Be((3, 32));
+        t.Labels.Should().Equal(test.Labels.Select(l => (int)l));
+        t.Pixels.Should().Equal(test.Pixels.Select(b => (float)b));
+    }
+
     // ---------------------------------------------------------------- archive reading
 
     /// <summary>Builds a cifar-10-binary.tar.gz like the official one (entries under cifar-10-batches-bin/, unsorted).</summary>

@@ -13,7 +13,7 @@ public class GohspPrunerTests(ITestOutputHelper output)
     private static ImageTensorData Real(Cifar10Split split, int n)
     {
         var d = Cifar10.Read(Cifar10Tests.SubsetDir, split, n);
-        return new ImageTensorData(d.Pixels.Select(b => (float)b).ToArray(), d.Labels.Select(l => (int)l).ToArray(), 3, 32);
+        return d.ToTensorData();
     }
 
     [Fact]

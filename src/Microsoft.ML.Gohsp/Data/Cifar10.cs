@@ -114,6 +114,20 @@ public sealed class Cifar10Dataset
             return this;
         return new Cifar10Dataset(ClassNames, Labels.AsSpan(0, n).ToArray(), Pixels.AsSpan(0, n * Cifar10.ImageBytes).ToArray());
     }
+
+    /// <summary>
+    /// The images as raw 0…255 float pixels (planar CHW) with integer labels: the input of the pure TorchSharp layer
+    /// (<see cref="Training.TrainingLoop"/>, the pruners, <c>ViTModelParameters.PredictProbabilities</c>).
+    /// </summary>
+    /// <returns>A new <see cref="Training.ImageTensorData"/> (the pixels are copied and converted).</returns>
+    public Training.ImageTensorData ToTensorData()
+    {
+        var pixels = new float[Pixels.LongLength];
+        System.Numerics.Tensors.TensorPrimitives.ConvertTruncating<byte, float>(Pixels, pixels); // exact: 0..255
+        var labels = new int[Count];
+        for (int i = 0; i < labels.Length; i++) labels[i] = Labels[i];
+        return new Training.ImageTensorData(pixels, labels, Cifar10.Channels, Cifar10.ImageSize);
+    }
 }
 
 /// <summary>
