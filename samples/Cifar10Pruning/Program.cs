@@ -1,15 +1,9 @@
-// CIFAR-10 with a vision transformer in ML.NET: train, evaluate, save, load in a fresh MLContext, predict.
-// Usage: dotnet Cifar10Pruning.dll [--data PATH] [--arch PRESET] [--epochs N] [--seed N] [--out DIR] [--threads N] [--max-train N]
-//   --data: the extracted cifar-10-batches-bin folder or cifar-10-binary.tar.gz (env CIFAR10_DATA). Default:
-//           ../shared/data/cifar-10-subset when present, else the official archive is downloaded to ~/.cache/gohsp.
-using System.Diagnostics;
-using System.Globalization;
-using Microsoft.ML;
+// CIFAR-10 with a vision transformer in ML.NET, Model Builder-style: train dense, prune (GOHSP, and the SOMP/SGMP
+// baselines), evaluate all of them under one fair protocol, save each model zip, load it back in a fresh MLContext and
+// predict with a PredictionEngine. Writes report.json, report.md and PNG plots. Flags: --help (SampleOptions.cs).
+using Cifar10Pruning;
 using Microsoft.ML.Data;
-using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Data;
-using Microsoft.ML.Gohsp.MLNet;
-using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Transforms.Image;
 
 try
@@ -17,12 +11,15 @@ try
     return await Sample.RunAsync(args);
 }
 catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or UnauthorizedAccessException
-                           or NotSupportedException or InvalidOperationException or HttpRequestException or FormatException)
+                           or NotSupportedException or InvalidOperationException or HttpRequestException or FormatException
+                           or System.Text.Json.JsonException)
 {
-    Console.Error.WriteLine($"error: {e.Message}");
+    // One line, no stack trace: bad flags, missing or truncated data, unusable output folder...
+    Console.Error.WriteLine("error: " + string.Join(" ", e.Message.Split('\n', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)));
     return 1;
 }
 
+/// <summary>What an app passes to the PredictionEngine: one image.</summary>
 internal sealed class ImageInput
 {
     [ImageType(32, 32)]
@@ -32,9 +29,11 @@ internal sealed class ImageInput
     public string Label { get; set; } = "";
 }
 
+/// <summary>What the PredictionEngine returns: class probabilities and the predicted class name.</summary>
 internal sealed class Prediction
 {
     public float[] Score { get; set; } = [];
+
     [ColumnName("PredictedLabel")]
     public string PredictedClass { get; set; } = "";
 }
@@ -43,65 +42,64 @@ internal static class Sample
 {
     public static async Task<int> RunAsync(string[] args)
     {
-        var opts = ParseArgs(args);
-        string data = opts.GetValueOrDefault("data") ?? Environment.GetEnvironmentVariable("CIFAR10_DATA") ?? await DefaultDataAsync();
-        string arch = opts.GetValueOrDefault("arch") ?? "cifar-tiny";
-        int epochs = Int(opts, "epochs", 5), seed = Int(opts, "seed", 1), threads = Int(opts, "threads", 0);
-        int? maxTrain = opts.ContainsKey("max-train") ? Int(opts, "max-train", 0) : null;
-        string outDir = Path.GetFullPath(opts.GetValueOrDefault("out") ?? "out");
-
-        Console.WriteLine($"Data: {data}");
-        var trainSet = Cifar10.Read(data, Cifar10Split.Train, maxTrain);
-        var testSet = Cifar10.Read(data, Cifar10Split.Test);
-        Console.WriteLine($"CIFAR-10: {trainSet.Count} training and {testSet.Count} test images.");
-
-        var ml = new MLContext(seed);
-        var train = Cifar10.ToDataView(ml, trainSet);
-        var test = Cifar10.ToDataView(ml, testSet);
-        var options = new ViTClassificationTrainer.Options
+        var options = SampleOptions.Parse(args);
+        if (options.Help)
         {
-            ArchitecturePreset = arch,
-            ImageColumnName = "Pixels",
-            Epochs = epochs,
-            Seed = seed,
-            NumberOfThreads = threads,
-            ValidationSet = null,
-            Progress = new ConsoleProgress(),
-        };
-        var pipeline = ml.Transforms.Conversion.MapValueToKey("Label")
-            .Append(ml.Transforms.ExtractPixels("Pixels", "Image", interleavePixelColors: false))
-            .Append(ml.MulticlassClassification.Trainers.ViTClassification(options))
-            .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
-
-        var sw = Stopwatch.StartNew();
-        var model = pipeline.Fit(train);
-        Console.WriteLine();
-        Console.WriteLine($"Trained in {sw.Elapsed.TotalSeconds:F0} s.");
-        var vit = model.OfType<ITransformer>().OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single().Model;
-        Console.WriteLine($"Model: {vit.Architecture}  ({vit.ParameterCount:N0} parameters, {vit.ForwardFlops / 1e6:F1} MFLOPs/image)");
-
-        var metrics = ml.MulticlassClassification.Evaluate(model.Transform(test));
-        Console.WriteLine($"Test accuracy: {metrics.MicroAccuracy:P2} (macro {metrics.MacroAccuracy:P2}, log-loss {metrics.LogLoss:F3})");
-
-        Directory.CreateDirectory(outDir);
-        string zip = Path.Combine(outDir, "vit-dense.zip");
-        ml.Model.SaveAtomically(model, train.Schema, zip);
-        Console.WriteLine($"Saved {zip} ({new FileInfo(zip).Length / 1024.0 / 1024.0:F1} MiB).");
-
-        var fresh = new MLContext();
-        var loaded = fresh.Model.Load(zip, out _);
-        var engine = fresh.Model.CreatePredictionEngine<ImageInput, Prediction>(loaded);
-        Console.WriteLine("Predictions of the reloaded model:");
-        for (int i = 0; i < 5; i++)
-        {
-            var p = engine.Predict(new ImageInput { Image = Cifar10.CreateImage(testSet.GetImage(i)) });
-            string truth = testSet.ClassNames[testSet.Labels[i]];
-            Console.WriteLine($"  test image {i}: predicted {p.PredictedClass,-10} ({p.Score.Max():P0}), actual {truth}");
+            Console.WriteLine(SampleOptions.Usage);
+            return 0;
         }
+        var ui = new ConsoleUi(options.Plain);
+        if (options.Aggregate is { } folder)
+        {
+            var written = Results.Write(Results.Collect(folder), options.ResultsMarkdown ?? Path.Combine(folder, "results.md"));
+            foreach (var f in written) ui.Line($"Wrote {f}");
+            return 0;
+        }
+
+        string outDir = Path.GetFullPath(options.Out);
+        Directory.CreateDirectory(outDir);
+        string data = options.Data ?? await DefaultDataAsync(ui);
+        // Read (and validate) both splits before any training.
+        var trainSet = Cifar10.Read(data, Cifar10Split.Train, options.MaxTrain);
+        var testSet = Cifar10.Read(data, Cifar10Split.Test, options.MaxTest);
+        ui.Line($"CIFAR-10 from {data}: {trainSet.Count:N0} training and {testSet.Count:N0} test images.");
+
+        var run = new PruningRun(options, ui, trainSet, testSet, data);
+        var reports = new List<SampleReport>();
+        foreach (int seed in options.Seeds)
+        {
+            // One seed: files directly in --out; several: one complete run per --out/seed-N.
+            string dir = options.Seeds.Count == 1 ? outDir : Path.Combine(outDir, $"seed-{seed}");
+            ui.Heading(options.Seeds.Count == 1 ? $"Run (seed {seed})" : $"Seed {seed} → {dir}");
+            var report = run.Run(seed, dir);
+            WriteOutputs(report, dir, ui);
+            reports.Add(report);
+        }
+
+        if (options.Seeds.Count > 1 || options.ResultsMarkdown is not null)
+            foreach (var f in Results.Write(reports, options.ResultsMarkdown ?? Path.Combine(outDir, "results.md")))
+                ui.Line($"Wrote {f}");
         return 0;
     }
 
-    private static async Task<string> DefaultDataAsync()
+    private static void WriteOutputs(SampleReport report, string dir, ConsoleUi ui)
+    {
+        var plots = new List<string>
+        {
+            Plots.Top1VsParams(Path.Combine(dir, "top1-vs-params.png"), $"Top-1 vs parameters (seed {report.Config.Seed})",
+                new Plots.Point(report.Dense.Params, report.Dense.Top1, 0, "dense"),
+                report.Entries.GroupBy(e => e.Method).Select(g => (g.Key, (IReadOnlyList<Plots.Point>)g.Select(e => new Plots.Point(e.Params, e.Top1, 0, e.Method)).ToArray()))),
+        };
+        foreach (var e in report.Entries)
+            plots.Add(Plots.Architecture(Path.Combine(dir, Path.GetFileNameWithoutExtension(e.Model) + "-architecture.png"), e));
+        report.WriteJson(Path.Combine(dir, "report.json"));
+        report.WriteMarkdown(Path.Combine(dir, "report.md"), plots);
+        report.Print(ui);
+        ui.Line($"Wrote {Path.Combine(dir, "report.json")}, report.md, {plots.Count} plot(s) and the model zips to {dir}");
+    }
+
+    /// <summary>../shared/data/cifar-10-subset when present (searched upwards), else the official archive, downloaded once.</summary>
+    private static async Task<string> DefaultDataAsync(ConsoleUi ui)
     {
         for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir is not null; dir = dir.Parent)
         {
@@ -109,57 +107,7 @@ internal static class Sample
             if (Directory.Exists(candidate)) return candidate;
         }
         string cache = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "gohsp");
-        Console.WriteLine($"No local CIFAR-10 found; downloading the official archive to {cache} (pass --data to use a local copy).");
-        var progress = new SyncProgress<(long read, long? total)>(p =>
-        {
-            if (p.total is long t && t > 0)
-            {
-                int width = 40, done = (int)(width * p.read / t);
-                Console.Write($"\r[{new string('#', done)}{new string('.', width - done)}] {p.read / 1048576.0:F1}/{t / 1048576.0:F1} MiB");
-            }
-        });
-        var path = await Cifar10.DownloadAsync(cache, progress);
-        Console.WriteLine();
-        return path;
-    }
-
-    private static Dictionary<string, string> ParseArgs(string[] args)
-    {
-        var known = new HashSet<string> { "data", "arch", "epochs", "seed", "out", "threads", "max-train" };
-        var d = new Dictionary<string, string>();
-        for (int i = 0; i < args.Length; i++)
-        {
-            if (!args[i].StartsWith("--", StringComparison.Ordinal)) throw new ArgumentException($"Unexpected argument '{args[i]}'.");
-            var key = args[i][2..];
-            if (!known.Contains(key)) throw new ArgumentException($"Unknown option '--{key}'. Known: {string.Join(", ", known.Select(k => "--" + k))}.");
-            if (i + 1 >= args.Length) throw new ArgumentException($"Option '--{key}' needs a value.");
-            d[key] = args[++i];
-        }
-        return d;
-    }
-
-    private static int Int(Dictionary<string, string> d, string key, int dflt) =>
-        !d.TryGetValue(key, out var v) ? dflt
-        : int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int x) ? x
-        : throw new ArgumentException($"Option '--{key}' expects an integer, got '{v}'.");
-}
-
-internal sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
-{
-    public void Report(T value) => report(value);
-}
-
-internal sealed class ConsoleProgress : IProgress<ViTTrainingProgress>
-{
-    public void Report(ViTTrainingProgress p)
-    {
-        if (p.EpochCompleted)
-        {
-            Console.WriteLine($"\r[{p.Stage}] epoch {p.Epoch}/{p.TotalEpochs}: loss {p.Loss:F3}, train acc {p.TrainAccuracy:P1}, {p.ImagesPerSecond:F0} img/s".PadRight(100));
-            return;
-        }
-        if (Console.IsOutputRedirected && p.Step % 20 != 0) return;
-        int width = 30, done = width * p.Step / p.StepsPerEpoch;
-        Console.Write($"\r[{p.Stage}] epoch {p.Epoch}/{p.TotalEpochs} [{new string('#', done)}{new string('.', width - done)}] step {p.Step}/{p.StepsPerEpoch} loss {p.Loss:F3} {p.ImagesPerSecond:F0} img/s   ");
+        ui.Line($"No local CIFAR-10 found (pass --data to use one); using the official archive in {cache}.");
+        return await ui.DownloadAsync($"Downloading {Cifar10.DownloadUri}", p => Cifar10.DownloadAsync(cache, p));
     }
 }

@@ -1,0 +1,199 @@
+using System.Diagnostics;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp;
+using Microsoft.ML.Gohsp.Data;
+using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp.Pruning;
+using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Gohsp.VisionTransformer;
+
+namespace Cifar10Pruning;
+
+/// <summary>
+/// One seed of the comparison, all through the public ML.NET API: train the dense ViT, continue a copy as the dense
+/// reference, prune the dense model with each method and sparsity, then save every model, load it back in a fresh
+/// <see cref="MLContext"/>, evaluate it and time it.
+/// </summary>
+internal sealed class PruningRun(SampleOptions options, ConsoleUi ui, Cifar10Dataset trainSet, Cifar10Dataset testSet, string data)
+{
+    private readonly ComputePrecision _precision = options.ResolvePrecision();
+
+    public SampleReport Run(int seed, string outDir)
+    {
+        Directory.CreateDirectory(outDir);
+        var ml = new MLContext(seed);
+        var train = Cifar10.ToDataView(ml, trainSet);
+
+        // Data preparation shared by every model: a key-typed label, and planar pixels (what a ViT that can be saved trains on).
+        var prep = ml.Transforms.Conversion.MapValueToKey("Label")
+            .Append(ml.Transforms.ExtractPixels("Pixels", "Image", interleavePixelColors: false))
+            .Fit(train);
+        var prepared = prep.Transform(train);
+
+        // 1. The dense model every method starts from: E epochs.
+        var sw = Stopwatch.StartNew();
+        var dense = ui.Train($"Dense {options.Arch}, {options.Epochs} epochs on {trainSet.Count:N0} images (seed {seed}, {PrecisionName})",
+            p => ml.MulticlassClassification.Trainers.ViTClassification(TrainerOptions(seed, options.Epochs, p)).Fit(prepared));
+        double denseSeconds = sw.Elapsed.TotalSeconds;
+        var post = ml.Transforms.Conversion.MapKeyToValue("PredictedLabel").Fit(dense.Transform(prepared));
+        ITransformer Full(ITransformer predictor) => prep.Append(predictor).Append(post);
+
+        var models = new List<(ModelEntry Template, MulticlassPredictionTransformer<ViTModelParameters> Predictor)>();
+        string denseZip = Path.Combine(outDir, "dense.zip");
+        ml.Model.SaveAtomically(Full(dense), train.Schema, denseZip);
+        double denseStartTop1 = ml.MulticlassClassification.Evaluate(Full(dense).Transform(Cifar10.ToDataView(ml, testSet))).MicroAccuracy;
+        ui.Line(Text.Invariant($"Dense model: {dense.Model.ParameterCount:N0} parameters, {dense.Model.ForwardFlops / 1e6:F1} MFLOPs/image, top-1 {denseStartTop1:P2}; saved {denseZip}"));
+
+        // 2. The dense reference: the same model trained P more epochs, the budget every pruning method gets after it.
+        sw.Restart();
+        var reference = ui.Train($"Dense reference: {options.PostEpochs} more epochs",
+            p => ml.MulticlassClassification.Trainers.ViTClassification(ReferenceOptions(seed, p)).Fit(prepared, dense.Model));
+        models.Add((Template("dense", 0, seed, $"dense {options.PostEpochs} more epochs", sw.Elapsed.TotalSeconds, "dense-reference.zip"), reference));
+
+        // 3. Every method prunes the same dense model to every sparsity.
+        foreach (var method in options.Methods)
+            foreach (double sparsity in options.Sparsities)
+            {
+                string name = Text.Invariant($"{method.ToString().ToLowerInvariant()}-{sparsity * 100:0}");
+                sw.Restart();
+                var (pruned, split) = ui.Train(Text.Invariant($"{method.ToString().ToUpperInvariant()} to {sparsity:P0} sparsity, {options.PostEpochs} epochs"),
+                    p => Prune(ml, method, sparsity, seed, dense, prepared, p));
+                models.Add((Template(method.ToString().ToLowerInvariant(), sparsity, seed, split, sw.Elapsed.TotalSeconds, name + ".zip"), pruned));
+            }
+
+        // 4. Save, reload in a fresh MLContext, evaluate, time.
+        var testTensor = testSet.ToTensorData();
+        TorchDevices.ApplyThreads(options.Threads);
+        var entries = new List<ModelEntry>();
+        foreach (var (template, predictor) in models)
+        {
+            string zip = Path.Combine(outDir, template.Model);
+            ml.Model.SaveAtomically(Full(predictor), train.Schema, zip);
+            entries.Add(Measure(template, zip, predictor.Model.PruningReport, testTensor, showPredictions: template == models[^1].Template));
+        }
+
+        return new SampleReport
+        {
+            Config = new RunConfig
+            {
+                Command = "Cifar10Pruning " + options.CommandLine,
+                Data = data,
+                Arch = options.Arch,
+                TrainImages = trainSet.Count,
+                TestImages = testSet.Count,
+                DenseEpochs = options.Epochs,
+                PostEpochs = options.PostEpochs,
+                Precision = PrecisionName,
+                Threads = TorchSharp.torch.get_num_threads(),
+                Seed = seed,
+                DenseStartTop1 = denseStartTop1,
+                DenseSeconds = denseSeconds,
+                Date = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'", System.Globalization.CultureInfo.InvariantCulture),
+                Machine = $"{Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
+            },
+            Dense = entries[0],
+            Entries = entries.Skip(1).ToArray(),
+        };
+    }
+
+    private string PrecisionName => _precision == ComputePrecision.BFloat16 ? "bf16" : "fp32";
+
+    private ViTClassificationTrainer.Options TrainerOptions(int seed, int epochs, IProgress<ViTTrainingProgress>? progress) => new()
+    {
+        ArchitecturePreset = options.Arch,
+        ImageColumnName = "Pixels",
+        Epochs = epochs,
+        Seed = seed,
+        NumberOfThreads = options.Threads,
+        TrainingPrecision = _precision,
+        Progress = progress,
+    };
+
+    /// <summary>The dense reference continues with the pruned models' fine-tuning recipe (learning rate, warm-up) for the same budget.</summary>
+    private ViTClassificationTrainer.Options ReferenceOptions(int seed, IProgress<ViTTrainingProgress> progress)
+    {
+        var o = TrainerOptions(seed, options.PostEpochs, progress);
+        var fineTune = new GohspOptions().FineTune;
+        o.LearningRate = fineTune.LearningRate;
+        o.MinLearningRate = fineTune.MinLearningRate;
+        o.WarmupEpochs = fineTune.WarmupEpochs;
+        return o;
+    }
+
+    private void Configure(ViTTrainingOptions o, int epochs, int seed)
+    {
+        o.Epochs = epochs;
+        o.Seed = seed;
+        o.NumberOfThreads = options.Threads;
+        o.TrainingPrecision = _precision;
+    }
+
+    /// <summary>Prunes <paramref name="dense"/> with one method; returns the pruned transformer and how the epoch budget was used.</summary>
+    private (MulticlassPredictionTransformer<ViTModelParameters>, string) Prune(MLContext ml, PruningMethod method, double sparsity, int seed,
+        MulticlassPredictionTransformer<ViTModelParameters> dense, IDataView prepared, IProgress<ViTTrainingProgress> progress)
+    {
+        switch (method)
+        {
+            case PruningMethod.Gohsp:
+                var o = new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress };
+                int soft = Math.Max(1, options.PostEpochs / 2), fine = options.PostEpochs - soft;
+                if (fine < 1) throw new ArgumentException($"Option '--post-epochs': GOHSP needs at least 2 epochs after the dense model (soft pruning + fine-tuning), got {options.PostEpochs}.");
+                Configure(o.SoftPruning, soft, seed);
+                Configure(o.FineTune, fine, seed);
+                return (ml.Transforms.GohspPrune(o, dense).Fit(prepared), $"soft pruning {soft} + fine-tune {fine}");
+            default:
+                throw new NotSupportedException($"Method '{method}' is not available in this build.");
+        }
+    }
+
+    private static ModelEntry Template(string method, double sparsity, int seed, string split, double seconds, string zip) => new()
+    {
+        Method = method, Sparsity = sparsity, Seed = seed, EpochSplit = split, TrainSeconds = seconds, Model = zip,
+        AchievedSparsity = 0, Params = 0, Flops = 0, Top1 = 0, BatchImagesPerS = 0, SingleLatencyMs = 0, RawForwardLatencyMs = 0,
+        MlnetTransformImagesPerS = 0, PostDenseEpochs = 0, Blocks = [],
+    };
+
+    /// <summary>Loads the saved zip in a fresh MLContext (what an app does) and measures accuracy and speed on it.</summary>
+    private ModelEntry Measure(ModelEntry template, string zip, PruningReport? pruning, ImageTensorData testTensor, bool showPredictions)
+    {
+        var fresh = new MLContext(template.Seed);
+        var loaded = fresh.Model.Load(zip, out _);
+        var vit = ((IEnumerable<ITransformer>)loaded).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single().Model;
+
+        var sw = Stopwatch.StartNew();
+        var metrics = fresh.MulticlassClassification.Evaluate(loaded.Transform(Cifar10.ToDataView(fresh, testSet)));
+        double mlnetRate = testSet.Count / sw.Elapsed.TotalSeconds;
+        double batchRate = Speed.BatchImagesPerSecond(vit, testTensor);
+        var (engineMs, rawMs) = Speed.SingleImageLatency(fresh, loaded, vit, testSet);
+
+        if (showPredictions)
+        {
+            ui.Line($"Predictions of {Path.GetFileName(zip)}, loaded in a fresh MLContext, through a PredictionEngine:");
+            using var engine = fresh.Model.CreatePredictionEngine<ImageInput, Prediction>(loaded);
+            for (int i = 0; i < 5; i++)
+            {
+                using var image = Cifar10.CreateImage(testSet.GetImage(i));
+                var p = engine.Predict(new ImageInput { Image = image });
+                ui.Line(Text.Invariant($"  test image {i}: predicted {p.PredictedClass,-10} ({p.Score.Max():P0}), actual {testSet.GetClassName(i)}"));
+            }
+        }
+
+        var arch = vit.Architecture;
+        var denseArch = ViTArchitecture.FromPreset(options.Arch, arch.NumClasses);
+        return template with
+        {
+            Params = arch.ParameterCount,
+            Flops = arch.ForwardFlops,
+            AchievedSparsity = pruning?.AchievedSparsity ?? 0,
+            Top1 = metrics.MicroAccuracy,
+            BatchImagesPerS = batchRate,
+            SingleLatencyMs = engineMs,
+            RawForwardLatencyMs = rawMs,
+            MlnetTransformImagesPerS = mlnetRate,
+            PostDenseEpochs = options.PostEpochs,
+            Blocks = pruning?.Blocks.Select(b => new BlockShape(b.KeptHeads.Length, b.QkDim, b.VDim, b.MlpWidth, b.DenseHeads, b.DenseQkDim, b.DenseVDim, b.DenseMlpWidth)).ToArray()
+                     ?? arch.Blocks.Zip(denseArch.Blocks, (b, d) => new BlockShape(b.Heads, b.QkDim, b.VDim, b.MlpHidden, d.Heads, d.QkDim, d.VDim, d.MlpHidden)).ToArray(),
+        };
+    }
+}

@@ -1,0 +1,170 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Microsoft.ML.Gohsp;
+using Spectre.Console;
+
+namespace Cifar10Pruning;
+
+/// <summary>Shape of one transformer block of a (pruned) model.</summary>
+internal sealed record BlockShape(int Heads, int QkDim, int VDim, int MlpWidth, int DenseHeads, int DenseQkDim, int DenseVDim, int DenseMlpWidth);
+
+/// <summary>One model of the comparison: the dense reference or one (method, sparsity) pruned model.</summary>
+internal sealed record ModelEntry
+{
+    /// <summary>"dense", "gohsp", "sgmp" or "somp".</summary>
+    public required string Method { get; init; }
+    /// <summary>Requested fraction of parameters removed (0 for dense).</summary>
+    public required double Sparsity { get; init; }
+    /// <summary>Achieved fraction of parameters removed (0 for dense).</summary>
+    public required double AchievedSparsity { get; init; }
+    public required long Params { get; init; }
+    /// <summary>Forward FLOPs per image.</summary>
+    public required long Flops { get; init; }
+    /// <summary>Top-1 accuracy on the test split, 0–1 (ML.NET Evaluate of the reloaded zip).</summary>
+    public required double Top1 { get; init; }
+    /// <summary>Raw-model batch inference over the test split: ViTModelParameters.PredictProbabilities, batches of 64.</summary>
+    public required double BatchImagesPerS { get; init; }
+    /// <summary>Median latency of one PredictionEngine.Predict call on one MLImage (after warm-up).</summary>
+    public required double SingleLatencyMs { get; init; }
+    /// <summary>Median latency of a raw TorchSharp forward of the same model on one prepared [1, 3, 32, 32] tensor.</summary>
+    public required double RawForwardLatencyMs { get; init; }
+    /// <summary>Images/s of ML.NET Transform + Evaluate over the test split (row by row, as ML.NET scores).</summary>
+    public required double MlnetTransformImagesPerS { get; init; }
+    public required int Seed { get; init; }
+    /// <summary>Epochs this model was trained after the common dense model (the fair-protocol budget) and how they were used.</summary>
+    public required int PostDenseEpochs { get; init; }
+    public required string EpochSplit { get; init; }
+    /// <summary>Wall-clock seconds of this model's training/pruning after the dense model.</summary>
+    public required double TrainSeconds { get; init; }
+    /// <summary>The saved ML.NET model zip (file name in the output folder).</summary>
+    public required string Model { get; init; }
+    public required IReadOnlyList<BlockShape> Blocks { get; init; }
+
+    [JsonIgnore] public double SingleOverRaw => SingleLatencyMs / RawForwardLatencyMs;
+}
+
+/// <summary>How a run was made (everything needed to reproduce it).</summary>
+internal sealed record RunConfig
+{
+    public required string Command { get; init; }
+    public required string Data { get; init; }
+    public required string Arch { get; init; }
+    public required int TrainImages { get; init; }
+    public required int TestImages { get; init; }
+    public required int DenseEpochs { get; init; }
+    public required int PostEpochs { get; init; }
+    public required string Precision { get; init; }
+    public required int Threads { get; init; }
+    public required int Seed { get; init; }
+    /// <summary>Top-1 of the dense model every method starts from (after <see cref="DenseEpochs"/>; the reference has E + P).</summary>
+    public required double DenseStartTop1 { get; init; }
+    public required double DenseSeconds { get; init; }
+    public required string Date { get; init; }
+    public required string Machine { get; init; }
+}
+
+/// <summary>report.json: <c>{"config": {...}, "dense": {...}, "entries": [{...}, ...]}</c>.</summary>
+internal sealed record SampleReport
+{
+    public required RunConfig Config { get; init; }
+    public required ModelEntry Dense { get; init; }
+    public required IReadOnlyList<ModelEntry> Entries { get; init; }
+
+    public static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true,
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
+    public const string SpeedNotes =
+        "batch_images_per_s: the raw model (ViTModelParameters.PredictProbabilities, batches of 64, incl. normalisation and softmax) " +
+        "over the test split, median of 3 passes. single_latency_ms: median of one PredictionEngine.Predict on one MLImage " +
+        "(ExtractPixels + ViT + MapKeyToValue) of the reloaded zip, after 10 warm-up calls. raw_forward_latency_ms: median of a raw " +
+        "TorchSharp forward (no_grad) of the same model on one already-normalised [1, 3, 32, 32] tensor, timed interleaved with " +
+        "the PredictionEngine calls, same threads. mlnet_transform_images_per_s: ML.NET Transform + Evaluate over the test split " +
+        "(ML.NET scores row by row).";
+
+    public void WriteJson(string path) => Text.WriteAtomically(path, JsonSerializer.Serialize(this, Json));
+
+    public static SampleReport ReadJson(string path) =>
+        JsonSerializer.Deserialize<SampleReport>(File.ReadAllText(path), Json) ?? throw new InvalidDataException($"'{path}' is not a sample report.");
+
+    public IEnumerable<ModelEntry> All => Entries.Prepend(Dense);
+
+    public void WriteMarkdown(string path, IEnumerable<string> plots)
+    {
+        var c = Config;
+        var sb = new StringBuilder();
+        sb.AppendLine(Text.Invariant($"# CIFAR-10 pruning run (seed {c.Seed})"));
+        sb.AppendLine();
+        sb.AppendLine(Text.Invariant($"`{c.Command}` — {c.Date}, {c.Machine}"));
+        sb.AppendLine();
+        sb.AppendLine(Text.Invariant($"- data: `{c.Data}` ({c.TrainImages:N0} training / {c.TestImages:N0} test images), arch `{c.Arch}`, {c.Precision} training, {c.Threads} threads"));
+        sb.AppendLine(Text.Invariant($"- fair protocol: one dense model trained {c.DenseEpochs} epochs ({c.DenseSeconds:F0} s, top-1 {c.DenseStartTop1:P2}); every method prunes it and gets {c.PostEpochs} more epochs; the dense reference is the same model trained {c.PostEpochs} more epochs ({c.DenseEpochs + c.PostEpochs} in all)"));
+        sb.AppendLine();
+        sb.AppendLine(MarkdownTable(All));
+        sb.AppendLine();
+        sb.AppendLine("Epochs after the dense model: " + string.Join("; ", All.Select(e => $"{Label(e)}: {e.EpochSplit} ({e.TrainSeconds:F0} s)")) + ".");
+        sb.AppendLine();
+        sb.AppendLine("Speed columns: " + SpeedNotes);
+        sb.AppendLine();
+        foreach (var p in plots) sb.AppendLine($"![{Path.GetFileNameWithoutExtension(p)}]({Path.GetFileName(p)})");
+        Text.WriteAtomically(path, sb.ToString());
+    }
+
+    public static string MarkdownTable(IEnumerable<ModelEntry> entries)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine("| method | sparsity (requested → achieved) | params | MFLOPs/image | top-1 | batch img/s | PredictionEngine ms | raw forward ms | engine / raw |");
+        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        foreach (var e in entries)
+            sb.AppendLine(Text.Invariant($"| {e.Method} | {SparsityText(e)} | {e.Params:N0} | {e.Flops / 1e6:F1} | {e.Top1:P2} | {e.BatchImagesPerS:F0} | {e.SingleLatencyMs:F3} | {e.RawForwardLatencyMs:F3} | {e.SingleOverRaw:F3} |"));
+        return sb.ToString().TrimEnd();
+    }
+
+    /// <summary>The final table on the console (a Spectre table when interactive, the markdown table otherwise).</summary>
+    public void Print(ConsoleUi ui)
+    {
+        if (!ui.Interactive)
+        {
+            ui.Line(MarkdownTable(All));
+            return;
+        }
+        var t = new Table().RoundedBorder().Title($"CIFAR-10, {Config.Arch}, seed {Config.Seed}");
+        foreach (var h in new[] { "method", "sparsity", "params", "MFLOPs", "top-1", "batch img/s", "engine ms", "raw ms", "engine/raw" })
+            t.AddColumn(new TableColumn(h) { Alignment = h is "method" or "sparsity" ? Justify.Left : Justify.Right });
+        foreach (var e in All)
+            t.AddRow(Text.Invariant($"{e.Method}"), SparsityText(e), Text.Invariant($"{e.Params:N0}"), Text.Invariant($"{e.Flops / 1e6:F1}"), Text.Invariant($"{e.Top1:P2}"),
+                Text.Invariant($"{e.BatchImagesPerS:F0}"), Text.Invariant($"{e.SingleLatencyMs:F3}"), Text.Invariant($"{e.RawForwardLatencyMs:F3}"), Text.Invariant($"{e.SingleOverRaw:F3}"));
+        AnsiConsole.Write(t);
+    }
+
+    public static string Label(ModelEntry e) => e.Method == "dense" ? "dense" : Text.Invariant($"{e.Method} {e.Sparsity:P0}");
+
+    private static string SparsityText(ModelEntry e) => e.Method == "dense" ? "—" : Text.Invariant($"{e.Sparsity:P0} → {e.AchievedSparsity:P1}");
+
+}
+
+/// <summary>Formatting and file helpers shared by the reports.</summary>
+internal static class Text
+{
+    /// <summary>The invariant culture with percentages written "40%" rather than "40 %".</summary>
+    public static readonly CultureInfo Culture = CreateCulture();
+
+    /// <summary>Culture-invariant formatting (reports read the same on every machine).</summary>
+    public static string Invariant(FormattableString s) => s.ToString(Culture);
+
+    private static CultureInfo CreateCulture()
+    {
+        var c = (CultureInfo)CultureInfo.InvariantCulture.Clone();
+        c.NumberFormat.PercentPositivePattern = 1;
+        c.NumberFormat.PercentNegativePattern = 1;
+        return CultureInfo.ReadOnly(c);
+    }
+
+    /// <summary>Text files are written like the models: to a temporary file, then renamed into place.</summary>
+    public static void WriteAtomically(string path, string text) => AtomicFile.Write(path, s => s.Write(new UTF8Encoding(false).GetBytes(text)));
+}

@@ -1,0 +1,159 @@
+using System.Globalization;
+using Microsoft.ML.Gohsp.VisionTransformer;
+
+namespace Cifar10Pruning;
+
+/// <summary>The structured-pruning methods the sample can compare.</summary>
+internal enum PruningMethod { Gohsp, Sgmp, Somp }
+
+/// <summary>Command-line flags of the sample, parsed and validated before any data is read or any model is trained.</summary>
+internal sealed record SampleOptions
+{
+    public const string Usage = """
+        Cifar10Pruning: train a vision transformer on CIFAR-10 in ML.NET, prune it, compare, save, reload, predict.
+
+        usage: dotnet Cifar10Pruning.dll [flags]        (or ./build.sh sample -- [flags])
+          --data PATH          cifar-10-batches-bin folder or cifar-10-binary.tar.gz (env CIFAR10_DATA). Default:
+                               ../shared/data/cifar-10-subset when present, else the official archive is downloaded
+          --arch NAME          architecture preset (cifar-micro, cifar-tiny, cifar-small, ...). Default cifar-tiny
+          --epochs N           dense training epochs before pruning. Default 4
+          --post-epochs N      epoch budget after the dense model, the same for every method and for the dense
+                               reference (which is trained N more epochs). Default 2
+          --sparsity S[,S...]  fraction(s) of the parameters to remove, each in (0, 1). Default 0.5
+          --method M           gohsp | sgmp | somp | all, or a comma list. Default gohsp
+          --seed N | --seeds N[,N...]   one or more seeds; each seed is a full run (dense + every method). Default 1
+          --out DIR            output folder (models, report.json, report.md, plots). Default out
+          --threads N          TorchSharp intra-op threads (0: all cores). Default 0
+          --max-train N        use only the first N training images
+          --max-test N         evaluate and time on only the first N test images (quick runs)
+          --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
+          --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
+          --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
+          --plain              plain log lines instead of live progress bars (automatic when output is redirected)
+          --help               this text
+        """;
+
+    public string? Data { get; init; }
+    public string Arch { get; init; } = "cifar-tiny";
+    public int Epochs { get; init; } = 4;
+    public int PostEpochs { get; init; } = 2;
+    public IReadOnlyList<double> Sparsities { get; init; } = [0.5];
+    public IReadOnlyList<PruningMethod> Methods { get; init; } = [PruningMethod.Gohsp];
+    public IReadOnlyList<int> Seeds { get; init; } = [1];
+    public string Out { get; init; } = "out";
+    public int Threads { get; init; }
+    public int? MaxTrain { get; init; }
+    public int? MaxTest { get; init; }
+    public string Precision { get; init; } = "auto";
+    public string? ResultsMarkdown { get; init; }
+    public string? Aggregate { get; init; }
+    public bool Plain { get; init; }
+    public bool Help { get; init; }
+
+    /// <summary>The command line, for the reports.</summary>
+    public string CommandLine { get; init; } = "";
+
+    private static readonly string[] ValueFlags =
+        ["data", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision", "results-md", "aggregate"];
+    private static readonly string[] SwitchFlags = ["plain", "help"];
+
+    /// <summary>Parses the flags; every problem is an <see cref="ArgumentException"/> with a one-line message naming the flag.</summary>
+    public static SampleOptions Parse(string[] args)
+    {
+        var values = new Dictionary<string, string>();
+        var switches = new HashSet<string>();
+        for (int i = 0; i < args.Length; i++)
+        {
+            string a = args[i];
+            if (a is "-h" or "/?") { switches.Add("help"); continue; }
+            if (!a.StartsWith("--", StringComparison.Ordinal)) throw new ArgumentException($"Unexpected argument '{a}' (flags start with --; see --help).");
+            string key = a[2..];
+            if (SwitchFlags.Contains(key)) { switches.Add(key); continue; }
+            if (!ValueFlags.Contains(key)) throw new ArgumentException($"Unknown option '--{key}'. Known: {string.Join(", ", ValueFlags.Concat(SwitchFlags).Select(k => "--" + k))}.");
+            if (i + 1 >= args.Length || args[i + 1].StartsWith("--", StringComparison.Ordinal)) throw new ArgumentException($"Option '--{key}' needs a value.");
+            if (!values.TryAdd(key, args[++i])) throw new ArgumentException($"Option '--{key}' is given twice.");
+        }
+        if (values.ContainsKey("seed") && values.ContainsKey("seeds")) throw new ArgumentException("Give either --seed or --seeds, not both.");
+
+        var o = new SampleOptions
+        {
+            Data = values.GetValueOrDefault("data") ?? Environment.GetEnvironmentVariable("CIFAR10_DATA"),
+            Arch = values.GetValueOrDefault("arch") ?? "cifar-tiny",
+            Epochs = Int(values, "epochs", 4, min: 1),
+            PostEpochs = Int(values, "post-epochs", 2, min: 1),
+            Sparsities = values.TryGetValue("sparsity", out var sp) ? List(sp, "sparsity", ParseSparsity) : [0.5],
+            Methods = values.TryGetValue("method", out var m) ? ParseMethods(m) : [PruningMethod.Gohsp],
+            Seeds = values.TryGetValue("seeds", out var ss) ? List(ss, "seeds", ParseSeed)
+                  : values.TryGetValue("seed", out var s1) ? [ParseSeed(s1, "seed")] : [1],
+            Out = values.GetValueOrDefault("out") ?? "out",
+            Threads = Int(values, "threads", 0, min: 0),
+            MaxTrain = values.ContainsKey("max-train") ? Int(values, "max-train", 0, min: 1) : null,
+            MaxTest = values.ContainsKey("max-test") ? Int(values, "max-test", 0, min: 1) : null,
+            Precision = ParsePrecision(values.GetValueOrDefault("precision") ?? "auto"),
+            ResultsMarkdown = values.GetValueOrDefault("results-md"),
+            Aggregate = values.GetValueOrDefault("aggregate"),
+            Plain = switches.Contains("plain"),
+            Help = switches.Contains("help"),
+            CommandLine = string.Join(" ", args.Select(Quote)),
+        };
+        if (!ViTArchitecture.PresetNames.Contains(o.Arch, StringComparer.OrdinalIgnoreCase))
+            throw new ArgumentException($"Option '--arch': unknown preset '{o.Arch}'. Known: {string.Join(", ", ViTArchitecture.PresetNames)}.");
+        if (ViTArchitecture.FromPreset(o.Arch, 10).ImageSize is int size && size != 32)
+            throw new ArgumentException($"Option '--arch': preset '{o.Arch}' is for {size}×{size} images; CIFAR-10 is 32×32 (use cifar-micro, cifar-tiny or cifar-small).");
+        return o;
+    }
+
+    /// <summary>
+    /// The training precision: fp32, bf16, or for "auto" bf16 where the CPU computes bf16 natively (AVX512-BF16 or AMX;
+    /// measured 1.7–2× faster than fp32 at equal accuracy, docs/benchmarks.md) and fp32 elsewhere (emulated bf16 is slow).
+    /// </summary>
+    public ComputePrecision ResolvePrecision() => Precision switch
+    {
+        "fp32" => ComputePrecision.Float32,
+        "bf16" => ComputePrecision.BFloat16,
+        _ => HasNativeBf16() ? ComputePrecision.BFloat16 : ComputePrecision.Float32,
+    };
+
+    private static bool HasNativeBf16()
+    {
+        try
+        {
+            return OperatingSystem.IsLinux() && File.ReadLines("/proc/cpuinfo")
+                .FirstOrDefault(l => l.StartsWith("flags", StringComparison.Ordinal)) is { } flags
+                && flags.Split(' ').Any(f => f is "avx512_bf16" or "amx_bf16");
+        }
+        catch (IOException) { return false; }
+    }
+
+    private static double ParseSparsity(string v, string flag) =>
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double s) && s > 0 && s < 1 ? s
+        : throw new ArgumentException($"Option '--{flag}': '{v}' is not a fraction in (0, 1) (e.g. 0.4 removes 40% of the parameters).");
+
+    private static int ParseSeed(string v, string flag) =>
+        int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int s) ? s
+        : throw new ArgumentException($"Option '--{flag}' expects integers, got '{v}'.");
+
+    private static IReadOnlyList<PruningMethod> ParseMethods(string v)
+    {
+        if (v.Trim().Equals("all", StringComparison.OrdinalIgnoreCase)) return Enum.GetValues<PruningMethod>();
+        return List(v, "method", (s, flag) => Enum.TryParse<PruningMethod>(s, ignoreCase: true, out var m) && Enum.IsDefined(m) && !int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out _) ? m
+            : throw new ArgumentException($"Option '--{flag}': unknown method '{s}'. Known: gohsp, sgmp, somp, all."));
+    }
+
+    private static string ParsePrecision(string v) => v.ToLowerInvariant() is "auto" or "fp32" or "bf16"
+        ? v.ToLowerInvariant()
+        : throw new ArgumentException($"Option '--precision': unknown value '{v}'. Known: auto, fp32, bf16.");
+
+    private static IReadOnlyList<T> List<T>(string v, string flag, Func<string, string, T> parse)
+    {
+        var items = v.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(s => parse(s, flag)).Distinct().ToArray();
+        return items.Length > 0 ? items : throw new ArgumentException($"Option '--{flag}' needs at least one value.");
+    }
+
+    private static int Int(Dictionary<string, string> d, string key, int dflt, int min) =>
+        !d.TryGetValue(key, out var v) ? dflt
+        : int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int x) && x >= min ? x
+        : throw new ArgumentException($"Option '--{key}' expects an integer ≥ {min}, got '{v}'.");
+
+    private static string Quote(string a) => a.Length > 0 && a.All(c => char.IsLetterOrDigit(c) || "-_./,=:+".Contains(c)) ? a : $"'{a}'";
+}

@@ -1,0 +1,80 @@
+using System.Diagnostics;
+using Microsoft.ML;
+using Microsoft.ML.Gohsp.Data;
+using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp.Training;
+using static TorchSharp.torch;
+
+namespace Cifar10Pruning;
+
+/// <summary>The speed columns of the report (see <see cref="SampleReport.SpeedNotes"/>).</summary>
+internal static class Speed
+{
+    public const int BatchSize = 64;
+
+    /// <summary>Raw-model batch inference over <paramref name="test"/> in batches of 64: images/s, median of <paramref name="passes"/> passes.</summary>
+    public static double BatchImagesPerSecond(ViTModelParameters vit, ImageTensorData test, int passes = 3)
+    {
+        vit.PredictProbabilities(test.Take(BatchSize), BatchSize); // warm-up
+        var rates = new double[passes];
+        for (int i = 0; i < passes; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            vit.PredictProbabilities(test, BatchSize);
+            rates[i] = test.Count / sw.Elapsed.TotalSeconds;
+        }
+        return Median(rates);
+    }
+
+    /// <summary>
+    /// Median latency (ms) of one <c>PredictionEngine.Predict</c> on one image, and of a raw TorchSharp forward of the same
+    /// model on the same image already turned into a normalised [1, C, H, W] tensor. The two are timed alternately so that
+    /// load changes on a shared machine hit both alike.
+    /// </summary>
+    public static (double EngineMs, double RawMs) SingleImageLatency(MLContext ml, ITransformer model, ViTModelParameters vit,
+        Cifar10Dataset images, int samples = 100, int warmup = 10)
+    {
+        using var engine = ml.Model.CreatePredictionEngine<ImageInput, Prediction>(model);
+        var input = new ImageInput { Image = Cifar10.CreateImage(images.GetImage(0)) };
+        using var prepared = PreparedTensor(vit, images.GetImage(0));
+        var net = vit.Model;
+        var engineMs = new List<double>(samples);
+        var rawMs = new List<double>(samples);
+        for (int i = 0; i < warmup + samples; i++)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            engine.Predict(input);
+            long t1 = Stopwatch.GetTimestamp();
+            using (NewDisposeScope())
+            using (no_grad())
+                net.forward(prepared);
+            long t2 = Stopwatch.GetTimestamp();
+            if (i < warmup) continue;
+            engineMs.Add(Stopwatch.GetElapsedTime(t0, t1).TotalMilliseconds);
+            rawMs.Add(Stopwatch.GetElapsedTime(t1, t2).TotalMilliseconds);
+        }
+        input.Image.Dispose();
+        return (Median(engineMs), Median(rawMs));
+    }
+
+    /// <summary>One image as the model's input tensor: (pixel · scale − mean) / std per channel, shape [1, C, H, W].</summary>
+    private static Tensor PreparedTensor(ViTModelParameters vit, ReadOnlySpan<byte> planar)
+    {
+        var pre = vit.Preprocessing;
+        var a = vit.Architecture;
+        int plane = a.ImageSize * a.ImageSize;
+        var x = new float[planar.Length];
+        for (int i = 0; i < x.Length; i++)
+        {
+            int c = i / plane;
+            x[i] = (planar[i] * pre.PixelScale - pre.Mean[c]) / pre.Std[c];
+        }
+        return tensor(x, new long[] { 1, a.Channels, a.ImageSize, a.ImageSize });
+    }
+
+    public static double Median(IEnumerable<double> values)
+    {
+        var v = values.Order().ToArray();
+        return v.Length == 0 ? double.NaN : v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
+    }
+}

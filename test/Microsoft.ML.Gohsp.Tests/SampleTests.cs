@@ -1,0 +1,126 @@
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp.Data;
+using Xunit.Abstractions;
+
+namespace Microsoft.ML.Gohsp.Tests;
+
+/// <summary>
+/// samples/Cifar10Pruning launched as a process, as a user runs it: the whole flow on a tiny config (cifar-micro,
+/// 256 training images, 1 dense epoch + 2 after it, one sparsity), and its one-line errors for bad input.
+/// </summary>
+public class SampleTests(ITestOutputHelper output)
+{
+    private static readonly string Sample = BuiltApp.Locate("samples/Cifar10Pruning", "Cifar10Pruning");
+
+    private (int ExitCode, string StdOut, string StdErr) RunSample(params string[] args)
+    {
+        var r = BuiltApp.Run(Sample, args, TimeSpan.FromMinutes(5));
+        output.WriteLine($"exit {r.ExitCode}\n--- stdout\n{r.StdOut}\n--- stderr\n{r.StdErr}");
+        return r;
+    }
+
+    [Fact]
+    public void RunsEndToEndAndWritesReportsPlotsAndAModelThatReloadsAndPredicts()
+    {
+        using var tmp = new TempDir();
+        string outDir = Path.Combine(tmp.Path, "out");
+        var (exit, stdout, stderr) = RunSample("--data", Cifar10Tests.SubsetDir, "--arch", "cifar-micro", "--max-train", "256", "--epochs", "1",
+            "--post-epochs", "2", "--sparsity", "0.5", "--method", "gohsp", "--seed", "3", "--precision", "fp32", "--threads", "1", "--max-test", "300", "--out", outDir);
+        exit.Should().Be(0, stderr);
+        stdout.Should().Contain("Predictions of gohsp-50.zip, loaded in a fresh MLContext");
+        stdout.Should().NotContain("\u001b[", "redirected output gets plain log lines, no live progress bars");
+
+        using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "report.json")));
+        var root = json.RootElement;
+        var dense = root.GetProperty("dense");
+        var entries = root.GetProperty("entries").EnumerateArray().ToArray();
+        entries.Should().HaveCount(1);
+        var gohsp = entries[0];
+        foreach (var e in new[] { dense, gohsp })
+        {
+            foreach (var field in new[] { "params", "flops", "batch_images_per_s", "single_latency_ms", "raw_forward_latency_ms" })
+                e.GetProperty(field).GetDouble().Should().BePositive(field);
+            e.GetProperty("top1").GetDouble().Should().BeInRange(0.0, 1.0);
+            e.GetProperty("seed").GetInt32().Should().Be(3);
+            e.GetProperty("post_dense_epochs").GetInt32().Should().Be(2, "every model gets the same budget after the dense model");
+        }
+        dense.GetProperty("method").GetString().Should().Be("dense");
+        dense.GetProperty("sparsity").GetDouble().Should().Be(0);
+        gohsp.GetProperty("method").GetString().Should().Be("gohsp");
+        gohsp.GetProperty("sparsity").GetDouble().Should().Be(0.5);
+        long denseParams = dense.GetProperty("params").GetInt64(), prunedParams = gohsp.GetProperty("params").GetInt64();
+        denseParams.Should().Be(VisionTransformer.ViTArchitecture.CifarMicro().ParameterCount);
+        (1.0 - (double)prunedParams / denseParams).Should().BeApproximately(0.5, 0.02);
+        gohsp.GetProperty("flops").GetInt64().Should().BeLessThan(dense.GetProperty("flops").GetInt64());
+        gohsp.GetProperty("blocks").GetArrayLength().Should().Be(4);
+        var config = root.GetProperty("config");
+        (config.GetProperty("dense_epochs").GetInt32(), config.GetProperty("post_epochs").GetInt32(), config.GetProperty("train_images").GetInt32(),
+            config.GetProperty("test_images").GetInt32()).Should().Be((1, 2, 256, 300));
+
+        File.ReadAllText(Path.Combine(outDir, "report.md")).Should().Contain("| gohsp | 50% → ").And.Contain("| dense |");
+        foreach (var png in new[] { "top1-vs-params.png", "gohsp-50-architecture.png" })
+        {
+            var bytes = File.ReadAllBytes(Path.Combine(outDir, png));
+            bytes.Length.Should().BeGreaterThan(5_000, png);
+            bytes.Take(8).Should().Equal(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }, png + " is a PNG");
+        }
+
+        // The saved pruned zip loads here too, predicts with a PredictionEngine, and has the accuracy the report claims.
+        var ml = new MLContext(seed: 1);
+        var model = ml.Model.Load(Path.Combine(outDir, "gohsp-50.zip"), out _);
+        var testSet = Cifar10.Read(Cifar10Tests.SubsetDir, Cifar10Split.Test, maxImages: 300);
+        ml.MulticlassClassification.Evaluate(model.Transform(Cifar10.ToDataView(ml, testSet))).MicroAccuracy
+            .Should().BeApproximately(gohsp.GetProperty("top1").GetDouble(), 0.0034); // ≤ 1 of 300 images may flip across thread counts
+        using var engine = ml.Model.CreatePredictionEngine<ImageRow, PredictedClassRow>(model);
+        var p = engine.Predict(new ImageRow { Image = Cifar10.CreateImage(testSet.GetImage(0)), Label = "" });
+        p.Score.Should().HaveCount(10);
+        p.Score.Sum().Should().BeApproximately(1f, 1e-4f);
+        testSet.ClassNames.Should().Contain(p.PredictedLabel);
+        foreach (var zip in new[] { "dense.zip", "dense-reference.zip" }) File.Exists(Path.Combine(outDir, zip)).Should().BeTrue(zip);
+    }
+
+    public static TheoryData<string, string[], string> BadInputs => new()
+    {
+        { "no CIFAR files", ["--data", "{empty}"], "contains no CIFAR-10 binary batches" },
+        { "truncated batch", ["--data", "{truncated}"], "not a multiple of 3073" },
+        { "unknown method", ["--method", "magnitude"], "unknown method 'magnitude'" },
+        { "sparsity 1.5", ["--sparsity", "0.4,1.5"], "'1.5' is not a fraction in (0, 1)" },
+        { "sparsity 0", ["--sparsity", "0"], "'0' is not a fraction in (0, 1)" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadInputs))]
+    public void BadInputGivesOneLineErrorAndNonZeroExit(string name, string[] args, string expected)
+    {
+        using var tmp = new TempDir();
+        string empty = Directory.CreateDirectory(Path.Combine(tmp.Path, "empty")).FullName;
+        string truncated = Directory.CreateDirectory(Path.Combine(tmp.Path, "truncated")).FullName;
+        if (args.Contains("{truncated}"))
+        {
+            // a copy of the real subset with data_batch_2.bin cut short (1000 bytes missing)
+            foreach (var f in Directory.GetFiles(Cifar10Tests.SubsetDir)) File.Copy(f, Path.Combine(truncated, Path.GetFileName(f)));
+            using var fs = new FileStream(Path.Combine(truncated, "data_batch_2.bin"), FileMode.Open);
+            fs.SetLength(fs.Length - 1000);
+        }
+        string outDir = Path.Combine(tmp.Path, "out");
+        var fullArgs = args.Select(a => a.Replace("{empty}", empty).Replace("{truncated}", truncated))
+            .Concat(args.Contains("--data") ? [] : ["--data", Cifar10Tests.SubsetDir]).Concat(["--arch", "cifar-micro", "--epochs", "1", "--out", outDir]).ToArray();
+
+        var (exit, _, stderr) = RunSample(fullArgs);
+
+        exit.Should().NotBe(0, name);
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        lines.Should().ContainSingle(name + " gives exactly one line on stderr").Which.Should().StartWith("error: ").And.Contain(expected);
+        stderr.Should().NotContain("   at ", "no stack trace");
+        File.Exists(Path.Combine(outDir, "report.json")).Should().BeFalse();
+    }
+}
+
+public sealed class PredictedClassRow
+{
+    public float[] Score { get; set; }
+    public string PredictedLabel { get; set; }
+}
