@@ -19,9 +19,12 @@ internal static class Plots
     {
         var model = NewModel(title);
         model.Axes.Add(new LinearAxis { Position = AxisPosition.Bottom, Title = "parameters (millions)", MajorGridlineStyle = LineStyle.Dot, Minimum = 0, MaximumPadding = 0.08 });
-        model.Axes.Add(new LinearAxis { Position = AxisPosition.Left, Title = "top-1 (%)", MajorGridlineStyle = LineStyle.Dot, MinimumPadding = 0.15, MaximumPadding = 0.15 });
+        var series = methods.ToArray();
+        var all = series.SelectMany(m => m.Points).Append(dense).ToArray();
+        double lo = all.Min(p => p.Top1 - p.Top1Std) * 100, hi = all.Max(p => p.Top1 + p.Top1Std) * 100, pad = Math.Max(0.5, 0.1 * (hi - lo));
+        model.Axes.Add(new LinearAxis { Position = AxisPosition.Left, Title = "top-1 (%)", MajorGridlineStyle = LineStyle.Dot, Minimum = lo - pad, Maximum = hi + pad });
         int i = 0;
-        foreach (var (method, points) in methods)
+        foreach (var (method, points) in series)
         {
             var color = Palette[i++ % Palette.Length];
             var line = new ScatterErrorSeries { Title = method, MarkerType = MarkerType.Circle, MarkerSize = 4, MarkerFill = color, ErrorBarColor = color };

@@ -64,7 +64,7 @@ internal static class Sample
         var testSet = Cifar10.Read(data, Cifar10Split.Test, options.MaxTest);
         ui.Line($"CIFAR-10 from {data}: {trainSet.Count:N0} training and {testSet.Count:N0} test images.");
 
-        var run = new PruningRun(options, ui, trainSet, testSet, data);
+        var run = new ComparisonRun(options, ui, trainSet, testSet, data);
         var reports = new List<SampleReport>();
         foreach (int seed in options.Seeds)
         {

@@ -102,12 +102,13 @@ internal sealed record SampleReport
         sb.AppendLine();
         sb.AppendLine(Text.Invariant($"`{c.Command}` — {c.Date}, {c.Machine}"));
         sb.AppendLine();
-        sb.AppendLine(Text.Invariant($"- data: `{c.Data}` ({c.TrainImages:N0} training / {c.TestImages:N0} test images), arch `{c.Arch}`, {c.Precision} training, {c.Threads} threads"));
-        sb.AppendLine(Text.Invariant($"- fair protocol: one dense model trained {c.DenseEpochs} epochs ({c.DenseSeconds:F0} s, top-1 {c.DenseStartTop1:P2}); every method prunes it and gets {c.PostEpochs} more epochs; the dense reference is the same model trained {c.PostEpochs} more epochs ({c.DenseEpochs + c.PostEpochs} in all)"));
+        sb.AppendLine(Text.Invariant($"- data: `{c.Data}` ({c.TrainImages:N0} training / {c.TestImages:N0} test images), arch `{c.Arch}`, {c.Precision} training, {Text.Count(c.Threads, "thread")}"));
+        sb.AppendLine(Text.Invariant($"- fair protocol: one dense model trained {Text.Count(c.DenseEpochs, "epoch")} ({c.DenseSeconds:F0} s, top-1 {c.DenseStartTop1:P2}); every method prunes it and trains {Text.Count(c.PostEpochs, "epoch")} after it; the dense reference is the same model trained {Text.Count(c.PostEpochs, "more epoch")} ({c.DenseEpochs + c.PostEpochs} in all)"));
         sb.AppendLine();
         sb.AppendLine(MarkdownTable(All));
         sb.AppendLine();
-        sb.AppendLine("Epochs after the dense model: " + string.Join("; ", All.Select(e => $"{Label(e)}: {e.EpochSplit} ({e.TrainSeconds:F0} s)")) + ".");
+        sb.AppendLine("Epochs after the dense model (train s = wall-clock seconds of these epochs; equal epochs are not equal compute): " +
+            string.Join("; ", All.Select(e => $"{Label(e)}: {e.EpochSplit}")) + ".");
         sb.AppendLine();
         sb.AppendLine("Speed columns: " + SpeedNotes);
         sb.AppendLine();
@@ -118,10 +119,10 @@ internal sealed record SampleReport
     public static string MarkdownTable(IEnumerable<ModelEntry> entries)
     {
         var sb = new StringBuilder();
-        sb.AppendLine("| method | sparsity (requested → achieved) | params | MFLOPs/image | top-1 | batch img/s | PredictionEngine ms | raw forward ms | engine / raw |");
-        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        sb.AppendLine("| method | sparsity (requested → achieved) | params | MFLOPs/image | top-1 | batch img/s | PredictionEngine ms | raw forward ms | engine / raw | train s |");
+        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var e in entries)
-            sb.AppendLine(Text.Invariant($"| {e.Method} | {SparsityText(e)} | {e.Params:N0} | {e.Flops / 1e6:F1} | {e.Top1:P2} | {e.BatchImagesPerS:F0} | {e.SingleLatencyMs:F3} | {e.RawForwardLatencyMs:F3} | {e.SingleOverRaw:F3} |"));
+            sb.AppendLine(Text.Invariant($"| {e.Method} | {SparsityText(e)} | {e.Params:N0} | {e.Flops / 1e6:F1} | {e.Top1:P2} | {e.BatchImagesPerS:F0} | {e.SingleLatencyMs:F3} | {e.RawForwardLatencyMs:F3} | {e.SingleOverRaw:F3} | {e.TrainSeconds:F0} |"));
         return sb.ToString().TrimEnd();
     }
 
@@ -134,11 +135,11 @@ internal sealed record SampleReport
             return;
         }
         var t = new Table().RoundedBorder().Title($"CIFAR-10, {Config.Arch}, seed {Config.Seed}");
-        foreach (var h in new[] { "method", "sparsity", "params", "MFLOPs", "top-1", "batch img/s", "engine ms", "raw ms", "engine/raw" })
+        foreach (var h in new[] { "method", "sparsity", "params", "MFLOPs", "top-1", "batch img/s", "engine ms", "raw ms", "engine/raw", "train s" })
             t.AddColumn(new TableColumn(h) { Alignment = h is "method" or "sparsity" ? Justify.Left : Justify.Right });
         foreach (var e in All)
             t.AddRow(Text.Invariant($"{e.Method}"), SparsityText(e), Text.Invariant($"{e.Params:N0}"), Text.Invariant($"{e.Flops / 1e6:F1}"), Text.Invariant($"{e.Top1:P2}"),
-                Text.Invariant($"{e.BatchImagesPerS:F0}"), Text.Invariant($"{e.SingleLatencyMs:F3}"), Text.Invariant($"{e.RawForwardLatencyMs:F3}"), Text.Invariant($"{e.SingleOverRaw:F3}"));
+                Text.Invariant($"{e.BatchImagesPerS:F0}"), Text.Invariant($"{e.SingleLatencyMs:F3}"), Text.Invariant($"{e.RawForwardLatencyMs:F3}"), Text.Invariant($"{e.SingleOverRaw:F3}"), Text.Invariant($"{e.TrainSeconds:F0}"));
         AnsiConsole.Write(t);
     }
 
@@ -156,6 +157,9 @@ internal static class Text
 
     /// <summary>Culture-invariant formatting (reports read the same on every machine).</summary>
     public static string Invariant(FormattableString s) => s.ToString(Culture);
+
+    /// <summary>"1 epoch", "2 epochs".</summary>
+    public static string Count(long n, string noun) => Invariant($"{n:N0} {noun}{(n == 1 ? "" : "s")}");
 
     private static CultureInfo CreateCulture()
     {

@@ -1,10 +1,8 @@
 using System.Globalization;
+using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.VisionTransformer;
 
 namespace Cifar10Pruning;
-
-/// <summary>The structured-pruning methods the sample can compare.</summary>
-internal enum PruningMethod { Gohsp, Sgmp, Somp }
 
 /// <summary>Command-line flags of the sample, parsed and validated before any data is read or any model is trained.</summary>
 internal sealed record SampleOptions
@@ -96,6 +94,8 @@ internal sealed record SampleOptions
             Help = switches.Contains("help"),
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
+        if (o.PostEpochs < 2 && o.Methods.Any(m => m != PruningMethod.Somp))
+            throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", o.Methods.Where(m => m != PruningMethod.Somp).Select(m => m.ToString().ToUpperInvariant()))} need at least 2 epochs after the dense model (one per training stage), got {o.PostEpochs}.");
         if (!ViTArchitecture.PresetNames.Contains(o.Arch, StringComparer.OrdinalIgnoreCase))
             throw new ArgumentException($"Option '--arch': unknown preset '{o.Arch}'. Known: {string.Join(", ", ViTArchitecture.PresetNames)}.");
         if (ViTArchitecture.FromPreset(o.Arch, 10).ImageSize is int size && size != 32)
@@ -135,7 +135,7 @@ internal sealed record SampleOptions
 
     private static IReadOnlyList<PruningMethod> ParseMethods(string v)
     {
-        if (v.Trim().Equals("all", StringComparison.OrdinalIgnoreCase)) return Enum.GetValues<PruningMethod>();
+        if (v.Trim().Equals("all", StringComparison.OrdinalIgnoreCase)) return [PruningMethod.Gohsp, PruningMethod.Sgmp, PruningMethod.Somp];
         return List(v, "method", (s, flag) => Enum.TryParse<PruningMethod>(s, ignoreCase: true, out var m) && Enum.IsDefined(m) && !int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out _) ? m
             : throw new ArgumentException($"Option '--{flag}': unknown method '{s}'. Known: gohsp, sgmp, somp, all."));
     }

@@ -7,17 +7,36 @@ using Xunit.Abstractions;
 
 namespace Microsoft.ML.Gohsp.Tests;
 
-/// <summary>
-/// samples/Cifar10Pruning launched as a process, as a user runs it: the whole flow on a tiny config (cifar-micro,
-/// 256 training images, 1 dense epoch + 2 after it, one sparsity), and its one-line errors for bad input.
-/// </summary>
-public class SampleTests(ITestOutputHelper output)
+/// <summary>Runs samples/Cifar10Pruning once (a process, as a user runs it) on a tiny config for the tests that check its output.</summary>
+public sealed class SampleRunFixture : IDisposable
 {
-    private static readonly string Sample = BuiltApp.Locate("samples/Cifar10Pruning", "Cifar10Pruning");
+    public static readonly string Sample = BuiltApp.Locate("samples/Cifar10Pruning", "Cifar10Pruning");
+    private readonly TempDir _tmp = new();
 
+    public string OutDir { get; }
+    public (int ExitCode, string StdOut, string StdErr) Result { get; }
+
+    public SampleRunFixture()
+    {
+        OutDir = Path.Combine(_tmp.Path, "out");
+        // cifar-micro, 256 training / 300 test images, 1 dense epoch + 2 after it, one sparsity
+        Result = BuiltApp.Run(Sample, ["--data", Cifar10Tests.SubsetDir, "--arch", "cifar-micro", "--max-train", "256", "--max-test", "300",
+            "--epochs", "1", "--post-epochs", "2", "--sparsity", "0.5", "--method", "gohsp", "--seed", "3", "--precision", "fp32",
+            "--threads", "1", "--out", OutDir], TimeSpan.FromMinutes(5));
+    }
+
+    public void Dispose() => _tmp.Dispose();
+}
+
+/// <summary>
+/// samples/Cifar10Pruning launched as a process: the whole flow on a tiny config, the aggregation over seeds, and its
+/// one-line errors for bad input.
+/// </summary>
+public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClassFixture<SampleRunFixture>
+{
     private (int ExitCode, string StdOut, string StdErr) RunSample(params string[] args)
     {
-        var r = BuiltApp.Run(Sample, args, TimeSpan.FromMinutes(5));
+        var r = BuiltApp.Run(SampleRunFixture.Sample, args, TimeSpan.FromMinutes(5));
         output.WriteLine($"exit {r.ExitCode}\n--- stdout\n{r.StdOut}\n--- stderr\n{r.StdErr}");
         return r;
     }
@@ -25,14 +44,12 @@ public class SampleTests(ITestOutputHelper output)
     [Fact]
     public void RunsEndToEndAndWritesReportsPlotsAndAModelThatReloadsAndPredicts()
     {
-        using var tmp = new TempDir();
-        string outDir = Path.Combine(tmp.Path, "out");
-        var (exit, stdout, stderr) = RunSample("--data", Cifar10Tests.SubsetDir, "--arch", "cifar-micro", "--max-train", "256", "--epochs", "1",
-            "--post-epochs", "2", "--sparsity", "0.5", "--method", "gohsp", "--seed", "3", "--precision", "fp32", "--threads", "1", "--max-test", "300", "--out", outDir);
+        var (exit, stdout, stderr) = run.Result;
+        string outDir = run.OutDir;
+        output.WriteLine($"exit {exit}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
         exit.Should().Be(0, stderr);
         stdout.Should().Contain("Predictions of gohsp-50.zip, loaded in a fresh MLContext");
         stdout.Should().NotContain("\u001b[", "redirected output gets plain log lines, no live progress bars");
-
         using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "report.json")));
         var root = json.RootElement;
         var dense = root.GetProperty("dense");
@@ -80,6 +97,39 @@ public class SampleTests(ITestOutputHelper output)
         p.Score.Sum().Should().BeApproximately(1f, 1e-4f);
         testSet.ClassNames.Should().Contain(p.PredictedLabel);
         foreach (var zip in new[] { "dense.zip", "dense-reference.zip" }) File.Exists(Path.Combine(outDir, zip)).Should().BeTrue(zip);
+    }
+
+    /// <summary>
+    /// --aggregate: two report.json (the real one, and a copy as seed 4 with top-1 raised by 10 points) give mean ± sample
+    /// std per (method, sparsity), written between the markers of an existing page without touching the rest.
+    /// </summary>
+    [Fact]
+    public void AggregatesSeedsIntoMeanAndStdInsideTheMarkersOfAPage()
+    {
+        run.Result.ExitCode.Should().Be(0, run.Result.StdErr);
+        using var tmp = new TempDir();
+        var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(run.OutDir, "report.json")))!;
+        Directory.CreateDirectory(Path.Combine(tmp.Path, "seed-3"));
+        File.WriteAllText(Path.Combine(tmp.Path, "seed-3", "report.json"), report.ToJsonString());
+        double top1 = report["entries"]![0]!["top1"]!.GetValue<double>();
+        report["config"]!["seed"] = 4;
+        foreach (var e in report["entries"]!.AsArray().Append(report["dense"])) e!["seed"] = 4;
+        report["entries"]![0]!["top1"] = top1 + 0.1;
+        Directory.CreateDirectory(Path.Combine(tmp.Path, "seed-4"));
+        File.WriteAllText(Path.Combine(tmp.Path, "seed-4", "report.json"), report.ToJsonString());
+        string page = Path.Combine(tmp.Path, "results.md");
+        File.WriteAllText(page, "# My page\nintro\n<!-- results:begin (generated by samples/Cifar10Pruning --results-md; do not edit by hand) -->\nold table\n<!-- results:end -->\noutro\n");
+
+        var (exit, _, stderr) = RunSample("--aggregate", tmp.Path, "--results-md", page);
+
+        exit.Should().Be(0, stderr);
+        var text = File.ReadAllText(page);
+        output.WriteLine(text);
+        text.Should().StartWith("# My page\nintro\n<!-- results:begin").And.EndWith("<!-- results:end -->\noutro\n").And.NotContain("old table");
+        string expected = string.Create(System.Globalization.CultureInfo.InvariantCulture, $"| {(top1 + 0.05) * 100:F2} ± {Math.Sqrt(2 * 0.05 * 0.05) * 100:F2} |");
+        text.Split('\n').Should().Contain(l => l.StartsWith("| gohsp | 50% ") && l.Contains("| 2 |") && l.Contains(expected), "mean ± sample std over the 2 seeds");
+        text.Split('\n').Should().Contain(l => l.StartsWith("| dense | — | 2 |"));
+        File.Exists(Path.Combine(tmp.Path, "results-top1-vs-params.png")).Should().BeTrue();
     }
 
     public static TheoryData<string, string[], string> BadInputs => new()

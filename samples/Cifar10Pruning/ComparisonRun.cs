@@ -15,7 +15,7 @@ namespace Cifar10Pruning;
 /// reference, prune the dense model with each method and sparsity, then save every model, load it back in a fresh
 /// <see cref="MLContext"/>, evaluate it and time it.
 /// </summary>
-internal sealed class PruningRun(SampleOptions options, ConsoleUi ui, Cifar10Dataset trainSet, Cifar10Dataset testSet, string data)
+internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10Dataset trainSet, Cifar10Dataset testSet, string data)
 {
     private readonly ComputePrecision _precision = options.ResolvePrecision();
 
@@ -33,7 +33,7 @@ internal sealed class PruningRun(SampleOptions options, ConsoleUi ui, Cifar10Dat
 
         // 1. The dense model every method starts from: E epochs.
         var sw = Stopwatch.StartNew();
-        var dense = ui.Train($"Dense {options.Arch}, {options.Epochs} epochs on {trainSet.Count:N0} images (seed {seed}, {PrecisionName})",
+        var dense = ui.Train($"Dense {options.Arch}, {Text.Count(options.Epochs, "epoch")} on {trainSet.Count:N0} images (seed {seed}, {PrecisionName})",
             p => ml.MulticlassClassification.Trainers.ViTClassification(TrainerOptions(seed, options.Epochs, p)).Fit(prepared));
         double denseSeconds = sw.Elapsed.TotalSeconds;
         var post = ml.Transforms.Conversion.MapKeyToValue("PredictedLabel").Fit(dense.Transform(prepared));
@@ -47,9 +47,9 @@ internal sealed class PruningRun(SampleOptions options, ConsoleUi ui, Cifar10Dat
 
         // 2. The dense reference: the same model trained P more epochs, the budget every pruning method gets after it.
         sw.Restart();
-        var reference = ui.Train($"Dense reference: {options.PostEpochs} more epochs",
+        var reference = ui.Train($"Dense reference: {Text.Count(options.PostEpochs, "more epoch")}",
             p => ml.MulticlassClassification.Trainers.ViTClassification(ReferenceOptions(seed, p)).Fit(prepared, dense.Model));
-        models.Add((Template("dense", 0, seed, $"dense {options.PostEpochs} more epochs", sw.Elapsed.TotalSeconds, "dense-reference.zip"), reference));
+        models.Add((Template("dense", 0, seed, $"continued training {options.PostEpochs}", sw.Elapsed.TotalSeconds, "dense-reference.zip"), reference));
 
         // 3. Every method prunes the same dense model to every sparsity.
         foreach (var method in options.Methods)
@@ -57,7 +57,7 @@ internal sealed class PruningRun(SampleOptions options, ConsoleUi ui, Cifar10Dat
             {
                 string name = Text.Invariant($"{method.ToString().ToLowerInvariant()}-{sparsity * 100:0}");
                 sw.Restart();
-                var (pruned, split) = ui.Train(Text.Invariant($"{method.ToString().ToUpperInvariant()} to {sparsity:P0} sparsity, {options.PostEpochs} epochs"),
+                var (pruned, split) = ui.Train(Text.Invariant($"{method.ToString().ToUpperInvariant()} to {sparsity:P0} sparsity, {Text.Count(options.PostEpochs, "epoch")}"),
                     p => Prune(ml, method, sparsity, seed, dense, prepared, p));
                 models.Add((Template(method.ToString().ToLowerInvariant(), sparsity, seed, split, sw.Elapsed.TotalSeconds, name + ".zip"), pruned));
             }
@@ -110,40 +110,50 @@ internal sealed class PruningRun(SampleOptions options, ConsoleUi ui, Cifar10Dat
         Progress = progress,
     };
 
-    /// <summary>The dense reference continues with the pruned models' fine-tuning recipe (learning rate, warm-up) for the same budget.</summary>
-    private ViTClassificationTrainer.Options ReferenceOptions(int seed, IProgress<ViTTrainingProgress> progress)
+    /// <summary>
+    /// The training recipe of every epoch after the dense model — the library's fine-tuning defaults (AdamW, lr 5e-4, one
+    /// warm-up epoch, cosine decay) with this run's seed, threads and precision. PruningProtocol splits it into each method's
+    /// stages; the dense reference trains with it unchanged.
+    /// </summary>
+    private ViTTrainingOptions PostDenseRecipe(int seed)
     {
-        var o = TrainerOptions(seed, options.PostEpochs, progress);
-        var fineTune = new GohspOptions().FineTune;
-        o.LearningRate = fineTune.LearningRate;
-        o.MinLearningRate = fineTune.MinLearningRate;
-        o.WarmupEpochs = fineTune.WarmupEpochs;
-        return o;
-    }
-
-    private void Configure(ViTTrainingOptions o, int epochs, int seed)
-    {
-        o.Epochs = epochs;
+        var o = new SompOptions().FineTune;
         o.Seed = seed;
         o.NumberOfThreads = options.Threads;
         o.TrainingPrecision = _precision;
+        return o;
     }
 
-    /// <summary>Prunes <paramref name="dense"/> with one method; returns the pruned transformer and how the epoch budget was used.</summary>
+    private ViTClassificationTrainer.Options ReferenceOptions(int seed, IProgress<ViTTrainingProgress> progress)
+    {
+        var o = TrainerOptions(seed, options.PostEpochs, progress);
+        var recipe = PostDenseRecipe(seed);
+        (o.LearningRate, o.MinLearningRate, o.WarmupEpochs) = (recipe.LearningRate, recipe.MinLearningRate, recipe.WarmupEpochs);
+        return o;
+    }
+
+    /// <summary>
+    /// Prunes <paramref name="dense"/> with one method, its post-dense epochs split by <see cref="PruningProtocol"/>; returns the
+    /// pruned transformer and how the epochs were used.
+    /// </summary>
     private (MulticlassPredictionTransformer<ViTModelParameters>, string) Prune(MLContext ml, PruningMethod method, double sparsity, int seed,
         MulticlassPredictionTransformer<ViTModelParameters> dense, IDataView prepared, IProgress<ViTTrainingProgress> progress)
     {
+        var recipe = PostDenseRecipe(seed);
+        int epochs = options.PostEpochs;
         switch (method)
         {
             case PruningMethod.Gohsp:
-                var o = new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress };
-                int soft = Math.Max(1, options.PostEpochs / 2), fine = options.PostEpochs - soft;
-                if (fine < 1) throw new ArgumentException($"Option '--post-epochs': GOHSP needs at least 2 epochs after the dense model (soft pruning + fine-tuning), got {options.PostEpochs}.");
-                Configure(o.SoftPruning, soft, seed);
-                Configure(o.FineTune, fine, seed);
-                return (ml.Transforms.GohspPrune(o, dense).Fit(prepared), $"soft pruning {soft} + fine-tune {fine}");
+                var g = PruningProtocol.ApplyEpochBudget(new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress }, epochs, recipe);
+                return (ml.Transforms.GohspPrune(g, dense).Fit(prepared), $"soft pruning {g.SoftPruning.Epochs} + fine-tune {g.FineTune.Epochs}");
+            case PruningMethod.Sgmp:
+                var s = PruningProtocol.ApplyEpochBudget(new SgmpPruningEstimator.Options { Sparsity = sparsity, Progress = progress }, epochs, recipe);
+                return (ml.Transforms.SgmpPrune(s, dense).Fit(prepared), $"gradual pruning {s.Gradual.Epochs} + fine-tune {s.FineTune.Epochs}");
+            case PruningMethod.Somp:
+                var o = PruningProtocol.ApplyEpochBudget(new SompPruningEstimator.Options { Sparsity = sparsity, Progress = progress }, epochs, recipe);
+                return (ml.Transforms.SompPrune(o, dense).Fit(prepared), $"one-shot pruning + fine-tune {o.FineTune.Epochs}");
             default:
-                throw new NotSupportedException($"Method '{method}' is not available in this build.");
+                throw new ArgumentOutOfRangeException(nameof(method), method, "Unknown pruning method.");
         }
     }
 
