@@ -175,21 +175,8 @@ public static class GohspPruner
     }
 
     /// <summary>Applies the binary head mask Mᴴ (element-wise on each head's output) to every block.</summary>
-    public static void SetHeadMasks(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>> keptHeads)
-    {
-        var device = model.parameters().First().device;
-        for (int b = 0; b < model.Architecture.Depth; b++)
-        {
-            var mask = new float[model.Architecture.Blocks[b].Heads];
-            foreach (int h in keptHeads[b]) mask[h] = 1;
-            model.Blocks[b].attn.HeadMask?.Dispose();
-            model.Blocks[b].attn.HeadMask = tensor(mask, device: device).DetachFromDisposeScope();
-        }
-    }
+    public static void SetHeadMasks(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>> keptHeads) => model.SetHeadMasks(keptHeads);
 
     /// <summary>Removes all head masks.</summary>
-    public static void ClearHeadMasks(VisionTransformerModel model)
-    {
-        foreach (var b in model.Blocks) { b.attn.HeadMask?.Dispose(); b.attn.HeadMask = null; }
-    }
+    public static void ClearHeadMasks(VisionTransformerModel model) => model.ClearHeadMasks();
 }

@@ -139,7 +139,8 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
         var o = HeadOutputs(x);                                       // [B, h, N, dv]
         if (HeadMask is not null)
         {
-            var masked = o.mul(HeadMask.to(o.dtype).view(1, Spec.Heads, 1, 1));
+            using var m = HeadMask.to(o.dtype, o.device);
+            var masked = o.mul(m.view(1, Spec.Heads, 1, 1));
             o.Dispose();
             o = masked;
         }
