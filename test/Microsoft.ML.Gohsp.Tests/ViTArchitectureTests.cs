@@ -155,11 +155,15 @@ public class ViTArchitectureTests
         pa.Zip(pc).All(t => TensorAssert.Same(t.First, t.Second)).Should().BeFalse();
     }
 
-    [Fact]
-    public void InferencePathEqualsAutogradPath()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void InferencePathEqualsAutogradPath(bool masked)
     {
-        using var model = new VisionTransformerModel(Heterogeneous(), seed: 9);
+        var arch = Heterogeneous();
+        using var model = new VisionTransformerModel(arch, seed: 9);
         model.eval();
+        if (masked) model.SetHeadMasks(arch.Blocks.Select(b => (IReadOnlyList<int>)Enumerable.Range(0, b.Heads).Where(h => h % 2 == 0).ToArray()).ToArray());
         using var x = randn(4, 3, 32, 32);
         using var withGrad = model.forward(x);
         using var noGrad = no_grad();
