@@ -140,19 +140,7 @@ public class ViTClassificationTrainerTests : IClassFixture<TrainedModelFixture>
     {
         var path = Path.Combine(_f.TempDir, "model-for-new-process.zip");
         _f.Ml.Model.SaveAtomically(_f.Model, _f.Train.Schema, path);
-        // test/Microsoft.ML.Gohsp.Tests/bin/<Config>/net10.0 -> test/Microsoft.ML.Gohsp.LoadCheck/bin/<Config>/net10.0
-        var baseDir = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
-        string tfm = baseDir.Name, config = baseDir.Parent!.Name;
-        var exe = Path.Combine(baseDir.Parent.Parent!.Parent!.Parent!.FullName, "Microsoft.ML.Gohsp.LoadCheck", "bin", config, tfm, "Microsoft.ML.Gohsp.LoadCheck.dll");
-        File.Exists(exe).Should().BeTrue($"the LoadCheck helper is built with the tests ({exe})");
-        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var arg in new[] { exe, path, Cifar10Tests.SubsetDir, "6" }) psi.ArgumentList.Add(arg);
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEnd();
-        var stderr = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        p.ExitCode.Should().Be(0, stderr);
-        var fromOtherProcess = System.Text.Json.JsonSerializer.Deserialize<float[][]>(stdout.Trim().Split('\n')[^1])!;
+        var fromOtherProcess = NewProcess.Scores(path, 6);
         var engine = _f.Ml.Model.CreatePredictionEngine<ImageRow, ScoreRow>(_f.Model);
         fromOtherProcess.Should().HaveCount(6);
         for (int i = 0; i < 6; i++)
