@@ -71,4 +71,54 @@ public static class GohspCatalog
     public static GohspPruningEstimator GohspPrune(this TransformsCatalog catalog, double sparsity, ITransformer? denseModel = null,
         string labelColumnName = DefaultColumnNames.Label)
         => GohspPrune(catalog, new GohspPruningEstimator.Options { Sparsity = sparsity, LabelColumnName = labelColumnName }, denseModel);
+
+    /// <summary>
+    /// SOMP, structured one-shot magnitude pruning (a baseline for GOHSP): <c>mlContext.Transforms.SompPrune(options, denseModel)</c>.
+    /// Ranks heads, q/k dims, v dims and MLP neurons once by ℓ2 magnitude, removes the least important ones until
+    /// <see cref="Pruning.PruningOptions.Sparsity"/> of the parameters is gone, and fine-tunes. Pass the trained or loaded ViT
+    /// model (or a chain containing it) as <paramref name="denseModel"/>, or leave it null and append the estimator right after
+    /// <c>ViTClassification</c> in the same chain.
+    /// </summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">SOMP options (sparsity, budget floors, fine-tuning, distillation, columns).</param>
+    /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
+    public static SompPruningEstimator SompPrune(this TransformsCatalog catalog, SompPruningEstimator.Options options, ITransformer? denseModel = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return new SompPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
+    }
+
+    /// <summary>SOMP with the main options; see the overload taking <see cref="SompPruningEstimator.Options"/>.</summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="sparsity">Fraction of the parameters to remove, in (0, 1).</param>
+    /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
+    /// <param name="labelColumnName">Key-typed label column.</param>
+    public static SompPruningEstimator SompPrune(this TransformsCatalog catalog, double sparsity, ITransformer? denseModel = null,
+        string labelColumnName = DefaultColumnNames.Label)
+        => SompPrune(catalog, new SompPruningEstimator.Options { Sparsity = sparsity, LabelColumnName = labelColumnName }, denseModel);
+
+    /// <summary>
+    /// SGMP, structured gradual magnitude pruning (a baseline for GOHSP): <c>mlContext.Transforms.SgmpPrune(options, denseModel)</c>.
+    /// Trains while raising the structured sparsity on Zhu &amp; Gupta's cubic schedule (re-ranking by ℓ2 magnitude at every
+    /// pruning step, pruned structures kept at zero), then removes the pruned structures and fine-tunes. Pass the trained or
+    /// loaded ViT model (or a chain containing it) as <paramref name="denseModel"/>, or leave it null and append the estimator
+    /// right after <c>ViTClassification</c> in the same chain.
+    /// </summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">SGMP options (final sparsity, schedule, gradual and fine-tuning stages, budget, distillation, columns).</param>
+    /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
+    public static SgmpPruningEstimator SgmpPrune(this TransformsCatalog catalog, SgmpPruningEstimator.Options options, ITransformer? denseModel = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return new SgmpPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
+    }
+
+    /// <summary>SGMP with the main options; see the overload taking <see cref="SgmpPruningEstimator.Options"/>.</summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="sparsity">Final fraction of the parameters to remove, in (0, 1).</param>
+    /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
+    /// <param name="labelColumnName">Key-typed label column.</param>
+    public static SgmpPruningEstimator SgmpPrune(this TransformsCatalog catalog, double sparsity, ITransformer? denseModel = null,
+        string labelColumnName = DefaultColumnNames.Label)
+        => SgmpPrune(catalog, new SgmpPruningEstimator.Options { Sparsity = sparsity, LabelColumnName = labelColumnName }, denseModel);
 }

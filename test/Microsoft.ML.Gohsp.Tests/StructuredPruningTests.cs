@@ -134,6 +134,32 @@ public class StructuredPruningTests
         act.Should().Throw<ArgumentOutOfRangeException>().WithMessage("*Cannot remove 99*");
     }
 
+    [Theory]
+    [InlineData("cifar-tiny")]
+    [InlineData("cifar-micro")]
+    public void AllocationWithinAPreviousPlanOnlyRemovesMore(string preset)
+    {
+        // SGMP's monotone masks: with new, unrelated importances, a plan allocated within the previous one keeps a subset
+        var arch = ViTArchitecture.FromPreset(preset, 10);
+        var first = StructuredProjection.Allocate(arch, RandomImportance(arch, seed: 1), 0.3);
+        var second = StructuredProjection.Allocate(arch, RandomImportance(arch, seed: 2), 0.5, within: first);
+        (1.0 - (double)second.PrunedArchitecture(arch).ParameterCount / arch.ParameterCount).Should().BeApproximately(0.5, 0.01);
+        Kept(second).Should().BeSubsetOf(Kept(first));
+        var fresh = StructuredProjection.Allocate(arch, RandomImportance(arch, seed: 2), 0.5);
+        Kept(fresh).Should().NotBeSubsetOf(Kept(first), "without the previous plan the new importances would revive structures");
+        // a target the previous plan already meets leaves it unchanged
+        Kept(StructuredProjection.Allocate(arch, RandomImportance(arch, seed: 3), 0.2, within: first)).Should().BeEquivalentTo(Kept(first));
+        var both = () => StructuredProjection.Allocate(arch, RandomImportance(arch, 1), 0.5, fixedHeads: first.Blocks.Select(b => (IReadOnlyList<int>)b.Heads).ToArray(), within: first);
+        both.Should().Throw<ArgumentException>().WithMessage("*either fixedHeads or within*");
+    }
+
+    /// <summary>Every kept structure of a plan as a string (heads, per-head q/k and v dims, MLP neurons).</summary>
+    internal static HashSet<string> Kept(StructurePlan plan) => plan.Blocks.SelectMany((b, bi) =>
+        b.Heads.Select(h => $"b{bi} head {h}")
+            .Concat(b.Heads.SelectMany((h, i) => b.QkDims[i].Select(j => $"b{bi} h{h} qk {j}")))
+            .Concat(b.Heads.SelectMany((h, i) => b.VDims[i].Select(j => $"b{bi} h{h} v {j}")))
+            .Concat(b.MlpNeurons.Select(j => $"b{bi} mlp {j}"))).ToHashSet();
+
     internal static BlockImportance[] RandomImportance(ViTArchitecture arch, int seed)
     {
         var rng = new Random(seed);

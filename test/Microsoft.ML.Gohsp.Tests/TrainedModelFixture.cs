@@ -1,3 +1,4 @@
+using FluentAssertions;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp.Data;
@@ -78,4 +79,38 @@ public sealed class ScoreRow
 {
     public float[] Score { get; set; }
     public uint PredictedLabel { get; set; }
+}
+
+/// <summary>Checks shared by the model tests.</summary>
+internal static class ModelChecks
+{
+    /// <summary>Asserts that two models give the same scores and labels, through PredictionEngine, on the first <paramref name="count"/> images.</summary>
+    public static void SamePredictions(MLContext mlA, ITransformer a, MLContext mlB, ITransformer b, Cifar10Dataset images, int count)
+    {
+        var ea = mlA.Model.CreatePredictionEngine<ImageRow, ScoreRow>(a);
+        var eb = mlB.Model.CreatePredictionEngine<ImageRow, ScoreRow>(b);
+        for (int i = 0; i < count; i++)
+        {
+            var row = new ImageRow { Image = Cifar10.CreateImage(images.GetImage(i)), Label = "cat" };
+            var pa = ea.Predict(row);
+            var pb = eb.Predict(row);
+            pb.Score.Should().Equal(pa.Score, $"image {i}");
+            pb.PredictedLabel.Should().Be(pa.PredictedLabel);
+        }
+    }
+
+    /// <summary>Bit-exact copies of every tensor of <paramref name="model"/>'s state.</summary>
+    public static Dictionary<string, TorchSharp.torch.Tensor> Snapshot(VisionTransformer.VisionTransformerModel model) =>
+        model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+
+    /// <summary>Asserts that <paramref name="dense"/> still equals <paramref name="snapshot"/> and that <paramref name="pruned"/> maps images to class scores.</summary>
+    public static void DenseUntouchedAndPrunedRuns(VisionTransformer.VisionTransformerModel dense, Dictionary<string, TorchSharp.torch.Tensor> snapshot,
+        VisionTransformer.VisionTransformerModel pruned)
+    {
+        foreach (var (k, v) in dense.state_dict()) TensorAssert.Same(v, snapshot[k]).Should().BeTrue($"the dense model is not modified ({k})");
+        using var x = TorchSharp.torch.randn(2, 3, 32, 32);
+        using var _ = TorchSharp.torch.no_grad();
+        using var y = pruned.forward(x);
+        y.shape.Should().Equal(2, dense.Architecture.NumClasses);
+    }
 }

@@ -68,6 +68,44 @@ public sealed record StructurePlan(ImmutableArray<BlockPlan> Blocks)
     /// <summary>Keeps everything.</summary>
     public static StructurePlan KeepAll(ViTArchitecture a) => new(a.Blocks.Select(BlockPlan.KeepAll).ToImmutableArray());
 
+    /// <summary>Writes the plan (index lists only) for checkpoints.</summary>
+    internal void Write(BinaryWriter w)
+    {
+        static void Ints(BinaryWriter w, ImmutableArray<int> xs) { w.Write(xs.Length); foreach (int x in xs) w.Write(x); }
+        w.Write(Blocks.Length);
+        foreach (var b in Blocks)
+        {
+            Ints(w, b.Heads);
+            foreach (var d in b.QkDims) Ints(w, d);
+            foreach (var d in b.VDims) Ints(w, d);
+            Ints(w, b.MlpNeurons);
+        }
+    }
+
+    /// <summary>Reads what <see cref="Write"/> wrote.</summary>
+    internal static StructurePlan Read(BinaryReader r)
+    {
+        static ImmutableArray<int> Ints(BinaryReader r)
+        {
+            int n = r.ReadInt32();
+            if (n < 0 || n > 1 << 24) throw new InvalidDataException($"Corrupted structure plan (list length {n}).");
+            var xs = new int[n];
+            for (int i = 0; i < n; i++) xs[i] = r.ReadInt32();
+            return xs.ToImmutableArray();
+        }
+        int depth = r.ReadInt32();
+        if (depth < 0 || depth > 1 << 16) throw new InvalidDataException($"Corrupted structure plan (depth {depth}).");
+        var blocks = new BlockPlan[depth];
+        for (int b = 0; b < depth; b++)
+        {
+            var heads = Ints(r);
+            var qk = heads.Select(_ => Ints(r)).ToImmutableArray();
+            var v = heads.Select(_ => Ints(r)).ToImmutableArray();
+            blocks[b] = new BlockPlan(heads, qk, v, Ints(r));
+        }
+        return new StructurePlan(blocks.ToImmutableArray());
+    }
+
     /// <summary>Validates every block plan against <paramref name="a"/>.</summary>
     public void Validate(ViTArchitecture a)
     {

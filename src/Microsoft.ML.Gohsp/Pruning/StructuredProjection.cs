@@ -97,17 +97,24 @@ public static class StructuredProjection
     /// kind, so kinds are comparable) until the model has lost <paramref name="sparsity"/> of its total parameters,
     /// within <see cref="BudgetOptions.Tolerance"/>. Within a block, all kept heads keep the same number of q/k and of
     /// v dims (the indices are chosen per head). <paramref name="fixedHeads"/>, when given, fixes the kept heads per
-    /// block (GOHSP stage 1) and only dims and neurons are allocated.
+    /// block (GOHSP stage 1) and only dims and neurons are allocated. <paramref name="within"/>, when given, is a previous
+    /// plan whose removed structures stay removed (SGMP's monotone masks): the allocation starts from it and only removes
+    /// more; if it already removes enough, it is returned unchanged.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">sparsity outside (0, 1), or unreachable under the floors.</exception>
     public static StructurePlan Allocate(ViTArchitecture arch, IReadOnlyList<BlockImportance> importance, double sparsity,
-        BudgetOptions? options = null, IReadOnlyList<IReadOnlyList<int>>? fixedHeads = null)
+        BudgetOptions? options = null, IReadOnlyList<IReadOnlyList<int>>? fixedHeads = null, StructurePlan? within = null)
     {
         options ??= new BudgetOptions();
         if (!(sparsity > 0 && sparsity < 1))
             throw new ArgumentOutOfRangeException(nameof(sparsity), sparsity, "Sparsity (fraction of parameters removed) must be in (0, 1).");
         if (importance.Count != arch.Depth) throw new ArgumentException($"Importance has {importance.Count} blocks; the model has {arch.Depth}.", nameof(importance));
         if (fixedHeads is not null && fixedHeads.Count != arch.Depth) throw new ArgumentException("fixedHeads needs one entry per block.", nameof(fixedHeads));
+        if (within is not null)
+        {
+            if (fixedHeads is not null) throw new ArgumentException("Pass either fixedHeads or within, not both.", nameof(within));
+            within.Validate(arch);
+        }
         int minHeads = Math.Max(1, options.MinHeads), minDim = Math.Max(1, options.MinHeadDim), minMlp = Math.Max(1, options.MinMlpWidth);
         int d = arch.EmbedDim;
         long total = arch.ParameterCount;
@@ -132,16 +139,22 @@ public static class StructuredProjection
                 if (heads.Count == 0) throw new ArgumentOutOfRangeException(nameof(fixedHeads), $"Block {b} would keep no head; every block needs at least one.");
                 if (heads.Any(i => i < 0 || i >= spec.Heads)) throw new ArgumentOutOfRangeException(nameof(fixedHeads), $"Block {b}: head index out of range [0, {spec.Heads}).");
             }
-            else heads = Enumerable.Range(0, spec.Heads).ToList();
+            else heads = within is null ? Enumerable.Range(0, spec.Heads).ToList() : within.Blocks[b].Heads.ToList();
+            var start = within?.Blocks[b];
+            ImmutableArray<int>? KeptOf(ImmutableArray<ImmutableArray<int>> dims, int head)
+            {
+                int i = start is null ? -1 : start.Heads.IndexOf(head);
+                return i < 0 ? null : dims[i];
+            }
             st[b] = new BlockState
             {
                 Heads = heads.OrderByDescending(i => imp.Heads[i]).ThenBy(i => i).ToList(),
-                Qk = spec.QkDim, V = spec.VDim,
-                // per head: dims sorted by descending importance (kept = first Qk/V entries)
-                QkOrder = imp.QkDims.Select(r => Enumerable.Range(0, r.Length).OrderByDescending(j => r[j]).ThenBy(j => j).ToArray()).ToArray(),
-                VOrder = imp.VDims.Select(r => Enumerable.Range(0, r.Length).OrderByDescending(j => r[j]).ThenBy(j => j).ToArray()).ToArray(),
-                MlpOrder = Enumerable.Range(0, spec.MlpHidden).OrderByDescending(j => imp.Mlp[j]).ThenBy(j => j).ToArray(),
-                Mlp = spec.MlpHidden,
+                Qk = start?.QkDims[0].Length ?? spec.QkDim, V = start?.VDims[0].Length ?? spec.VDim,
+                // per head: dims sorted by descending importance (kept = first Qk/V entries; a start plan's kept ones first)
+                QkOrder = imp.QkDims.Select((r, hh) => Order(r, start is null ? null : KeptOf(start.QkDims, hh))).ToArray(),
+                VOrder = imp.VDims.Select((r, hh) => Order(r, start is null ? null : KeptOf(start.VDims, hh))).ToArray(),
+                MlpOrder = Order(imp.Mlp, start?.MlpNeurons),
+                Mlp = start?.MlpNeurons.Length ?? spec.MlpHidden,
                 CanDropHeads = fixedHeads is null,
             };
         }
@@ -202,6 +215,10 @@ public static class StructuredProjection
         }).ToImmutableArray();
         return new StructurePlan(blocks);
     }
+
+    // indices by descending importance (ties: lower index first); with a start plan, its kept indices come first
+    private static int[] Order(float[] importance, ImmutableArray<int>? kept) => Enumerable.Range(0, importance.Length)
+        .OrderByDescending(j => kept is null || kept.Value.Contains(j)).ThenByDescending(j => importance[j]).ThenBy(j => j).ToArray();
 
     private static double Mean(IEnumerable<float> values)
     {

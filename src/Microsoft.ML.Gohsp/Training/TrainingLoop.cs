@@ -56,6 +56,9 @@ public sealed class TrainingLoop
         return o.MinLearningRate + 0.5 * (o.LearningRate - o.MinLearningRate) * (1 + Math.Cos(Math.PI * t));
     }
 
+    /// <summary>Optimiser steps per epoch: one per batch, the last batch may be smaller.</summary>
+    public static int StepsPerEpoch(int images, int batchSize) => (images + batchSize - 1) / batchSize;
+
     /// <summary>Trains <paramref name="model"/> in place and returns it (moved to the training device).</summary>
     public VisionTransformerModel Train(VisionTransformerModel model, ImageTensorData train, ImageTensorData? validation = null,
         CancellationToken cancellationToken = default)
@@ -74,7 +77,7 @@ public sealed class TrainingLoop
         model.to(device);
         _history.Clear();
 
-        int stepsPerEpoch = (train.Count + o.BatchSize - 1) / o.BatchSize;
+        int stepsPerEpoch = StepsPerEpoch(train.Count, o.BatchSize);
         long totalSteps = (long)stepsPerEpoch * o.Epochs;
         using var optimizer = CreateOptimizer(model, o);
         string fingerprint = $"{_stage}|{arch}|{train.Count}|{o.Fingerprint()}";

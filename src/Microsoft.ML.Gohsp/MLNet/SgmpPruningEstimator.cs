@@ -1,0 +1,31 @@
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp.Pruning;
+using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Runtime;
+
+namespace Microsoft.ML.Gohsp.MLNet;
+
+/// <summary>
+/// SGMP (structured gradual magnitude pruning, a baseline for GOHSP) of a trained ViT as an ML.NET estimator: trains while
+/// raising the structured sparsity on Zhu &amp; Gupta's cubic schedule (re-ranking heads, q/k dims, v dims and MLP neurons by
+/// ℓ2 magnitude at every pruning step and keeping the pruned ones at zero), then removes them and fine-tunes (see
+/// <see cref="SgmpPruner"/>). Same input, output and dense-model lookup as <see cref="GohspPruningEstimator"/>.
+/// </summary>
+public sealed class SgmpPruningEstimator : PruningEstimatorBase<SgmpPruningEstimator.Options>
+{
+    /// <summary>Options: the SGMP options plus columns, validation data and progress.</summary>
+    public sealed class Options : SgmpOptions, IPruningEstimatorOptions
+    {
+        /// <inheritdoc />
+        public string LabelColumnName { get; set; } = DefaultColumnNames.Label;
+        /// <inheritdoc />
+        public string? ImageColumnName { get; set; }
+        /// <inheritdoc />
+        public IDataView? ValidationSet { get; set; }
+        /// <inheritdoc />
+        public IProgress<ViTTrainingProgress>? Progress { get; set; }
+    }
+
+    internal SgmpPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, denseModel) { }
+}

@@ -1,0 +1,117 @@
+using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Gohsp.VisionTransformer;
+
+namespace Microsoft.ML.Gohsp.Pruning;
+
+/// <summary>One pruning step of <see cref="GradualMagnitudePruning"/>.</summary>
+/// <param name="Step">Global optimiser step after which it happened (−1: the final step after training).</param>
+/// <param name="TargetSparsity">s_t of the schedule.</param>
+/// <param name="AchievedSparsity">Fraction of the parameters the mask removes after this step.</param>
+public sealed record SgmpPruningEvent(long Step, double TargetSparsity, double AchievedSparsity);
+
+/// <summary>
+/// SGMP's training hook: after the optimiser step of every pruning step of an <see cref="SgmpSchedule"/>, re-ranks the
+/// structures that are still kept (heads, q/k dims, v dims, MLP neurons) by the ℓ2 magnitude of the current weights and
+/// extends the mask until s_t of the parameters is removed (<see cref="StructuredProjection.Allocate"/> with the previous
+/// plan as <c>within</c>: pruned structures never come back). After every optimiser step the mask is re-applied, so the
+/// pruned structures stay exactly zero. The plan and the event history are part of training checkpoints.
+/// </summary>
+public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
+{
+    private readonly BudgetOptions _budget;
+    private readonly List<SgmpPruningEvent> _history = new();
+    private StructuredProjection.BlockMasks[]? _masks;
+
+    /// <summary>Creates the hook.</summary>
+    /// <param name="schedule">When and how far to prune.</param>
+    /// <param name="budget">Budget floors and tolerance (default <see cref="BudgetOptions"/>).</param>
+    public GradualMagnitudePruning(SgmpSchedule schedule, BudgetOptions? budget = null)
+    {
+        Schedule = schedule ?? throw new ArgumentNullException(nameof(schedule));
+        _budget = budget ?? new BudgetOptions();
+    }
+
+    /// <summary>The schedule.</summary>
+    public SgmpSchedule Schedule { get; }
+
+    /// <summary>What the mask keeps; null until the first pruning step with a positive target.</summary>
+    public StructurePlan? Plan { get; private set; }
+
+    /// <summary>Every pruning step so far (including steps that removed nothing new).</summary>
+    public IReadOnlyList<SgmpPruningEvent> History => _history;
+
+    /// <inheritdoc />
+    public void OnTrainingStart(VisionTransformerModel model, int startEpoch, int stepsPerEpoch)
+    {
+        if (Plan is not null) SetMasks(model); // resumed from a checkpoint (or reused): restore the mask on the model's device
+    }
+
+    /// <inheritdoc />
+    public void AfterStep(VisionTransformerModel model, long globalStep)
+    {
+        if (_masks is not null) StructuredProjection.Apply(model, _masks);
+        if (Schedule.IsPruningStep(globalStep)) PruneTo(model, Schedule.SparsityAt(globalStep), globalStep);
+    }
+
+    /// <summary>
+    /// Raises the mask to <paramref name="sparsity"/> of the parameters (nothing happens when it already removes that
+    /// much, or when <paramref name="sparsity"/> ≤ 0): re-ranks the kept structures by magnitude, extends the plan and
+    /// zeroes the newly pruned structures in place.
+    /// </summary>
+    public void PruneTo(VisionTransformerModel model, double sparsity, long step = -1)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (sparsity <= 0) return;
+        var arch = model.Architecture;
+        Plan = StructuredProjection.Allocate(arch, StructuredProjection.Magnitude(model), sparsity, _budget, within: Plan);
+        SetMasks(model);
+        _history.Add(new SgmpPruningEvent(step, sparsity, AchievedSparsity(arch)));
+    }
+
+    /// <summary>Fraction of the parameters of <paramref name="arch"/> the current mask removes (0 before any pruning).</summary>
+    public double AchievedSparsity(ViTArchitecture arch) =>
+        Plan is null ? 0 : 1.0 - (double)Plan.PrunedArchitecture(arch).ParameterCount / arch.ParameterCount;
+
+    private void SetMasks(VisionTransformerModel model)
+    {
+        DisposeMasks();
+        _masks = StructuredProjection.Masks(model.Architecture, Plan!, model.parameters().First().device);
+        // kept across steps: AfterStep runs inside the training step's dispose scope
+        foreach (var m in _masks) { m.QkvRows.DetachFromDisposeScope(); m.ProjCols.DetachFromDisposeScope(); m.Mlp.DetachFromDisposeScope(); }
+        StructuredProjection.Apply(model, _masks);
+    }
+
+    /// <inheritdoc />
+    public void OnEpochEnd(VisionTransformerModel model, int epoch, IDictionary<string, double> extra) =>
+        extra["sparsity"] = AchievedSparsity(model.Architecture);
+
+    /// <inheritdoc />
+    public void SaveState(BinaryWriter writer)
+    {
+        writer.Write(Plan is not null);
+        Plan?.Write(writer);
+        writer.Write(_history.Count);
+        foreach (var e in _history) { writer.Write(e.Step); writer.Write(e.TargetSparsity); writer.Write(e.AchievedSparsity); }
+    }
+
+    /// <inheritdoc />
+    public void LoadState(BinaryReader reader)
+    {
+        DisposeMasks();
+        Plan = reader.ReadBoolean() ? StructurePlan.Read(reader) : null;
+        _history.Clear();
+        int n = reader.ReadInt32();
+        if (n < 0) throw new InvalidDataException($"Corrupted SGMP state (history length {n}).");
+        for (int i = 0; i < n; i++) _history.Add(new SgmpPruningEvent(reader.ReadInt64(), reader.ReadDouble(), reader.ReadDouble()));
+    }
+
+    private void DisposeMasks()
+    {
+        if (_masks is null) return;
+        foreach (var m in _masks) m.Dispose();
+        _masks = null;
+    }
+
+    /// <summary>Releases the mask tensors.</summary>
+    public void Dispose() => DisposeMasks();
+}

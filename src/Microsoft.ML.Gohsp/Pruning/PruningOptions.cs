@@ -1,0 +1,81 @@
+using Microsoft.ML.Gohsp.Training;
+
+namespace Microsoft.ML.Gohsp.Pruning;
+
+/// <summary>The structured pruning methods of this library.</summary>
+public enum PruningMethod
+{
+    /// <summary>GOHSP: graph-based head ranking, ADMM soft pruning, hard pruning and fine-tuning (<see cref="GohspPruner"/>).</summary>
+    Gohsp = 0,
+    /// <summary>Structured one-shot magnitude pruning: rank once by ℓ2 magnitude, hard-prune, fine-tune (<see cref="SompPruner"/>).</summary>
+    Somp = 1,
+    /// <summary>Structured gradual magnitude pruning: cubic sparsity ramp during training, then hard prune and fine-tune (<see cref="SgmpPruner"/>).</summary>
+    Sgmp = 2,
+}
+
+/// <summary>
+/// What every structured pruning method shares (<see cref="GohspOptions"/>, <see cref="SompOptions"/>,
+/// <see cref="SgmpOptions"/>): the parameter budget, its floors, the fine-tuning stage and optional distillation from the
+/// dense model. The methods also share the code behind these options (budget allocation, surgery, counting, report).
+/// </summary>
+public abstract class PruningOptions
+{
+    private protected PruningOptions(int fineTuneEpochs) =>
+        FineTune = new() { Epochs = fineTuneEpochs, LearningRate = 5e-4, WarmupEpochs = 1 };
+
+    /// <summary>The method these options configure.</summary>
+    public abstract PruningMethod Method { get; }
+
+    /// <summary>Fraction of the model's total parameters to remove, in (0, 1). Default 0.4.</summary>
+    public double Sparsity { get; set; } = 0.4;
+
+    /// <summary>
+    /// Training options of the fine-tuning after hard pruning. Default lr 5e-4 with one warm-up epoch (a fresh AdamW
+    /// without warm-up moves every weight by ~lr on its first steps, which measurably hurts a just-pruned model); 5 epochs
+    /// for GOHSP and SGMP, 10 for SOMP (so that every method gets 10 epochs after the dense model by default).
+    /// </summary>
+    public ViTTrainingOptions FineTune { get; set; }
+
+    /// <summary>Distil from the dense model during fine-tuning. Default false.</summary>
+    public bool Distillation { get; set; }
+
+    /// <summary>Distillation temperature T, positive. Default 4.</summary>
+    public double DistillationTemperature { get; set; } = 4;
+
+    /// <summary>Weight α of the distillation term α·T²·KL, non-negative. Default 0.5.</summary>
+    public double DistillationWeight { get; set; } = 0.5;
+
+    /// <summary>Budget floors and tolerance.</summary>
+    public BudgetOptions Budget { get; set; } = new();
+
+    /// <summary>Training epochs this method spends after the dense model (the sum over its training stages).</summary>
+    public int TotalTrainingEpochs => TrainingStages.Sum(s => s.Options?.Epochs ?? 0);
+
+    /// <summary>The training stages in the order they run, with the option names used in error messages.</summary>
+    internal abstract IReadOnlyList<(string Name, ViTTrainingOptions Options)> TrainingStages { get; }
+
+    /// <summary>Throws naming the first invalid option (training stages are checked against the model when a run starts).</summary>
+    public virtual void Validate()
+    {
+        if (!(Sparsity > 0 && Sparsity < 1)) throw new ArgumentOutOfRangeException(nameof(Sparsity), Sparsity, "Sparsity (fraction of parameters removed) must be in (0, 1).");
+        if (!(DistillationTemperature > 0) || double.IsInfinity(DistillationTemperature))
+            throw new ArgumentOutOfRangeException(nameof(DistillationTemperature), DistillationTemperature, "DistillationTemperature must be a positive finite number.");
+        if (!(DistillationWeight >= 0) || double.IsInfinity(DistillationWeight))
+            throw new ArgumentOutOfRangeException(nameof(DistillationWeight), DistillationWeight, "DistillationWeight must be a non-negative finite number.");
+        if (Budget is null) throw new ArgumentNullException(nameof(Budget), "Budget must be set.");
+        if (!(Budget.Tolerance >= 0 && Budget.Tolerance < 1))
+            throw new ArgumentOutOfRangeException("Budget.Tolerance", Budget.Tolerance, "Budget.Tolerance must be in [0, 1).");
+        foreach (var (name, o) in TrainingStages)
+            if (o is null) throw new ArgumentNullException(name, $"{name} (training options) must be set.");
+    }
+
+    /// <summary>Validates every training stage for a model with <paramref name="channels"/> input channels; the message names the stage.</summary>
+    internal void ValidateStages(int channels)
+    {
+        foreach (var (name, o) in TrainingStages)
+        {
+            try { o.Validate(channels); }
+            catch (ArgumentException e) { throw new ArgumentException($"Invalid {name} options: {e.Message}", $"{name}.{e.ParamName}", e); }
+        }
+    }
+}

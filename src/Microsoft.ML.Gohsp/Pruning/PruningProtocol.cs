@@ -1,0 +1,129 @@
+using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Gohsp.VisionTransformer;
+
+namespace Microsoft.ML.Gohsp.Pruning;
+
+/// <summary>
+/// The fair comparison protocol of GOHSP, SOMP and SGMP: every method starts from the same dense model and gets the same
+/// number of training epochs after it, with the same optimiser, augmentation, pre-processing and seed. The split:
+/// <list type="bullet">
+/// <item>GOHSP: ⌊E/2⌋ soft-pruning epochs at a constant learning rate (no warm-up), then E − ⌊E/2⌋ fine-tuning epochs;</item>
+/// <item>SGMP: ⌊E/2⌋ gradual-pruning epochs at the same constant learning rate, then E − ⌊E/2⌋ fine-tuning epochs;</item>
+/// <item>SOMP: E fine-tuning epochs.</item>
+/// </list>
+/// Fine-tuning always uses the base options' schedule (warm-up then cosine decay); the soft-pruning and gradual stages use the
+/// base learning rate held constant (see docs/gohsp.md: ADMM needs the W-subproblem optimised between updates, and SGMP
+/// gets the same schedule so that the two differ only in how they prune).
+/// </summary>
+public static class PruningProtocol
+{
+    /// <summary>
+    /// New options of <paramref name="method"/> for <paramref name="sparsity"/> with <paramref name="totalEpochs"/>
+    /// training epochs after the dense model, split as described on <see cref="PruningProtocol"/>.
+    /// </summary>
+    /// <param name="method">The method.</param>
+    /// <param name="sparsity">Fraction of parameters to remove, in (0, 1).</param>
+    /// <param name="totalEpochs">Training epochs after the dense model: ≥ 2 for GOHSP and SGMP (one per stage), ≥ 1 for SOMP.</param>
+    /// <param name="baseOptions">
+    /// Optimiser, schedule, augmentation, pre-processing, device and seed of every stage (copied; its <c>Epochs</c> is ignored).
+    /// Default: lr 5e-4 with one warm-up epoch, otherwise <see cref="ViTTrainingOptions"/>' defaults.
+    /// </param>
+    public static PruningOptions ForEpochBudget(PruningMethod method, double sparsity, int totalEpochs, ViTTrainingOptions? baseOptions = null)
+    {
+        PruningOptions options = method switch
+        {
+            PruningMethod.Gohsp => new GohspOptions(),
+            PruningMethod.Somp => new SompOptions(),
+            PruningMethod.Sgmp => new SgmpOptions(),
+            _ => throw new ArgumentOutOfRangeException(nameof(method), method, "Unknown pruning method."),
+        };
+        options.Sparsity = sparsity;
+        return ApplyEpochBudget(options, totalEpochs, baseOptions);
+    }
+
+    /// <summary>
+    /// Runs the method that <paramref name="options"/> configure (<see cref="GohspPruner.Run"/>, <see cref="SompPruner.Run"/> or
+    /// <see cref="SgmpPruner.Run"/>) — one entry point for comparisons over the options <see cref="ForEpochBudget"/> returns.
+    /// </summary>
+    /// <param name="dense">The trained dense model (not modified).</param>
+    /// <param name="train">Training data of every stage.</param>
+    /// <param name="validation">Optional validation data: accuracy after each stage goes into the report.</param>
+    /// <param name="options">A <see cref="GohspOptions"/>, <see cref="SompOptions"/> or <see cref="SgmpOptions"/>.</param>
+    /// <param name="log">Receives progress lines.</param>
+    /// <param name="progress">Receives training progress.</param>
+    /// <param name="cancellationToken">Cancels training.</param>
+    public static PruningResult Run(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, PruningOptions options,
+        Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default) => options switch
+    {
+        GohspOptions g => GohspPruner.Run(dense, train, validation, g, log, progress, cancellationToken),
+        SompOptions s => SompPruner.Run(dense, train, validation, s, log, progress, cancellationToken),
+        SgmpOptions s => SgmpPruner.Run(dense, train, validation, s, log, progress, cancellationToken),
+        null => throw new ArgumentNullException(nameof(options)),
+        _ => throw new ArgumentException($"Unknown pruning options type {options.GetType().Name}.", nameof(options)),
+    };
+
+    /// <summary>
+    /// Sets the training stages of existing <paramref name="options"/> (for example an ML.NET estimator's
+    /// <c>Options</c>) to the protocol's split of <paramref name="totalEpochs"/>; other options are left as they are.
+    /// </summary>
+    /// <returns><paramref name="options"/>, validated.</returns>
+    public static TOptions ApplyEpochBudget<TOptions>(TOptions options, int totalEpochs, ViTTrainingOptions? baseOptions = null)
+        where TOptions : PruningOptions
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        int minimum = options.Method == PruningMethod.Somp ? 1 : 2;
+        if (totalEpochs < minimum)
+            throw new ArgumentOutOfRangeException(nameof(totalEpochs), totalEpochs,
+                $"totalEpochs must be ≥ {minimum} for {options.Method} ({(minimum == 2 ? "one per training stage" : "one fine-tuning epoch")}).");
+        var b = baseOptions ?? new ViTTrainingOptions { LearningRate = 5e-4, WarmupEpochs = 1 };
+        int first = totalEpochs / 2;
+        switch (options)
+        {
+            case GohspOptions g:
+                g.SoftPruning = ConstantRate(b, first, "gohsp-soft-pruning");
+                g.FineTune = Stage(b, totalEpochs - first, "gohsp-fine-tune");
+                break;
+            case SgmpOptions s:
+                s.Gradual = ConstantRate(b, first, "sgmp-gradual");
+                s.FineTune = Stage(b, totalEpochs - first, "sgmp-fine-tune");
+                break;
+            default:
+                options.FineTune = Stage(b, totalEpochs, "somp-fine-tune");
+                break;
+        }
+        options.Validate();
+        return options;
+    }
+
+    // the soft-pruning / gradual stage: the base learning rate held constant, no warm-up
+    private static ViTTrainingOptions ConstantRate(ViTTrainingOptions b, int epochs, string stage)
+    {
+        var o = Stage(b, epochs, stage);
+        o.MinLearningRate = o.LearningRate;
+        o.WarmupEpochs = 0;
+        return o;
+    }
+
+    private static ViTTrainingOptions Stage(ViTTrainingOptions b, int epochs, string stage) => new()
+    {
+        Epochs = epochs,
+        BatchSize = b.BatchSize,
+        LearningRate = b.LearningRate,
+        MinLearningRate = b.MinLearningRate,
+        WarmupEpochs = b.WarmupEpochs,
+        WeightDecay = b.WeightDecay,
+        LabelSmoothing = b.LabelSmoothing,
+        RandomCropPadding = b.RandomCropPadding,
+        HorizontalFlip = b.HorizontalFlip,
+        PixelScale = b.PixelScale,
+        Mean = b.Mean?.ToArray()!,
+        Std = b.Std?.ToArray()!,
+        Seed = b.Seed,
+        Device = b.Device,
+        NumberOfThreads = b.NumberOfThreads,
+        TrainingPrecision = b.TrainingPrecision,
+        EvaluationBatchSize = b.EvaluationBatchSize,
+        // each method and stage checkpoints into its own sub-folder (they would otherwise overwrite each other's file)
+        CheckpointFolder = b.CheckpointFolder is null ? null : Path.Combine(b.CheckpointFolder, stage),
+    };
+}

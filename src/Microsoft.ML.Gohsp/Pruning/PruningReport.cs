@@ -1,0 +1,58 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Microsoft.ML.Gohsp.VisionTransformer;
+
+namespace Microsoft.ML.Gohsp.Pruning;
+
+/// <summary>Per-block line of a <see cref="PruningReport"/>.</summary>
+/// <param name="Block">Block index.</param>
+/// <param name="KeptHeads">Kept head indices (of the dense block).</param>
+/// <param name="StationaryProbabilities">
+/// GOHSP: the stationary probability of each kept head in its head graph. Empty for SOMP and SGMP (they rank by magnitude,
+/// there is no graph).
+/// </param>
+/// <param name="QkDim">Kept q/k dimensions per head.</param>
+/// <param name="VDim">Kept v dimensions per head.</param>
+/// <param name="MlpWidth">Kept MLP neurons.</param>
+/// <param name="DenseHeads">Heads of the dense block.</param>
+/// <param name="DenseQkDim">q/k dimension per head of the dense block.</param>
+/// <param name="DenseVDim">v dimension per head of the dense block.</param>
+/// <param name="DenseMlpWidth">MLP width of the dense block.</param>
+public sealed record BlockReport(int Block, int[] KeptHeads, double[] StationaryProbabilities, int QkDim, int VDim, int MlpWidth,
+    int DenseHeads, int DenseQkDim, int DenseVDim, int DenseMlpWidth);
+
+/// <summary>What a pruning run did: per-block shapes, sizes and FLOPs before/after, residuals, accuracies per stage.</summary>
+public sealed record PruningReport
+{
+    /// <summary>Method name ("gohsp", "somp", "sgmp").</summary>
+    public required string Method { get; init; }
+    /// <summary>Requested fraction of parameters removed.</summary>
+    public required double RequestedSparsity { get; init; }
+    /// <summary>Achieved fraction of parameters removed.</summary>
+    public double AchievedSparsity => 1.0 - (double)ParametersAfter / ParametersBefore;
+    /// <summary>Parameters of the dense model.</summary>
+    public required long ParametersBefore { get; init; }
+    /// <summary>Parameters of the pruned model.</summary>
+    public required long ParametersAfter { get; init; }
+    /// <summary>Forward FLOPs per image of the dense model.</summary>
+    public required long FlopsBefore { get; init; }
+    /// <summary>Forward FLOPs per image of the pruned model.</summary>
+    public required long FlopsAfter { get; init; }
+    /// <summary>Per-block details.</summary>
+    public required IReadOnlyList<BlockReport> Blocks { get; init; }
+    /// <summary>GOHSP: primal residual ‖W − Z‖ after each soft-pruning epoch (empty for SOMP and SGMP).</summary>
+    public IReadOnlyList<double> ResidualHistory { get; init; } = [];
+    /// <summary>
+    /// Validation accuracy after each stage (when a validation set was given): "dense", then GOHSP "head-masked",
+    /// "soft-pruned"; SGMP "gradually-pruned"; then every method "hard-pruned", "fine-tuned".
+    /// </summary>
+    public IReadOnlyDictionary<string, double> ValidationAccuracy { get; init; } = new Dictionary<string, double>();
+
+    /// <summary>The report as indented JSON.</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals });
+}
+
+/// <summary>The result of a pruning run (<see cref="GohspPruner.Run"/>, <see cref="SompPruner.Run"/>, <see cref="SgmpPruner.Run"/>).</summary>
+/// <param name="Model">The physically pruned, fine-tuned model (float32, evaluation mode).</param>
+/// <param name="Report">What happened.</param>
+public sealed record PruningResult(VisionTransformerModel Model, PruningReport Report);

@@ -1,0 +1,113 @@
+using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Gohsp.VisionTransformer;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Gohsp.Pruning;
+
+/// <summary>
+/// The part every pruning method shares (GOHSP, SOMP, SGMP): argument and option checks, validation accuracy per stage,
+/// training stages through the one <see cref="TrainingLoop"/>, and the common tail — physical pruning with
+/// <see cref="HardPruning"/>, fine-tuning (optionally distilled from the dense model), parameter/FLOP counting from the
+/// pruned <see cref="ViTArchitecture"/> and the <see cref="PruningReport"/>.
+/// </summary>
+internal sealed class PruningRun
+{
+    private readonly ImageTensorData? _validation;
+    private readonly PruningOptions _options;
+    private readonly Action<string>? _log;
+    private readonly IProgress<ViTTrainingProgress>? _progress;
+    private readonly CancellationToken _cancellationToken;
+    private readonly Dictionary<string, double> _accuracy = new();
+
+    private PruningRun(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, PruningOptions options,
+        Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken)
+    {
+        Dense = dense; Train = train; _validation = validation; _options = options;
+        _log = log; _progress = progress; _cancellationToken = cancellationToken;
+        Name = options.Method.ToString().ToLowerInvariant();
+    }
+
+    /// <summary>Checks the arguments and options (before any work) and measures the dense model.</summary>
+    public static PruningRun Start(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, PruningOptions options,
+        Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(dense);
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        options.ValidateStages(dense.Architecture.Channels);
+        if (train.Count == 0) throw new ArgumentException("The training data has no rows.", nameof(train));
+        var run = new PruningRun(dense, train, validation, options, log, progress, cancellationToken);
+        run.Measure("dense", dense);
+        return run;
+    }
+
+    /// <summary>The dense model (never modified).</summary>
+    public VisionTransformerModel Dense { get; }
+    /// <summary>The training data.</summary>
+    public ImageTensorData Train { get; }
+    /// <summary>"gohsp", "somp" or "sgmp": report method, log prefix and training-stage prefix.</summary>
+    public string Name { get; }
+
+    /// <summary>Logs one line with the method prefix.</summary>
+    public void Log(string message) => _log?.Invoke($"[{Name}] {message}");
+
+    /// <summary>Records the validation accuracy of <paramref name="model"/> after <paramref name="stage"/> (when a validation set was given).</summary>
+    public void Measure(string stage, VisionTransformerModel model)
+    {
+        if (_validation is null) return;
+        _accuracy[stage] = TrainingLoop.Evaluate(model, _validation, _options.FineTune);
+        Log($"validation accuracy {stage}: {_accuracy[stage]:P2}");
+    }
+
+    /// <summary>Trains <paramref name="model"/> in place on the training data (stage name "<see cref="Name"/>-<paramref name="stage"/>").</summary>
+    public void TrainStage(VisionTransformerModel model, ViTTrainingOptions options, string stage, ITrainingHook? hook = null)
+        => new TrainingLoop(options, $"{Name}-{stage}", _log, _progress) { Hook = hook }.Train(model, Train, null, _cancellationToken);
+
+    /// <summary>
+    /// The common tail: removes what <paramref name="plan"/> drops from <paramref name="model"/> (not modified), fine-tunes
+    /// the pruned model, measures it and builds the report.
+    /// </summary>
+    /// <param name="model">The model to cut (the dense model for SOMP, the soft/gradually pruned copy otherwise).</param>
+    /// <param name="plan">What every block keeps (allocated against the dense architecture).</param>
+    /// <param name="headScore">Per (block, dense head index) score reported as <see cref="BlockReport.StationaryProbabilities"/>; null for none.</param>
+    /// <param name="residuals">The report's <see cref="PruningReport.ResidualHistory"/>.</param>
+    public PruningResult Finish(VisionTransformerModel model, StructurePlan plan, Func<int, int, double>? headScore = null,
+        IReadOnlyList<double>? residuals = null)
+    {
+        var arch = Dense.Architecture;
+        var pruned = HardPruning.Prune(model, plan);
+        try
+        {
+            Measure("hard-pruned", pruned);
+            TrainStage(pruned, _options.FineTune, "fine-tune",
+                _options.Distillation ? new Distillation(Dense, _options.DistillationTemperature, _options.DistillationWeight) : null);
+            pruned.to(CPU);
+            Measure("fine-tuned", pruned);
+            var report = new PruningReport
+            {
+                Method = Name,
+                RequestedSparsity = _options.Sparsity,
+                ParametersBefore = arch.ParameterCount,
+                ParametersAfter = pruned.Architecture.ParameterCount,
+                FlopsBefore = arch.ForwardFlops,
+                FlopsAfter = pruned.Architecture.ForwardFlops,
+                Blocks = plan.Blocks.Select((p, b) => new BlockReport(b, p.Heads.ToArray(),
+                    headScore is null ? [] : p.Heads.Select(h => headScore(b, h)).ToArray(),
+                    p.QkDims[0].Length, p.VDims[0].Length, p.MlpNeurons.Length,
+                    arch.Blocks[b].Heads, arch.Blocks[b].QkDim, arch.Blocks[b].VDim, arch.Blocks[b].MlpHidden)).ToArray(),
+                ResidualHistory = residuals?.ToArray() ?? [],
+                ValidationAccuracy = new Dictionary<string, double>(_accuracy),
+            };
+            Log($"{report.ParametersBefore:N0} → {report.ParametersAfter:N0} parameters ({report.AchievedSparsity:P1} removed), " +
+                $"{report.FlopsBefore / 1e6:F1} → {report.FlopsAfter / 1e6:F1} MFLOPs/image");
+            return new PruningResult(pruned, report);
+        }
+        catch
+        {
+            pruned.Dispose();
+            throw;
+        }
+    }
+}

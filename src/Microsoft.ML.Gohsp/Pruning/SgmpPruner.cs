@@ -1,0 +1,95 @@
+using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Gohsp.VisionTransformer;
+
+namespace Microsoft.ML.Gohsp.Pruning;
+
+/// <summary>
+/// Options of SGMP (structured gradual magnitude pruning): the shared <see cref="PruningOptions"/> (<see cref="PruningOptions.Sparsity"/>
+/// is the final sparsity s_f), the gradual phase's training options and the cubic schedule (see <see cref="SgmpSchedule"/>).
+/// </summary>
+public class SgmpOptions : PruningOptions
+{
+    /// <summary>Creates the default options (5 gradual + 5 fine-tuning epochs).</summary>
+    public SgmpOptions() : base(fineTuneEpochs: 5) { }
+
+    /// <inheritdoc />
+    public override PruningMethod Method => PruningMethod.Sgmp;
+
+    /// <summary>
+    /// Training options of the gradual phase. Default 5 epochs at a constant lr of 5e-4, no warm-up — the same as GOHSP's
+    /// soft-pruning stage, so that the two methods differ only in how they prune.
+    /// </summary>
+    public ViTTrainingOptions Gradual { get; set; } = new() { Epochs = 5, LearningRate = 5e-4, MinLearningRate = 5e-4, WarmupEpochs = 0 };
+
+    /// <summary>Initial sparsity s_i (the target at the start step), in [0, <see cref="PruningOptions.Sparsity"/>). Default 0.</summary>
+    public double InitialSparsity { get; set; }
+
+    /// <summary>Start step t₀ (0-based optimiser step of the gradual phase) of the first pruning step, ≥ 0. Default 0.</summary>
+    public long StartStep { get; set; }
+
+    /// <summary>
+    /// Pruning frequency Δt in optimiser steps, ≥ 0; 0 (default) = automatic: ⌈ramp length / 10⌉, i.e. at most 10 pruning
+    /// steps after t₀.
+    /// </summary>
+    public int PruningFrequency { get; set; }
+
+    /// <summary>
+    /// Fraction of the gradual phase's steps by which the ramp ends, in (0, 1]. Default 0.75: the sparsity reaches s_f
+    /// at (or just before) 75% of the gradual phase and the rest trains at s_f. The number of pruning steps is
+    /// n = ⌊(⌊RampFraction·steps⌋ − t₀) / Δt⌋.
+    /// </summary>
+    public double RampFraction { get; set; } = 0.75;
+
+    internal override IReadOnlyList<(string Name, ViTTrainingOptions Options)> TrainingStages =>
+        [(nameof(Gradual), Gradual), (nameof(FineTune), FineTune)];
+
+    /// <summary>Throws naming the first invalid option (<see cref="SgmpSchedule.For"/> checks the ramp against the data).</summary>
+    public override void Validate()
+    {
+        base.Validate();
+        if (!(InitialSparsity >= 0 && InitialSparsity < Sparsity))
+            throw new ArgumentOutOfRangeException(nameof(InitialSparsity), InitialSparsity, $"InitialSparsity must be in [0, Sparsity = {Sparsity}).");
+        if (StartStep < 0) throw new ArgumentOutOfRangeException(nameof(StartStep), StartStep, "StartStep must be ≥ 0.");
+        if (PruningFrequency < 0) throw new ArgumentOutOfRangeException(nameof(PruningFrequency), PruningFrequency, "PruningFrequency must be ≥ 0 steps (0 = automatic).");
+        if (!(RampFraction > 0 && RampFraction <= 1)) throw new ArgumentOutOfRangeException(nameof(RampFraction), RampFraction, "RampFraction must be in (0, 1].");
+    }
+}
+
+/// <summary>
+/// SGMP, the gradual baseline (Zhu &amp; Gupta's gradual magnitude pruning on GOHSP's structures): trains a copy of the dense
+/// model for <see cref="SgmpOptions.Gradual"/> while <see cref="GradualMagnitudePruning"/> raises the structured sparsity on
+/// the cubic <see cref="SgmpSchedule"/>, re-ranking the kept structures by ℓ2 magnitude at every pruning step and keeping the
+/// pruned ones at zero; then removes them with <see cref="HardPruning"/> and fine-tunes. The dense model is not modified.
+/// </summary>
+public static class SgmpPruner
+{
+    /// <summary>Runs the gradual phase, the hard pruning and the fine-tuning.</summary>
+    /// <param name="dense">The trained dense model (not modified).</param>
+    /// <param name="train">Training data of both phases.</param>
+    /// <param name="validation">Optional validation data: accuracy after each stage goes into the report.</param>
+    /// <param name="options">Sparsity, schedule, training, budget and distillation options.</param>
+    /// <param name="log">Receives progress lines.</param>
+    /// <param name="progress">Receives training progress.</param>
+    /// <param name="cancellationToken">Cancels training.</param>
+    public static PruningResult Run(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, SgmpOptions options,
+        Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        var run = PruningRun.Start(dense, train, validation, options, log, progress, cancellationToken);
+        var schedule = SgmpSchedule.For(options, (long)TrainingLoop.StepsPerEpoch(train.Count, options.Gradual.BatchSize) * options.Gradual.Epochs);
+        run.Log($"cubic schedule: s_i {schedule.InitialSparsity:P1} → s_f {schedule.FinalSparsity:P1}, t0 {schedule.StartStep}, " +
+                $"every {schedule.Frequency} steps, {schedule.PruningSteps} pruning steps, ramp ends at step {schedule.EndStep}");
+        var model = dense.Clone();
+        using var hook = new GradualMagnitudePruning(schedule, options.Budget);
+        try
+        {
+            run.TrainStage(model, options.Gradual, "gradual", hook);
+            hook.PruneTo(model, options.Sparsity); // no-op when the ramp already reached s_f (it does unless training was cut short)
+            run.Log($"gradual phase: sparsity after each pruning step {string.Join(", ", hook.History.Select(e => e.AchievedSparsity.ToString("P1")))}");
+            return run.Finish(model, hook.Plan!);
+        }
+        finally
+        {
+            model.Dispose();
+        }
+    }
+}

@@ -1,0 +1,229 @@
+using FluentAssertions;
+using Microsoft.ML.Gohsp.Data;
+using Microsoft.ML.Gohsp.Pruning;
+using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Gohsp.VisionTransformer;
+using Xunit.Abstractions;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Gohsp.Tests;
+
+/// <summary>SOMP and SGMP (core): budget, monotone masks that stay zero, heads dropped by magnitude, bad options.</summary>
+public class BaselinePrunerTests(ITestOutputHelper output)
+{
+    private static readonly Lazy<ImageTensorData> Train = new(() => GohspPrunerTests.Real(Cifar10Split.Train, 256));
+
+    internal static ViTTrainingOptions Stage(bool constantRate = false) => new()
+    {
+        Epochs = 1, BatchSize = 64, NumberOfThreads = 2, Device = ViTDevice.Cpu, LearningRate = 1e-3,
+        MinLearningRate = constantRate ? 1e-3 : 1e-5, WarmupEpochs = 0,
+    };
+
+    [Theory]
+    [InlineData(PruningMethod.Somp, 0.3)]
+    [InlineData(PruningMethod.Somp, 0.5)]
+    [InlineData(PruningMethod.Somp, 0.7)]
+    [InlineData(PruningMethod.Sgmp, 0.3)]
+    [InlineData(PruningMethod.Sgmp, 0.5)]
+    [InlineData(PruningMethod.Sgmp, 0.7)]
+    public void BaselinesHitTheBudgetWithinOnePercent(PruningMethod method, double sparsity)
+    {
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 3);
+        var before = ModelChecks.Snapshot(dense);
+        var valid = Train.Value.Take(64);
+        var log = new List<string>();
+        var result = method == PruningMethod.Somp
+            ? SompPruner.Run(dense, Train.Value, valid, new SompOptions { Sparsity = sparsity, FineTune = Stage() }, log.Add)
+            : SgmpPruner.Run(dense, Train.Value, valid, new SgmpOptions { Sparsity = sparsity, Gradual = Stage(constantRate: true), FineTune = Stage() }, log.Add);
+        using var pruned = result.Model;
+        var r = result.Report;
+        output.WriteLine(string.Join("\n", log));
+
+        r.Method.Should().Be(method.ToString().ToLowerInvariant());
+        r.RequestedSparsity.Should().Be(sparsity);
+        r.AchievedSparsity.Should().BeApproximately(sparsity, 0.01);
+        r.ParametersBefore.Should().Be(dense.Architecture.ParameterCount);
+        r.ParametersAfter.Should().Be(pruned.Architecture.ParameterCount);
+        r.FlopsAfter.Should().Be(pruned.Architecture.ForwardFlops).And.BeLessThan(r.FlopsBefore);
+        r.Blocks.Should().OnlyContain(b => b.KeptHeads.Length >= 1 && b.StationaryProbabilities.Length == 0);
+        r.Blocks.Select(b => b.KeptHeads.Length).Should().Equal(pruned.Architecture.Blocks.Select(b => b.Heads));
+        r.ResidualHistory.Should().BeEmpty();
+        r.ValidationAccuracy.Keys.Should().BeEquivalentTo("dense", "hard-pruned", "fine-tuned");
+        ModelChecks.DenseUntouchedAndPrunedRuns(dense, before, pruned);
+    }
+
+    [Fact]
+    public void SompRanksHeadsByMagnitudeAndCanDropWholeHeads()
+    {
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 3);
+        var a = dense.Architecture;
+        int h = a.Blocks[0].Heads, dq = a.Blocks[0].QkDim, dv = a.Blocks[0].VDim;
+        using (no_grad())
+        {
+            // head 2 of block 0 and head 0 of block 3: q, k, v rows and output-projection columns shrunk 1000×
+            foreach (var (block, head) in new[] { (0, 2), (3, 0) })
+            {
+                var attn = dense.Blocks[block].attn;
+                foreach (int off in new[] { head * dq, h * dq + head * dq }) attn.qkv.weight.narrow(0, off, dq).mul_(1e-3);
+                attn.qkv.weight.narrow(0, 2 * h * dq + head * dv, dv).mul_(1e-3);
+                attn.proj.weight.narrow(1, head * dv, dv).mul_(1e-3);
+            }
+        }
+        var fine = Stage(); fine.Epochs = 1;
+        var result = SompPruner.Run(dense, Train.Value.Take(64), null, new SompOptions { Sparsity = 0.3, FineTune = fine });
+        using var pruned = result.Model;
+        result.Report.Blocks[0].KeptHeads.Should().NotContain(2);
+        result.Report.Blocks[3].KeptHeads.Should().NotContain(0);
+        result.Report.Blocks.Sum(b => b.KeptHeads.Length).Should().BeLessThan(a.Blocks.Sum(b => b.Heads));
+    }
+
+    [Fact]
+    public void SgmpHookKeepsPrunedStructuresExactlyZeroAfterEveryStepAndNeverRevivesThem()
+    {
+        using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
+        var arch = model.Architecture;
+        var data = Train.Value.Take(128);                                  // batch 32 → 4 steps per epoch, 2 epochs → 8 steps
+        var schedule = new SgmpSchedule(0.1, 0.5, startStep: 1, frequency: 1, pruningSteps: 4); // prune after steps 1..5
+        using var sgmp = new GradualMagnitudePruning(schedule);
+        var checker = new CheckingHook(sgmp);
+        var o = Stage(constantRate: true); o.Epochs = 2; o.BatchSize = 32;
+        new TrainingLoop(o, "sgmp-test") { Hook = checker }.Train(model, data);
+
+        checker.Steps.Should().Be(8);
+        checker.MaskedSteps.Should().Be(7, "the mask exists from step 1 on and is checked after every step");
+        checker.Violations.Should().BeEmpty("pruned weights must be exactly zero after every optimiser step");
+        sgmp.History.Select(e => e.Step).Should().Equal(1, 2, 3, 4, 5);
+        sgmp.History.Select(e => e.TargetSparsity).Should().Equal(new[] { 1L, 2, 3, 4, 5 }.Select(schedule.SparsityAt));
+        sgmp.History.Select(e => e.AchievedSparsity).Should().BeInAscendingOrder();
+        sgmp.History[^1].AchievedSparsity.Should().BeApproximately(0.5, 0.01);
+        checker.Revived.Should().BeEmpty("a structure, once pruned, stays pruned");
+
+        // the plan and history survive a checkpoint round trip, and restoring it re-applies the mask
+        using var ms = new MemoryStream();
+        using (var w = new BinaryWriter(ms, System.Text.Encoding.UTF8, leaveOpen: true)) sgmp.SaveState(w);
+        ms.Position = 0;
+        using var restored = new GradualMagnitudePruning(schedule);
+        using (var r = new BinaryReader(ms)) restored.LoadState(r);
+        Describe(restored.Plan!).Should().Be(Describe(sgmp.Plan!));
+        restored.History.Should().Equal(sgmp.History);
+        using var fresh = new VisionTransformerModel(arch, seed: 9);
+        restored.OnTrainingStart(fresh, 2, 4);
+        CheckingHook.NonZeroOutside(fresh, restored.Plan!).Should().Be(0);
+    }
+
+    [Fact]
+    public void AnInterruptedGradualPhaseResumesFromItsCheckpointWithTheMask()
+    {
+        var data = Train.Value.Take(128);
+        // 4 steps per epoch; prune after steps 1 (20%) and 6 (50%): the resumed epoch starts with two steps under the restored mask
+        var schedule = new SgmpSchedule(0.2, 0.5, startStep: 1, frequency: 5, pruningSteps: 1);
+        var dir = Directory.CreateTempSubdirectory("sgmp-resume-").FullName;
+        try
+        {
+            ViTTrainingOptions Options(string folder) { var o = Stage(constantRate: true); o.Epochs = 2; o.BatchSize = 32; o.CheckpointFolder = folder; return o; }
+            using var straight = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 4);
+            using var straightHook = new GradualMagnitudePruning(schedule);
+            new TrainingLoop(Options(null), "sgmp-gradual") { Hook = straightHook }.Train(straight, data);
+
+            // cancelled after the first epoch (its checkpoint is written before the epoch is reported) …
+            using var cts = new CancellationTokenSource();
+            using var first = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 4);
+            using var firstHook = new GradualMagnitudePruning(schedule);
+            var stop = new SyncProgress<ViTTrainingProgress>(p => { if (p.EpochCompleted) cts.Cancel(); });
+            var cut = () => new TrainingLoop(Options(dir), "sgmp-gradual", null, stop) { Hook = firstHook }.Train(first, data, null, cts.Token);
+            cut.Should().Throw<OperationCanceledException>();
+            firstHook.History.Select(e => e.Step).Should().Equal(1);
+
+            // … and resumed by a new loop and a new hook from the checkpoint: same mask history, same weights
+            using var resumed = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 4);
+            using var resumedHook = new GradualMagnitudePruning(schedule);
+            var checker = new CheckingHook(resumedHook);
+            var loop = new TrainingLoop(Options(dir), "sgmp-gradual") { Hook = checker };
+            loop.Train(resumed, data);
+            loop.StartEpoch.Should().Be(1);
+            (checker.Steps, checker.MaskedSteps).Should().Be((4, 4), "the restored mask is in force from the first resumed step");
+            checker.Violations.Should().BeEmpty();
+            resumedHook.History.Select(e => e.Step).Should().Equal(straightHook.History.Select(e => e.Step));
+            StructuredPruningTests.Kept(resumedHook.Plan!).Should().BeEquivalentTo(StructuredPruningTests.Kept(straightHook.Plan!));
+            var expected = straight.state_dict();
+            foreach (var (k, v) in resumed.state_dict()) TensorAssert.MaxAbsDiff(v, expected[k]).Should().BeLessThan(1e-4, k);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void BadOptionsAreRejectedBeforeAnyWorkNamingTheOption()
+    {
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 1);
+        var data = HeadGraphRankingTests.RandomImages(8);
+        foreach (double s in new[] { 0, 1, -0.2, double.NaN })
+        {
+            ((Action)(() => SompPruner.Run(dense, data, null, new SompOptions { Sparsity = s }))).Should().Throw<ArgumentOutOfRangeException>()
+                .Where(e => e.ParamName == "Sparsity").WithMessage("*Sparsity*(0, 1)*");
+            ((Action)(() => SgmpPruner.Run(dense, data, null, new SgmpOptions { Sparsity = s }))).Should().Throw<ArgumentOutOfRangeException>()
+                .Where(e => e.ParamName == "Sparsity");
+        }
+        var badFine = Stage(); badFine.Epochs = 0;
+        ((Action)(() => SompPruner.Run(dense, data, null, new SompOptions { FineTune = badFine }))).Should().Throw<ArgumentException>()
+            .Where(e => e.ParamName == "FineTune.Epochs").WithMessage("Invalid FineTune options: Epochs must be positive*");
+        var badGradual = Stage(); badGradual.BatchSize = -1;
+        ((Action)(() => SgmpPruner.Run(dense, data, null, new SgmpOptions { Gradual = badGradual }))).Should().Throw<ArgumentException>()
+            .Where(e => e.ParamName == "Gradual.BatchSize");
+        ((Action)(() => SompPruner.Run(dense, data, null, new SompOptions { DistillationTemperature = 0 }))).Should().Throw<ArgumentOutOfRangeException>()
+            .Where(e => e.ParamName == "DistillationTemperature");
+        // 8 images, batch 64: one step, so a ramp fits nowhere
+        ((Action)(() => SgmpPruner.Run(dense, data, null, new SgmpOptions { Gradual = Stage() }))).Should().Throw<ArgumentOutOfRangeException>()
+            .Where(e => e.ParamName == "StartStep").WithMessage("*give the Gradual phase more epochs*");
+        ((Action)(() => SompPruner.Run(dense, HeadGraphRankingTests.RandomImages(0), null, new SompOptions()))).Should().Throw<ArgumentException>().WithMessage("*no rows*");
+    }
+
+    private static string Describe(StructurePlan p) => string.Join(" | ", p.Blocks.Select(b =>
+        $"{string.Join(",", b.Heads)}; {string.Join("/", b.QkDims.Select(d => string.Join(",", d)))}; {string.Join("/", b.VDims.Select(d => string.Join(",", d)))}; {string.Join(",", b.MlpNeurons)}"));
+
+    /// <summary>Wraps the SGMP hook; after every step checks that everything outside its plan is exactly zero.</summary>
+    private sealed class CheckingHook(GradualMagnitudePruning inner) : ITrainingHook
+    {
+        private HashSet<string> _kept;
+        public int Steps, MaskedSteps;
+        public List<string> Violations { get; } = new();
+        public List<string> Revived { get; } = new();
+
+        public void OnTrainingStart(VisionTransformerModel model, int startEpoch, int stepsPerEpoch) => inner.OnTrainingStart(model, startEpoch, stepsPerEpoch);
+
+        public void AfterStep(VisionTransformerModel model, long globalStep)
+        {
+            inner.AfterStep(model, globalStep);
+            Steps++;
+            if (inner.Plan is null) return;
+            MaskedSteps++;
+            long nonZero = NonZeroOutside(model, inner.Plan);
+            if (nonZero != 0) Violations.Add($"step {globalStep}: {nonZero} pruned weights are not zero");
+            var kept = StructuredPruningTests.Kept(inner.Plan);
+            if (_kept is not null) Revived.AddRange(kept.Except(_kept).Select(k => $"step {globalStep}: {k}"));
+            _kept = kept;
+        }
+
+        public void OnEpochEnd(VisionTransformerModel model, int epoch, IDictionary<string, double> extra) => inner.OnEpochEnd(model, epoch, extra);
+        public void SaveState(BinaryWriter writer) => inner.SaveState(writer);
+        public void LoadState(BinaryReader reader) => inner.LoadState(reader);
+
+        internal static long NonZeroOutside(VisionTransformerModel model, StructurePlan plan)
+        {
+            using var scope = NewDisposeScope();
+            var masks = StructuredProjection.Masks(model.Architecture, plan, model.parameters().First().device);
+            try
+            {
+                using var _ = no_grad();
+                long n = 0;
+                foreach (var (p, mask) in StructuredProjection.PrunableWithMasks(model, masks))
+                {
+                    n += p.mul(mask.neg().add(1)).ne(0).sum().ToInt64();
+                }
+                return n;
+            }
+            finally { foreach (var m in masks) m.Dispose(); }
+        }
+
+    }
+}

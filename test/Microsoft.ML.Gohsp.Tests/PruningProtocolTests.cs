@@ -1,0 +1,60 @@
+using FluentAssertions;
+using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp.Pruning;
+using Microsoft.ML.Gohsp.Training;
+
+namespace Microsoft.ML.Gohsp.Tests;
+
+public class PruningProtocolTests
+{
+    [Theory]
+    [InlineData(10)]
+    [InlineData(7)]
+    [InlineData(2)]
+    public void EveryMethodGetsTheSameEpochsWithTheSameOptimiserAndSeed(int total)
+    {
+        var b = new ViTTrainingOptions { LearningRate = 3e-4, MinLearningRate = 1e-6, BatchSize = 48, Seed = 11, WeightDecay = 0.02, RandomCropPadding = 2, NumberOfThreads = 2 };
+        var all = Enum.GetValues<PruningMethod>().Select(m => PruningProtocol.ForEpochBudget(m, 0.4, total, b)).ToArray();
+        all.Select(o => o.TotalTrainingEpochs).Should().AllBeEquivalentTo(total);
+        all.Select(o => o.Method).Should().Equal(PruningMethod.Gohsp, PruningMethod.Somp, PruningMethod.Sgmp);
+        all.Should().OnlyContain(o => o.Sparsity == 0.4);
+
+        var g = (GohspOptions)all[0]; var somp = (SompOptions)all[1]; var sgmp = (SgmpOptions)all[2];
+        (g.SoftPruning.Epochs, g.FineTune.Epochs).Should().Be((total / 2, total - total / 2));
+        (sgmp.Gradual.Epochs, sgmp.FineTune.Epochs).Should().Be((total / 2, total - total / 2));
+        somp.FineTune.Epochs.Should().Be(total);
+        var stages = new[] { g.SoftPruning, g.FineTune, sgmp.Gradual, sgmp.FineTune, somp.FineTune };
+        stages.Should().OnlyContain(s => s.LearningRate == 3e-4 && s.BatchSize == 48 && s.Seed == 11 && s.WeightDecay == 0.02
+                                         && s.RandomCropPadding == 2 && s.NumberOfThreads == 2);
+        // the pruning stages of GOHSP and SGMP run at the same constant rate; fine-tuning keeps the base schedule
+        new[] { g.SoftPruning, sgmp.Gradual }.Should().OnlyContain(s => s.MinLearningRate == 3e-4 && s.WarmupEpochs == 0);
+        new[] { g.FineTune, sgmp.FineTune, somp.FineTune }.Should().OnlyContain(s => s.MinLearningRate == 1e-6 && s.WarmupEpochs == b.WarmupEpochs);
+        stages.Select(s => s.Mean).Append(b.Mean).Distinct(ReferenceEqualityComparer.Instance).Should().HaveCount(6, "every stage gets its own copy of the arrays");
+    }
+
+    [Fact]
+    public void DefaultOptionsAlreadyGiveEveryMethodTenEpochs()
+    {
+        new PruningOptions[] { new GohspOptions(), new SompOptions(), new SgmpOptions() }.Select(o => o.TotalTrainingEpochs).Should().AllBeEquivalentTo(10);
+    }
+
+    [Fact]
+    public void ApplyEpochBudgetConfiguresEstimatorOptionsAndSeparatesCheckpoints()
+    {
+        var o = PruningProtocol.ApplyEpochBudget(new SgmpPruningEstimator.Options { Sparsity = 0.3, LabelColumnName = "L" }, 6,
+            new ViTTrainingOptions { CheckpointFolder = "ckpt" });
+        (o.Sparsity, o.LabelColumnName, o.Gradual.Epochs, o.FineTune.Epochs).Should().Be((0.3, "L", 3, 3));
+        o.Gradual.CheckpointFolder.Should().Be(Path.Combine("ckpt", "sgmp-gradual"));
+        o.FineTune.CheckpointFolder.Should().Be(Path.Combine("ckpt", "sgmp-fine-tune"));
+    }
+
+    [Fact]
+    public void TooFewEpochsOrABadSparsityAreRejected()
+    {
+        ((Action)(() => PruningProtocol.ForEpochBudget(PruningMethod.Gohsp, 0.4, 1))).Should().Throw<ArgumentOutOfRangeException>()
+            .Where(e => e.ParamName == "totalEpochs").WithMessage("*≥ 2 for Gohsp*");
+        ((Action)(() => PruningProtocol.ForEpochBudget(PruningMethod.Somp, 0.4, 0))).Should().Throw<ArgumentOutOfRangeException>().Where(e => e.ParamName == "totalEpochs");
+        PruningProtocol.ForEpochBudget(PruningMethod.Somp, 0.4, 1).TotalTrainingEpochs.Should().Be(1);
+        ((Action)(() => PruningProtocol.ForEpochBudget(PruningMethod.Sgmp, 1.4, 4))).Should().Throw<ArgumentOutOfRangeException>().Where(e => e.ParamName == "Sparsity");
+    }
+}
