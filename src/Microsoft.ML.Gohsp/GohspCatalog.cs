@@ -63,6 +63,42 @@ public static class GohspCatalog
         return new GohspPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
     }
 
+    /// <summary>
+    /// GOHSP stage 1 only: graph-based head ranking and the head mask. Chain
+    /// <c>GohspRankHeads(o).Append(GohspSoftPrune(o)).Append(GohspHardPrune(o))</c> to run GOHSP one stage at a time and
+    /// inspect (or save) the model and its <see cref="MLNet.ViTModelParameters.PruningReport"/> between stages.
+    /// </summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">GOHSP options (this stage reads the head-ranking options).</param>
+    /// <param name="model">The ViT to rank; null to take it from the upstream trainer in a chain.</param>
+    public static GohspHeadRankingEstimator GohspRankHeads(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return new GohspHeadRankingEstimator(CatalogUtils.GetEnvironment(catalog), options, model);
+    }
+
+    /// <summary>GOHSP stage 2 only: ADMM soft structured pruning (see <see cref="GohspRankHeads"/>).</summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">GOHSP options (this stage reads Sparsity, SoftPruning, Admm, Budget).</param>
+    /// <param name="model">The (head-masked) ViT; null to take it from the upstream stage in a chain.</param>
+    public static GohspSoftPruningEstimator GohspSoftPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return new GohspSoftPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, model);
+    }
+
+    /// <summary>GOHSP stage 3 only: projection, physical pruning and fine-tuning (see <see cref="GohspRankHeads"/>).</summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">GOHSP options (this stage reads Sparsity, Budget, FineTune and the distillation options).</param>
+    /// <param name="model">The soft-pruned ViT; null to take it from the upstream stage in a chain.</param>
+    /// <param name="teacher">Distillation teacher (normally the dense model); null uses the model entering this stage.</param>
+    public static GohspHardPruningEstimator GohspHardPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null,
+        ITransformer? teacher = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return new GohspHardPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, model, teacher);
+    }
+
     /// <summary>GOHSP structured pruning with the main options; see the overload taking <see cref="GohspPruningEstimator.Options"/>.</summary>
     /// <param name="catalog">The transforms catalog.</param>
     /// <param name="sparsity">Fraction of the parameters to remove, in (0, 1).</param>
