@@ -94,8 +94,16 @@ internal static class CheckpointReader
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
+            string why = e.GetBaseException().Message;
+            if (why.Contains("out of bounds for storage", StringComparison.Ordinal))
+                throw new InvalidDataException(
+                    $"'{name}' stores tensors as views into a shared storage (a tensor at a storage offset), which the PyTorch reader " +
+                    "(TorchSharp.PyBridge) does not support. Re-save with separate tensors: torch.save({k: v.clone() for k, v in " +
+                    "state_dict.items()}, path), or convert to .safetensors (which has no shared storages).", e);
+            int cut = why.IndexOf('\n');
             throw new InvalidDataException(
-                $"'{name}' could not be unpickled as a state dict ({e.GetBaseException().Message}). Save only the weights: torch.save(model.state_dict(), path), or use .safetensors.", e);
+                $"'{name}' could not be unpickled as a state dict ({(cut > 0 ? why[..cut] : why)}). Save only the weights: " +
+                "torch.save(model.state_dict(), path), or use .safetensors.", e);
         }
         return ToStateDict(table, name);
     }
