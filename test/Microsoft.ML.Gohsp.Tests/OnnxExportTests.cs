@@ -38,14 +38,8 @@ public sealed class OnnxFixture : IDisposable
         var plan = StructuredProjection.Allocate(model.Architecture, StructuredProjection.Magnitude(model), 0.5);
         Pruned = HardPruning.Prune(model, plan);
         // a GOHSP-pruned ML.NET model (tiny schedule: the test is about export, not accuracy)
-        var gohsp = new GohspPruningEstimator.Options
-        {
-            Sparsity = 0.5, HeadPruningFraction = 0.25, CalibrationImages = 32,
-            SoftPruning = new() { Epochs = 1, NumberOfThreads = 2, Device = Training.ViTDevice.Cpu, LearningRate = 1e-3, MinLearningRate = 1e-3, WarmupEpochs = 0 },
-            FineTune = new() { Epochs = 1, NumberOfThreads = 2, Device = Training.ViTDevice.Cpu, LearningRate = 5e-4, WarmupEpochs = 0 },
-        };
         var small = Cifar10.ToDataView(Ml, Cifar10.Read(Cifar10Tests.SubsetDir, Cifar10Split.Train, 256));
-        var pruned = Ml.Transforms.GohspPrune(gohsp, Dense).Fit(Dense.Transform(small));
+        var pruned = Ml.Transforms.GohspPrune(InteropTestFiles.TinyGohsp(0.5), Dense).Fit(Dense.Transform(small));
         GohspPruned = new TransformerChain<ITransformer>(Dense.Take(2).Append<ITransformer>(pruned).ToArray());
     }
 
