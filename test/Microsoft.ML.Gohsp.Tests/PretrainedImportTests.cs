@@ -146,6 +146,25 @@ public class PretrainedImportTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void ADataParallelPrefixIsStrippedAndAMissingQkvBiasBecomesZeros()
+    {
+        using var source = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 6);
+        var dir = Directory.CreateTempSubdirectory("gohsp-prefix-").FullName;
+        var sd = InteropTestFiles.Timm(source).Where(kv => !kv.Key.EndsWith("attn.qkv.bias")).ToDictionary(kv => "module." + kv.Key, kv => kv.Value);
+        var path = Path.Combine(dir, "ddp.pth");
+        InteropTestFiles.Write(sd, path, CheckpointFormat.PyTorch);
+        var log = new List<string>();
+        using var m = PretrainedViT.Load(path, new PretrainedImportOptions { Heads = 4 }, log.Add);
+        log.Should().Contain(l => l.Contains("no qkv bias"));
+        foreach (var (k, v) in m.state_dict())
+        {
+            if (k.EndsWith("attn.qkv.bias")) v.abs().sum().ToDouble().Should().Be(0);
+            else TensorAssert.Same(v, source.state_dict()[k]).Should().BeTrue(k);
+        }
+        Directory.Delete(dir, true);
+    }
+
+    [Fact]
     public void BadCheckpointsAreRejectedNamingTheKey()
     {
         using var source = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 2);

@@ -45,6 +45,18 @@ internal static partial class CheckpointNames
         ["output.dense"] = "mlp.fc2",
     };
 
+    /// <summary>Removes the <c>module.</c> prefix that (Distributed)DataParallel puts on every key.</summary>
+    public static void StripDataParallelPrefix(Dictionary<string, Tensor> sd)
+    {
+        const string prefix = "module.";
+        if (sd.Count == 0 || !sd.Keys.All(k => k.StartsWith(prefix, StringComparison.Ordinal))) return;
+        foreach (var k in sd.Keys.ToList())
+        {
+            sd[k[prefix.Length..]] = sd[k];
+            sd.Remove(k);
+        }
+    }
+
     /// <summary>Detects the naming; throws <see cref="InvalidDataException"/> for a non-ViT or a distilled DeiT checkpoint.</summary>
     public static CheckpointNaming Detect(IReadOnlyDictionary<string, Tensor> sd, string source)
     {
@@ -71,9 +83,6 @@ internal static partial class CheckpointNames
     public static Dictionary<string, Tensor> ToTimm(Dictionary<string, Tensor> sd, CheckpointNaming naming, Action<string>? log)
     {
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        // DataParallel / DistributedDataParallel prefix
-        if (sd.Count > 0 && sd.Keys.All(k => k.StartsWith("module.", StringComparison.Ordinal)))
-            foreach (var k in sd.Keys.ToList()) { sd[k["module.".Length..]] = sd[k]; sd.Remove(k); }
         if (naming == CheckpointNaming.Timm)
         {
             foreach (var k in sd.Keys.ToList())

@@ -81,6 +81,9 @@ public static class OnnxExport
         options ??= new OnnxExportOptions();
         var a = model.Architecture;
         options.Validate(a.Channels);
+        // one protobuf message is limited to 2 GB; weights beyond that would need ONNX external data
+        if (a.ParameterCount * 4L > 1_900_000_000L)
+            throw new NotSupportedException($"The model has {a.ParameterCount:N0} parameters ({a.ParameterCount * 4L / 1e9:F1} GB in float32); ONNX files without external data are limited to 2 GB.");
         var w = Weights(model);
         var g = new GraphBuilder();
         int d = a.EmbedDim;

@@ -146,6 +146,7 @@ public static partial class PretrainedViT
         Dictionary<string, Tensor>? sd = null;
         try
         {
+            CheckpointNames.StripDataParallelPrefix(raw);
             var naming = CheckpointNames.Detect(raw, source);
             var config = PretrainedConfig.ReadBeside(path);
             if (config.HiddenAct is string act && act != "gelu")
@@ -159,7 +160,7 @@ public static partial class PretrainedViT
                     $"{string.Join(", ", extra.Take(4).Select(k => $"'{k}'"))}. Variants with LayerScale, register tokens, global average " +
                     "pooling (fc_norm), q/k norms or a pre-norm are not supported.");
             }
-            var (heads, headsFrom) = ResolveHeads(sd, options, config, source);
+            var (heads, headsFrom) = ResolveHeads(sd, naming, options, config, source);
             double eps = options.LayerNormEps ?? (naming == CheckpointNaming.HuggingFace ? config.LayerNormEps ?? 1e-12 : 1e-6);
             var stored = InferArchitecture(sd, naming, heads, eps, options.NumClasses, source);
             log?.Invoke($"'{source}': {format} file, {naming} naming, {stored} ({heads} heads from {headsFrom}, LayerNorm eps {eps:G3}).");
@@ -191,11 +192,12 @@ public static partial class PretrainedViT
         return (target, newHead, resample);
     }
 
-    private static (int Heads, string From) ResolveHeads(Dictionary<string, Tensor> sd, PretrainedImportOptions o, PretrainedConfig config, string source)
+    private static (int Heads, string From) ResolveHeads(Dictionary<string, Tensor> sd, CheckpointNaming naming, PretrainedImportOptions o,
+        PretrainedConfig config, string source)
     {
         if (o.Heads is int h) return (h, "the Heads option");
         if (config.Heads is int ch) return (ch, Path.GetFileName(config.ConfigFile)!);
-        long width = sd.TryGetValue("cls_token", out var cls) ? cls.shape[^1] : -1;
+        long width = Need(sd, "cls_token", naming, source).shape[^1];
         if (DefaultHeadsByWidth.TryGetValue((int)width, out int d)) return (d, $"timm's default for width {width}");
         throw new InvalidDataException(
             $"'{source}': the number of attention heads cannot be read from the tensors and there is no config.json with num_attention_heads " +
