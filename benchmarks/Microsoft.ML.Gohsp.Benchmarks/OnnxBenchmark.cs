@@ -9,7 +9,9 @@ using static TorchSharp.torch;
 /// <summary>
 /// Inference latency of cifar-tiny, dense and 50% structurally pruned (magnitude plan: StructuredProjection + HardPruning,
 /// random weights — latency does not depend on the values), in TorchSharp and in ONNX Runtime on the CPU with the same
-/// thread count. Every figure is the median of <c>reps</c> timed runs after warm-up; TorchSharp and ONNX Runtime alternate in blocks.
+/// thread count. Every figure is the median of <c>reps</c> timed runs after warm-up. All TorchSharp runs come before the
+/// first ONNX Runtime session is created: an idle ORT intra-op pool keeps its threads spinning for a while (ORT's default
+/// allow_spinning) and, on 2 cores, that slowed TorchSharp's OpenMP threads by up to 50× when both ran in turn in one process.
 /// </summary>
 internal static class OnnxBenchmark
 {
@@ -35,31 +37,49 @@ internal static class OnnxBenchmark
             ["pruned_flops_ratio"] = Math.Round((double)pruned.Architecture.ForwardFlops / arch.ForwardFlops, 3),
             ["note"] = "medians of timed runs; shared 2-core machine with other jobs running, so absolute numbers are noisy",
         };
-        foreach (var (name, model) in new[] { ("dense", dense), ("pruned", pruned) })
+
+        var models = new[] { ("dense", dense), ("pruned", pruned) };
+        var sizes = new[] { 1, batch };
+        var inputs = sizes.ToDictionary(n => n, n => randn(n, 3, 32, 32));
+        var torchMs = new Dictionary<string, double>();
+        var torchOut = new Dictionary<string, float[]>();
+        foreach (var (name, model) in models)
+            foreach (int n in sizes)
+            {
+                var x = inputs[n];
+                string key = $"{name}_b{n}";
+                torchMs[key] = Median(reps, n == 1 ? 20 : 3, () => { using var _ = no_grad(); using var y = model.forward(x); });
+                using (no_grad())
+                using (var y = model.forward(x))
+                    torchOut[key] = y.data<float>().ToArray();
+            }
+
+        var ortMs = new Dictionary<string, double>();
+        foreach (var (name, model) in models)
         {
             using var session = Session(OnnxExport.ToBytes(model), threads);
-            foreach (int n in new[] { 1, batch })
+            foreach (int n in sizes)
             {
-                using var x = randn(n, 3, 32, 32);
-                var data = x.data<float>().ToArray();
-                using var input = OrtValue.CreateTensorValueFromMemory(data, [n, 3, 32, 32]);
-                using var run = new RunOptions();
-                var (torchMs, ortMs) = InterleavedMedians(reps, n == 1 ? 20 : 3,
-                    () => { using var _ = no_grad(); using var y = model.forward(x); },
-                    () => { using var o = session.Run(run, ["input"], [input], ["logits"]); });
-                using var o = session.Run(run, ["input"], [input], ["logits"]);
-                float[] ort = o[0].GetTensorDataAsSpan<float>().ToArray();
-                float[] ts;
-                using (no_grad()) using (var y = model.forward(x)) ts = y.data<float>().ToArray();
-                double diff = ort.Zip(ts, (p, q) => Math.Abs(p - q)).Max();
                 string key = $"{name}_b{n}";
-                r[$"{key}_torchsharp_ms"] = Math.Round(torchMs, 3);
-                r[$"{key}_onnxruntime_ms"] = Math.Round(ortMs, 3);
-                r[$"{key}_ort_speedup"] = Math.Round(torchMs / ortMs, 2);
+                using var input = OrtValue.CreateTensorValueFromMemory(inputs[n].data<float>().ToArray(), [n, 3, 32, 32]);
+                using var run = new RunOptions();
+                ortMs[key] = Median(reps, n == 1 ? 20 : 3, () => { using var o = session.Run(run, ["input"], [input], ["logits"]); });
+                using var outputs = session.Run(run, ["input"], [input], ["logits"]);
+                double diff = outputs[0].GetTensorDataAsSpan<float>().ToArray().Zip(torchOut[key], (p, q) => Math.Abs(p - q)).Max();
+                double t = torchMs[key], o2 = ortMs[key];
+                r[$"{key}_torchsharp_ms"] = Math.Round(t, 3);
+                r[$"{key}_onnxruntime_ms"] = Math.Round(o2, 3);
+                r[$"{key}_ort_speedup"] = Math.Round(t / o2, 2);
                 r[$"{key}_max_abs_logit_diff"] = diff;
-                Console.WriteLine($"{name,-6} batch {n,3}: TorchSharp {torchMs,8:F3} ms, ONNX Runtime {ortMs,8:F3} ms (×{torchMs / ortMs:F2}), max |Δlogit| {diff:E1}");
+                Console.WriteLine($"{name,-6} batch {n,3}: TorchSharp {t,8:F3} ms, ONNX Runtime {o2,8:F3} ms (×{t / o2:F2}), max |Δlogit| {diff:E1}");
             }
         }
+        foreach (int n in sizes)
+        {
+            r[$"pruned_vs_dense_b{n}_speedup_torchsharp"] = Math.Round(torchMs[$"dense_b{n}"] / torchMs[$"pruned_b{n}"], 2);
+            r[$"pruned_vs_dense_b{n}_speedup_onnxruntime"] = Math.Round(ortMs[$"dense_b{n}"] / ortMs[$"pruned_b{n}"], 2);
+        }
+        foreach (var x in inputs.Values) x.Dispose();
         return r;
     }
 
@@ -75,33 +95,18 @@ internal static class OnnxBenchmark
         return new InferenceSession(onnx, o);
     }
 
-    /// <summary>
-    /// Times <paramref name="a"/> and <paramref name="b"/> in alternating blocks of runs (so load changes on a shared machine hit
-    /// both alike), with a pause at each switch so that one runtime's spinning worker threads do not slow the other's first
-    /// runs; returns both medians in ms.
-    /// </summary>
-    private static (double A, double B) InterleavedMedians(int reps, int warmup, Action a, Action b)
+    /// <summary>Median of <paramref name="reps"/> timed runs after <paramref name="warmup"/> untimed ones, in ms.</summary>
+    private static double Median(int reps, int warmup, Action f)
     {
-        const int rounds = 5;
-        var ta = new List<double>(); var tb = new List<double>();
-        for (int r = 0; r < rounds; r++)
-            foreach (var (f, times) in new[] { (a, ta), (b, tb) })
-            {
-                Thread.Sleep(100);
-                for (int i = 0; i < (r == 0 ? warmup : 1); i++) f();
-                for (int i = 0; i < (reps + rounds - 1) / rounds; i++)
-                {
-                    var sw = Stopwatch.StartNew();
-                    f();
-                    times.Add(sw.Elapsed.TotalMilliseconds);
-                }
-            }
-        return (Median(ta), Median(tb));
-    }
-
-    private static double Median(List<double> v)
-    {
-        v.Sort();
-        return v[v.Count / 2];
+        for (int i = 0; i < warmup; i++) f();
+        var times = new double[reps];
+        for (int i = 0; i < reps; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            f();
+            times[i] = sw.Elapsed.TotalMilliseconds;
+        }
+        Array.Sort(times);
+        return times[reps / 2];
     }
 }
