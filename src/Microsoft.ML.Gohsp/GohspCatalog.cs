@@ -1,4 +1,5 @@
 using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp.Interop;
 using Microsoft.ML.Gohsp.MLNet;
 using Microsoft.ML.Runtime;
 
@@ -157,4 +158,51 @@ public static class GohspCatalog
     public static SgmpPruningEstimator SgmpPrune(this TransformsCatalog catalog, double sparsity, ITransformer? denseModel = null,
         string labelColumnName = DefaultColumnNames.Label)
         => SgmpPrune(catalog, new SgmpPruningEstimator.Options { Sparsity = sparsity, LabelColumnName = labelColumnName }, denseModel);
+
+    /// Imports a pretrained ViT/DeiT checkpoint (timm or Hugging Face naming; <c>.safetensors</c>, or a PyTorch <c>.pth</c>/<c>.bin</c>
+    /// state dict behind an allow-list) as the same transformer <c>ViTClassification</c> produces, so it can be evaluated,
+    /// saved, exported, or passed as <c>denseModel</c> to <see cref="GohspPrune(TransformsCatalog, GohspPruningEstimator.Options, ITransformer?)"/>.
+    /// It scores a planar float vector column of raw 0…255 pixels (<c>ExtractPixels(interleavePixelColors: false)</c>). See docs/interop.md.
+    /// </summary>
+    /// <param name="catalog">The model operations catalog.</param>
+    /// <param name="path">The checkpoint file.</param>
+    /// <param name="options">Heads, class count (a different one gets a new head), image size (resamples the position
+    /// embedding), normalisation (default: the files beside the checkpoint, else ImageNet's), column names, class names.</param>
+    public static MulticlassPredictionTransformer<ViTModelParameters> LoadPretrainedViT(this ModelOperationsCatalog catalog, string path,
+        PretrainedViTOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return PretrainedViTTransformer.Create(CatalogUtils.GetEnvironment(catalog), path, options ?? new PretrainedViTOptions());
+    }
+
+    /// <summary>
+    /// Exports the ViT of <paramref name="model"/> (a ViT transformer or a chain containing one; dense or pruned) to ONNX
+    /// (opset 17), written atomically. Input: float32 [batch, C, H, W], planar RGB; with <paramref name="includePreprocessing"/>
+    /// (default) the graph starts with the model's own normalisation and takes raw 0…255 pixels — exactly what
+    /// <c>ExtractPixels(interleavePixelColors: false)</c> gives, so <c>ApplyOnnxModel</c> can replace the ViT transformer in a
+    /// pipeline. Outputs: <c>logits</c> and <c>probabilities</c> (softmax), float32 [batch, classes]. See docs/interop.md.
+    /// </summary>
+    /// <param name="catalog">The model operations catalog.</param>
+    /// <param name="model">The trained, pruned or loaded model.</param>
+    /// <param name="path">The .onnx file to write.</param>
+    /// <param name="includePreprocessing">Put the model's pixel scaling and mean/std normalisation inside the graph.</param>
+    /// <param name="options">Names and opset; its <see cref="OnnxExportOptions.Normalization"/>, when set, wins over the model's.</param>
+    public static void ExportViTToOnnx(this ModelOperationsCatalog catalog, ITransformer model, string path, bool includePreprocessing = true,
+        OnnxExportOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(model);
+        var vit = DenseViTLocator.FindViT(model)?.Model ?? throw new ArgumentException(
+            $"The model is a {model.GetType().Name} without a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(model));
+        var pre = vit.Preprocessing;
+        var o = new OnnxExportOptions
+        {
+            Opset = options?.Opset ?? 17,
+            InputName = options?.InputName ?? "input",
+            LogitsName = options?.LogitsName ?? "logits",
+            ProbabilitiesName = options?.ProbabilitiesName ?? "probabilities",
+            Normalization = options?.Normalization ?? (includePreprocessing ? new OnnxInputNormalization(pre.PixelScale, pre.Mean.ToArray(), pre.Std.ToArray()) : null),
+        };
+        OnnxExport.Save(vit.Model, path, o);
+    }
 }
