@@ -78,7 +78,10 @@ public class OnnxExportTests(OnnxFixture f, ITestOutputHelper output) : IClassFi
         using var x = InteropTestFiles.CifarBatch(n); // the trainer's normalisation (CIFAR mean/std), in TorchSharp
         var pre = dense.Preprocessing;
         var normalization = new OnnxInputNormalization(pre.PixelScale, pre.Mean, pre.Std);
-        foreach (var (name, model) in new[] { ("dense", dense.Model), ("pruned", f.Pruned) })
+        using var headMasked = dense.Model.Clone();   // GOHSP stage 1 output: dense shape, masked heads (folded into the export)
+        headMasked.SetHeadMasks(headMasked.Architecture.Blocks.Select((b, i) => (IReadOnlyList<int>)new[] { i % b.Heads }).ToArray());
+        headMasked.eval();
+        foreach (var (name, model) in new[] { ("dense", dense.Model), ("pruned", f.Pruned), ("head-masked", headMasked) })
         {
             float[] expectedLogits, expectedProbs;
             using (no_grad())

@@ -191,6 +191,16 @@ public static class OnnxExport
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         using var _ = no_grad();
         foreach (var (k, t) in model.state_dict()) result[k] = t.detach().to(ScalarType.Float32).cpu().contiguous().clone();
+        // A head mask Mᴴ (GOHSP stage 1) multiplies each head's output before the output projection: fold it into the
+        // projection's columns of the masked heads, so the exported graph needs no mask.
+        if (model.KeptHeads is { } kept)
+            for (int b = 0; b < kept.Count; b++)
+            {
+                var spec = model.Architecture.Blocks[b];
+                var proj = result[$"blocks.{b}.attn.proj.weight"];
+                for (int h = 0; h < spec.Heads; h++)
+                    if (!kept[b].Contains(h)) proj.narrow(1, (long)h * spec.VDim, spec.VDim).zero_();
+            }
         return result;
     }
 
