@@ -18,7 +18,8 @@ ensure_prerequisites() {
   # TorchSharp 0.107's natives need GLIBCXX_3.4.32; on older libstdc++ (Debian 12, Ubuntu 22.04) the build patches
   # them (build/TorchSharpNativeCompat.targets), which needs patchelf and a C compiler. Install them only when needed.
   if [ "$(uname -s)" = "Linux" ]; then
-    local stdcxx; stdcxx=$(/sbin/ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 .*x86-64/ {print $NF; exit}')
+    # awk reads to the end (no early exit): an early exit would SIGPIPE ldconfig, which pipefail turns into exit 141
+    local stdcxx; stdcxx=$(/sbin/ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 .*x86-64/ && !found {print $NF; found=1}')
     if [ -n "$stdcxx" ] && ! grep -q GLIBCXX_3.4.32 "$stdcxx"; then
       local missing=()
       command -v patchelf >/dev/null || missing+=(patchelf)

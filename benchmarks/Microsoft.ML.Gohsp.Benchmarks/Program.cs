@@ -3,6 +3,8 @@
 // Usage: ./build.sh bench [-- --threads N --batch N --reps N --rss-epochs N --max-images N --accuracy-epochs N --seed N]
 // --ablation-epochs N > 0 adds issue 3's head-ranking ablation (dense model trained N epochs in bf16).
 // --accuracy-epochs N > 0 adds test accuracies on the CIFAR-10 subset: SdcaMaximumEntropy vs the ViT in fp32 and bf16 (long).
+// --onnx: instead, single-image and batch latency of dense and 50%-pruned cifar-tiny in ONNX Runtime vs TorchSharp (CPU, --threads,
+//         medians of --reps timed runs) and their output agreement; prints one JSON object as the last line (docs/interop.md).
 using System.Diagnostics;
 using Microsoft.ML;
 using Microsoft.ML.Gohsp;
@@ -16,6 +18,11 @@ using static TorchSharp.torch;
 
 var a = ParseArgs(args);
 int threads = a.GetValueOrDefault("threads", 2), batch = a.GetValueOrDefault("batch", 64), reps = a.GetValueOrDefault("reps", 5);
+if (a.ContainsKey("onnx"))
+{
+    Console.WriteLine(JsonSerializer.Serialize(OnnxBenchmark.Run(threads, batch, a.GetValueOrDefault("reps", 30), a.GetValueOrDefault("seed", 0))));
+    return 0;
+}
 int rssEpochs = Math.Max(4, a.GetValueOrDefault("rss-epochs", 6));
 torch.set_num_threads(threads);
 manual_seed(0);
@@ -313,11 +320,13 @@ static string? FindSubset()
 static Dictionary<string, int> ParseArgs(string[] args)
 {
     var d = new Dictionary<string, int>();
-    for (int i = 0; i + 1 < args.Length; i += 2)
+    for (int i = 0; i < args.Length; i++)
     {
-        if (!args[i].StartsWith("--", StringComparison.Ordinal) || !int.TryParse(args[i + 1], out int v))
-            throw new ArgumentException($"Expected '--name integer' pairs, got '{args[i]} {args[i + 1]}'.");
-        d[args[i][2..]] = v;
+        if (!args[i].StartsWith("--", StringComparison.Ordinal))
+            throw new ArgumentException($"Expected '--name integer' pairs or the flag --onnx, got '{args[i]}'.");
+        if (i + 1 < args.Length && int.TryParse(args[i + 1], out int v)) { d[args[i][2..]] = v; i++; }
+        else if (args[i] == "--onnx") d["onnx"] = 1;
+        else throw new ArgumentException($"Expected an integer after '{args[i]}'.");
     }
     return d;
 }

@@ -1,4 +1,5 @@
 using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp.Interop;
 using Microsoft.ML.Gohsp.MLNet;
 using Microsoft.ML.Runtime;
 
@@ -63,6 +64,42 @@ public static class GohspCatalog
         return new GohspPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
     }
 
+    /// <summary>
+    /// GOHSP stage 1 only: graph-based head ranking and the head mask. Chain
+    /// <c>GohspRankHeads(o).Append(GohspSoftPrune(o)).Append(GohspHardPrune(o))</c> to run GOHSP one stage at a time and
+    /// inspect (or save) the model and its <see cref="MLNet.ViTModelParameters.PruningReport"/> between stages.
+    /// </summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">GOHSP options (this stage reads the head-ranking options).</param>
+    /// <param name="model">The ViT to rank; null to take it from the upstream trainer in a chain.</param>
+    public static GohspHeadRankingEstimator GohspRankHeads(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return new GohspHeadRankingEstimator(CatalogUtils.GetEnvironment(catalog), options, model);
+    }
+
+    /// <summary>GOHSP stage 2 only: ADMM soft structured pruning (see <see cref="GohspRankHeads"/>).</summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">GOHSP options (this stage reads Sparsity, SoftPruning, Admm, Budget).</param>
+    /// <param name="model">The (head-masked) ViT; null to take it from the upstream stage in a chain.</param>
+    public static GohspSoftPruningEstimator GohspSoftPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return new GohspSoftPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, model);
+    }
+
+    /// <summary>GOHSP stage 3 only: projection, physical pruning and fine-tuning (see <see cref="GohspRankHeads"/>).</summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">GOHSP options (this stage reads Sparsity, Budget, FineTune and the distillation options).</param>
+    /// <param name="model">The soft-pruned ViT; null to take it from the upstream stage in a chain.</param>
+    /// <param name="teacher">Distillation teacher (normally the dense model); null uses the model entering this stage.</param>
+    public static GohspHardPruningEstimator GohspHardPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null,
+        ITransformer? teacher = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return new GohspHardPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, model, teacher);
+    }
+
     /// <summary>GOHSP structured pruning with the main options; see the overload taking <see cref="GohspPruningEstimator.Options"/>.</summary>
     /// <param name="catalog">The transforms catalog.</param>
     /// <param name="sparsity">Fraction of the parameters to remove, in (0, 1).</param>
@@ -121,4 +158,51 @@ public static class GohspCatalog
     public static SgmpPruningEstimator SgmpPrune(this TransformsCatalog catalog, double sparsity, ITransformer? denseModel = null,
         string labelColumnName = DefaultColumnNames.Label)
         => SgmpPrune(catalog, new SgmpPruningEstimator.Options { Sparsity = sparsity, LabelColumnName = labelColumnName }, denseModel);
+
+    /// Imports a pretrained ViT/DeiT checkpoint (timm or Hugging Face naming; <c>.safetensors</c>, or a PyTorch <c>.pth</c>/<c>.bin</c>
+    /// state dict behind an allow-list) as the same transformer <c>ViTClassification</c> produces, so it can be evaluated,
+    /// saved, exported, or passed as <c>denseModel</c> to <see cref="GohspPrune(TransformsCatalog, GohspPruningEstimator.Options, ITransformer?)"/>.
+    /// It scores a planar float vector column of raw 0…255 pixels (<c>ExtractPixels(interleavePixelColors: false)</c>). See docs/interop.md.
+    /// </summary>
+    /// <param name="catalog">The model operations catalog.</param>
+    /// <param name="path">The checkpoint file.</param>
+    /// <param name="options">Heads, class count (a different one gets a new head), image size (resamples the position
+    /// embedding), normalisation (default: the files beside the checkpoint, else ImageNet's), column names, class names.</param>
+    public static MulticlassPredictionTransformer<ViTModelParameters> LoadPretrainedViT(this ModelOperationsCatalog catalog, string path,
+        PretrainedViTOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        return PretrainedViTTransformer.Create(CatalogUtils.GetEnvironment(catalog), path, options ?? new PretrainedViTOptions());
+    }
+
+    /// <summary>
+    /// Exports the ViT of <paramref name="model"/> (a ViT transformer or a chain containing one; dense or pruned) to ONNX
+    /// (opset 17), written atomically. Input: float32 [batch, C, H, W], planar RGB; with <paramref name="includePreprocessing"/>
+    /// (default) the graph starts with the model's own normalisation and takes raw 0…255 pixels — exactly what
+    /// <c>ExtractPixels(interleavePixelColors: false)</c> gives, so <c>ApplyOnnxModel</c> can replace the ViT transformer in a
+    /// pipeline. Outputs: <c>logits</c> and <c>probabilities</c> (softmax), float32 [batch, classes]. See docs/interop.md.
+    /// </summary>
+    /// <param name="catalog">The model operations catalog.</param>
+    /// <param name="model">The trained, pruned or loaded model.</param>
+    /// <param name="path">The .onnx file to write.</param>
+    /// <param name="includePreprocessing">Put the model's pixel scaling and mean/std normalisation inside the graph.</param>
+    /// <param name="options">Names and opset; its <see cref="OnnxExportOptions.Normalization"/>, when set, wins over the model's.</param>
+    public static void ExportViTToOnnx(this ModelOperationsCatalog catalog, ITransformer model, string path, bool includePreprocessing = true,
+        OnnxExportOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(model);
+        var vit = DenseViTLocator.FindViT(model)?.Model ?? throw new ArgumentException(
+            $"The model is a {model.GetType().Name} without a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(model));
+        var pre = vit.Preprocessing;
+        var o = new OnnxExportOptions
+        {
+            Opset = options?.Opset ?? 17,
+            InputName = options?.InputName ?? "input",
+            LogitsName = options?.LogitsName ?? "logits",
+            ProbabilitiesName = options?.ProbabilitiesName ?? "probabilities",
+            Normalization = options?.Normalization ?? (includePreprocessing ? new OnnxInputNormalization(pre.PixelScale, pre.Mean.ToArray(), pre.Std.ToArray()) : null),
+        };
+        OnnxExport.Save(vit.Model, path, o);
+    }
 }

@@ -47,6 +47,25 @@ public class BadInputTests
         => () => ml.Transforms.Conversion.MapValueToKey("Label").Append(ml.MulticlassClassification.Trainers.ViTClassification(o)).Fit(data);
 
     [Fact]
+    public void GohspRejectsAnEmptyCalibrationSetAndAnImageColumnOfTheWrongSize()
+    {
+        var ml = new MLContext(1);
+        var rows = Rows(ml, 8);
+        var dense = Fit(ml, rows, Opts(o => o.BatchSize = 8))();
+        var gohsp = ml.Transforms.GohspPrune(0.4, dense);
+
+        var empty = dense.Transform(ml.Data.LoadFromEnumerable(Array.Empty<VecRow>()));
+        gohsp.Invoking(e => e.Fit(empty)).Should().Throw<ArgumentException>().WithMessage("*no labelled rows*");
+
+        var gray = ml.Transforms.Conversion.MapValueToKey("Label").Fit(ml.Data.LoadFromEnumerable(
+            Enumerable.Range(0, 4).Select(i => new GrayRow { Pixels = new float[32 * 32], Label = (i % 2).ToString() })));
+        var grayData = gray.Transform(ml.Data.LoadFromEnumerable(
+            Enumerable.Range(0, 4).Select(i => new GrayRow { Pixels = new float[32 * 32], Label = (i % 2).ToString() })));
+        // (a SchemaShape carries no vector sizes, so the size is checked when Fit sees the data)
+        gohsp.Invoking(e => e.Fit(grayData)).Should().Throw<ArgumentException>().WithMessage("*Pixels*vector size 1024*grayscale*");
+    }
+
+    [Fact]
     public void MissingImageColumn()
     {
         var ml = new MLContext(1);

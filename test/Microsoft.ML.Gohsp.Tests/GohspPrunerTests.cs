@@ -37,6 +37,8 @@ public class GohspPrunerTests(ITestOutputHelper output)
             Admm = new AdmmOptions(),
             FineTune = new ViTTrainingOptions { Epochs = 1, NumberOfThreads = 2, Device = ViTDevice.Cpu, LearningRate = 5e-4, WarmupEpochs = 0 },
             Distillation = true,
+            // cifar-micro's heads are 24 wide: steps of 8 leave too few shapes for blocks to differ; prune single structures
+            Budget = new BudgetOptions { Granularity = 1 },
         };
         var log = new List<string>();
         var result = GohspPruner.Run(dense, train, valid, g, log.Add);
@@ -56,6 +58,46 @@ public class GohspPrunerTests(ITestOutputHelper output)
         r.ValidationAccuracy.Keys.Should().BeEquivalentTo("dense", "head-masked", "soft-pruned", "hard-pruned", "fine-tuned");
         r.ToJson().Should().Contain("\"KeptHeads\"").And.Contain("\"ResidualHistory\"");
         ModelChecks.DenseUntouchedAndPrunedRuns(dense, before, pruned);
+    }
+
+    [Fact]
+    public void AnInterruptedSoftPruningStageResumesFromItsCheckpointWithTheAdmmState()
+    {
+        var data = Real(Cifar10Split.Train, 128);
+        var kept = ViTArchitecture.CifarMicro().Blocks.Select((b, i) => (IReadOnlyList<int>)new[] { i % b.Heads }).ToArray();
+        var admm = new AdmmOptions { UpdateEverySteps = 3 };   // 4 steps per epoch: Z/U updates straddle the epoch boundary
+        var dir = Directory.CreateTempSubdirectory("admm-resume-").FullName;
+        try
+        {
+            ViTTrainingOptions Options(string? folder) => new()
+            {
+                Epochs = 2, BatchSize = 32, NumberOfThreads = 2, Device = ViTDevice.Cpu, LearningRate = 1e-3, MinLearningRate = 1e-3,
+                WarmupEpochs = 0, CheckpointFolder = folder,
+            };
+            VisionTransformerModel Masked() { var m = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 4); m.SetHeadMasks(kept); return m; }
+            using var straight = Masked();
+            var straightHook = new AdmmSoftPruning(0.4, kept, admm);
+            new TrainingLoop(Options(null), "gohsp-soft-pruning") { Hook = straightHook }.Train(straight, data);
+
+            // cancelled after the first epoch (its checkpoint is written before the epoch is reported) …
+            using var cts = new CancellationTokenSource();
+            using var first = Masked();
+            var stop = new SyncProgress<ViTTrainingProgress>(p => { if (p.EpochCompleted) cts.Cancel(); });
+            var cut = () => new TrainingLoop(Options(dir), "gohsp-soft-pruning", null, stop) { Hook = new AdmmSoftPruning(0.4, kept, admm) }.Train(first, data, null, cts.Token);
+            cut.Should().Throw<OperationCanceledException>();
+
+            // … and resumed by a new loop and a new hook: same ρ, residuals and weights as the uninterrupted run
+            using var resumed = Masked();
+            var resumedHook = new AdmmSoftPruning(0.4, kept, admm);
+            var loop = new TrainingLoop(Options(dir), "gohsp-soft-pruning") { Hook = resumedHook };
+            loop.Train(resumed, data);
+            loop.StartEpoch.Should().Be(1, "training continues after the finished epoch");
+            resumedHook.Rho.Should().Be(straightHook.Rho);
+            resumedHook.ResidualHistory.Should().HaveCount(2);
+            resumedHook.ResidualHistory.Zip(straightHook.ResidualHistory).Should().OnlyContain(t => Math.Abs(t.First - t.Second) < 1e-4 * (1 + t.Second));
+            TensorAssert.CloseWeights(resumed, straight);
+        }
+        finally { Directory.Delete(dir, true); }
     }
 
     [Fact]

@@ -69,6 +69,9 @@ public class GohspPruningEstimatorTests(ITestOutputHelper output)
             var row = new ImageRow { Image = Cifar10.CreateImage(testSet.GetImage(i)), Label = "cat" };
             e2.Predict(row).Score.Should().Equal(e1.Predict(row).Score);
         }
+        var otherProcess = NewProcess.Scores(prunedZip, 3);
+        for (int i = 0; i < 3; i++)
+            otherProcess[i].Should().Equal(e1.Predict(new ImageRow { Image = Cifar10.CreateImage(testSet.GetImage(i)), Label = "cat" }).Score);
         var loadedVit = ((IEnumerable<ITransformer>)loaded).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single();
         loadedVit.Model.Architecture.Should().Be(pruned.Model.Architecture);
         loadedVit.Model.PruningReportJson.Should().Contain("\"ResidualHistory\"");

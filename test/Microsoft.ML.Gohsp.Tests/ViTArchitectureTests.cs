@@ -99,6 +99,41 @@ public class ViTArchitectureTests
     }
 
     [Fact]
+    public void HeadMasksChangeTheOutputAndSurviveSaveLoadAndClone()
+    {
+        var arch = Heterogeneous();
+        using var model = new VisionTransformerModel(arch, seed: 6);
+        model.eval();
+        using var x = randn(2, 3, 32, 32);
+        using var unmasked = model.forward(x);
+        model.KeptHeads.Should().BeNull();
+        var kept = arch.Blocks.Select(b => (IReadOnlyList<int>)new[] { b.Heads - 1 }).ToArray();
+        model.SetHeadMasks(kept);
+        model.KeptHeads.Should().BeEquivalentTo(kept, o => o.WithStrictOrdering());
+        using var masked = model.forward(x);
+        TensorAssert.MaxAbsDiff(masked, unmasked).Should().BeGreaterThan(1e-4, "masking heads changes the logits");
+
+        using var ms = new MemoryStream();
+        using (var w = new BinaryWriter(ms, System.Text.Encoding.UTF8, true)) model.Save(w);
+        ms.Position = 0;
+        using var loaded = VisionTransformerModel.Load(new BinaryReader(ms));
+        loaded.eval();
+        loaded.KeptHeads.Should().BeEquivalentTo(kept, o => o.WithStrictOrdering());
+        using (var y = loaded.forward(x)) TensorAssert.MaxAbsDiff(y, masked).Should().BeLessThan(1e-5);
+        using var clone = model.Clone();
+        clone.eval();
+        using (var y = clone.forward(x)) TensorAssert.MaxAbsDiff(y, masked).Should().BeLessThan(1e-5);
+
+        model.ClearHeadMasks();
+        model.KeptHeads.Should().BeNull();
+        using (var y = model.forward(x)) TensorAssert.MaxAbsDiff(y, unmasked).Should().BeLessThan(1e-6);
+        var empty = arch.Blocks.Select(_ => (IReadOnlyList<int>)Array.Empty<int>()).ToArray();
+        model.Invoking(m => m.SetHeadMasks(empty)).Should().Throw<ArgumentException>().WithMessage("*Block 0 would keep no head*");
+        var outOfRange = arch.Blocks.Select(b => (IReadOnlyList<int>)new[] { b.Heads }).ToArray();
+        model.Invoking(m => m.SetHeadMasks(outOfRange)).Should().Throw<ArgumentException>().WithMessage("*has no head*");
+    }
+
+    [Fact]
     public void TruncatedModelDataGivesInvalidDataException()
     {
         using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
@@ -120,11 +155,15 @@ public class ViTArchitectureTests
         pa.Zip(pc).All(t => TensorAssert.Same(t.First, t.Second)).Should().BeFalse();
     }
 
-    [Fact]
-    public void InferencePathEqualsAutogradPath()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void InferencePathEqualsAutogradPath(bool masked)
     {
-        using var model = new VisionTransformerModel(Heterogeneous(), seed: 9);
+        var arch = Heterogeneous();
+        using var model = new VisionTransformerModel(arch, seed: 9);
         model.eval();
+        if (masked) model.SetHeadMasks(arch.Blocks.Select(b => (IReadOnlyList<int>)Enumerable.Range(0, b.Heads).Where(h => h % 2 == 0).ToArray()).ToArray());
         using var x = randn(4, 3, 32, 32);
         using var withGrad = model.forward(x);
         using var noGrad = no_grad();

@@ -135,71 +135,12 @@ public class ViTClassificationTrainerTests : IClassFixture<TrainedModelFixture>
         a.Zip(b).Max(t => TensorAssert.MaxAbsDiff(t.First, t.Second)).Should().BeLessThan(1e-4);
     }
 
-    /// <summary>
-    /// Warm start (Fit(data, modelParameters)): trains a copy of the given model — the given one is unchanged, the result
-    /// keeps its architecture and starts from its weights (after one short epoch at a small learning rate it is within a few
-    /// points of the given model, while the same epoch from scratch is far below).
-    /// </summary>
-    [Fact]
-    public void ContinuesTrainingFromTheGivenModelWithoutChangingIt()
-    {
-        var ml = new MLContext(seed: 1); // not the fixture's context: its log is checked for exactly the fixture's epochs
-        var given = _f.Predictor.Model;
-        var before = given.Model.parameters().Select(p => p.clone()).ToArray();
-        var prep = ml.Transforms.Conversion.MapValueToKey("Label")
-            .Append(ml.Transforms.ExtractPixels("Pixels", "Image", interleavePixelColors: false))
-            .Fit(_f.Train);
-        var prepared = prep.Transform(Cifar10.ToDataView(ml, _f.TrainSet.Take(256)));
-        var test = prep.Transform(_f.Test);
-        var stages = new List<string>();
-        Training.ViTTrainingProgress last = null;
-        ViTClassificationTrainer.Options Opts() => new()
-        {
-            Architecture = ViTArchitecture.CifarTiny(), // ignored when continuing: the given model's architecture is kept
-            ImageColumnName = "Pixels", Epochs = 1, LearningRate = 1e-4, WarmupEpochs = 0, NumberOfThreads = 2, Device = Training.ViTDevice.Cpu, Seed = 3,
-            Progress = new SyncProgress<Training.ViTTrainingProgress>(p => { last = p; if (!stages.Contains(p.Stage)) stages.Add(p.Stage); }),
-        };
-        var continued = ml.MulticlassClassification.Trainers.ViTClassification(Opts()).Fit(prepared, given);
-
-        given.Model.parameters().Zip(before).Max(t => TensorAssert.MaxAbsDiff(t.First, t.Second)).Should().Be(0, "the given model is not modified");
-        continued.Model.Model.Should().NotBeSameAs(given.Model);
-        continued.Model.Architecture.Should().Be(given.Architecture);
-        continued.Model.Model.parameters().Zip(before).Max(t => TensorAssert.MaxAbsDiff(t.First, t.Second)).Should().BeGreaterThan(0, "it was trained");
-        continued.Model.TrainingHistory.Should().HaveCount(1);
-        stages.Should().Equal("dense-continued");
-        last.TotalEpochs.Should().Be(1);
-
-        double Accuracy(ITransformer predictor) => ml.MulticlassClassification.Evaluate(predictor.Transform(test)).MicroAccuracy;
-        double givenAcc = Accuracy(_f.Predictor), continuedAcc = Accuracy(continued);
-        var scratchOpts = Opts();
-        scratchOpts.Architecture = ViTArchitecture.CifarMicro();
-        double scratchAcc = Accuracy(ml.MulticlassClassification.Trainers.ViTClassification(scratchOpts).Fit(prepared));
-        _out.WriteLine($"given {givenAcc:P2}, continued {continuedAcc:P2}, same epoch from scratch {scratchAcc:P2}");
-        continuedAcc.Should().BeGreaterThan(givenAcc - 0.05);
-        continuedAcc.Should().BeGreaterThan(scratchAcc + 0.05);
-    }
-
-    [Fact]
-    public void ContinuingTrainingRejectsAModelWithAnotherClassCount()
-    {
-        var ml = _f.Ml;
-        var rows = _f.TrainSet.Take(64);
-        var prepared = ml.Transforms.Conversion.MapValueToKey("Label", keyData: ml.Data.LoadFromEnumerable(new[] { new { Label = "cat" }, new { Label = "dog" }, new { Label = "frog" } }))
-            .Append(ml.Transforms.ExtractPixels("Pixels", "Image", interleavePixelColors: false)).Fit(Cifar10.ToDataView(ml, rows)).Transform(Cifar10.ToDataView(ml, rows));
-        var trainer = ml.MulticlassClassification.Trainers.ViTClassification(new ViTClassificationTrainer.Options { ImageColumnName = "Pixels", Epochs = 1 });
-        FluentActions.Invoking(() => trainer.Fit(prepared, _f.Predictor.Model)).Should().Throw<ArgumentOutOfRangeException>()
-            .WithMessage("*'Label' has 3 classes*has 10*");
-    }
-
     [Fact]
     public void ModelLoadsInANewProcessWithoutRegistrationAndPredictsIdentically()
     {
         var path = Path.Combine(_f.TempDir, "model-for-new-process.zip");
         _f.Ml.Model.SaveAtomically(_f.Model, _f.Train.Schema, path);
-        var exe = BuiltApp.Locate("test/Microsoft.ML.Gohsp.LoadCheck", "Microsoft.ML.Gohsp.LoadCheck");
-        var (exitCode, stdout, stderr) = BuiltApp.Run(exe, [path, Cifar10Tests.SubsetDir, "6"], TimeSpan.FromMinutes(2));
-        exitCode.Should().Be(0, stderr);
-        var fromOtherProcess = System.Text.Json.JsonSerializer.Deserialize<float[][]>(stdout.Trim().Split('\n')[^1])!;
+        var fromOtherProcess = NewProcess.Scores(path, 6);
         var engine = _f.Ml.Model.CreatePredictionEngine<ImageRow, ScoreRow>(_f.Model);
         fromOtherProcess.Should().HaveCount(6);
         for (int i = 0; i < 6; i++)

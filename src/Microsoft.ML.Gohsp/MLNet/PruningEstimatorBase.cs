@@ -90,11 +90,19 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         var valid = _options.ValidationSet is null ? null
             : ImageColumn.ReadAll(_options.ValidationSet, image, labelName, arch.Channels, arch.ImageSize, out _);
         foreach (var (_, stage) in _options.TrainingStages) CopyPreprocessing(p.Preprocessing, stage);
-        var result = PruningProtocol.Run(p.Model, train, valid, _options, line => ch.Info(line), _options.Progress);
+        var result = Prune(p, train, valid, _options, line => ch.Info(line));
         LastReport = result.Report;
         var pruned = p.WithModel(result.Model, result.Report);
         return new MulticlassPredictionTransformer<ViTModelParameters>(_host, pruned, input.Schema, image, labelName);
     }
+
+    /// <summary>
+    /// Runs the pruning method on <paramref name="input"/>'s model (not modified) and returns the new model with its report.
+    /// The default runs the whole method the options configure; the GOHSP stage estimators run one stage.
+    /// </summary>
+    private protected virtual PruningResult Prune(ViTModelParameters input, ImageTensorData train, ImageTensorData? validation, TOptions options,
+        Action<string> log)
+        => PruningProtocol.Run(input.Model, train, validation, options, log, options.Progress);
 
     private static void CopyPreprocessing(ViTPreprocessing pre, ViTTrainingOptions? o)
     {

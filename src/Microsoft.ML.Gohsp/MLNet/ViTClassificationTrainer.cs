@@ -1,5 +1,6 @@
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp.Interop;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using Microsoft.ML.Runtime;
@@ -48,10 +49,43 @@ public sealed class ViTClassificationTrainer :
         /// <summary>Optional callback receiving progress after every step and epoch.</summary>
         public IProgress<ViTTrainingProgress>? Progress { get; set; }
 
+        /// <summary>
+        /// Optional pretrained checkpoint to start from (timm or Hugging Face ViT/DeiT naming; <c>.safetensors</c> recommended,
+        /// or a PyTorch <c>.pth</c>/<c>.bin</c> state dict, loaded behind an allow-list — see docs/interop.md). Its architecture
+        /// replaces <see cref="ArchitecturePreset"/>; the classifier head is replaced when the label has a different class
+        /// count, and the position embedding is resampled when <see cref="ImageSize"/> differs from the checkpoint's. Set
+        /// <see cref="ViTTrainingOptions.Mean"/>/<see cref="ViTTrainingOptions.Std"/> to the normalisation the checkpoint was
+        /// trained with (<see cref="PretrainedViT.ImageNetMean"/> for DeiT, <see cref="PretrainedViT.InceptionMean"/> for the original ViT).
+        /// </summary>
+        public string? PretrainedWeightsPath { get; set; }
+
+        /// <summary>
+        /// Attention heads of the pretrained model (tensors cannot tell). Null: a Hugging Face <c>config.json</c> beside the
+        /// checkpoint, else timm's convention by width (192→3, 384→6, 768→12). See <see cref="PretrainedImportOptions.Heads"/>.
+        /// </summary>
+        public int? PretrainedHeads { get; set; }
+
+        private (string Key, ViTArchitecture Arch)? _pretrained;
+
+        /// <summary>The architecture stored in <see cref="PretrainedWeightsPath"/> (read once per file version).</summary>
+        private ViTArchitecture PretrainedArchitecture()
+        {
+            var path = PretrainedWeightsPath!;
+            var info = new FileInfo(path);
+            if (!info.Exists) throw new FileNotFoundException($"PretrainedWeightsPath '{path}' was not found.", path);
+            string key = $"{info.FullName}|{info.LastWriteTimeUtc.Ticks}|{info.Length}|{PretrainedHeads}";
+            if (_pretrained is { } c && c.Key == key) return c.Arch;
+            // NumClasses = 2 only so that a checkpoint without a head can be inspected; the class count comes from the label.
+            var arch = PretrainedViT.ReadArchitecture(path, new PretrainedImportOptions { Heads = PretrainedHeads, NumClasses = 2 });
+            _pretrained = (key, arch);
+            return arch;
+        }
+
         /// <summary>The architecture to train for <paramref name="numClasses"/> classes.</summary>
         public ViTArchitecture ResolveArchitecture(int numClasses)
         {
-            var a = Architecture ?? ViTArchitecture.FromPreset(ArchitecturePreset, Math.Max(numClasses, 2));
+            var a = PretrainedWeightsPath is not null ? PretrainedArchitecture()
+                : Architecture ?? ViTArchitecture.FromPreset(ArchitecturePreset, Math.Max(numClasses, 2));
             a = a.WithNumClasses(Math.Max(numClasses, 2));
             if (ImageSize is int s && s != a.ImageSize)
             {
@@ -68,6 +102,14 @@ public sealed class ViTClassificationTrainer :
         {
             if (string.IsNullOrWhiteSpace(LabelColumnName)) throw new ArgumentException("LabelColumnName must be set.", nameof(LabelColumnName));
             if (string.IsNullOrWhiteSpace(ImageColumnName)) throw new ArgumentException("ImageColumnName must be set.", nameof(ImageColumnName));
+            if (PretrainedWeightsPath is not null)
+            {
+                if (Architecture is not null)
+                    throw new ArgumentException("Set either Architecture or PretrainedWeightsPath: a pretrained checkpoint brings its own architecture.", nameof(Architecture));
+                if (PretrainedHeads is int h && h < 1) throw new ArgumentOutOfRangeException(nameof(PretrainedHeads), h, "PretrainedHeads must be positive.");
+                if (!File.Exists(PretrainedWeightsPath))
+                    throw new FileNotFoundException($"PretrainedWeightsPath '{PretrainedWeightsPath}' was not found.", PretrainedWeightsPath);
+            }
             var a = ResolveArchitecture(2);
             Validate(a.Channels);
         }
@@ -140,7 +182,12 @@ public sealed class ViTClassificationTrainer :
         ImageColumn.Check(input.Schema, _options.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ImageColumnName));
         if (_options.ValidationSet is not null)
             ImageColumn.Check(_options.ValidationSet.Schema, _options.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ValidationSet));
-        if (modelParameters is not null) CheckWarmStart(modelParameters, input.Schema, labelType!);
+        if (modelParameters is not null)
+        {
+            if (_options.PretrainedWeightsPath is not null)
+                throw new ArgumentException("Give either a model to continue training or PretrainedWeightsPath, not both.", nameof(Options.PretrainedWeightsPath));
+            CheckWarmStart(modelParameters, input.Schema, labelType!);
+        }
         // What TrainerEstimatorBase.TrainTransformer does, minus its float-vector-only feature check.
         var roles = new RoleMappedData(input, label: _options.LabelColumnName, feature: _options.ImageColumnName);
         var model = TrainModelCore(new TrainContext(roles, initialPredictor: modelParameters));
@@ -223,12 +270,30 @@ public sealed class ViTClassificationTrainer :
         ch.Info("Training {0} ({1:N0} parameters, {2:N1} MFLOPs/image) on {3} images, {4} classes{5}.",
             arch, arch.ParameterCount, arch.ForwardFlops / 1e6, train.Count, numClasses, init is null ? "" : ", continuing from the given model");
         TorchDevices.ApplyThreads(o.NumberOfThreads);
-        var model = init?.Model.Clone() ?? new VisionTransformerModel(arch, o.Seed);
+        var model = init?.Model.Clone()
+            ?? (o.PretrainedWeightsPath is null ? new VisionTransformerModel(arch, o.Seed) : ImportPretrained(o, arch, ch));
         // A continued run is another stage: its progress says so and its checkpoints never match a from-scratch run.
         var loop = new TrainingLoop(o, init is null ? "dense" : "dense-continued", line => ch.Info(line), o.Progress);
         loop.Train(model, train, valid);
         var inputType = data.Schema[o.ImageColumnName].Type;
         var kind = ImageColumn.CheckType(inputType, o.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ImageColumnName));
         return new ViTModelParameters(Host, model, kind, inputType, ViTPreprocessing.From(o), o.Device) { TrainingHistory = loop.History };
+    }
+
+    private static VisionTransformerModel ImportPretrained(Options o, ViTArchitecture arch, IChannel ch)
+    {
+        var import = PretrainedViT.Import(o.PretrainedWeightsPath!, new PretrainedImportOptions
+        {
+            Heads = o.PretrainedHeads, NumClasses = arch.NumClasses, ImageSize = arch.ImageSize, Seed = o.Seed,
+        }, line => ch.Info(line));
+        if (!import.Model.Architecture.Equals(arch))
+        {
+            import.Model.Dispose();
+            throw new InvalidOperationException($"The pretrained checkpoint changed while training started: expected {arch}, read {import.Model.Architecture}.");
+        }
+        if (import.Mean is { } mean && import.Std is { } std && (!mean.SequenceEqual(o.Mean) || !std.SequenceEqual(o.Std)))
+            ch.Warning("The checkpoint's pre-processing files give mean [{0}] / std [{1}]; this trainer normalises with Mean [{2}] / Std [{3}].",
+                string.Join(", ", mean), string.Join(", ", std), string.Join(", ", o.Mean), string.Join(", ", o.Std));
+        return import.Model;
     }
 }

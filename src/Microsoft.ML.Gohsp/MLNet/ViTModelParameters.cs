@@ -108,6 +108,7 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
         string? report = null;
         ctx.TryLoadBinaryStream(ReportStream, r => report = r.ReadString());
         PruningReportJson = report;
+        PruningReport = report is null ? null : Pruning.PruningReport.FromJson(report);
         var a = model.Architecture;
         _inputType = InputKind == ImageInputKind.Image
             ? new ImageDataViewType(declaredH, declaredW)
@@ -152,7 +153,10 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
     internal ViTModelParameters WithModel(VisionTransformerModel model, Pruning.PruningReport? report = null) =>
         new(Host, model, InputKind, _inputType, Preprocessing) { PruningReport = report, PruningReportJson = report?.ToJson() };
 
-    /// <summary>The pruning report of a model produced by a pruning estimator (in memory only; see <see cref="PruningReportJson"/>).</summary>
+    /// <summary>
+    /// The pruning report of a model produced by a pruning estimator or a GOHSP stage estimator (null for a model straight
+    /// from the trainer). Stored in the model zip as <see cref="PruningReportJson"/>, so it survives <c>Model.Load</c>.
+    /// </summary>
     public Pruning.PruningReport? PruningReport { get; internal init; }
 
     /// <summary>The pruning report as JSON; stored inside the model zip, so it is also available after <c>Model.Load</c>.</summary>

@@ -38,17 +38,17 @@ public sealed class AdmmSoftPruning : ITrainingHook
     private readonly AdmmOptions _o;
     private readonly double _sparsity;
     private readonly BudgetOptions _budget;
-    private readonly IReadOnlyList<IReadOnlyList<int>> _heads;
+    private readonly IReadOnlyList<IReadOnlyList<int>>? _heads;
     private readonly List<(Parameter W, Tensor Z, Tensor U)> _vars = new();
     private int _updateEvery;
     private double _rho;
 
     /// <summary>Creates the hook.</summary>
     /// <param name="sparsity">Fraction of total parameters to remove.</param>
-    /// <param name="keptHeads">Kept heads per block (stage 1).</param>
+    /// <param name="keptHeads">Kept heads per block (stage 1), fixed in every projection; null lets the projection choose heads by magnitude.</param>
     /// <param name="options">ADMM options.</param>
     /// <param name="budget">Budget floors and tolerance.</param>
-    public AdmmSoftPruning(double sparsity, IReadOnlyList<IReadOnlyList<int>> keptHeads, AdmmOptions options, BudgetOptions? budget = null)
+    public AdmmSoftPruning(double sparsity, IReadOnlyList<IReadOnlyList<int>>? keptHeads, AdmmOptions options, BudgetOptions? budget = null)
     {
         _o = options ?? throw new ArgumentNullException(nameof(options));
         _o.Validate();
@@ -76,7 +76,26 @@ public sealed class AdmmSoftPruning : ITrainingHook
             using var _ = no_grad();
             foreach (var p in StructuredProjection.Prunable(model))
                 _vars.Add((p, zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope()));
-            UpdateZ(model);
+            if (_restored is null) UpdateZ(model);
+        }
+        if (_restored is { } restored)
+        {
+            // a checkpoint was loaded before training started (the loop restores hook state first): Z and U come from it
+            _restored = null;
+            if (restored.Count != _vars.Count)
+                throw new InvalidDataException($"The checkpoint has ADMM state for {restored.Count} matrices; the model has {_vars.Count}.");
+            using var _ = no_grad();
+            for (int i = 0; i < _vars.Count; i++)
+                using (var z = restored[i].Z)
+                using (var u = restored[i].U)
+                {
+                    if (!z.shape.SequenceEqual(_vars[i].Z.shape) || !u.shape.SequenceEqual(_vars[i].U.shape))
+                        throw new InvalidDataException($"The checkpoint's ADMM state for matrix {i} has shape [{string.Join(", ", z.shape)}]; the model's is [{string.Join(", ", _vars[i].Z.shape)}].");
+                    _vars[i].Z.copy_(z);
+                    _vars[i].U.copy_(u);
+                }
+            var imp = StructuredProjection.Magnitude(model, p => _vars.First(v => ReferenceEquals(v.W, p)).Z);
+            Plan = StructuredProjection.Allocate(model.Architecture, imp, _sparsity, _budget, _heads);
         }
     }
 
@@ -151,17 +170,19 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// <inheritdoc />
     public void LoadState(BinaryReader reader)
     {
+        if (_vars.Count > 0) throw new InvalidOperationException("ADMM state must be loaded before training starts.");
         _rho = reader.ReadDouble();
         int n = reader.ReadInt32();
-        if (n != _vars.Count) throw new InvalidDataException($"The checkpoint has ADMM state for {n} matrices; the model has {_vars.Count}.");
-        using var _ = no_grad();
-        foreach (var (_, z, u) in _vars)
-        {
-            using var zl = Tensor.Load(reader); z.copy_(zl);
-            using var ul = Tensor.Load(reader); u.copy_(ul);
-        }
+        if (n < 0) throw new InvalidDataException($"Corrupted ADMM state ({n} matrices).");
+        var restored = new List<(Tensor Z, Tensor U)>(n);
+        for (int i = 0; i < n; i++) restored.Add((Tensor.Load(reader).DetachFromDisposeScope(), Tensor.Load(reader).DetachFromDisposeScope()));
         ResidualHistory.Clear();
         int h = reader.ReadInt32();
         for (int i = 0; i < h; i++) ResidualHistory.Add(reader.ReadDouble());
+        foreach (var (z, u) in _restored ?? []) { z.Dispose(); u.Dispose(); }
+        _restored = restored;
     }
+
+    // Z and U read from a checkpoint, applied by OnTrainingStart once the model's matrices are known.
+    private List<(Tensor Z, Tensor U)>? _restored;
 }

@@ -1,3 +1,4 @@
+using System.Collections.Immutable;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using TorchSharp;
@@ -49,63 +50,149 @@ public class GohspOptions : PruningOptions
 }
 
 /// <summary>
-/// GOHSP end to end on a trained dense model: stage 1 graph-based head ranking and masking, stage 2 ADMM soft
-/// structured pruning, stage 3 projection, physical pruning and fine-tuning (optionally distilled from the dense model).
-/// The dense model is not modified.
+/// GOHSP end to end on a trained dense model (<see cref="Run"/>), or one stage at a time so that a user can inspect or
+/// change the model between them: stage 1 <see cref="RankAndMaskHeads"/> (graph-based head ranking and the head mask Mᴴ),
+/// stage 2 <see cref="SoftPrune"/> (ADMM soft structured pruning), stage 3 <see cref="HardPruneAndFineTune"/> (projection,
+/// physical pruning, fine-tuning, optionally distilled). Input models are never modified; every stage returns a new model
+/// and a <see cref="PruningReport"/> that carries the earlier stages' findings forward.
 /// </summary>
 public static class GohspPruner
 {
-    /// <summary>Runs the three stages.</summary>
+    /// <summary>Runs the three stages; the fine-tuning distils from <paramref name="dense"/> when distillation is on.</summary>
     public static PruningResult Run(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, GohspOptions options,
         Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
-        var run = PruningRun.Start(dense, train, validation, options, log, progress, cancellationToken);
+        var masked = RankAndMaskHeads(dense, train, validation, options, log, cancellationToken);
+        try
+        {
+            // stage 2 trains the stage-1 copy in place: no third copy of the weights
+            var soft = SoftPruneCore(masked.Model, masked.Report, train, validation, options, log, progress, cancellationToken, inPlace: true);
+            return HardPruneAndFineTune(soft.Model, soft.Report, train, validation, options, dense, log, progress, cancellationToken);
+        }
+        finally
+        {
+            masked.Model.Dispose();
+        }
+    }
 
-        // Stage 1: head graphs on calibration data, stationary distributions, head mask
+    /// <summary>
+    /// Stage 1: runs <see cref="GohspOptions.CalibrationImages"/> images (the start of <paramref name="train"/>) through the
+    /// model, builds a head graph per block, ranks heads by the stationary distribution of its Markov chain and masks the
+    /// least important <see cref="GohspOptions.HeadPruningFraction"/> of all heads. Returns a copy of the model with the
+    /// head mask set (saved with the model) and a report (stage "head-masked") with the kept heads and their stationary
+    /// probabilities.
+    /// </summary>
+    public static PruningResult RankAndMaskHeads(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation,
+        GohspOptions options, Action<string>? log = null, CancellationToken cancellationToken = default)
+    {
+        var run = PruningRun.Start(dense, train, validation, options, log, null, cancellationToken);
+        if (dense.KeptHeads is not null)
+            throw new ArgumentException("The model already has a head mask (GOHSP stage 1 already ran); continue with SoftPrune.", nameof(dense));
         var calibration = train.Take(options.CalibrationImages);
         var ranking = HeadGraphRanking.Rank(dense, calibration, options.SoftPruning, options.Similarity, options.Damping, options.PowerIterationTolerance);
         var keptHeads = HeadGraphRanking.SelectHeads(ranking.Select(r => r.Importance(options.Direction)).ToArray(),
             options.HeadPruningFraction, options.Budget.MinHeads);
         run.Log($"stage 1: kept heads per block {string.Join(" | ", keptHeads.Select(k => string.Join(",", k)))}");
-
         var model = dense.Clone();
         try
         {
-            SetHeadMasks(model, keptHeads);
-            run.Measure("head-masked", model);
-
-            // Stage 2: ADMM soft pruning of the masked model
-            var admm = new AdmmSoftPruning(options.Sparsity, keptHeads, options.Admm, options.Budget);
-            run.TrainStage(model, options.SoftPruning, "soft-pruning", admm);
-            run.Measure("soft-pruned", model);
-
-            // Stage 3: the Z-free projection Π(W) with the stage-1 heads, then the shared tail (surgery, fine-tune, report).
-            // The surgery copies only the kept structures (head masks are not parameters), so zeroing first is not needed.
-            var plan = StructuredProjection.Allocate(dense.Architecture, StructuredProjection.Magnitude(model), options.Sparsity, options.Budget, keptHeads);
-            return run.Finish(model, plan, (b, h) => ranking[b].Stationary[h], admm.ResidualHistory);
+            model.SetHeadMasks(keptHeads);
+            model.eval();
+            run.Measure(PruningReport.HeadMaskedStage, model);
+            var plan = new StructurePlan(dense.Architecture.Blocks.Select((spec, b) =>
+                BlockPlan.KeepAll(spec) with { Heads = keptHeads[b].ToImmutableArray() }).ToImmutableArray());
+            return new PruningResult(model, run.Report(PruningReport.HeadMaskedStage, model.Architecture, plan, (b, h) => ranking[b].Stationary[h]));
         }
-        finally
+        catch
         {
             model.Dispose();
+            throw;
         }
+    }
+
+    /// <summary>
+    /// Stage 2: trains a copy of <paramref name="model"/> for <see cref="GohspOptions.SoftPruning"/> epochs on the task loss
+    /// plus the ADMM term ρ/2·Σ‖W − Z + U‖² towards the structured-sparse set of <see cref="PruningOptions.Sparsity"/>. The
+    /// heads of the model's head mask (stage 1) are fixed; a model without a head mask has its heads allocated by magnitude
+    /// like every other structure. Returns the soft-pruned copy (still dense-shaped, head mask kept) and a report (stage
+    /// "soft-pruned") with the primal residual per epoch and, per block, what the final model will keep.
+    /// </summary>
+    /// <param name="model">The model to soft-prune, usually the output of <see cref="RankAndMaskHeads"/>.</param>
+    /// <param name="previous">The report of stage 1 (for the head scores and accuracies), or null.</param>
+    /// <param name="train">Training data.</param>
+    /// <param name="validation">Optional validation data.</param>
+    /// <param name="options">GOHSP options (stage 2 reads Sparsity, SoftPruning, Admm and Budget).</param>
+    /// <param name="log">Log sink.</param>
+    /// <param name="progress">Training progress sink.</param>
+    /// <param name="cancellationToken">Cancels training.</param>
+    public static PruningResult SoftPrune(VisionTransformerModel model, PruningReport? previous, ImageTensorData train, ImageTensorData? validation,
+        GohspOptions options, Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+        => SoftPruneCore(model, previous, train, validation, options, log, progress, cancellationToken, inPlace: false);
+
+    private static PruningResult SoftPruneCore(VisionTransformerModel model, PruningReport? previous, ImageTensorData train, ImageTensorData? validation,
+        GohspOptions options, Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken, bool inPlace)
+    {
+        var run = PruningRun.Start(model, train, validation, options, log, progress, cancellationToken, previous);
+        var keptHeads = model.KeptHeads;
+        var soft = inPlace ? model : model.Clone();
+        try
+        {
+            var admm = new AdmmSoftPruning(options.Sparsity, keptHeads, options.Admm, options.Budget);
+            run.TrainStage(soft, options.SoftPruning, "soft-pruning", admm);
+            soft.to(CPU);
+            soft.eval();
+            run.Measure(PruningReport.SoftPrunedStage, soft);
+            var plan = Projection(soft, keptHeads, options);
+            var residuals = (previous?.ResidualHistory ?? []).Concat(admm.ResidualHistory).ToArray();
+            return new PruningResult(soft, run.Report(PruningReport.SoftPrunedStage, soft.Architecture, plan, HeadScores(previous), residuals));
+        }
+        catch
+        {
+            if (!inPlace) soft.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Stage 3: projects the weights onto the structured-sparse set (with the heads of the model's head mask fixed),
+    /// physically removes the zero structures — heads, q/k dims, v dims, MLP neurons — giving a smaller heterogeneous ViT,
+    /// and fine-tunes it for <see cref="PruningOptions.FineTune"/> epochs, distilling from <paramref name="teacher"/> when
+    /// <see cref="PruningOptions.Distillation"/> is on. Returns the pruned model and the final report.
+    /// </summary>
+    /// <param name="model">The model to cut, usually the output of <see cref="SoftPrune"/> (not modified).</param>
+    /// <param name="previous">The report of stage 2 (head scores, residuals, accuracies), or null.</param>
+    /// <param name="train">Training data.</param>
+    /// <param name="validation">Optional validation data.</param>
+    /// <param name="options">GOHSP options (stage 3 reads Sparsity, Budget, FineTune and the distillation options).</param>
+    /// <param name="teacher">Distillation teacher, normally the dense model; null uses <paramref name="model"/> itself.</param>
+    /// <param name="log">Log sink.</param>
+    /// <param name="progress">Training progress sink.</param>
+    /// <param name="cancellationToken">Cancels training.</param>
+    public static PruningResult HardPruneAndFineTune(VisionTransformerModel model, PruningReport? previous, ImageTensorData train, ImageTensorData? validation,
+        GohspOptions options, VisionTransformerModel? teacher = null, Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        var run = PruningRun.Start(model, train, validation, options, log, progress, cancellationToken, previous, teacher);
+        // The Z-free projection Π(W) with the stage-1 heads, then the shared tail (surgery, fine-tune, report). The surgery
+        // copies only the kept structures (head masks are not parameters), so zeroing first is not needed.
+        var plan = Projection(model, model.KeptHeads, options);
+        return run.Finish(model, plan, HeadScores(previous), previous?.ResidualHistory);
+    }
+
+    private static StructurePlan Projection(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>>? keptHeads, GohspOptions options)
+        => StructuredProjection.Allocate(model.Architecture, StructuredProjection.Magnitude(model), options.Sparsity, options.Budget, keptHeads);
+
+    /// <summary>The stationary probability of (block, head) from an earlier stage's report; null when there is none.</summary>
+    private static Func<int, int, double>? HeadScores(PruningReport? previous)
+    {
+        if (previous is null || previous.Blocks.Any(b => b.StationaryProbabilities.Length != b.KeptHeads.Length)) return null;
+        var scores = previous.Blocks.Select(b => b.KeptHeads.Zip(b.StationaryProbabilities).ToDictionary(t => t.First, t => t.Second)).ToArray();
+        return (b, h) => scores[b].TryGetValue(h, out var p) ? p : double.NaN;
     }
 
     /// <summary>Applies the binary head mask Mᴴ (element-wise on each head's output) to every block.</summary>
-    public static void SetHeadMasks(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>> keptHeads)
-    {
-        var device = model.parameters().First().device;
-        for (int b = 0; b < model.Architecture.Depth; b++)
-        {
-            var mask = new float[model.Architecture.Blocks[b].Heads];
-            foreach (int h in keptHeads[b]) mask[h] = 1;
-            model.Blocks[b].attn.HeadMask?.Dispose();
-            model.Blocks[b].attn.HeadMask = tensor(mask, device: device).DetachFromDisposeScope();
-        }
-    }
+    public static void SetHeadMasks(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>> keptHeads) => model.SetHeadMasks(keptHeads);
 
     /// <summary>Removes all head masks.</summary>
-    public static void ClearHeadMasks(VisionTransformerModel model)
-    {
-        foreach (var b in model.Blocks) { b.attn.HeadMask?.Dispose(); b.attn.HeadMask = null; }
-    }
+    public static void ClearHeadMasks(VisionTransformerModel model) => model.ClearHeadMasks();
 }

@@ -63,6 +63,8 @@ public abstract class PruningOptions
         if (!(DistillationWeight >= 0) || double.IsInfinity(DistillationWeight))
             throw new ArgumentOutOfRangeException(nameof(DistillationWeight), DistillationWeight, "DistillationWeight must be a non-negative finite number.");
         if (Budget is null) throw new ArgumentNullException(nameof(Budget), "Budget must be set.");
+        if (Budget.Granularity < 1)
+            throw new ArgumentOutOfRangeException("Budget.Granularity", Budget.Granularity, "Budget.Granularity must be ≥ 1 (1 prunes one structure at a time).");
         if (!(Budget.Tolerance >= 0 && Budget.Tolerance < 1))
             throw new ArgumentOutOfRangeException("Budget.Tolerance", Budget.Tolerance, "Budget.Tolerance must be in [0, 1).");
         foreach (var (name, o) in TrainingStages)

@@ -24,8 +24,21 @@ public sealed record BlockReport(int Block, int[] KeptHeads, double[] Stationary
 /// <summary>What a pruning run did: per-block shapes, sizes and FLOPs before/after, residuals, accuracies per stage.</summary>
 public sealed record PruningReport
 {
+    /// <summary>Stage of a finished run: the model is physically pruned and fine-tuned.</summary>
+    public const string FinalStage = "fine-tuned";
+    /// <summary>Stage after GOHSP stage 1 (<c>GohspPruner.RankAndMaskHeads</c>): heads masked, nothing removed yet.</summary>
+    public const string HeadMaskedStage = "head-masked";
+    /// <summary>Stage after GOHSP stage 2 (<c>GohspPruner.SoftPrune</c>): trained towards the sparse set, nothing removed yet.</summary>
+    public const string SoftPrunedStage = "soft-pruned";
+
     /// <summary>Method name ("gohsp", "somp", "sgmp").</summary>
     public required string Method { get; init; }
+    /// <summary>
+    /// How far the run went: <see cref="FinalStage"/> ("fine-tuned") for a finished run; a staged GOHSP run also reports
+    /// <see cref="HeadMaskedStage"/> and <see cref="SoftPrunedStage"/>, whose model still has the dense shape (parameters
+    /// before = after) and whose <see cref="Blocks"/> say what the final model will keep.
+    /// </summary>
+    public string Stage { get; init; } = FinalStage;
     /// <summary>Requested fraction of parameters removed.</summary>
     public required double RequestedSparsity { get; init; }
     /// <summary>Achieved fraction of parameters removed.</summary>
@@ -48,8 +61,24 @@ public sealed record PruningReport
     /// </summary>
     public IReadOnlyDictionary<string, double> ValidationAccuracy { get; init; } = new Dictionary<string, double>();
 
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
     /// <summary>The report as indented JSON.</summary>
-    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals });
+    public string ToJson() => JsonSerializer.Serialize(this, Json);
+
+    /// <summary>Reads a report written by <see cref="ToJson"/>.</summary>
+    /// <exception cref="InvalidDataException">The text is not a pruning report.</exception>
+    public static PruningReport FromJson(string json)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<PruningReport>(json, Json) ?? throw new InvalidDataException("The pruning report is empty.");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException("The pruning report is not valid JSON of a PruningReport: " + e.Message, e);
+        }
+    }
 }
 
 /// <summary>The result of a pruning run (<see cref="GohspPruner.Run"/>, <see cref="SompPruner.Run"/>, <see cref="SgmpPruner.Run"/>).</summary>

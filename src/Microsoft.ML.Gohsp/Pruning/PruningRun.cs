@@ -23,14 +23,27 @@ internal sealed class PruningRun
     private PruningRun(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, PruningOptions options,
         Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken)
     {
-        Dense = dense; Train = train; _validation = validation; _options = options;
+        Dense = dense; Teacher = dense; Train = train; _validation = validation; _options = options;
         _log = log; _progress = progress; _cancellationToken = cancellationToken;
         Name = options.Method.ToString().ToLowerInvariant();
     }
 
-    /// <summary>Checks the arguments and options (before any work) and measures the dense model.</summary>
+    /// <summary>
+    /// Checks the arguments and options (before any work) and measures the dense model — or, for a later stage of a staged
+    /// run (<paramref name="previous"/> given), carries the earlier stages' accuracies over instead.
+    /// </summary>
+    /// <param name="dense">The model this run starts from: the dense model, or the output of the previous GOHSP stage.</param>
+    /// <param name="train">Training data.</param>
+    /// <param name="validation">Optional validation data.</param>
+    /// <param name="options">Method options.</param>
+    /// <param name="log">Log sink.</param>
+    /// <param name="progress">Training progress sink.</param>
+    /// <param name="cancellationToken">Cancels training.</param>
+    /// <param name="previous">The report of the previous stage, when this run continues a staged run.</param>
+    /// <param name="teacher">Distillation teacher; default <paramref name="dense"/>.</param>
     public static PruningRun Start(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, PruningOptions options,
-        Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken)
+        Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken,
+        PruningReport? previous = null, VisionTransformerModel? teacher = null)
     {
         ArgumentNullException.ThrowIfNull(dense);
         ArgumentNullException.ThrowIfNull(train);
@@ -38,13 +51,16 @@ internal sealed class PruningRun
         options.Validate();
         options.ValidateStages(dense.Architecture.Channels);
         if (train.Count == 0) throw new ArgumentException("The training data has no rows.", nameof(train));
-        var run = new PruningRun(dense, train, validation, options, log, progress, cancellationToken);
-        run.Measure("dense", dense);
+        var run = new PruningRun(dense, train, validation, options, log, progress, cancellationToken) { Teacher = teacher ?? dense };
+        if (previous is null) run.Measure("dense", dense);
+        else foreach (var (stage, accuracy) in previous.ValidationAccuracy) run._accuracy[stage] = accuracy;
         return run;
     }
 
     /// <summary>The dense model (never modified).</summary>
     public VisionTransformerModel Dense { get; }
+    /// <summary>The distillation teacher of the fine-tuning (the dense model unless a staged run says otherwise).</summary>
+    public VisionTransformerModel Teacher { get; private init; }
     /// <summary>The training data.</summary>
     public ImageTensorData Train { get; }
     /// <summary>"gohsp", "somp" or "sgmp": report method, log prefix and training-stage prefix.</summary>
@@ -82,24 +98,10 @@ internal sealed class PruningRun
         {
             Measure("hard-pruned", pruned);
             TrainStage(pruned, _options.FineTune, "fine-tune",
-                _options.Distillation ? new Distillation(Dense, _options.DistillationTemperature, _options.DistillationWeight) : null);
+                _options.Distillation ? new Distillation(Teacher, _options.DistillationTemperature, _options.DistillationWeight) : null);
             pruned.to(CPU);
             Measure("fine-tuned", pruned);
-            var report = new PruningReport
-            {
-                Method = Name,
-                RequestedSparsity = _options.Sparsity,
-                ParametersBefore = arch.ParameterCount,
-                ParametersAfter = pruned.Architecture.ParameterCount,
-                FlopsBefore = arch.ForwardFlops,
-                FlopsAfter = pruned.Architecture.ForwardFlops,
-                Blocks = plan.Blocks.Select((p, b) => new BlockReport(b, p.Heads.ToArray(),
-                    headScore is null ? [] : p.Heads.Select(h => headScore(b, h)).ToArray(),
-                    p.QkDims[0].Length, p.VDims[0].Length, p.MlpNeurons.Length,
-                    arch.Blocks[b].Heads, arch.Blocks[b].QkDim, arch.Blocks[b].VDim, arch.Blocks[b].MlpHidden)).ToArray(),
-                ResidualHistory = residuals?.ToArray() ?? [],
-                ValidationAccuracy = new Dictionary<string, double>(_accuracy),
-            };
+            var report = Report(PruningReport.FinalStage, pruned.Architecture, plan, headScore, residuals);
             Log($"{report.ParametersBefore:N0} → {report.ParametersAfter:N0} parameters ({report.AchievedSparsity:P1} removed), " +
                 $"{report.FlopsBefore / 1e6:F1} → {report.FlopsAfter / 1e6:F1} MFLOPs/image");
             return new PruningResult(pruned, report);
@@ -109,5 +111,31 @@ internal sealed class PruningRun
             pruned.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The report of this run after <paramref name="stage"/>: <paramref name="plan"/> says what every block keeps (for an
+    /// intermediate stage, what the final model will keep), <paramref name="after"/> is the model's current shape.
+    /// </summary>
+    public PruningReport Report(string stage, ViTArchitecture after, StructurePlan plan, Func<int, int, double>? headScore = null,
+        IReadOnlyList<double>? residuals = null)
+    {
+        var arch = Dense.Architecture;
+        return new PruningReport
+        {
+            Method = Name,
+            Stage = stage,
+            RequestedSparsity = _options.Sparsity,
+            ParametersBefore = arch.ParameterCount,
+            ParametersAfter = after.ParameterCount,
+            FlopsBefore = arch.ForwardFlops,
+            FlopsAfter = after.ForwardFlops,
+            Blocks = plan.Blocks.Select((p, b) => new BlockReport(b, p.Heads.ToArray(),
+                headScore is null ? [] : p.Heads.Select(h => headScore(b, h)).ToArray(),
+                p.QkDims[0].Length, p.VDims[0].Length, p.MlpNeurons.Length,
+                arch.Blocks[b].Heads, arch.Blocks[b].QkDim, arch.Blocks[b].VDim, arch.Blocks[b].MlpHidden)).ToArray(),
+            ResidualHistory = residuals?.ToArray() ?? [],
+            ValidationAccuracy = new Dictionary<string, double>(_accuracy),
+        };
     }
 }

@@ -29,6 +29,12 @@ public sealed class BudgetOptions
     public int MinMlpWidth { get; set; } = 1;
     /// <summary>Allowed deviation of the removed fraction from the requested one (absolute). Default 0.01 (±1%).</summary>
     public double Tolerance { get; set; } = 0.01;
+    /// <summary>
+    /// Kept q/k dims, v dims and MLP widths are multiples of this (a dense width that is not is first trimmed to one):
+    /// CPU and GPU matrix kernels run markedly slower on odd widths, so a pruned model with widths like 373 gains less
+    /// speed than its FLOPs promise. 1 prunes one structure at a time. Default 8.
+    /// </summary>
+    public int Granularity { get; set; } = 8;
 }
 
 /// <summary>
@@ -116,6 +122,9 @@ public static class StructuredProjection
             within.Validate(arch);
         }
         int minHeads = Math.Max(1, options.MinHeads), minDim = Math.Max(1, options.MinHeadDim), minMlp = Math.Max(1, options.MinMlpWidth);
+        int granularity = Math.Max(1, options.Granularity);
+        // widths shrink in steps that keep them multiples of the granularity (the first step trims to one)
+        int Step(int width) => width % granularity == 0 ? granularity : width % granularity;
         int d = arch.EmbedDim;
         long total = arch.ParameterCount;
         long target = (long)Math.Round(total * (1 - sparsity));
@@ -162,40 +171,46 @@ public static class StructuredProjection
 
         while (current > target + tol / 2)
         {
-            // candidates: (score, cost, apply)
+            // candidates: (score, cost, apply); steps of the granularity first, single structures only when every aligned
+            // step would overshoot the tolerance band (the budget is a hard constraint, alignment a preference)
             double best = double.PositiveInfinity; long bestCost = 0; Action? bestApply = null;
-            for (int b = 0; b < arch.Depth; b++)
+            foreach (bool fine in granularity == 1 ? [true] : new[] { false, true })
             {
-                var s = st[b]; var imp = importance[b];
-                int h = s.Heads.Count;
-                void Consider(double score, long cost, Action apply)
+                if (bestApply is not null && best < Overshoot) break;
+                for (int b = 0; b < arch.Depth; b++)
                 {
-                    // prefer not to overshoot below the tolerance band when a cheaper structure can still be removed
-                    if (current - cost < target - tol / 2) score += 1e9;
-                    if (score < best) { best = score; bestCost = cost; bestApply = apply; }
-                }
-                if (s.CanDropHeads && h > minHeads)
-                {
-                    int victim = s.Heads[^1];
-                    long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h - 1, s.Qk, s.V, s.Mlp);
-                    Consider(imp.Heads[victim] / headMean, cost, () => s.Heads.RemoveAt(s.Heads.Count - 1));
-                }
-                if (s.Qk > minDim)
-                {
-                    double score = s.Heads.Average(hh => imp.QkDims[hh][s.QkOrder[hh][s.Qk - 1]]) / qkMean;
-                    long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h, s.Qk - 1, s.V, s.Mlp);
-                    Consider(score, cost, () => s.Qk--);
-                }
-                if (s.V > minDim)
-                {
-                    double score = s.Heads.Average(hh => imp.VDims[hh][s.VOrder[hh][s.V - 1]]) / vMean;
-                    long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h, s.Qk, s.V - 1, s.Mlp);
-                    Consider(score, cost, () => s.V--);
-                }
-                if (s.Mlp > minMlp)
-                {
-                    double score = imp.Mlp[s.MlpOrder[s.Mlp - 1]] / mlpMean;
-                    Consider(score, 2L * d + 1, () => s.Mlp--);
+                    var s = st[b]; var imp = importance[b];
+                    int h = s.Heads.Count;
+                    void Consider(double score, long cost, Action apply)
+                    {
+                        // prefer not to overshoot below the tolerance band when a cheaper structure can still be removed
+                        if (current - cost < target - tol / 2) score += Overshoot;
+                        if (score < best) { best = score; bestCost = cost; bestApply = apply; }
+                    }
+                    if (s.CanDropHeads && h > minHeads && !fine)
+                    {
+                        int victim = s.Heads[^1];
+                        long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h - 1, s.Qk, s.V, s.Mlp);
+                        Consider(imp.Heads[victim] / headMean, cost, () => s.Heads.RemoveAt(s.Heads.Count - 1));
+                    }
+                    int kq = fine ? 1 : Step(s.Qk), kv = fine ? 1 : Step(s.V), km = fine ? 1 : Step(s.Mlp);
+                    if (s.Qk - kq >= minDim)
+                    {
+                        double score = s.Heads.Average(hh => Enumerable.Range(s.Qk - kq, kq).Average(j => imp.QkDims[hh][s.QkOrder[hh][j]])) / qkMean;
+                        long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h, s.Qk - kq, s.V, s.Mlp);
+                        Consider(score, cost, () => s.Qk -= kq);
+                    }
+                    if (s.V - kv >= minDim)
+                    {
+                        double score = s.Heads.Average(hh => Enumerable.Range(s.V - kv, kv).Average(j => imp.VDims[hh][s.VOrder[hh][j]])) / vMean;
+                        long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h, s.Qk, s.V - kv, s.Mlp);
+                        Consider(score, cost, () => s.V -= kv);
+                    }
+                    if (s.Mlp - km >= minMlp)
+                    {
+                        double score = Enumerable.Range(s.Mlp - km, km).Average(j => imp.Mlp[s.MlpOrder[j]]) / mlpMean;
+                        Consider(score, km * (2L * d + 1), () => s.Mlp -= km);
+                    }
                 }
             }
             if (bestApply is null)
@@ -219,6 +234,9 @@ public static class StructuredProjection
     // indices by descending importance (ties: lower index first); with a start plan, its kept indices come first
     private static int[] Order(float[] importance, ImmutableArray<int>? kept) => Enumerable.Range(0, importance.Length)
         .OrderByDescending(j => kept is null || kept.Value.Contains(j)).ThenByDescending(j => importance[j]).ThenBy(j => j).ToArray();
+
+    // score penalty of a step that would overshoot the tolerance band
+    private const double Overshoot = 1e9;
 
     private static double Mean(IEnumerable<float> values)
     {

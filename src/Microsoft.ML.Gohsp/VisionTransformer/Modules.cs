@@ -135,17 +135,48 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        if (!is_grad_enabled()) return ForwardInference(x);
         long b = x.shape[0], n = x.shape[1];
         var o = HeadOutputs(x);                                       // [B, h, N, dv]
         if (HeadMask is not null)
         {
-            var masked = o.mul(HeadMask.to(o.dtype).view(1, Spec.Heads, 1, 1));
+            using var m = HeadMask.to(o.dtype, o.device);
+            var masked = o.mul(m.view(1, Spec.Heads, 1, 1));
             o.Dispose();
             o = masked;
         }
         using (o)
         using (var merged = o.transpose(1, 2).reshape(b, n, Spec.AttentionOutWidth))
             return proj.forward(merged);
+    }
+
+    /// <summary>
+    /// Inference without autograd: one batched matrix product per head on strided views of the fused qkv output
+    /// (3-D <c>bmm</c> takes them as they are, whereas the 4-D <c>matmul</c> of <see cref="HeadOutputs"/> first copies
+    /// q, kᵀ and v into contiguous [B·heads] batches), heads written side by side, then the output projection.
+    /// A head with mask 0 contributes zeros and is not computed.
+    /// </summary>
+    private Tensor ForwardInference(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        int h = Spec.Heads, dq = Spec.QkDim, dv = Spec.VDim;
+        var t = qkv.forward(x);                                        // [B, N, h·dq | h·dq | h·dv]
+        float[]? mask = null;
+        if (HeadMask is not null) { using var m = HeadMask.cpu(); mask = m.data<float>().ToArray(); }
+        var outputs = new Tensor[h];
+        for (int i = 0; i < h; i++)
+        {
+            var v = t.narrow(2, 2L * h * dq + (long)i * dv, dv);       // [B, N, dv]
+            if (mask is not null && mask[i] == 0) { outputs[i] = zeros_like(v); continue; }
+            var q = t.narrow(2, (long)i * dq, dq);                       // [B, N, dq]
+            var k = t.narrow(2, (long)(h + i) * dq, dq);                 // [B, N, dq]
+            var s = bmm(q, k.transpose(1, 2)).mul_(1.0 / Math.Sqrt(dq));
+            var p = s.softmax(-1);
+            outputs[i] = bmm(p, v);
+            if (mask is not null && mask[i] != 1) outputs[i].mul_(mask[i]);
+        }
+        var merged = h == 1 ? outputs[0] : cat(outputs, 2);              // [B, N, h·dv]
+        return proj.forward(merged).MoveToOuterDisposeScope();
     }
 }
 

@@ -154,7 +154,14 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
     {
         ArgumentNullException.ThrowIfNull(writer);
         Architecture.Write(writer);
-        writer.Write((int)Precision);
+        var kept = KeptHeads;
+        writer.Write((int)Precision | (kept is null ? 0 : HeadMaskFlag));
+        if (kept is not null)
+            foreach (var heads in kept)
+            {
+                writer.Write(heads.Count);
+                foreach (int h in heads) writer.Write(h);
+            }
         save(writer); // TorchSharp copies device tensors to the CPU as it writes them
     }
 
@@ -164,10 +171,25 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
         ArgumentNullException.ThrowIfNull(reader);
         ViTArchitecture arch;
         int precision;
+        int[][]? kept = null;
         try
         {
             arch = ViTArchitecture.Read(reader);
             precision = reader.ReadInt32();
+            if ((precision & HeadMaskFlag) != 0)
+            {
+                precision &= ~HeadMaskFlag;
+                kept = new int[arch.Depth][];
+                for (int b = 0; b < arch.Depth; b++)
+                {
+                    int n = reader.ReadInt32();
+                    if (n < 1 || n > arch.Blocks[b].Heads) throw new InvalidDataException($"Block {b} keeps {n} heads of {arch.Blocks[b].Heads}.");
+                    kept[b] = new int[n];
+                    for (int i = 0; i < n; i++)
+                        if ((kept[b][i] = reader.ReadInt32()) is var h && (h < 0 || h >= arch.Blocks[b].Heads))
+                            throw new InvalidDataException($"Block {b} head mask names head {h} of {arch.Blocks[b].Heads}.");
+                }
+            }
         }
         catch (EndOfStreamException e)
         {
@@ -184,10 +206,63 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
             throw new InvalidDataException("The ViT weights are corrupted or do not match the stored architecture: " + e.Message, e);
         }
         model.Precision = Enum.IsDefined(typeof(ComputePrecision), precision) ? (ComputePrecision)precision : ComputePrecision.Float32;
+        if (kept is not null) model.SetHeadMasks(kept);
         return model;
     }
 
-    /// <summary>A deep copy (same architecture, copied weights) on the same device.</summary>
+    // High bit of the saved precision field: a head-mask section follows (files without it load as before).
+    private const int HeadMaskFlag = 0x100;
+
+    /// <summary>
+    /// The heads each block keeps under the binary head mask Mᴴ (GOHSP stage 1), or null when the model has no mask.
+    /// Masked heads' outputs are multiplied by 0; the mask is saved with the model.
+    /// </summary>
+    public IReadOnlyList<IReadOnlyList<int>>? KeptHeads
+    {
+        get
+        {
+            if (blocks.All(b => b.attn.HeadMask is null)) return null;
+            return blocks.Select(b => (IReadOnlyList<int>)KeptHeadsOf(b.attn)).ToArray();
+        }
+    }
+
+    private static int[] KeptHeadsOf(Attention attn)
+    {
+        if (attn.HeadMask is null) return Enumerable.Range(0, attn.Spec.Heads).ToArray();
+        using var mask = attn.HeadMask.cpu();
+        var values = mask.data<float>().ToArray();
+        return Enumerable.Range(0, values.Length).Where(i => values[i] != 0).ToArray();
+    }
+
+    /// <summary>Applies the binary head mask Mᴴ: in block b only the heads in <paramref name="keptHeads"/>[b] contribute.</summary>
+    /// <exception cref="ArgumentException">The list does not have one non-empty entry of valid head indices per block.</exception>
+    public void SetHeadMasks(IReadOnlyList<IReadOnlyList<int>> keptHeads)
+    {
+        ArgumentNullException.ThrowIfNull(keptHeads);
+        var a = Architecture;
+        if (keptHeads.Count != a.Depth) throw new ArgumentException($"Expected kept heads for {a.Depth} blocks, got {keptHeads.Count}.", nameof(keptHeads));
+        var device = parameters().First().device;
+        for (int b = 0; b < a.Depth; b++)
+        {
+            if (keptHeads[b].Count == 0) throw new ArgumentException($"Block {b} would keep no head.", nameof(keptHeads));
+            var mask = new float[a.Blocks[b].Heads];
+            foreach (int h in keptHeads[b])
+            {
+                if (h < 0 || h >= mask.Length) throw new ArgumentException($"Block {b} has no head {h} (it has {mask.Length}).", nameof(keptHeads));
+                mask[h] = 1;
+            }
+            blocks[b].attn.HeadMask?.Dispose();
+            blocks[b].attn.HeadMask = tensor(mask, device: device).DetachFromDisposeScope();
+        }
+    }
+
+    /// <summary>Removes every head mask (all heads contribute again).</summary>
+    public void ClearHeadMasks()
+    {
+        foreach (var b in blocks) { b.attn.HeadMask?.Dispose(); b.attn.HeadMask = null; }
+    }
+
+    /// <summary>A deep copy (same architecture, copied weights and head masks) on the same device.</summary>
     public VisionTransformerModel Clone()
     {
         using var ms = new MemoryStream();
