@@ -177,6 +177,21 @@ public class BaselinePrunerTests(ITestOutputHelper output)
         ((Action)(() => SompPruner.Run(dense, HeadGraphRankingTests.RandomImages(0), null, new SompOptions()))).Should().Throw<ArgumentException>().WithMessage("*no rows*");
     }
 
+    /// <summary>A GOHSP stage-1 output (head-masked) is not a dense model: the baselines refuse it instead of dropping the mask.</summary>
+    [Fact]
+    public void BaselinesRefuseAHeadMaskedModel()
+    {
+        using var masked = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 1);
+        masked.SetHeadMasks(Enumerable.Range(0, masked.Architecture.Depth).Select(_ => (IReadOnlyList<int>)[0, 1]).ToArray());
+        var data = HeadGraphRankingTests.RandomImages(8);
+        ((Action)(() => SompPruner.Run(masked, data, null, new SompOptions { FineTune = Stage() }))).Should().Throw<ArgumentException>()
+            .Where(e => e.ParamName == "dense").WithMessage("SOMP prunes a dense model, but this one carries a GOHSP head mask*ClearHeadMasks*");
+        ((Action)(() => SgmpPruner.Run(masked, data, null, new SgmpOptions { Gradual = Stage(), FineTune = Stage() }))).Should().Throw<ArgumentException>()
+            .Where(e => e.ParamName == "dense").WithMessage("SGMP prunes a dense model*");
+        masked.ClearHeadMasks();
+        masked.KeptHeads.Should().BeNull("after ClearHeadMasks the model is dense again and the baselines accept it");
+    }
+
     private static string Describe(StructurePlan p) => string.Join(" | ", p.Blocks.Select(b =>
         $"{string.Join(",", b.Heads)}; {string.Join("/", b.QkDims.Select(d => string.Join(",", d)))}; {string.Join("/", b.VDims.Select(d => string.Join(",", d)))}; {string.Join(",", b.MlpNeurons)}"));
 
