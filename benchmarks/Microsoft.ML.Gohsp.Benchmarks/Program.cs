@@ -3,6 +3,7 @@
 // Usage: ./build.sh bench [-- --threads N --batch N --reps N --rss-epochs N --max-images N --accuracy-epochs N --seed N]
 // --ablation-epochs N > 0 adds issue 3's head-ranking ablation (dense model trained N epochs in bf16).
 // --accuracy-epochs N > 0 adds test accuracies on the CIFAR-10 subset: SdcaMaximumEntropy vs the ViT in fp32 and bf16 (long).
+// --breakdown: instead, where one block's inference time goes (linears vs attention core, GELU, norms), medians of --reps rounds.
 // --onnx: instead, single-image and batch latency of dense and 50%-pruned cifar-tiny in ONNX Runtime vs TorchSharp (CPU, --threads,
 //         medians of --reps timed runs) and their output agreement; prints one JSON object as the last line (docs/interop.md).
 using System.Diagnostics;
@@ -18,6 +19,11 @@ using static TorchSharp.torch;
 
 var a = ParseArgs(args);
 int threads = a.GetValueOrDefault("threads", 2), batch = a.GetValueOrDefault("batch", 64), reps = a.GetValueOrDefault("reps", 5);
+if (a.ContainsKey("breakdown"))
+{
+    Console.WriteLine(JsonSerializer.Serialize(BreakdownBenchmark.Run(threads, batch, reps)));
+    return 0;
+}
 if (a.ContainsKey("onnx"))
 {
     Console.WriteLine(JsonSerializer.Serialize(OnnxBenchmark.Run(threads, batch, a.GetValueOrDefault("reps", 30), a.GetValueOrDefault("seed", 0))));
@@ -323,9 +329,9 @@ static Dictionary<string, int> ParseArgs(string[] args)
     for (int i = 0; i < args.Length; i++)
     {
         if (!args[i].StartsWith("--", StringComparison.Ordinal))
-            throw new ArgumentException($"Expected '--name integer' pairs or the flag --onnx, got '{args[i]}'.");
+            throw new ArgumentException($"Expected '--name integer' pairs or the flags --onnx / --breakdown, got '{args[i]}'.");
         if (i + 1 < args.Length && int.TryParse(args[i + 1], out int v)) { d[args[i][2..]] = v; i++; }
-        else if (args[i] == "--onnx") d["onnx"] = 1;
+        else if (args[i] is "--onnx" or "--breakdown") d[args[i][2..]] = 1;
         else throw new ArgumentException($"Expected an integer after '{args[i]}'.");
     }
     return d;
