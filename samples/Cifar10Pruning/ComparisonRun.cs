@@ -91,6 +91,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
                 DenseSeconds = denseSeconds,
                 Date = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'", System.Globalization.CultureInfo.InvariantCulture),
                 Machine = $"{Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
+                SpeedMethod = SampleReport.SpeedNotes,
             },
             Dense = entries[0],
             Entries = entries.Skip(1).ToArray(),

@@ -31,7 +31,8 @@ internal static class Plots
             var connect = new LineSeries { Color = color, StrokeThickness = 1.5 };
             foreach (var p in points.OrderBy(p => p.Params))
             {
-                line.Points.Add(new ScatterErrorPoint(p.Params / 1e6, p.Top1 * 100, 0, p.Top1Std * 100));
+                // OxyPlot draws ErrorY as the whole bar (±ErrorY/2): twice the std gives ± one std
+                line.Points.Add(new ScatterErrorPoint(p.Params / 1e6, p.Top1 * 100, 0, 2 * p.Top1Std * 100));
                 connect.Points.Add(new DataPoint(p.Params / 1e6, p.Top1 * 100));
             }
             model.Series.Add(connect);
@@ -40,7 +41,7 @@ internal static class Plots
         model.Series.Add(new ScatterErrorSeries
         {
             Title = "dense reference", MarkerType = MarkerType.Star, MarkerSize = 8, MarkerStroke = OxyColors.Black, MarkerStrokeThickness = 1.5,
-            ItemsSource = new[] { new ScatterErrorPoint(dense.Params / 1e6, dense.Top1 * 100, 0, dense.Top1Std * 100) },
+            ItemsSource = new[] { new ScatterErrorPoint(dense.Params / 1e6, dense.Top1 * 100, 0, 2 * dense.Top1Std * 100) },
         });
         return Save(model, path);
     }

@@ -63,6 +63,11 @@ internal sealed record RunConfig
     public required double DenseSeconds { get; init; }
     public required string Date { get; init; }
     public required string Machine { get; init; }
+    /// <summary>
+    /// How the speed columns were measured (<see cref="SampleReport.SpeedNotes"/> of the build that ran). Absent in reports
+    /// written before it was recorded, whose batch rate was the median of 3 passes without a forced GC.
+    /// </summary>
+    public string? SpeedMethod { get; init; }
 }
 
 /// <summary>report.json: <c>{"config": {...}, "dense": {...}, "entries": [{...}, ...]}</c>.</summary>
@@ -81,11 +86,18 @@ internal sealed record SampleReport
 
     public const string SpeedNotes =
         "batch_images_per_s: the raw model (ViTModelParameters.PredictProbabilities, batches of 64, incl. normalisation and softmax) " +
-        "over the test split, median of 3 passes. single_latency_ms: median of one PredictionEngine.Predict on one MLImage " +
-        "(ExtractPixels + ViT + MapKeyToValue) of the reloaded zip, after 10 warm-up calls. raw_forward_latency_ms: median of a raw " +
-        "TorchSharp forward (no_grad) of the same model on one already-normalised [1, 3, 32, 32] tensor, timed interleaved with " +
+        "over the test split, median of 5 passes, each after a full GC. " + LatencyNotes;
+
+    private const string LatencyNotes =
+        "single_latency_ms: median of 100 PredictionEngine.Predict calls, each on one MLImage " +
+        "(ExtractPixels + ViT + MapKeyToValue) of the reloaded zip, after 10 warm-up calls. raw_forward_latency_ms: median of 100 raw " +
+        "TorchSharp forwards (no_grad) of the same model on one already-normalised [1, 3, 32, 32] tensor, timed interleaved with " +
         "the PredictionEngine calls, same threads. mlnet_transform_images_per_s: ML.NET Transform + Evaluate over the test split " +
         "(ML.NET scores row by row).";
+
+    /// <summary>What <see cref="SpeedNotes"/> said before <see cref="RunConfig.SpeedMethod"/> was recorded.</summary>
+    public const string LegacySpeedNotes = "batch_images_per_s: the raw model (ViTModelParameters.PredictProbabilities, " +
+        "batches of 64, incl. normalisation and softmax) over the test split, median of 3 passes after one warm-up batch (no forced GC). " + LatencyNotes;
 
     public void WriteJson(string path) => Text.WriteAtomically(path, JsonSerializer.Serialize(this, Json));
 
@@ -110,7 +122,7 @@ internal sealed record SampleReport
         sb.AppendLine("Epochs after the dense model (train s = wall-clock seconds of these epochs; equal epochs are not equal compute): " +
             string.Join("; ", All.Select(e => $"{Label(e)}: {e.EpochSplit}")) + ".");
         sb.AppendLine();
-        sb.AppendLine("Speed columns: " + SpeedNotes);
+        sb.AppendLine("Speed columns: " + (Config.SpeedMethod ?? LegacySpeedNotes));
         sb.AppendLine();
         foreach (var p in plots) sb.AppendLine($"![{Path.GetFileNameWithoutExtension(p)}]({Path.GetFileName(p)})");
         Text.WriteAtomically(path, sb.ToString());
