@@ -68,6 +68,10 @@ internal sealed record RunConfig
     /// written before it was recorded, whose batch rate was the median of 3 passes without a forced GC.
     /// </summary>
     public string? SpeedMethod { get; init; }
+
+    /// <summary>The speed notes that describe this run's columns.</summary>
+    [JsonIgnore]
+    public string SpeedColumns => SpeedMethod ?? SampleReport.LegacySpeedNotes;
 }
 
 /// <summary>report.json: <c>{"config": {...}, "dense": {...}, "entries": [{...}, ...]}</c>.</summary>
@@ -84,9 +88,11 @@ internal sealed record SampleReport
         NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
     };
 
-    public const string SpeedNotes =
+    public const string SpeedNotes = BatchNotes + "median of 5 passes, each after a full GC. " + LatencyNotes;
+
+    private const string BatchNotes =
         "batch_images_per_s: the raw model (ViTModelParameters.PredictProbabilities, batches of 64, incl. normalisation and softmax) " +
-        "over the test split, median of 5 passes, each after a full GC. " + LatencyNotes;
+        "over the test split, ";
 
     private const string LatencyNotes =
         "single_latency_ms: median of 100 PredictionEngine.Predict calls, each on one MLImage " +
@@ -96,8 +102,7 @@ internal sealed record SampleReport
         "(ML.NET scores row by row).";
 
     /// <summary>What <see cref="SpeedNotes"/> said before <see cref="RunConfig.SpeedMethod"/> was recorded.</summary>
-    public const string LegacySpeedNotes = "batch_images_per_s: the raw model (ViTModelParameters.PredictProbabilities, " +
-        "batches of 64, incl. normalisation and softmax) over the test split, median of 3 passes after one warm-up batch (no forced GC). " + LatencyNotes;
+    public const string LegacySpeedNotes = BatchNotes + "median of 3 passes after one warm-up batch (no forced GC). " + LatencyNotes;
 
     public void WriteJson(string path) => Text.WriteAtomically(path, JsonSerializer.Serialize(this, Json));
 
@@ -122,7 +127,7 @@ internal sealed record SampleReport
         sb.AppendLine("Epochs after the dense model (train s = wall-clock seconds of these epochs; equal epochs are not equal compute): " +
             string.Join("; ", All.Select(e => $"{Label(e)}: {e.EpochSplit}")) + ".");
         sb.AppendLine();
-        sb.AppendLine("Speed columns: " + (Config.SpeedMethod ?? LegacySpeedNotes));
+        sb.AppendLine("Speed columns: " + Config.SpeedColumns);
         sb.AppendLine();
         foreach (var p in plots) sb.AppendLine($"![{Path.GetFileNameWithoutExtension(p)}]({Path.GetFileName(p)})");
         Text.WriteAtomically(path, sb.ToString());

@@ -73,7 +73,7 @@ internal static class Results
         sb.AppendLine();
         sb.AppendLine("Epochs after the dense model (train s: their wall-clock seconds; equal epochs are not equal compute): " + string.Join("; ", groups.Select(g => $"{g.Method}: {g.Runs[0].EpochSplit}").Distinct()) + ".");
         sb.AppendLine();
-        foreach (var method in configs.Select(x => x.SpeedMethod ?? SampleReport.LegacySpeedNotes).Distinct())
+        foreach (var method in configs.Select(x => x.SpeedColumns).Distinct())
             sb.AppendLine("Speed columns: " + method);
 
         var written = new List<string>();

@@ -85,9 +85,10 @@ public static class GohspPruner
     public static PruningResult RankAndMaskHeads(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation,
         GohspOptions options, Action<string>? log = null, CancellationToken cancellationToken = default)
     {
-        var run = PruningRun.Start(dense, train, validation, options, log, null, cancellationToken);
+        ArgumentNullException.ThrowIfNull(dense);
         if (dense.KeptHeads is not null)
             throw new ArgumentException("The model already has a head mask (GOHSP stage 1 already ran); continue with SoftPrune.", nameof(dense));
+        var run = PruningRun.Start(dense, train, validation, options, log, null, cancellationToken);
         var calibration = train.Take(options.CalibrationImages);
         var ranking = HeadGraphRanking.Rank(dense, calibration, options.SoftPruning, options.Similarity, options.Damping, options.PowerIterationTolerance);
         var keptHeads = HeadGraphRanking.SelectHeads(ranking.Select(r => r.Importance(options.Direction)).ToArray(),

@@ -29,6 +29,18 @@ internal sealed class PruningRun
     }
 
     /// <summary>
+    /// Rejects, before any work, a model that carries a GOHSP head mask (the output of GOHSP stage 1) where a baseline
+    /// expects a dense model: dropping the mask silently would bring back heads the user had already removed.
+    /// </summary>
+    internal static void RequireDense(VisionTransformerModel dense, string method)
+    {
+        ArgumentNullException.ThrowIfNull(dense);
+        if (dense.KeptHeads is not null)
+            throw new ArgumentException($"{method} prunes a dense model, but this one carries a GOHSP head mask (the output of GOHSP stage 1, " +
+                "GohspRankHeads); continue it with GohspSoftPrune / GohspHardPrune, or call ClearHeadMasks() on it first.", nameof(dense));
+    }
+
+    /// <summary>
     /// Checks the arguments and options (before any work) and measures the dense model — or, for a later stage of a staged
     /// run (<paramref name="previous"/> given), carries the earlier stages' accuracies over instead.
     /// </summary>

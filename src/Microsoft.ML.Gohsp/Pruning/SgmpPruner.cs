@@ -74,10 +74,8 @@ public static class SgmpPruner
     public static PruningResult Run(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, SgmpOptions options,
         Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
+        PruningRun.RequireDense(dense, "SGMP");
         var run = PruningRun.Start(dense, train, validation, options, log, progress, cancellationToken);
-        if (dense.KeptHeads is not null)
-            throw new ArgumentException("SGMP prunes a dense model, but this one carries a GOHSP head mask (the output of GOHSP stage 1, " +
-                "GohspRankHeads); continue it with GohspSoftPrune / GohspHardPrune, or call ClearHeadMasks() on it first.", nameof(dense));
         var schedule = SgmpSchedule.For(options, (long)TrainingLoop.StepsPerEpoch(train.Count, options.Gradual.BatchSize) * options.Gradual.Epochs);
         run.Log($"cubic schedule: s_i {schedule.InitialSparsity:P1} → s_f {schedule.FinalSparsity:P1}, t0 {schedule.StartStep}, " +
                 $"every {schedule.Frequency} steps, {schedule.PruningSteps} pruning steps, ramp ends at step {schedule.EndStep}");

@@ -39,10 +39,8 @@ public static class SompPruner
     public static PruningResult Run(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, SompOptions options,
         Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
+        PruningRun.RequireDense(dense, "SOMP");
         var run = PruningRun.Start(dense, train, validation, options, log, progress, cancellationToken);
-        if (dense.KeptHeads is not null)
-            throw new ArgumentException("SOMP prunes a dense model, but this one carries a GOHSP head mask (the output of GOHSP stage 1, " +
-                "GohspRankHeads); continue it with GohspSoftPrune / GohspHardPrune, or call ClearHeadMasks() on it first.", nameof(dense));
         var plan = StructuredProjection.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense), options.Sparsity, options.Budget);
         run.Log($"kept heads per block {string.Join(" | ", plan.Blocks.Select(b => string.Join(",", b.Heads)))}");
         return run.Finish(dense, plan);
