@@ -8,8 +8,9 @@ using static TorchSharp.torch;
 /// the library runs it, and each of its parts timed alone on the same shapes — the four linear layers (with the rate each
 /// reaches as a matrix product), the attention core (scores, softmax, weighted sum over 65 tokens per head), GELU, the two
 /// layer norms and the residual adds. Medians of <c>reps</c> rounds; the fp32 1024³ GEMM is measured in the same rounds.
-/// It also times the attention and MLP modules and fc1 followed by GELU as the library chains them: the parts alone sum to
-/// less than the chained block (docs/benchmarks.md, "Where inference time goes").
+/// It also times the attention and MLP modules and fc1 followed by GELU as the library chains them (and with GELU in place),
+/// and counts minor page faults per call: the parts alone sum to less than the chained block (docs/benchmarks.md, "Where
+/// inference time goes").
 /// </summary>
 internal static class BreakdownBenchmark
 {
@@ -34,12 +35,15 @@ internal static class BreakdownBenchmark
         var big = randn(1024, 1024);
 
         var times = new Dictionary<string, List<double>>();
+        var faults = new Dictionary<string, List<double>>();
         void Time(string name, Func<Tensor> f, int iters = 10)
         {
             for (int i = 0; i < 2; i++) f().Dispose();
+            long f0 = MinorFaults();
             var sw = Stopwatch.StartNew();
             for (int i = 0; i < iters; i++) f().Dispose();
             (times.TryGetValue(name, out var l) ? l : times[name] = []).Add(sw.Elapsed.TotalMilliseconds / iters);
+            (faults.TryGetValue(name, out var fl) ? fl : faults[name] = []).Add((MinorFaults() - f0) / (double)iters);
         }
         Tensor Attention()
         {
@@ -59,7 +63,8 @@ internal static class BreakdownBenchmark
             Time("block", () => block.forward(x));
             Time("attention_module", () => block.attn.forward(x));
             Time("mlp_module", () => block.mlp.forward(x));
-            Time("fc1_then_gelu", () => { var h = block.mlp.fc1.forward(x); nn.functional.gelu(h, inplace: true); return h; });
+            Time("fc1_then_gelu", () => { using var h = block.mlp.fc1.forward(x); return nn.functional.gelu(h); });
+            Time("fc1_then_gelu_inplace", () => { var h = block.mlp.fc1.forward(x); nn.functional.gelu(h, inplace: true); return h; });
             for (int i = 0; i < linears.Length; i++)
             {
                 var (w, b, input) = weights[i];
@@ -71,7 +76,8 @@ internal static class BreakdownBenchmark
             Time("residual_adds_x2", () => { x.add(x).Dispose(); return x.add(x); });
         }
 
-        double Med(string k) { var l = times[k].Order().ToList(); return l[l.Count / 2]; }
+        static double MedOf(List<double> values) { var l = values.Order().ToList(); return l[l.Count / 2]; }
+        double Med(string k) => MedOf(times[k]);
         double gemm = 2.0 * 1024 * 1024 * 1024 / Med("gemm1024") / 1e6;
         double blockMs = Med("block");
         double blockFlops = arch.BlockForwardFlops(0) * (double)batch;
@@ -104,15 +110,29 @@ internal static class BreakdownBenchmark
             string extra = name == "attention_core" ? $", {attnFlops / ms / 1e6:F1} GFLOP/s" : "";
             Console.WriteLine($"  {name,-17} {ms:F2} ms ({ms / blockMs:P0} of the block{extra})");
         }
-        foreach (var name in new[] { "attention_module", "mlp_module", "fc1_then_gelu" })
+        foreach (var name in new[] { "attention_module", "mlp_module", "fc1_then_gelu", "fc1_then_gelu_inplace" })
         {
             r2[$"{name}_ms"] = Math.Round(Med(name), 2);
-            Console.WriteLine($"  {name,-17} {Med(name):F2} ms (chained as the library runs them)");
+            Console.WriteLine($"  {name,-21} {Med(name):F2} ms (chained{(name.EndsWith("inplace", StringComparison.Ordinal) ? ", GELU in place: not what the library runs" : " as the library runs them")})");
         }
+        // Minor page faults per call: each is a 4 KB page the kernel hands out (and zeroes) because the allocator returned
+        // the memory of an earlier, freed activation to it. docs/benchmarks.md shows what they cost.
+        foreach (var name in new[] { "block", "mlp_module", "fc1_then_gelu", "fc1_then_gelu_inplace" })
+            r2[$"{name}_page_faults"] = Math.Round(MedOf(faults[name]), 0);
+        Console.WriteLine($"  minor page faults per call: block {MedOf(faults["block"]):F0}, fc1 then GELU {MedOf(faults["fc1_then_gelu"]):F0} (in place {MedOf(faults["fc1_then_gelu_inplace"]):F0})");
         r2["attention_core_gflops"] = Math.Round(attnFlops / Med("attention_core") / 1e6, 1);
         r2["parts_sum_ms"] = Math.Round(partsMs, 2);
         Console.WriteLine($"  parts sum {partsMs:F2} ms vs block {blockMs:F2} ms");
         foreach (var t in weights) { t.W.Dispose(); t.B.Dispose(); t.X.Dispose(); }
         return r2;
+    }
+
+    /// <summary>This process's minor page faults so far (field 10 of /proc/self/stat); 0 where there is no procfs.</summary>
+    private static long MinorFaults()
+    {
+        if (!File.Exists("/proc/self/stat")) return 0;
+        string stat = File.ReadAllText("/proc/self/stat");
+        string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');   // fields after "pid (comm) ", starting at state
+        return long.Parse(fields[7], System.Globalization.CultureInfo.InvariantCulture);
     }
 }

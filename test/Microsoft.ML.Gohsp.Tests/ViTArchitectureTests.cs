@@ -55,6 +55,30 @@ public class ViTArchitectureTests
     }
 
     [Fact]
+    public void InferenceInSlicesGivesTheWholeBatchResult()
+    {
+        // The slice limit keeps the widest activation (tokens × widest of qkv/MLP/tokens, float32) within 8 MiB.
+        using (var reference = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 0))
+            reference.InferenceSliceSize.Should().Be((int)(8L * 1024 * 1024 / (65 * 768 * 4)));     // 42 → a batch of 64 runs as 2 × 32
+        using (var deitSmall = new VisionTransformerModel(ViTArchitecture.DeiTSmall(), seed: 0))
+            deitSmall.InferenceSliceSize.Should().Be((int)(8L * 1024 * 1024 / (197 * 1536 * 4)));  // 6
+
+        using var model = new VisionTransformerModel(Heterogeneous(), seed: 5);
+        model.eval();
+        using var x = randn(8, 3, 32, 32);
+        using var _ = no_grad();
+        model.InferenceSliceSize = int.MaxValue;
+        using var whole = model.forward(x);
+        model.InferenceSliceSize = 3;                                   // 8 images → slices of 3, 3, 2
+        using var sliced = model.forward(x);
+        sliced.shape.Should().Equal(8, 7);
+        TensorAssert.MaxAbsDiff(sliced, whole).Should().BeLessThan(1e-5);
+        using var one = model.forward(x.narrow(0, 7, 1));             // the last image alone, as in the last slice
+        TensorAssert.MaxAbsDiff(one, sliced.narrow(0, 7, 1)).Should().BeLessThan(1e-5);
+        FluentActions.Invoking(() => model.InferenceSliceSize = 0).Should().Throw<ArgumentOutOfRangeException>();
+    }
+
+    [Fact]
     public void ForwardFlopsOfReferenceConfigMatchHandCount()
     {
         var arch = ViTArchitecture.CifarTiny();

@@ -197,12 +197,9 @@ internal sealed class Mlp : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        // Out of place also without autograd: libtorch 2.x's CPU gelu_ runs 4–5× slower than gelu on the same tensor and
+        // touches a fresh page for every 4 KB of it (scratch measurement, docs/benchmarks.md "Where inference time goes").
         using var h = fc1.forward(x);
-        if (!is_grad_enabled())
-        {
-            nn.functional.gelu(h, inplace: true);   // inference: no autograd graph to keep the pre-activation for
-            return fc2.forward(h);
-        }
         using var a = nn.functional.gelu(h);
         return fc2.forward(a);
     }
