@@ -124,7 +124,7 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
 
     /// <summary>Logits [B, classes] for normalised images [B, C, H, W].</summary>
     /// <remarks>
-    /// Without autograd (inference, evaluation) a large batch is run in consecutive slices of
+    /// On the CPU without autograd (inference, evaluation) a large batch is run in consecutive slices of
     /// <see cref="InferenceSliceSize"/> images and the logits are concatenated: the result is the same, but the
     /// activations of one slice stay small enough to be reused from the allocator's free lists and the cache instead
     /// of being fresh pages every time (docs/benchmarks.md, "Where inference time goes"). The slices are as even as
@@ -134,7 +134,7 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
     {
         long batch = images.dim() == 4 ? images.shape[0] : 0;
         int maxSlice = InferenceSliceSize;
-        if (batch > maxSlice && !is_grad_enabled())
+        if (batch > maxSlice && !is_grad_enabled() && images.device_type == DeviceType.CPU)
         {
             long slices = (batch + maxSlice - 1) / maxSlice, slice = (batch + slices - 1) / slices;   // even slices
             using var scope = NewDisposeScope();
