@@ -31,6 +31,7 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
     {
         ArgumentNullException.ThrowIfNull(architecture);
         architecture.Validate();
+        Training.NativeAllocator.EnsureTuned();
         Architecture = architecture;
         int d = architecture.EmbedDim;
         patch_embed = new PatchEmbedding(architecture.Channels, d, architecture.PatchSize);
