@@ -63,6 +63,10 @@ public class ViTArchitectureTests
         using (var deitSmall = new VisionTransformerModel(ViTArchitecture.DeiTSmall(), seed: 0))
             deitSmall.InferenceSliceSize.Should().Be((int)(8L * 1024 * 1024 / (197 * 1536 * 4)));  // 6
 
+        VisionTransformerModel.SliceRanges(64, 42).Should().Equal((0L, 32L), (32L, 32L));
+        VisionTransformerModel.SliceRanges(8, 3).Should().Equal((0L, 3L), (3L, 3L), (6L, 2L));
+        VisionTransformerModel.SliceRanges(5, 5).Should().Equal((0L, 5L));
+
         using var model = new VisionTransformerModel(Heterogeneous(), seed: 5);
         model.eval();
         using var x = randn(8, 3, 32, 32);

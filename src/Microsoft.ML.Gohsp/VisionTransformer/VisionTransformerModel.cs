@@ -33,6 +33,7 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
         architecture.Validate();
         Training.NativeAllocator.EnsureTuned();
         Architecture = architecture;
+        _inferenceSliceSize = DefaultInferenceSliceSize(architecture);
         int d = architecture.EmbedDim;
         patch_embed = new PatchEmbedding(architecture.Channels, d, architecture.PatchSize);
         cls_token = nn.Parameter(zeros(1, 1, d));
@@ -134,20 +135,26 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor images)
     {
         long batch = images.dim() == 4 ? images.shape[0] : 0;
-        int maxSlice = InferenceSliceSize;
-        if (batch > maxSlice && !is_grad_enabled() && images.device_type == DeviceType.CPU)
+        if (batch > InferenceSliceSize && !is_grad_enabled() && images.device_type == DeviceType.CPU)
         {
-            long slices = (batch + maxSlice - 1) / maxSlice, slice = (batch + slices - 1) / slices;   // even slices
             using var scope = NewDisposeScope();
             var parts = new List<Tensor>();
-            for (long start = 0; start < batch; start += slice)
+            foreach (var (start, length) in SliceRanges(batch, InferenceSliceSize))
             {
-                using var part = images.narrow(0, start, Math.Min(slice, batch - start));
+                using var part = images.narrow(0, start, length);
                 parts.Add(ForwardBatch(part));
             }
             return cat(parts, 0).MoveToOuterDisposeScope();
         }
         return ForwardBatch(images);
+    }
+
+    /// <summary>Splits <paramref name="batch"/> images into as few slices of at most <paramref name="maxSlice"/> as possible, as even as possible.</summary>
+    internal static IEnumerable<(long Start, long Length)> SliceRanges(long batch, int maxSlice)
+    {
+        long slices = (batch + maxSlice - 1) / maxSlice, slice = (batch + slices - 1) / slices;
+        for (long start = 0; start < batch; start += slice)
+            yield return (start, Math.Min(slice, batch - start));
     }
 
     /// <summary>
@@ -158,21 +165,18 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
     /// </summary>
     internal int InferenceSliceSize
     {
-        get
-        {
-            if (_inferenceSliceSize == 0)
-            {
-                long tokens = Architecture.SequenceLength;
-                long widest = Architecture.Blocks.Max(b => Math.Max(Math.Max(b.QkvWidth, b.MlpHidden), tokens));
-                long bytesPerImage = tokens * widest * sizeof(float);
-                _inferenceSliceSize = (int)Math.Clamp(InferenceSliceBytes / bytesPerImage, 1, int.MaxValue);
-            }
-            return _inferenceSliceSize;
-        }
+        get => _inferenceSliceSize;
         set => _inferenceSliceSize = value >= 1 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "At least one image per slice.");
     }
 
     private int _inferenceSliceSize;
+
+    private static int DefaultInferenceSliceSize(ViTArchitecture architecture)
+    {
+        long tokens = architecture.SequenceLength;
+        long widest = architecture.Blocks.Max(b => Math.Max(Math.Max(b.QkvWidth, b.MlpHidden), tokens));
+        return (int)Math.Clamp(InferenceSliceBytes / (tokens * widest * sizeof(float)), 1, int.MaxValue);
+    }
 
     /// <summary>
     /// Activation budget of one inference slice (8 MiB). Measured on the reference config (batch 64, 12.8 MB MLP hidden
