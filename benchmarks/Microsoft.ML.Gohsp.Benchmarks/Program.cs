@@ -233,15 +233,7 @@ double TrainRate(VisionTransformerModel m, ComputePrecision p, List<double>? fra
         opt.step();
     }
     for (int i = 0; i < 3; i++) Step();
-    double r = Median(reps, () =>
-    {
-        double g = fractionsOfGemm is null ? 0 : GemmGflops();
-        var sw = Stopwatch.StartNew();
-        for (int i = 0; i < 4; i++) Step();
-        double rate = 4.0 * batch / sw.Elapsed.TotalSeconds;
-        fractionsOfGemm?.Add(rate * 3 * fwd / 1e9 / g);
-        return rate;
-    });
+    double r = TimedRounds(4, Step, 3.0 * m.Architecture.ForwardFlops, fractionsOfGemm);
     m.Precision = ComputePrecision.Float32;
     return r;
 }
@@ -251,16 +243,20 @@ double InferRate(VisionTransformerModel m, List<double>? fractionsOfGemm = null)
     m.eval();
     using var _ = no_grad();
     for (int i = 0; i < 3; i++) m.forward(x).Dispose();
-    return Median(reps, () =>
-    {
-        double g = fractionsOfGemm is null ? 0 : GemmGflops();
-        var sw = Stopwatch.StartNew();
-        for (int i = 0; i < 8; i++) m.forward(x).Dispose();
-        double rate = 8.0 * batch / sw.Elapsed.TotalSeconds;
-        fractionsOfGemm?.Add(rate * m.Architecture.ForwardFlops / 1e9 / g);
-        return rate;
-    });
+    return TimedRounds(8, () => m.forward(x).Dispose(), m.Architecture.ForwardFlops, fractionsOfGemm);
 }
+
+// Median images/s of `reps` rounds of `calls` batches. With fractionsOfGemm, each round is preceded by its own GEMM
+// measurement and adds its rate (flopsPerImage per image) as a fraction of that GEMM.
+double TimedRounds(int calls, Action call, double flopsPerImage, List<double>? fractionsOfGemm) => Median(reps, () =>
+{
+    double g = fractionsOfGemm is null ? 0 : GemmGflops();
+    var sw = Stopwatch.StartNew();
+    for (int i = 0; i < calls; i++) call();
+    double rate = (double)calls * batch / sw.Elapsed.TotalSeconds;
+    fractionsOfGemm?.Add(rate * flopsPerImage / 1e9 / g);
+    return rate;
+});
 
 static double GemmGflops()
 {
