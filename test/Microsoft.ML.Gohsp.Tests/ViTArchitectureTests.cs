@@ -83,6 +83,55 @@ public class ViTArchitectureTests
     }
 
     [Fact]
+    public void LastBlockComputesTheClassTokenAloneWithTheSameLogitsAndGradients()
+    {
+        using var model = new VisionTransformerModel(Heterogeneous(), seed: 9);
+        model.SetHeadMasks(new[] { new[] { 0, 1, 2, 3 }, new[] { 0 }, new[] { 0, 2 } });   // the last block drops a head
+        using var x = randn(5, 3, 32, 32);
+        Tensor FullComputation()
+        {
+            using var tokens = model.ForwardTokens(x);                  // every token through every block
+            using var cls = tokens.select(1, 0);
+            return model.Head.forward(cls);
+        }
+
+        model.eval();
+        using (no_grad())
+        using (var full = FullComputation())
+        using (var logits = model.forward(x))
+            TensorAssert.MaxAbsDiff(logits, full).Should().BeLessThan(1e-5);
+
+        model.train();
+        var parameters = model.named_parameters().ToList();
+        Dictionary<string, Tensor> Gradients(Func<Tensor> logits)
+        {
+            foreach (var (_, p) in parameters) p.grad?.zero_();
+            using (var l = logits())
+            using (var loss = l.square().sum()) loss.backward();
+            return parameters.ToDictionary(np => np.name, np => np.parameter.grad!.clone());
+        }
+        var viaClassToken = Gradients(() => model.forward(x));
+        var viaFull = Gradients(FullComputation);
+        viaClassToken["blocks.2.mlp.fc1.weight"].abs().sum().item<float>().Should().BeGreaterThan(0, "the last block is trained");
+        foreach (var (name, g) in viaFull)
+        {
+            double scale = Math.Max(1e-3, g.abs().max().item<float>());
+            (TensorAssert.MaxAbsDiff(viaClassToken[name], g) / scale).Should().BeLessThan(1e-4, name);
+        }
+    }
+
+    [Fact]
+    public void ExecutedForwardFlopsCountTheLastBlocksClassTokenOnly()
+    {
+        var arch = ViTArchitecture.CifarTiny();
+        long n = 65, d = 192;
+        long lastBlockFull = 2 * (n * d * 3 * d + 2 * n * n * d + n * d * d + 2 * n * d * 768);
+        long lastBlockClassToken = 2 * (n * d * 2 * d + d * d + 2 * n * d + d * d + 2 * d * 768);
+        arch.ExecutedForwardFlops.Should().Be(arch.ForwardFlops - lastBlockFull + lastBlockClassToken);
+        ((double)arch.ExecutedForwardFlops / arch.ForwardFlops).Should().BeApproximately(0.862, 0.002);
+    }
+
+    [Fact]
     public void CreatingAModelTunesGlibcMallocOnLinux()
     {
         using var model = new VisionTransformerModel(Heterogeneous(), seed: 1);

@@ -30,6 +30,21 @@ internal sealed class ViTLinear : nn.Module<Tensor, Tensor>
             return nn.functional.linear(x.to(ScalarType.BFloat16), weight.to(ScalarType.BFloat16), bias.to(ScalarType.BFloat16));
         return nn.functional.linear(x, weight, bias);
     }
+
+    /// <summary>Output features [<paramref name="start"/>, <paramref name="start"/> + <paramref name="length"/>) only (a contiguous slice of the weight rows).</summary>
+    public Tensor ForwardRows(Tensor x, long start, long length)
+    {
+        using var w = weight.narrow(0, start, length);
+        using var b = bias.narrow(0, start, length);
+        if (_settings.Precision == ComputePrecision.BFloat16)
+        {
+            using var wb = w.to(ScalarType.BFloat16);
+            using var bb = b.to(ScalarType.BFloat16);
+            using var xb = x.to(ScalarType.BFloat16);
+            return nn.functional.linear(xb, wb, bb);
+        }
+        return nn.functional.linear(x, w, b);
+    }
 }
 
 /// <summary>Patch embedding: a Conv2d with kernel = stride = patch size, flattened to [B, patches, dim].</summary>
@@ -151,6 +166,33 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
+    /// The attention output of the class token alone, [B, 1, D]: its query attends to every token's key and value, and
+    /// only its row goes through the output projection. Used for the last block, whose other tokens never reach the
+    /// head; the same maths as <see cref="forward"/>'s first row, with or without autograd.
+    /// </summary>
+    public Tensor ForwardClassToken(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        long b = x.shape[0], n = x.shape[1];
+        int h = Spec.Heads, dq = Spec.QkDim, dv = Spec.VDim;
+        var cls = x.narrow(1, 0, 1);
+        var q = qkv.ForwardRows(cls, 0, (long)h * dq).view(b, 1, h, dq).transpose(1, 2);   // [B, h, 1, dq]
+        var kv = qkv.ForwardRows(x, (long)h * dq, (long)h * (dq + dv));                      // [B, N, h·dq | h·dv]
+        var parts = kv.split([(long)h * dq, (long)h * dv], -1);
+        var kT = parts[0].view(b, n, h, dq).permute(0, 2, 3, 1);                            // [B, h, dq, N]
+        var v = parts[1].view(b, n, h, dv).transpose(1, 2);                                 // [B, h, N, dv]
+        var p = Scores(q, kT).softmax(-1);                                                  // [B, h, 1, N]
+        var o = matmul(p, v);                                                               // [B, h, 1, dv]
+        if (HeadMask is not null)
+        {
+            var m = HeadMask.to(o.dtype, o.device);
+            o = o.mul(m.view(1, h, 1, 1));
+        }
+        var merged = o.transpose(1, 2).reshape(b, 1, (long)h * dv);
+        return proj.forward(merged).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
     /// Inference without autograd: one batched matrix product per head on strided views of the fused qkv output
     /// (3-D <c>bmm</c> takes them as they are, whereas the 4-D <c>matmul</c> of <see cref="HeadOutputs"/> first copies
     /// q, kᵀ and v into contiguous [B·heads] batches), heads written side by side, then the output projection.
@@ -231,6 +273,23 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
         using (var n1 = norm1.forward(x))
         using (var a = attn.forward(n1))
             x1 = x + a;                                   // float32 residual stream (bf16 promotes)
+        using (x1)
+        using (var n2 = norm2.forward(x1))
+        using (var m = mlp.forward(n2))
+            return x1 + m;
+    }
+
+    /// <summary>
+    /// The block's output for the class token alone, [B, 1, D] (<see cref="Attention.ForwardClassToken"/>, then the
+    /// class token's residual, norm and MLP): what the last block must compute for the head. Works with autograd.
+    /// </summary>
+    public Tensor ForwardClassToken(Tensor x)
+    {
+        Tensor x1;
+        using (var n1 = norm1.forward(x))
+        using (var a = attn.ForwardClassToken(n1))
+        using (var cls = x.narrow(1, 0, 1))
+            x1 = cls + a;                                 // float32 residual stream (bf16 promotes)
         using (x1)
         using (var n2 = norm2.forward(x1))
         using (var m = mlp.forward(n2))

@@ -224,6 +224,31 @@ public sealed record ViTArchitecture
         }
     }
 
+    /// <summary>
+    /// Forward FLOPs of the last block for one image as <see cref="VisionTransformerModel.forward"/> runs it: only the class
+    /// token's output reaches the head, so only its query, attention row, projection and MLP are computed, while keys and
+    /// values are still projected for every token (2 × multiply-adds, as <see cref="BlockForwardFlops"/>).
+    /// </summary>
+    public long ClassTokenBlockForwardFlops(int block)
+    {
+        var b = Blocks[block];
+        long n = SequenceLength, d = EmbedDim;
+        long macs = n * d * (long)b.Heads * (b.QkDim + b.VDim)   // k and v projections, every token
+                  + d * (long)b.Heads * b.QkDim                  // q projection, class token
+                  + (long)b.Heads * n * b.QkDim                  // its q kᵀ row
+                  + (long)b.Heads * n * b.VDim                   // its attention · v
+                  + (long)b.AttentionOutWidth * d                // output projection, class token
+                  + 2 * d * (long)b.MlpHidden;                   // fc1 + fc2, class token
+        return 2 * macs;
+    }
+
+    /// <summary>
+    /// Forward FLOPs per image that <see cref="VisionTransformerModel.forward"/> actually executes to produce logits:
+    /// <see cref="ForwardFlops"/> with the last block counted by <see cref="ClassTokenBlockForwardFlops"/>. Throughput
+    /// benchmarks divide by this; compression ratios use <see cref="ForwardFlops"/>, the usual (timm/fvcore) count.
+    /// </summary>
+    public long ExecutedForwardFlops => ForwardFlops - BlockForwardFlops(Depth - 1) + ClassTokenBlockForwardFlops(Depth - 1);
+
     // ---- equality and serialisation -------------------------------------------------------------------------
 
     /// <inheritdoc />

@@ -131,6 +131,12 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
     /// activations of one slice stay small enough to be reused from the allocator's free lists and the cache instead
     /// of being fresh pages every time (docs/benchmarks.md, "Where inference time goes"). The slices are as even as
     /// possible (64 images with a limit of 42 run as 2 × 32).
+    /// <para>
+    /// The last block computes the class token's output only (the other tokens' outputs never reach the head), with and
+    /// without autograd: the logits and gradients are those of the full computation, for
+    /// <see cref="ViTArchitecture.ExecutedForwardFlops"/> instead of <see cref="ViTArchitecture.ForwardFlops"/>.
+    /// <see cref="ForwardTokens"/> still returns every token.
+    /// </para>
     /// </remarks>
     public override Tensor forward(Tensor images)
     {
@@ -190,8 +196,11 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var x = TokensBeforeBlocks(images);
-        foreach (var b in blocks) x = b.forward(x);
-        using var c = x.select(1, 0);
+        // Only the class token of the last block reaches the head: that block computes its row alone
+        // (Block.ForwardClassToken; the same logits and gradients, about 1/depth fewer FLOPs).
+        for (int i = 0; i < blocks.Count - 1; i++) x = blocks[i].forward(x);
+        using var last = blocks[blocks.Count - 1].ForwardClassToken(x);
+        using var c = last.select(1, 0);
         using var n = norm.forward(c);
         var logits = head.forward(n);
         if (logits.dtype != ScalarType.Float32) logits = logits.to(ScalarType.Float32);
