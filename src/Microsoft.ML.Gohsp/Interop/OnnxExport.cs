@@ -107,8 +107,10 @@ public static class OnnxExport
         var tokens = g.Node("Add", [g.Node("Concat", [cls, patches], GraphBuilder.Int("axis", 1)), g.Const("pos_embed", w["pos_embed"])]);
 
         // ---- blocks ---------------------------------------------------------------------------------------------
+        // The last block computes the class token's row alone, as VisionTransformerModel.forward does: its other tokens never
+        // reach the head (its output is [B, 1, D]).
         for (int b = 0; b < a.Depth; b++)
-            tokens = Block(g, w, $"blocks.{b}.", a.Blocks[b], tokens, a.LayerNormEps);
+            tokens = Block(g, w, $"blocks.{b}.", a.Blocks[b], tokens, a.LayerNormEps, classTokenOnly: b == a.Depth - 1);
 
         // ---- head -----------------------------------------------------------------------------------------------
         var first = g.Node("Gather", [tokens, g.ScalarLong("cls_index", 0)], GraphBuilder.Int("axis", 1));            // [B, D]
@@ -146,7 +148,7 @@ public static class OnnxExport
         return proto;
     }
 
-    private static string Block(GraphBuilder g, Dictionary<string, Tensor> w, string p, ViTBlockSpec spec, string x, double eps)
+    private static string Block(GraphBuilder g, Dictionary<string, Tensor> w, string p, ViTBlockSpec spec, string x, double eps, bool classTokenOnly)
     {
         int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
         // The attention module scales q·kᵀ by 1/√QkDim (QkDim of this block; pruning already folded the dense scale
@@ -160,16 +162,35 @@ public static class OnnxExport
             qkvB.narrow(0, 0, (long)h * dq).mul_(qScale);
         }
         var n1 = LayerNorm(g, w, p + "norm1", x, eps);
-        var qkv = g.Node("Add", [g.Node("MatMul", [n1, g.Const(p + "attn.qkv.weight_t", Transposed(qkvW))]), g.Const(p + "attn.qkv.bias", qkvB)]);
+        string qIn, kIn, vIn;
+        if (classTokenOnly)
+        {
+            // q for the class token only; k and v for every token (the q rows and the k|v rows of the fused projection)
+            long qRows = (long)h * dq, kvRows = (long)h * (dq + dv);
+            var cls = g.Node("Slice", [n1, g.Shape(0), g.Shape(1), g.Shape(1)]);                                        // [B, 1, D]
+            using (var wq = qkvW.narrow(0, 0, qRows)) using (var bq = qkvB.narrow(0, 0, qRows))
+                qIn = g.Node("Add", [g.Node("MatMul", [cls, g.Const(p + "attn.q.weight_t", Transposed(wq))]), g.Const(p + "attn.q.bias", bq.contiguous())]);
+            string kv;
+            using (var wkv = qkvW.narrow(0, qRows, kvRows)) using (var bkv = qkvB.narrow(0, qRows, kvRows))
+                kv = g.Node("Add", [g.Node("MatMul", [n1, g.Const(p + "attn.kv.weight_t", Transposed(wkv))]), g.Const(p + "attn.kv.bias", bkv.contiguous())]);
+            var kvParts = g.Nodes("Split", [kv, g.Shape((long)h * dq, (long)h * dv)], 2, GraphBuilder.Int("axis", 2));
+            (kIn, vIn) = (kvParts[0], kvParts[1]);
+        }
+        else
+        {
+            var qkv = g.Node("Add", [g.Node("MatMul", [n1, g.Const(p + "attn.qkv.weight_t", Transposed(qkvW))]), g.Const(p + "attn.qkv.bias", qkvB)]);
+            var parts = g.Nodes("Split", [qkv, g.Shape((long)h * dq, (long)h * dq, (long)h * dv)], 3, GraphBuilder.Int("axis", 2));
+            (qIn, kIn, vIn) = (parts[0], parts[1], parts[2]);
+        }
         qkvW.Dispose(); qkvB.Dispose();
-        var parts = g.Nodes("Split", [qkv, g.Shape((long)h * dq, (long)h * dq, (long)h * dv)], 3, GraphBuilder.Int("axis", 2));
-        var q = g.Node("Transpose", [g.Node("Reshape", [parts[0], g.Shape(0, 0, h, dq)])], GraphBuilder.Ints("perm", 0, 2, 1, 3));   // [B, h, N, dq]
-        var kT = g.Node("Transpose", [g.Node("Reshape", [parts[1], g.Shape(0, 0, h, dq)])], GraphBuilder.Ints("perm", 0, 2, 3, 1));  // [B, h, dq, N]
-        var v = g.Node("Transpose", [g.Node("Reshape", [parts[2], g.Shape(0, 0, h, dv)])], GraphBuilder.Ints("perm", 0, 2, 1, 3));   // [B, h, N, dv]
+        var q = g.Node("Transpose", [g.Node("Reshape", [qIn, g.Shape(0, 0, h, dq)])], GraphBuilder.Ints("perm", 0, 2, 1, 3));   // [B, h, N or 1, dq]
+        var kT = g.Node("Transpose", [g.Node("Reshape", [kIn, g.Shape(0, 0, h, dq)])], GraphBuilder.Ints("perm", 0, 2, 3, 1));  // [B, h, dq, N]
+        var v = g.Node("Transpose", [g.Node("Reshape", [vIn, g.Shape(0, 0, h, dv)])], GraphBuilder.Ints("perm", 0, 2, 1, 3));   // [B, h, N, dv]
         var attn = g.Node("Softmax", [g.Node("MatMul", [q, kT])], GraphBuilder.Int("axis", -1));
         var heads = g.Node("Reshape", [g.Node("Transpose", [g.Node("MatMul", [attn, v])], GraphBuilder.Ints("perm", 0, 2, 1, 3)), g.Shape(0, 0, (long)h * dv)]);
         var proj = Linear(g, w, p + "attn.proj", heads);
-        var x1 = g.Node("Add", [x, proj]);
+        var residual = classTokenOnly ? g.Node("Slice", [x, g.Shape(0), g.Shape(1), g.Shape(1)]) : x;                      // [B, 1, D] or [B, N, D]
+        var x1 = g.Node("Add", [residual, proj]);
         var n2 = LayerNorm(g, w, p + "norm2", x1, eps);
         var f1 = Linear(g, w, p + "mlp.fc1", n2);
         // exact GELU, x · 0.5 · (1 + erf(x / √2)), in the pattern ONNX Runtime fuses into one Gelu kernel
