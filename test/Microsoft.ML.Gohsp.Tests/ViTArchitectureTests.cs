@@ -121,6 +121,37 @@ public class ViTArchitectureTests
     }
 
     [Fact]
+    public void BFloat16PrecisionTracksFloat32AndTrainsFloat32MasterWeights()
+    {
+        using var model = new VisionTransformerModel(Heterogeneous(), seed: 4);
+        using var x = randn(4, 3, 32, 32);
+        model.eval();
+        double relative;
+        using (no_grad())
+        using (var fp32 = model.forward(x))
+        {
+            model.Precision = ComputePrecision.BFloat16;
+            using var bf16 = model.forward(x);
+            bf16.dtype.Should().Be(ScalarType.Float32, "logits come back in float32");
+            relative = TensorAssert.MaxAbsDiff(bf16, fp32) / fp32.abs().max().item<float>();
+        }
+        relative.Should().BeGreaterThan(0, "the products really ran in bfloat16").And.BeLessThan(0.02, "bfloat16 tracks float32");
+
+        model.train();
+        using (var logits = model.forward(x))
+        using (var loss = logits.square().sum())
+            loss.backward();
+        foreach (var (name, p) in model.named_parameters())
+        {
+            p.dtype.Should().Be(ScalarType.Float32, name);
+            p.grad.Should().NotBeNull(name);
+            p.grad!.dtype.Should().Be(ScalarType.Float32, name);
+            p.grad.isfinite().all().item<bool>().Should().BeTrue(name);
+        }
+        model.Blocks[2].attn.qkv.weight.grad!.abs().sum().item<float>().Should().BeGreaterThan(0, "the last block's q/k/v rows get gradients");
+    }
+
+    [Fact]
     public void ExecutedForwardFlopsCountTheLastBlocksClassTokenOnly()
     {
         var arch = ViTArchitecture.CifarTiny();
