@@ -83,6 +83,33 @@ public class ViTClassificationTrainerTests : IClassFixture<TrainedModelFixture>
     }
 
     [Fact]
+    public void BFloat16TrainingFitsAFloat32ModelThatDiffersFromTheFloat32Run()
+    {
+        var ml = new MLContext(1);
+        var small = Cifar10.ToDataView(ml, _f.TrainSet.Take(256));
+        VisionTransformerModel Fit(ComputePrecision precision)
+        {
+            var o = TrainedModelFixture.SmallOptions();
+            o.Epochs = 1;
+            o.ImageColumnName = "Pixels";
+            o.TrainingPrecision = precision;
+            var chain = ml.Transforms.Conversion.MapValueToKey("Label")
+                .Append(ml.Transforms.ExtractPixels("Pixels", "Image", interleavePixelColors: false))
+                .Append(ml.MulticlassClassification.Trainers.ViTClassification(o)).Fit(small);
+            var scores = chain.Transform(small).GetColumn<float[]>("Score").Take(8).ToList();
+            scores.Should().OnlyContain(s => s.Length == 10 && s.All(float.IsFinite) && Math.Abs(s.Sum() - 1) < 1e-4);
+            return chain.LastTransformer.Model.Model;
+        }
+        var bf16 = Fit(ComputePrecision.BFloat16);
+        var fp32 = Fit(ComputePrecision.Float32);
+        bf16.Precision.Should().Be(ComputePrecision.Float32, "bf16 is a training mode: the fitted model infers in float32");
+        bf16.parameters().Should().OnlyContain(p => p.dtype == TorchSharp.torch.ScalarType.Float32, "master weights stay float32");
+        var a = bf16.state_dict();
+        var b = fp32.state_dict();
+        a.Keys.Max(k => TensorAssert.MaxAbsDiff(a[k], b[k])).Should().BeGreaterThan(1e-4, "the same seed trained in bf16 takes another path than in fp32");
+    }
+
+    [Fact]
     public void MLImageInputTrainsAndScoresInMemoryAndRefusesAnUnloadableSave()
     {
         var ml = new MLContext(1);
