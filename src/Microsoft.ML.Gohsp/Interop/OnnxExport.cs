@@ -169,16 +169,16 @@ public static class OnnxExport
             long qRows = (long)h * dq, kvRows = (long)h * (dq + dv);
             var cls = g.Node("Slice", [n1, g.Shape(0), g.Shape(1), g.Shape(1)]);                                        // [B, 1, D]
             using (var wq = qkvW.narrow(0, 0, qRows)) using (var bq = qkvB.narrow(0, 0, qRows))
-                qIn = g.Node("Add", [g.Node("MatMul", [cls, g.Const(p + "attn.q.weight_t", Transposed(wq))]), g.Const(p + "attn.q.bias", bq.contiguous())]);
+                qIn = Affine(g, p + "attn.q", cls, wq, bq);
             string kv;
             using (var wkv = qkvW.narrow(0, qRows, kvRows)) using (var bkv = qkvB.narrow(0, qRows, kvRows))
-                kv = g.Node("Add", [g.Node("MatMul", [n1, g.Const(p + "attn.kv.weight_t", Transposed(wkv))]), g.Const(p + "attn.kv.bias", bkv.contiguous())]);
+                kv = Affine(g, p + "attn.kv", n1, wkv, bkv);
             var kvParts = g.Nodes("Split", [kv, g.Shape((long)h * dq, (long)h * dv)], 2, GraphBuilder.Int("axis", 2));
             (kIn, vIn) = (kvParts[0], kvParts[1]);
         }
         else
         {
-            var qkv = g.Node("Add", [g.Node("MatMul", [n1, g.Const(p + "attn.qkv.weight_t", Transposed(qkvW))]), g.Const(p + "attn.qkv.bias", qkvB)]);
+            var qkv = Affine(g, p + "attn.qkv", n1, qkvW, qkvB);
             var parts = g.Nodes("Split", [qkv, g.Shape((long)h * dq, (long)h * dq, (long)h * dv)], 3, GraphBuilder.Int("axis", 2));
             (qIn, kIn, vIn) = (parts[0], parts[1], parts[2]);
         }
@@ -201,7 +201,11 @@ public static class OnnxExport
     }
 
     private static string Linear(GraphBuilder g, Dictionary<string, Tensor> w, string name, string x) =>
-        g.Node("Add", [g.Node("MatMul", [x, g.Const(name + ".weight_t", Transposed(w[name + ".weight"]))]), g.Const(name + ".bias", w[name + ".bias"])]);
+        Affine(g, name, x, w[name + ".weight"], w[name + ".bias"]);
+
+    /// <summary>x·weightᵀ + bias, with the weight stored transposed as <c>{name}.weight_t</c> and the bias as <c>{name}.bias</c>.</summary>
+    private static string Affine(GraphBuilder g, string name, string x, Tensor weight, Tensor bias) =>
+        g.Node("Add", [g.Node("MatMul", [x, g.Const(name + ".weight_t", Transposed(weight))]), g.Const(name + ".bias", bias)]);
 
     private static string LayerNorm(GraphBuilder g, Dictionary<string, Tensor> w, string name, string x, double eps) =>
         g.Node("LayerNormalization", [x, g.Const(name + ".weight", w[name + ".weight"]), g.Const(name + ".bias", w[name + ".bias"])],

@@ -24,26 +24,24 @@ internal sealed class ViTLinear : nn.Module<Tensor, Tensor>
     public int InFeatures => (int)weight.shape[1];
     public int OutFeatures => (int)weight.shape[0];
 
-    public override Tensor forward(Tensor x)
-    {
-        if (_settings.Precision == ComputePrecision.BFloat16)
-            return nn.functional.linear(x.to(ScalarType.BFloat16), weight.to(ScalarType.BFloat16), bias.to(ScalarType.BFloat16));
-        return nn.functional.linear(x, weight, bias);
-    }
+    public override Tensor forward(Tensor x) => Linear(x, weight, bias);
 
     /// <summary>Output features [<paramref name="start"/>, <paramref name="start"/> + <paramref name="length"/>) only (a contiguous slice of the weight rows).</summary>
     public Tensor ForwardRows(Tensor x, long start, long length)
     {
         using var w = weight.narrow(0, start, length);
         using var b = bias.narrow(0, start, length);
-        if (_settings.Precision == ComputePrecision.BFloat16)
-        {
-            using var wb = w.to(ScalarType.BFloat16);
-            using var bb = b.to(ScalarType.BFloat16);
-            using var xb = x.to(ScalarType.BFloat16);
-            return nn.functional.linear(xb, wb, bb);
-        }
-        return nn.functional.linear(x, w, b);
+        return Linear(x, w, b);
+    }
+
+    /// <summary>x·wᵀ + b, on bfloat16 casts when the model computes in <see cref="ComputePrecision.BFloat16"/>.</summary>
+    private Tensor Linear(Tensor x, Tensor w, Tensor b)
+    {
+        if (_settings.Precision != ComputePrecision.BFloat16) return nn.functional.linear(x, w, b);
+        using var xb = x.to(ScalarType.BFloat16);
+        using var wb = w.to(ScalarType.BFloat16);
+        using var bb = b.to(ScalarType.BFloat16);
+        return nn.functional.linear(xb, wb, bb);
     }
 }
 
@@ -131,9 +129,24 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
         using (q)
         using (kT)
         using (v)
-        using (var s = Scores(q, kT))
-        using (var p = s.softmax(-1))
-            return matmul(p, v);
+            return Attend(q, kT, v);
+    }
+
+    /// <summary>softmax(q·kᵀ/√dq)·v per head: [B, heads, T, vDim] for queries q [B, heads, T, dq].</summary>
+    private Tensor Attend(Tensor q, Tensor kT, Tensor v)
+    {
+        using var s = Scores(q, kT);
+        using var p = s.softmax(-1);
+        return matmul(p, v);
+    }
+
+    /// <summary>Per-head outputs [B, heads, T, vDim], times the head mask, side by side through the output projection: [B, T, D].</summary>
+    private Tensor ProjectHeads(Tensor o)
+    {
+        using var scope = NewDisposeScope();
+        if (HeadMask is not null) o = o.mul(HeadMask.to(o.dtype, o.device).view(1, Spec.Heads, 1, 1));
+        var merged = o.transpose(1, 2).reshape(o.shape[0], o.shape[2], Spec.AttentionOutWidth);
+        return proj.forward(merged).MoveToOuterDisposeScope();
     }
 
     /// <summary>Attention probabilities per head: [B, heads, N, N] (used by attention-map head similarities).</summary>
@@ -151,18 +164,8 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         if (!is_grad_enabled()) return ForwardInference(x);
-        long b = x.shape[0], n = x.shape[1];
-        var o = HeadOutputs(x);                                       // [B, h, N, dv]
-        if (HeadMask is not null)
-        {
-            using var m = HeadMask.to(o.dtype, o.device);
-            var masked = o.mul(m.view(1, Spec.Heads, 1, 1));
-            o.Dispose();
-            o = masked;
-        }
-        using (o)
-        using (var merged = o.transpose(1, 2).reshape(b, n, Spec.AttentionOutWidth))
-            return proj.forward(merged);
+        using var o = HeadOutputs(x);                                 // [B, h, N, dv]
+        return ProjectHeads(o);
     }
 
     /// <summary>
@@ -181,15 +184,7 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
         var parts = kv.split([(long)h * dq, (long)h * dv], -1);
         var kT = parts[0].view(b, n, h, dq).permute(0, 2, 3, 1);                            // [B, h, dq, N]
         var v = parts[1].view(b, n, h, dv).transpose(1, 2);                                 // [B, h, N, dv]
-        var p = Scores(q, kT).softmax(-1);                                                  // [B, h, 1, N]
-        var o = matmul(p, v);                                                               // [B, h, 1, dv]
-        if (HeadMask is not null)
-        {
-            var m = HeadMask.to(o.dtype, o.device);
-            o = o.mul(m.view(1, h, 1, 1));
-        }
-        var merged = o.transpose(1, 2).reshape(b, 1, (long)h * dv);
-        return proj.forward(merged).MoveToOuterDisposeScope();
+        return ProjectHeads(Attend(q, kT, v)).MoveToOuterDisposeScope();                    // Attend: [B, h, 1, dv]
     }
 
     /// <summary>
