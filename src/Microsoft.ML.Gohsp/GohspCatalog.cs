@@ -36,6 +36,7 @@ public static class GohspCatalog
         ViTClassificationTrainer.Options options)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         ArgumentNullException.ThrowIfNull(options);
         return new ViTClassificationTrainer(CatalogUtils.GetEnvironment(catalog), options);
     }
@@ -47,6 +48,7 @@ public static class GohspCatalog
     public static void SaveAtomically(this ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, string path)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         AtomicFile.Write(path, stream => catalog.Save(model, inputSchema, stream));
     }
 
@@ -61,6 +63,7 @@ public static class GohspCatalog
     public static GohspPruningEstimator GohspPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? denseModel = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new GohspPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
     }
 
@@ -75,6 +78,7 @@ public static class GohspCatalog
     public static GohspHeadRankingEstimator GohspRankHeads(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new GohspHeadRankingEstimator(CatalogUtils.GetEnvironment(catalog), options, model);
     }
 
@@ -85,6 +89,7 @@ public static class GohspCatalog
     public static GohspSoftPruningEstimator GohspSoftPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new GohspSoftPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, model);
     }
 
@@ -97,6 +102,7 @@ public static class GohspCatalog
         ITransformer? teacher = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new GohspHardPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, model, teacher);
     }
 
@@ -122,6 +128,7 @@ public static class GohspCatalog
     public static SompPruningEstimator SompPrune(this TransformsCatalog catalog, SompPruningEstimator.Options options, ITransformer? denseModel = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new SompPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
     }
 
@@ -147,6 +154,7 @@ public static class GohspCatalog
     public static SgmpPruningEstimator SgmpPrune(this TransformsCatalog catalog, SgmpPruningEstimator.Options options, ITransformer? denseModel = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new SgmpPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
     }
 
@@ -172,6 +180,7 @@ public static class GohspCatalog
         PretrainedViTOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return PretrainedViTTransformer.Create(CatalogUtils.GetEnvironment(catalog), path, options ?? new PretrainedViTOptions());
     }
 
@@ -191,6 +200,7 @@ public static class GohspCatalog
         OnnxExportOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         ArgumentNullException.ThrowIfNull(model);
         var vit = DenseViTLocator.FindViT(model)?.Model ?? throw new ArgumentException(
             $"The model is a {model.GetType().Name} without a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(model));
