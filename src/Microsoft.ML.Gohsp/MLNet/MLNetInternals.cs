@@ -32,7 +32,7 @@ namespace Microsoft.ML.Gohsp.MLNet
     /// <c>ModelLoadContext</c>, <c>VersionInfo</c> and <c>[LoadableClass]</c> (ViTModelParameters); the
     /// <c>MulticlassPredictionTransformer</c> constructor and <c>CatalogUtils</c> (trainer, pruning estimators, catalog); the
     /// scorer internals walked by <see cref="ScoringPredictor"/> (DenseViTLocator). Which Microsoft.ML versions the package
-    /// accepts is declared in Directory.Build.props (<c>MicrosoftMLVersionRange</c>); <see cref="MissingMembers"/> tells,
+    /// accepts is declared in Directory.Build.props (<c>MicrosoftMLVersionRange</c>); <see cref="MissingMembers()"/> tells,
     /// member by member, whether the loaded ML.NET still has everything, and a test runs it.
     /// </summary>
     internal static class MLNetInternals
