@@ -61,6 +61,21 @@ consumer_check() {
     -p:VersionSuffix="${version#"$prefix"-}" -nologo -clp:"ErrorsOnly;Summary"
   dotnet build test/consumer/GohspConsumer.csproj -c "$CONFIGURATION" -p:GohspPackageVersion="$version" -nologo -clp:"ErrorsOnly;Summary"
   dotnet test/consumer/bin/"$CONFIGURATION"/net10.0/GohspConsumer.dll "$(cifar_subset)" artifacts/consumer
+  readme_snippet_check "$version"
+}
+
+# The README's "Using it" program compiles as shown: its csharp block becomes the Program.cs of an app built like
+# test/consumer (same project file, the package just packed), outside the repository's build settings.
+readme_snippet_check() {
+  local dir=artifacts/readme-snippet
+  rm -rf "$dir" && mkdir -p "$dir"
+  awk '/^```csharp/{n++; if (n==1) {p=1; next}} /^```/{p=0} p' README.md > "$dir/Program.cs"
+  [ -s "$dir/Program.cs" ] || { echo "error: README.md has no csharp block" >&2; exit 1; }
+  cp test/consumer/GohspConsumer.csproj "$dir/ReadmeSnippet.csproj"
+  cp test/consumer/Directory.Build.props test/consumer/Directory.Build.targets "$dir/"
+  sed 's#"../../artifacts/feed"#"../feed"#' test/consumer/nuget.config > "$dir/nuget.config"
+  echo "README snippet check: building the 'Using it' program against Microsoft.ML.Gohsp $1"
+  dotnet build "$dir/ReadmeSnippet.csproj" -c "$CONFIGURATION" -p:GohspPackageVersion="$1" -nologo -clp:"ErrorsOnly;Summary"
 }
 
 build() { dotnet build Microsoft.ML.Gohsp.sln -c "$CONFIGURATION" -p:TorchBackend="$TORCH_BACKEND" -nologo -clp:"ErrorsOnly;Summary"; }
