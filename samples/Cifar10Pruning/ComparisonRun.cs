@@ -65,6 +65,8 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
 
         // 4. Save, reload in a fresh MLContext, evaluate, time.
         var testTensor = testSet.ToTensorData();
+        // The models' class indices are the Label key's order (MapValueToKey: order of first appearance), not CIFAR's.
+        var testLabels = ModelClassIndices(prepared.Schema["Label"], testSet);
         TorchDevices.ApplyThreads(options.Threads);
         var denseLogProbabilities = LogProbabilities(dense.Model, testTensor);
         var entries = new List<ModelEntry>();
@@ -72,7 +74,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
         {
             string zip = Path.Combine(outDir, template.Model);
             ml.Model.SaveAtomically(Full(predictor), train.Schema, zip);
-            entries.Add(Measure(template, zip, predictor.Model.PruningReport, testTensor, denseLogProbabilities, showPredictions: template == models[^1].Template));
+            entries.Add(Measure(template, zip, predictor.Model.PruningReport, testTensor, testLabels, denseLogProbabilities, showPredictions: template == models[^1].Template));
         }
 
         return new SampleReport
@@ -135,7 +137,9 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
     {
         var o = TrainerOptions(seed, options.PostEpochs, progress);
         var recipe = PostDenseRecipe(seed);
-        (o.LearningRate, o.MinLearningRate, o.WarmupEpochs) = (recipe.LearningRate, recipe.MinLearningRate, recipe.WarmupEpochs);
+        // the whole post-dense schedule in one stage, as SOMP gets it (the same warm-up cap)
+        (o.LearningRate, o.MinLearningRate, o.WarmupEpochs) =
+            (recipe.LearningRate, recipe.MinLearningRate, PruningProtocol.WarmupFor(options.PostEpochs, recipe.WarmupEpochs));
         return o;
     }
 
@@ -171,6 +175,16 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
     private static float[] LogProbabilities(ViTModelParameters model, ImageTensorData data) =>
         model.PredictProbabilities(data).Select(p => MathF.Log(MathF.Max(p, 1e-30f))).ToArray();
 
+    /// <summary>Each test image's class as the model's output index: the position of its class name in the key column's values.</summary>
+    private static int[] ModelClassIndices(DataViewSchema.Column labelKey, Cifar10Dataset data)
+    {
+        VBuffer<ReadOnlyMemory<char>> names = default;
+        labelKey.GetKeyValues(ref names);
+        var index = names.DenseValues().Select((n, i) => (Name: n.ToString(), i)).ToDictionary(t => t.Name, t => t.i);
+        return Enumerable.Range(0, data.Count).Select(i => index.TryGetValue(data.GetClassName(i), out int k) ? k
+            : throw new InvalidDataException($"Test class '{data.GetClassName(i)}' is not among the training labels.")).ToArray();
+    }
+
     private static ModelEntry Template(string method, double sparsity, int seed, string split, double seconds, string zip) => new()
     {
         Method = method, Sparsity = sparsity, Seed = seed, EpochSplit = split, TrainSeconds = seconds, Model = zip,
@@ -179,7 +193,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
     };
 
     /// <summary>Loads the saved zip in a fresh MLContext (what an app does) and measures accuracy and speed on it.</summary>
-    private ModelEntry Measure(ModelEntry template, string zip, PruningReport? pruning, ImageTensorData testTensor, float[] denseLogProbabilities,
+    private ModelEntry Measure(ModelEntry template, string zip, PruningReport? pruning, ImageTensorData testTensor, int[] testLabels, float[] denseLogProbabilities,
         bool showPredictions)
     {
         var fresh = new MLContext(template.Seed);
@@ -189,7 +203,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
         var sw = Stopwatch.StartNew();
         var metrics = fresh.MulticlassClassification.Evaluate(loaded.Transform(Cifar10.ToDataView(fresh, testSet)));
         double mlnetRate = testSet.Count / sw.Elapsed.TotalSeconds;
-        var fidelity = Fidelity.Compute(LogProbabilities(vit, testTensor), denseLogProbabilities, testTensor.Labels, vit.Architecture.NumClasses);
+        var fidelity = Fidelity.Compute(LogProbabilities(vit, testTensor), denseLogProbabilities, testLabels, vit.Architecture.NumClasses);
         double batchRate = options.NoSpeed ? double.NaN : Speed.BatchImagesPerSecond(vit, testTensor);
         var (engineMs, rawMs) = options.NoSpeed ? (double.NaN, double.NaN) : Speed.SingleImageLatency(fresh, loaded, vit, testSet);
 
@@ -213,6 +227,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
             Flops = arch.ForwardFlops,
             AchievedSparsity = pruning?.AchievedSparsity ?? 0,
             Top1 = metrics.MicroAccuracy,
+            RawTop1 = fidelity.Top1,
             Nll = fidelity.Nll,
             Agreement = fidelity.Agreement,
             KlFromDense = fidelity.KlFromDense,

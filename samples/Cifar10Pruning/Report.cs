@@ -41,6 +41,11 @@ internal sealed record ModelEntry
     /// <summary>The saved ML.NET model zip (file name in the output folder).</summary>
     public required string Model { get; init; }
     public required IReadOnlyList<BlockShape> Blocks { get; init; }
+    /// <summary>
+    /// Top-1 of the raw batched model over the test split, computed with the NLL and KL (the same as <see cref="Top1"/>,
+    /// ML.NET's Evaluate, up to ties): a check that the fidelity metrics read the right labels.
+    /// </summary>
+    public double? RawTop1 { get; init; }
     /// <summary>Test NLL: mean −ln p(label) of the reloaded model over the test split.</summary>
     public double? Nll { get; init; }
     /// <summary>Fraction of test images on which this model predicts the same class as the dense model every method starts from.</summary>

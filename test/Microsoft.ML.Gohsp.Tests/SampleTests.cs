@@ -86,6 +86,8 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         foreach (var e in new[] { dense, gohsp })
         {
             e.GetProperty("nll").GetDouble().Should().BeInRange(0.5, 5, "a 10-class model near chance has NLL near ln 10 = 2.3");
+            e.GetProperty("raw_top1").GetDouble().Should().BeApproximately(e.GetProperty("top1").GetDouble(), 0.0034,
+                "the fidelity metrics read each image's class as the model's output index (≤ 1 of 300 images may differ by a tie)");
             e.GetProperty("kl_from_dense").GetDouble().Should().BeGreaterThanOrEqualTo(0);
             e.GetProperty("agreement").GetDouble().Should().BeInRange(0.05, 1);
         }
@@ -146,6 +148,14 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         text.Split('\n').Should().Contain(l => l.StartsWith("| gohsp | 50% ") && l.Contains("| 2 |") && l.Contains(expected), "mean ± sample std over the 2 seeds");
         text.Split('\n').Should().Contain(l => l.StartsWith("| dense | — | 2 |"));
         File.Exists(Path.Combine(tmp.Path, "results-top1-vs-params.png")).Should().BeTrue();
+
+        // paired by seed: GOHSP − dense reference is d and d + 0.1, so mean d + 0.05, sample std 0.0707, and the 95% interval
+        // is ± t(0.975, 1 dof) = 12.706 × 0.0707 / √2 = ± 0.6353 (× 100 in points)
+        double d = top1 - report["dense"]!["top1"]!.GetValue<double>();
+        double half = 12.7062047 * Math.Sqrt(2 * 0.05 * 0.05) / Math.Sqrt(2);
+        string ci = string.Create(System.Globalization.CultureInfo.InvariantCulture, $"[{(d + 0.05 - half) * 100:F2}, {(d + 0.05 + half) * 100:F2}]");
+        text.Split('\n').Should().Contain(l => l.StartsWith("| 50% | GOHSP − dense reference | 2 |") && l.Contains(ci), "a paired 95% Student-t interval");
+        File.Exists(Path.Combine(tmp.Path, "results-paired-differences.png")).Should().BeTrue();
     }
 
     public static TheoryData<string, string[], string> BadInputs => new()

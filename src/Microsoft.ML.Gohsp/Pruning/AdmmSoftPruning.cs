@@ -46,6 +46,12 @@ public sealed class AdmmOptions
     public double SparsityRampFraction { get; set; } = 0.5;
     /// <summary>How the penalty enters the W-subproblem. Default <see cref="AdmmPenalty.Decoupled"/>.</summary>
     public AdmmPenalty Penalty { get; set; } = AdmmPenalty.Decoupled;
+    /// <summary>
+    /// With the decoupled penalty: apply the proximal pull only outside Z's support (Z tracks W on its support between
+    /// updates), so the kept weights learn at the optimiser's rate instead of being pulled back to their values at the last
+    /// Z update. Default true.
+    /// </summary>
+    public bool PullOutsideSupportOnly { get; set; } = true;
 
     internal void Validate()
     {
@@ -78,6 +84,8 @@ public sealed class AdmmSoftPruning : ITrainingHook
     private readonly Func<VisionTransformerModel, Func<TorchSharp.Modules.Parameter, Tensor>, BlockImportance[]> _importance;
     private readonly int _epochs;
     private readonly List<(Parameter W, Tensor Z, Tensor U)> _vars = new();
+    // per matrix: 1 outside the current support of Z, 0 on it (a broadcastable row or column vector)
+    private readonly List<Tensor> _outside = new();
     private int _updateEvery;
     private long _rampSteps, _totalSteps;
     private double _rho, _growth;
@@ -168,6 +176,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
                 }
             Plan = _restoredPlan;
             _planSparsity = _restoredPlanSparsity;
+            if (Plan is not null) SetSupport(model, Plan);
         }
     }
 
@@ -193,14 +202,26 @@ public sealed class AdmmSoftPruning : ITrainingHook
         foreach (var (w, _, u) in _vars) uOf[w] = u;
         var imp = _importance(model, p => p + uOf[p]);
         Plan = StructuredProjection.Allocate(model.Architecture, imp, sparsity, _budget, _heads);
-        var masks = StructuredProjection.Masks(model.Architecture, Plan, model.parameters().First().device);
-        int i = 0;
-        foreach (var (_, mask) in StructuredProjection.PrunableWithMasks(model, masks))
+        SetSupport(model, Plan);
+        for (int i = 0; i < _vars.Count; i++)
         {
-            var (w, z, u) = _vars[i++];
-            z.copy_((w + u) * mask);
+            var (w, z, u) = _vars[i];
+            z.copy_((w + u) * (1 - _outside[i]));
         }
-        foreach (var m in masks) m.Dispose();
+    }
+
+    private void SetSupport(VisionTransformerModel model, StructurePlan plan)
+    {
+        using var _ = no_grad();
+        foreach (var t in _outside) t.Dispose();
+        _outside.Clear();
+        var masks = StructuredProjection.Masks(model.Architecture, plan, model.parameters().First().device);
+        try
+        {
+            foreach (var (_, mask) in StructuredProjection.PrunableWithMasks(model, masks))
+                _outside.Add((1 - mask).DetachFromDisposeScope());
+        }
+        finally { foreach (var m in masks) m.Dispose(); }
     }
 
     /// <inheritdoc />
@@ -224,9 +245,11 @@ public sealed class AdmmSoftPruning : ITrainingHook
             // exact proximal map of (ρ/2)‖W − (Z − U)‖² with step η: W ← (W + ηρ(Z − U)) / (1 + ηρ)
             double c = learningRate * _rho / (1 + learningRate * _rho);
             using var _ = no_grad();
-            foreach (var (w, z, u) in _vars)
+            for (int i = 0; i < _vars.Count; i++)
             {
-                using var d = w - z + u;
+                var (w, z, u) = _vars[i];
+                // outside the support Z is 0, so W − Z + U = W + U there
+                using var d = _o.PullOutsideSupportOnly ? (w + u).mul_(_outside[i]) : w - z + u;
                 w.add_(d, alpha: -c);
             }
         }
@@ -251,9 +274,17 @@ public sealed class AdmmSoftPruning : ITrainingHook
     {
         using var _ = no_grad();
         double s = 0;
-        foreach (var (w, z, _) in _vars) { using var d = (w - z).square().sum(); s += d.ToDouble(); }
+        for (int i = 0; i < _vars.Count; i++)
+        {
+            var (w, z, _) = _vars[i];
+            // with the pull outside the support only, Z tracks W on its support: the residual is W outside it
+            using var d = Tracking ? (w * _outside[i]).square().sum() : (w - z).square().sum();
+            s += d.ToDouble();
+        }
         return Math.Sqrt(s);
     }
+
+    private bool Tracking => _o.Penalty == AdmmPenalty.Decoupled && _o.PullOutsideSupportOnly;
 
     /// <inheritdoc />
     public void OnEpochEnd(VisionTransformerModel model, int epoch, IDictionary<string, double> extra)
