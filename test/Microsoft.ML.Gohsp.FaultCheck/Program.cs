@@ -42,6 +42,7 @@ try
 }
 catch (Exception e) when (args[0].StartsWith("open-", StringComparison.Ordinal))
 {
+    while (e is System.Reflection.TargetInvocationException { InnerException: { } inner }) e = inner; // ML.NET's loader invokes by reflection
     stdout.WriteLine($"REFUSED {e.GetType().Name}: {e.Message}");
     return 3;
 }
