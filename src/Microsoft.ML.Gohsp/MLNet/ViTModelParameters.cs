@@ -27,9 +27,10 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
     internal const string WeightsStream = "TSModel";
 
     /// <summary>
-    /// The model-zip format this version writes. Format 1: architecture, precision field (whose bit 0x100 announces a head-mask
-    /// section) and TorchSharp weights. Format 2: the same layout, with the head-mask section part of the format, so that
-    /// readers older than the head masks refuse it instead of misreading it. Bump it whenever the format changes.
+    /// The model-zip format this version writes. Format 1: input kind (planar vector or MLImage), pre-processing, architecture,
+    /// precision field (whose bit 0x100 announces a head-mask section) and TorchSharp weights. Format 2: input kind 2 (encoded
+    /// image bytes) and the head-mask section are part of the format, so that older readers refuse such a zip instead of
+    /// misreading it. Bump it whenever the format changes.
     /// </summary>
     internal const int FormatVersion = 2;
 
@@ -95,12 +96,12 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
         : base(env, LoaderSignature, ctx)
     {
         // *** Binary format ***
-        // int: input kind (0 = planar vector, 1 = MLImage)
-        // int, int: declared image height, width of the MLImage column type (input kind 1)
+        // int: input kind (0 = planar vector, 1 = MLImage, 2 = encoded image bytes)
+        // int, int: declared image height, width of the MLImage column type (input kind 1); byte vector size, 0 (kind 2; 0 = variable)
         // preprocessing (see ViTPreprocessing.Write)
         // stream "TSModel": ViTArchitecture + TorchSharp Module.save weights
         int kind = ctx.Reader.ReadInt32();
-        if (kind is not (0 or 1)) throw new InvalidDataException($"The ViT model stored in this ML.NET zip is corrupted: unknown input kind {kind}.");
+        if (kind is not (0 or 1 or 2)) throw new InvalidDataException($"The ViT model stored in this ML.NET zip is corrupted: unknown input kind {kind}.");
         InputKind = (ImageInputKind)kind;
         int declaredH = ctx.Reader.ReadInt32(), declaredW = ctx.Reader.ReadInt32();
         Preprocessing = ViTPreprocessing.Read(ctx.Reader);
@@ -122,9 +123,12 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
         PruningReportJson = report;
         PruningReport = report is null ? null : Pruning.PruningReport.FromJson(report);
         var a = model.Architecture;
-        _inputType = InputKind == ImageInputKind.Image
-            ? new ImageDataViewType(declaredH, declaredW)
-            : new VectorDataViewType(NumberDataViewType.Single, a.Channels, a.ImageSize, a.ImageSize);
+        _inputType = InputKind switch
+        {
+            ImageInputKind.Image => new ImageDataViewType(declaredH, declaredW),
+            ImageInputKind.EncodedBytes => declaredH > 0 ? new VectorDataViewType(NumberDataViewType.Byte, declaredH) : new VectorDataViewType(NumberDataViewType.Byte),
+            _ => new VectorDataViewType(NumberDataViewType.Single, a.Channels, a.ImageSize, a.ImageSize),
+        };
         _outputType = new VectorDataViewType(NumberDataViewType.Single, a.NumClasses);
         _device = TorchDevices.Resolve(ViTDevice.Auto);
         Model.to(_device);
@@ -155,13 +159,14 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
             throw new NotSupportedException(
                 "This ViT model was trained directly on an MLImage column. ML.NET 5.0.1 cannot save such a model: its " +
                 "BinarySaver has no codec for MLImage columns, so the train schema would lose the feature column and the " +
-                "zip could not be loaded again. Put mlContext.Transforms.ExtractPixels(\"Pixels\", \"Image\", interleavePixelColors: false) " +
-                "before the trainer and set ImageColumnName = \"Pixels\"; that pipeline saves, loads and accepts MLImage input.");
+                "zip could not be loaded again. Feed the trainer the image files' bytes instead (mlContext.Transforms.LoadRawImageBytes), or put " +
+                "mlContext.Transforms.ExtractPixels(\"Pixels\", \"Image\", interleavePixelColors: false) before the trainer and set ImageColumnName = \"Pixels\"; " +
+                "both pipelines save and load.");
         base.SaveCore(ctx);
         ctx.SetVersionInfo(GetVersionInfo());
         ctx.Writer.Write((int)InputKind);
         var img = _inputType as ImageDataViewType;
-        ctx.Writer.Write(img?.Height ?? 0);
+        ctx.Writer.Write(img?.Height ?? (InputKind == ImageInputKind.EncodedBytes ? ((VectorDataViewType)_inputType).Size : 0));
         ctx.Writer.Write(img?.Width ?? 0);
         Preprocessing.Write(ctx.Writer);
         ctx.SaveBinaryStream(WeightsStream, w => Model.Save(w));
@@ -193,12 +198,17 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
             ValueMapper<VBuffer<float>, VBuffer<float>> del = MapVector;
             return (ValueMapper<TIn, TOut>)(Delegate)del;
         }
+        if (typeof(TIn) == typeof(VBuffer<byte>))
+        {
+            ValueMapper<VBuffer<byte>, VBuffer<float>> del = MapEncoded;
+            return (ValueMapper<TIn, TOut>)(Delegate)del;
+        }
         if (typeof(TIn) == typeof(MLImage))
         {
             ValueMapper<MLImage, VBuffer<float>> del = MapImage;
             return (ValueMapper<TIn, TOut>)(Delegate)del;
         }
-        throw Host.Except($"A ViT model cannot score input of type {typeof(TIn).Name}; expected MLImage or VBuffer<Single>.");
+        throw Host.Except($"A ViT model cannot score input of type {typeof(TIn).Name}; expected MLImage, VBuffer<Byte> (encoded image) or VBuffer<Single>.");
     }
 
     private void MapVector(in VBuffer<float> src, ref VBuffer<float> dst)
@@ -214,6 +224,14 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
         var a = Architecture;
         var x = new float[a.Channels * a.ImageSize * a.ImageSize];
         ImageColumn.CopyImage(src, x, a.ImageSize, "Image");
+        Score(x, ref dst);
+    }
+
+    private void MapEncoded(in VBuffer<byte> src, ref VBuffer<float> dst)
+    {
+        var a = Architecture;
+        var x = new float[a.Channels * a.ImageSize * a.ImageSize];
+        ImageColumn.CopyEncoded(src, x, a.ImageSize, "Image");
         Score(x, ref dst);
     }
 
