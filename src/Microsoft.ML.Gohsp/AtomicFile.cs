@@ -14,7 +14,7 @@ public static class AtomicFile
         var full = Path.GetFullPath(path);
         var dir = Path.GetDirectoryName(full) ?? ".";
         Directory.CreateDirectory(dir);
-        var tmp = Path.Combine(dir, "." + Path.GetFileName(full) + "." + Guid.NewGuid().ToString("N")[..8] + ".tmp");
+        var tmp = Path.Combine(dir, TemporaryPrefix(full) + Guid.NewGuid().ToString("N")[..8] + ".tmp");
         try
         {
             using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
@@ -30,4 +30,27 @@ public static class AtomicFile
             throw;
         }
     }
+
+    /// <summary>
+    /// Deletes the temporary files that an interrupted <see cref="Write"/> of <paramref name="path"/> left behind (a process
+    /// killed between creating the temporary file and renaming it). Call it when no other process writes the same file.
+    /// </summary>
+    /// <returns>The deleted files.</returns>
+    public static IReadOnlyList<string> DeleteStaleTemporaries(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        var full = Path.GetFullPath(path);
+        var dir = Path.GetDirectoryName(full) ?? ".";
+        if (!Directory.Exists(dir)) return [];
+        var deleted = new List<string>();
+        foreach (var f in Directory.EnumerateFiles(dir, TemporaryPrefix(full) + "*.tmp"))
+        {
+            try { File.Delete(f); deleted.Add(f); }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+        return deleted;
+    }
+
+    private static string TemporaryPrefix(string fullPath) => "." + Path.GetFileName(fullPath) + ".";
 }

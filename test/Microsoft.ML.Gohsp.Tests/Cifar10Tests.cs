@@ -457,49 +457,48 @@ public class Cifar10Tests
         public void Report((long bytesRead, long? totalBytes) value) => sink.Add(value);
     }
 
-    // ---------------------------------------------------------------- performance (opt-in: CIFAR10_PERF=1)
+    // ---------------------------------------------------------------- performance
 
     [Fact]
-    public void Reads_50k_images_fast()
+    public void Reads_a_full_batch_fast_from_a_folder_an_archive_and_an_IDataView()
     {
-        if (Environment.GetEnvironmentVariable("CIFAR10_PERF") != "1")
-            return; // opt-in: writes ~180 MB of temporary files
+        // One full-size test batch (10,000 records, 30 MB) built by repeating subset records. The bounds are 13–56× what the
+        // 2-core AMD EPYC of the reference machine takes while other jobs run (154 ms, 203 ms, 71 ms), so they hold on a loaded
+        // CI machine and catch a reader that falls back to per-record or per-byte I/O.
         using var tmp = new TempDir();
-        // Full-size batches: 10 000 records each, built by repeating subset records.
         var inner = Directory.CreateDirectory(System.IO.Path.Combine(tmp.Path, "cifar-10-batches-bin")).FullName;
-        foreach (var name in BatchFiles)
-        {
-            var raw = File.ReadAllBytes(System.IO.Path.Combine(SubsetDir, name));
-            var big = new byte[10_000 * 3073];
-            for (int off = 0; off < big.Length; off += raw.Length)
-                raw.AsSpan(0, Math.Min(raw.Length, big.Length - off)).CopyTo(big.AsSpan(off));
-            File.WriteAllBytes(System.IO.Path.Combine(inner, name), big);
-        }
+        var raw = File.ReadAllBytes(System.IO.Path.Combine(SubsetDir, "test_batch.bin"));
+        var big = new byte[10_000 * 3073];
+        for (int off = 0; off < big.Length; off += raw.Length)
+            raw.AsSpan(0, Math.Min(raw.Length, big.Length - off)).CopyTo(big.AsSpan(off));
+        File.WriteAllBytes(System.IO.Path.Combine(inner, "test_batch.bin"), big);
         File.Copy(System.IO.Path.Combine(SubsetDir, "batches.meta.txt"), System.IO.Path.Combine(inner, "batches.meta.txt"));
 
-        Cifar10.Read(tmp.Path, Cifar10Split.Test); // warm-up
+        Cifar10.Read(SubsetDir, Cifar10Split.Test, 1); // warm-up (JIT)
         var sw = Stopwatch.StartNew();
-        var train = Cifar10.Read(tmp.Path, Cifar10Split.Train);
+        var test = Cifar10.Read(tmp.Path, Cifar10Split.Test);
         sw.Stop();
-        train.Count.Should().Be(50_000);
-        _out.WriteLine($"folder: 50k train images in {sw.ElapsedMilliseconds} ms");
+        test.Count.Should().Be(10_000);
+        _out.WriteLine($"folder: 10k images in {sw.ElapsedMilliseconds} ms");
+        sw.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(2));
 
         string archive = System.IO.Path.Combine(tmp.Path, "cifar-10-binary.tar.gz");
         using (var fs = File.Create(archive))
         using (var gz = new GZipStream(fs, CompressionLevel.Fastest))
         using (var tar = new TarWriter(gz))
-            foreach (var name in BatchFiles.Append("batches.meta.txt"))
+            foreach (var name in new[] { "test_batch.bin", "batches.meta.txt" })
                 tar.WriteEntry(System.IO.Path.Combine(inner, name), "cifar-10-batches-bin/" + name);
         sw.Restart();
-        var fromArchive = Cifar10.Read(archive, Cifar10Split.Train);
+        var fromArchive = Cifar10.Read(archive, Cifar10Split.Test);
         sw.Stop();
-        fromArchive.Labels.Should().Equal(train.Labels);
-        _out.WriteLine($"archive: 50k train images in {sw.ElapsedMilliseconds} ms");
+        fromArchive.Labels.Should().Equal(test.Labels);
+        _out.WriteLine($"archive: 10k images in {sw.ElapsedMilliseconds} ms");
+        sw.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(4));
 
         var ml = new MLContext();
         sw.Restart();
         long n = 0;
-        var view = Cifar10.ToDataView(ml, train, Cifar10Columns.Pixels);
+        var view = Cifar10.ToDataView(ml, test, Cifar10Columns.Pixels);
         using (var cursor = view.GetRowCursor(view.Schema))
         {
             var g = cursor.GetGetter<VBuffer<float>>(view.Schema["Pixels"]);
@@ -507,7 +506,8 @@ public class Cifar10Tests
             while (cursor.MoveNext()) { g(ref buf); n++; }
         }
         sw.Stop();
-        n.Should().Be(50_000);
-        _out.WriteLine($"IDataView Pixels cursor over 50k rows in {sw.ElapsedMilliseconds} ms");
+        n.Should().Be(10_000);
+        _out.WriteLine($"IDataView Pixels cursor over 10k rows in {sw.ElapsedMilliseconds} ms");
+        sw.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(4));
     }
 }

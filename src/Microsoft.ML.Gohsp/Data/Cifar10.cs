@@ -379,8 +379,7 @@ public static class Cifar10
 
                 if (name == MetaFileName)
                 {
-                    using var reader = new StreamReader(entry.DataStream);
-                    classNames = ParseClassNames(reader.ReadToEnd(), where);
+                    classNames = ParseClassNames(ReadMeta(entry.DataStream, where), where);
                 }
                 else
                 {
@@ -390,6 +389,10 @@ public static class Cifar10
                     if (f < 0)
                         continue;
                     CheckRecordSize(where, entry.Length);
+                    if (entry.Length > (long)MaxRecordsPerBatch * RecordBytes)
+                        throw new InvalidDataException(
+                            $"CIFAR-10 batch '{where}' declares {entry.Length:N0} bytes in its tar header (field size); a CIFAR-10 batch holds at most " +
+                            $"{MaxRecordsPerBatch:N0} records ({(long)MaxRecordsPerBatch * RecordBytes:N0} bytes).");
                     int records = (int)Math.Min(entry.Length / RecordBytes, maxImages);
                     labelParts[f] = new byte[records];
                     pixelParts[f] = new byte[(long)records * ImageBytes];
@@ -476,8 +479,28 @@ public static class Cifar10
         return index;
     }
 
-    private static IReadOnlyList<string> ReadClassNames(string metaFile) =>
-        File.Exists(metaFile) ? ParseClassNames(File.ReadAllText(metaFile), metaFile) : DefaultClassNames;
+    private static IReadOnlyList<string> ReadClassNames(string metaFile)
+    {
+        if (!File.Exists(metaFile)) return DefaultClassNames;
+        using var fs = File.OpenRead(metaFile);
+        return ParseClassNames(ReadMeta(fs, metaFile), metaFile);
+    }
+
+    /// <summary>Most records in one CIFAR-10 batch file (each of the six official batches has 10,000).</summary>
+    private const int MaxRecordsPerBatch = 10_000;
+
+    /// <summary>Largest <c>batches.meta.txt</c> accepted (the official one has 61 bytes: ten class names).</summary>
+    private const int MaxMetaBytes = 64 << 10;
+
+    /// <summary>Reads a class-name file, refusing more than <see cref="MaxMetaBytes"/> bytes.</summary>
+    private static string ReadMeta(Stream stream, string source)
+    {
+        var buffer = new byte[MaxMetaBytes + 1];
+        int n = stream.ReadAtLeast(buffer, buffer.Length, throwOnEndOfStream: false);
+        if (n > MaxMetaBytes)
+            throw new InvalidDataException($"CIFAR-10 class-name file '{source}' is larger than {MaxMetaBytes:N0} bytes; expected {ClassCount} class names, one per line.");
+        return System.Text.Encoding.UTF8.GetString(buffer, 0, n);
+    }
 
     private static IReadOnlyList<string> ParseClassNames(string text, string source)
     {

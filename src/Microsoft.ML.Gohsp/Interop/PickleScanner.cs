@@ -21,10 +21,30 @@ public sealed class UnsafePickleException : IOException
 /// Python's <c>pickletools</c> semantics) and collects every global the pickle would import — through <c>GLOBAL</c>,
 /// <c>INST</c> and <c>STACK_GLOBAL</c> (whose module and name are tracked through a symbolic stack and the memo).
 /// Globals outside the allow-list, <c>STACK_GLOBAL</c> with names that are not string constants, and the extension-registry
-/// opcodes (<c>EXT1/2/4</c>, which name globals indirectly) are refused.
+/// opcodes (<c>EXT1/2/4</c>, which name globals indirectly) are refused. The scan itself is bounded: at most
+/// <see cref="MaxMemoEntries"/> memo entries and <see cref="MaxStackDepth"/> stack items, so a small, highly compressible pickle
+/// cannot make it allocate gigabytes. It also collects the storages the pickle declares (<c>BINPERSID</c> tuples
+/// <c>('storage', type, key, location, numel)</c>) and the tensors rebuilt over them, so that the caller can check every
+/// declared size against the bytes the file holds before anything is allocated.
 /// </summary>
 internal static class PickleScanner
 {
+    /// <summary>Most memo entries a pickle may store (a ViT-Huge state dict uses a few thousand).</summary>
+    internal const int MaxMemoEntries = 1 << 20;
+
+    /// <summary>Most items the pickle stack may hold at once.</summary>
+    internal const int MaxStackDepth = 1 << 20;
+
+    /// <summary>A storage declared by a persistent id: its archive key, storage class (e.g. <c>FloatStorage</c>) and element count.</summary>
+    internal sealed record Storage(string Key, string Type, long Elements);
+
+    /// <summary>A tensor rebuilt over <paramref name="Storage"/> by <c>_rebuild_tensor(_v2)</c>: its shape and element offset.</summary>
+    internal sealed record TensorView(Storage Storage, long Offset, long[] Shape, long[] Stride);
+
+    /// <summary>What a scan found.</summary>
+    internal sealed record Result(List<string> Globals, int End, List<Storage> Storages, List<TensorView> Tensors);
+
+    private sealed record GlobalRef(string Name);
     /// <summary>What a PyTorch state dict needs: tensors, their storages, and OrderedDict (dict/list/tuple are opcodes, not globals).</summary>
     internal static readonly IReadOnlySet<string> AllowedGlobals = new HashSet<string>(StringComparer.Ordinal)
     {
@@ -43,27 +63,34 @@ internal static class PickleScanner
     /// just after its STOP opcode. Throws <see cref="UnsafePickleException"/> on a refused global and
     /// <see cref="InvalidDataException"/> on a malformed pickle.
     /// </summary>
-    internal static (List<string> Globals, int End) Scan(ReadOnlySpan<byte> data, string source, int start = 0)
+    internal static Result Scan(ReadOnlySpan<byte> data, string source, int start = 0)
     {
         var globals = new List<string>();
         var stack = new List<object>();
         var memo = new Dictionary<long, object>();
+        var storages = new List<Storage>();
+        var tensors = new List<TensorView>();
         int pos = start;
 
         while (true)
         {
             if (pos >= data.Length) throw Malformed(source, pos, "ends without a STOP opcode");
+            if (stack.Count > MaxStackDepth)
+                throw new InvalidDataException($"'{source}': the pickle's stack holds more than {MaxStackDepth:N0} items (byte {pos}); a state dict never needs that many.");
+            if (memo.Count > MaxMemoEntries)
+                throw new InvalidDataException($"'{source}': the pickle's memo holds more than {MaxMemoEntries:N0} entries (byte {pos}); a state dict never needs that many.");
             int at = pos;
             byte op = data[pos++];
             switch (op)
             {
                 // ---- pushes of constants -------------------------------------------------------------------------
-                case (byte)'I': case (byte)'L': case (byte)'F': // INT, LONG, FLOAT (text)
-                    Line(data, ref pos, source); stack.Add(Unknown); break;
-                case (byte)'J': Skip(data, ref pos, 4, source); stack.Add(Unknown); break;            // BININT
-                case (byte)'K': Skip(data, ref pos, 1, source); stack.Add(Unknown); break;            // BININT1
-                case (byte)'M': Skip(data, ref pos, 2, source); stack.Add(Unknown); break;            // BININT2
-                case 0x8a: Skip(data, ref pos, Length(data, ref pos, 1, source), source); stack.Add(Unknown); break; // LONG1
+                case (byte)'I': case (byte)'L':                                                       // INT, LONG (text)
+                    stack.Add(TextInteger(Line(data, ref pos, source))); break;
+                case (byte)'F': Line(data, ref pos, source); stack.Add(Unknown); break;               // FLOAT (text)
+                case (byte)'J': stack.Add(Length(data, ref pos, -4, source)); break;                  // BININT
+                case (byte)'K': stack.Add(Length(data, ref pos, 1, source)); break;                   // BININT1
+                case (byte)'M': stack.Add(Length(data, ref pos, 2, source)); break;                   // BININT2
+                case 0x8a: stack.Add(Long1(Bytes(data, ref pos, Length(data, ref pos, 1, source), source))); break; // LONG1
                 case 0x8b: Skip(data, ref pos, Length(data, ref pos, -4, source), source); stack.Add(Unknown); break; // LONG4
                 case (byte)'G': Skip(data, ref pos, 8, source); stack.Add(Unknown); break;            // BINFLOAT
                 case (byte)'S': stack.Add(Latin1(Line(data, ref pos, source)).Trim('\'', '"')); break; // STRING (quoted repr)
@@ -77,7 +104,8 @@ internal static class PickleScanner
                 case (byte)'X': stack.Add(Utf8(Bytes(data, ref pos, Length(data, ref pos, 4, source), source))); break; // BINUNICODE
                 case 0x8d: stack.Add(Utf8(Bytes(data, ref pos, Length(data, ref pos, 8, source), source))); break; // BINUNICODE8
                 case (byte)'N': case 0x88: case 0x89: stack.Add(Unknown); break;                      // NONE, NEWTRUE, NEWFALSE
-                case (byte)']': case (byte)')': case (byte)'}': case 0x8f: stack.Add(Unknown); break;  // EMPTY_LIST/TUPLE/DICT/SET
+                case (byte)')': stack.Add(Array.Empty<object>()); break;                             // EMPTY_TUPLE
+                case (byte)']': case (byte)'}': case 0x8f: stack.Add(Unknown); break;                 // EMPTY_LIST/DICT/SET
                 case 0x97: stack.Add(Unknown); break;                                                 // NEXT_BUFFER
                 case 0x98: Pop(stack, 1, source, at); stack.Add(Unknown); break;                      // READONLY_BUFFER
 
@@ -85,10 +113,11 @@ internal static class PickleScanner
                 case (byte)'a': Pop(stack, 1, source, at); break;                                     // APPEND [list, x] -> [list]
                 case (byte)'s': Pop(stack, 2, source, at); break;                                     // SETITEM [dict, k, v] -> [dict]
                 case (byte)'e': case (byte)'u': case 0x90: PopToMark(stack, source, at); Peek(stack, source, at); break; // APPENDS, SETITEMS, ADDITEMS
-                case (byte)'l': case (byte)'t': case (byte)'d': case 0x91: PopToMark(stack, source, at); stack.Add(Unknown); break; // LIST, TUPLE, DICT, FROZENSET
-                case 0x85: Pop(stack, 1, source, at); stack.Add(Unknown); break;                      // TUPLE1
-                case 0x86: Pop(stack, 2, source, at); stack.Add(Unknown); break;                      // TUPLE2
-                case 0x87: Pop(stack, 3, source, at); stack.Add(Unknown); break;                      // TUPLE3
+                case (byte)'t': stack.Add(PopToMark(stack, source, at)); break;                       // TUPLE (its items are tracked)
+                case (byte)'l': case (byte)'d': case 0x91: PopToMark(stack, source, at); stack.Add(Unknown); break; // LIST, DICT, FROZENSET
+                case 0x85: stack.Add(Pop(stack, 1, source, at)); break;                               // TUPLE1
+                case 0x86: stack.Add(Pop(stack, 2, source, at)); break;                               // TUPLE2
+                case 0x87: stack.Add(Pop(stack, 3, source, at)); break;                               // TUPLE3
 
                 // ---- stack and memo -----------------------------------------------------------------------------
                 case (byte)'0':                                                                       // POP (pops a mark when one is on top, as Python does)
@@ -109,7 +138,7 @@ internal static class PickleScanner
                 {
                     string module = Ascii(Line(data, ref pos, source)), name = Ascii(Line(data, ref pos, source));
                     Check(globals, module, name, source);
-                    stack.Add(Unknown);
+                    stack.Add(new GlobalRef(module + "." + name));
                     break;
                 }
                 case (byte)'i':                                                                       // INST module\nname\n [mark, args] -> [obj]
@@ -129,27 +158,40 @@ internal static class PickleScanner
                             $"Refusing to load '{source}': its pickle imports a global whose module/name are computed at load time " +
                             $"(STACK_GLOBAL at byte {at} without string constants), which a plain tensor checkpoint never does.", "<dynamic>");
                     Check(globals, m, n, source);
-                    stack.Add(Unknown);
+                    stack.Add(new GlobalRef(m + "." + n));
                     break;
                 }
                 case 0x82: case 0x83: case 0x84:                                                      // EXT1, EXT2, EXT4
                     throw new UnsafePickleException(
                         $"Refusing to load '{source}': its pickle uses the copyreg extension registry (opcode EXT at byte {at}), " +
                         "which imports globals indirectly; a plain tensor checkpoint never does.", "<extension>");
-                case (byte)'R': Pop(stack, 2, source, at); stack.Add(Unknown); break;                 // REDUCE [callable, args] -> [obj]
+                case (byte)'R':                                                                       // REDUCE [callable, args] -> [obj]
+                {
+                    var call = Pop(stack, 2, source, at);
+                    if (call[0] is GlobalRef { Name: "torch._utils._rebuild_tensor" or "torch._utils._rebuild_tensor_v2" })
+                        tensors.Add(TensorOf(call[1], source, at));
+                    stack.Add(Unknown);
+                    break;
+                }
                 case (byte)'b': Pop(stack, 1, source, at); Peek(stack, source, at); break;            // BUILD [obj, state] -> [obj]
                 case (byte)'o': PopToMark(stack, source, at); stack.Add(Unknown); break;              // OBJ [mark, cls, args] -> [obj]
                 case 0x81: Pop(stack, 2, source, at); stack.Add(Unknown); break;                      // NEWOBJ
                 case 0x92: Pop(stack, 3, source, at); stack.Add(Unknown); break;                      // NEWOBJ_EX
                 case (byte)'P': Line(data, ref pos, source); stack.Add(Unknown); break;               // PERSID
-                case (byte)'Q': Pop(stack, 1, source, at); stack.Add(Unknown); break;                 // BINPERSID
+                case (byte)'Q':                                                                       // BINPERSID [pid] -> [storage]
+                {
+                    var storage = StorageOf(Pop(stack, 1, source, at)[0], source, at);
+                    storages.Add(storage);
+                    stack.Add(storage);
+                    break;
+                }
 
                 // ---- framing ------------------------------------------------------------------------------------
                 case 0x80: Skip(data, ref pos, 1, source); break;                                     // PROTO
                 case 0x95: Skip(data, ref pos, 8, source); break;                                     // FRAME
                 case (byte)'.':                                                                       // STOP
                     Pop(stack, 1, source, at);
-                    return (globals, pos);
+                    return new Result(globals, pos, storages, tensors);
                 default:
                     throw Malformed(source, at, $"has an unknown opcode 0x{op:x2}");
             }
@@ -186,11 +228,57 @@ internal static class PickleScanner
         return items;
     }
 
-    private static void PopToMark(List<object> stack, string source, int at)
+    private static object[] PopToMark(List<object> stack, string source, int at)
     {
         int i = stack.LastIndexOf(Mark);
         if (i < 0) throw Malformed(source, at, "has no MARK to pop to");
+        var items = stack.GetRange(i + 1, stack.Count - i - 1).ToArray();
         stack.RemoveRange(i, stack.Count - i);
+        return items;
+    }
+
+    /// <summary>A PyTorch persistent id <c>('storage', storage class, key, location, numel)</c>.</summary>
+    private static Storage StorageOf(object pid, string source, int at)
+    {
+        if (pid is object[] { Length: 5 } t && t[0] is "storage" && t[1] is GlobalRef type && t[2] is string key && t[4] is long n)
+        {
+            if (n < 0) throw new InvalidDataException($"'{source}': storage '{key}' declares {n} elements (field numel of its persistent id, byte {at}).");
+            return new Storage(key, type.Name[(type.Name.LastIndexOf('.') + 1)..], n);
+        }
+        throw Malformed(source, at, "has a persistent id that is not a PyTorch storage ('storage', type, key, location, numel)");
+    }
+
+    /// <summary>The arguments of <c>_rebuild_tensor(_v2)(storage, storage_offset, size, stride, ...)</c>.</summary>
+    private static TensorView TensorOf(object args, string source, int at)
+    {
+        if (args is object[] { Length: >= 4 } a && a[0] is Storage s && a[1] is long offset && Longs(a[2]) is { } shape && Longs(a[3]) is { } stride
+            && shape.Length == stride.Length)
+            return new TensorView(s, offset, shape, stride);
+        throw Malformed(source, at, "rebuilds a tensor from arguments that are not (storage, offset, size, stride, ...)");
+    }
+
+    private static long[]? Longs(object o) => o is object[] items && items.All(i => i is long) ? items.Cast<long>().ToArray() : null;
+
+    private static object TextInteger(ReadOnlySpan<byte> text)
+    {
+        var s = Encoding.ASCII.GetString(text).TrimEnd('L');
+        return s switch
+        {
+            "00" => Unknown, // False
+            "01" => Unknown, // True
+            _ => long.TryParse(s, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out long v) ? v : Unknown,
+        };
+    }
+
+    /// <summary>A LONG1 little-endian two's-complement integer; values beyond 64 bits are not tracked.</summary>
+    private static object Long1(ReadOnlySpan<byte> b)
+    {
+        if (b.Length == 0) return 0L;
+        if (b.Length > 8) return Unknown;
+        long v = 0;
+        for (int i = b.Length - 1; i >= 0; i--) v = (v << 8) | b[i];
+        if (b.Length < 8 && (b[^1] & 0x80) != 0) v -= 1L << (8 * b.Length);
+        return v;
     }
 
     private static object Get(Dictionary<long, object> memo, long key, string source, int at) =>

@@ -21,7 +21,12 @@ internal sealed record PretrainedConfig(int? Heads, double? LayerNormEps, string
         {
             using var doc = Parse(config);
             var root = doc.RootElement;
-            if (root.TryGetProperty("num_attention_heads", out var h) && h.TryGetInt32(out int hv)) heads = hv;
+            if (root.TryGetProperty("num_attention_heads", out var h))
+            {
+                if (!h.TryGetInt32(out int hv) || hv < 1)
+                    throw new InvalidDataException($"'{config}' beside the checkpoint has num_attention_heads = {h}; expected a positive whole number (the heads per block).");
+                heads = hv;
+            }
             if (root.TryGetProperty("layer_norm_eps", out var e) && e.TryGetDouble(out double ev)) eps = ev;
             if (root.TryGetProperty("hidden_act", out var a) && a.ValueKind == JsonValueKind.String) act = a.GetString();
             if (root.TryGetProperty("id2label", out var id2) && id2.ValueKind == JsonValueKind.Object)

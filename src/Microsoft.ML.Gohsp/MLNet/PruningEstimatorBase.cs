@@ -67,6 +67,7 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
     public MulticlassPredictionTransformer<ViTModelParameters> Fit(IDataView input)
     {
         _host.CheckValue(input, nameof(input));
+        _host.CheckAlive();
         var dense = _dense ?? DenseViTLocator.FindUpstreamViT(input) ?? throw new InvalidOperationException(
             $"{_method} could not find the dense ViT: pass the trained model to the catalog method, or append the pruning estimator " +
             "directly after ViTClassification (an AppendCacheCheckpoint in between hides the upstream model).");
@@ -94,7 +95,15 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         var valid = _options.ValidationSet is null ? null
             : ImageColumn.ReadAll(_options.ValidationSet, image, labelName, arch.Channels, arch.ImageSize, out _);
         foreach (var (_, stage) in _options.TrainingStages) CopyPreprocessing(p.Preprocessing, stage);
-        var result = Prune(p, train, valid, _options, line => ch.Info(line));
+        // MLContext.CancelExecution() stops the run within one optimiser step: every stage reports progress through the options.
+        var userProgress = _options.Progress;
+        PruningResult result;
+        using (var cancellation = new HostCancellation(_host, userProgress))
+        {
+            _options.Progress = cancellation;
+            try { result = Prune(p, train, valid, _options, line => ch.Info(line)); }
+            finally { _options.Progress = userProgress; }
+        }
         LastReport = result.Report;
         var pruned = p.WithModel(result.Model, result.Report);
         return new MulticlassPredictionTransformer<ViTModelParameters>(_host, pruned, input.Schema, image, labelName);

@@ -175,6 +175,10 @@ public sealed class ViTClassificationTrainer :
     public MulticlassPredictionTransformer<ViTModelParameters> Fit(IDataView trainData, ViTModelParameters? modelParameters)
     {
         Host.CheckValue(trainData, nameof(trainData));
+        Host.CheckAlive();
+        // The options object is mutable: check it again, and the device, before any data is read.
+        _options.ValidateOptions();
+        TorchDevices.Resolve(_options.Device);
         var input = trainData;
         GetOutputSchema(SchemaShape.Create(input.Schema));
         var labelType = input.Schema[_options.LabelColumnName].Type as KeyDataViewType;
@@ -254,10 +258,16 @@ public sealed class ViTClassificationTrainer :
         var arch = init?.Architecture ?? o.ResolveArchitecture(numClasses);
 
         using var ch = Host.Start("Training");
+        using var cancellation = new HostCancellation(Host, o.Progress);
         var train = ImageColumn.ReadAll(data, o.ImageColumnName, o.LabelColumnName, arch.Channels, arch.ImageSize, out int skipped);
         if (skipped > 0) ch.Warning("{0} row(s) with a missing label were skipped.", skipped);
         if (train.Count == 0)
             throw new ArgumentException($"The training data has no rows with a label (column '{o.LabelColumnName}'); nothing to train on.", "input");
+        int seen = train.Labels.Distinct().Count();
+        if (seen < numClasses)
+            ch.Warning("Label column '{0}' has {1} key values, but only {2} of them occur in the training data; the model scores all {1} " +
+                "classes and learns to give the {3} unseen one(s) low probabilities.", o.LabelColumnName, numClasses, seen, numClasses - seen);
+        cancellation.Check();
 
         ImageTensorData? valid = null;
         var validView = o.ValidationSet ?? context.ValidationSet?.Data;
@@ -269,12 +279,20 @@ public sealed class ViTClassificationTrainer :
 
         ch.Info("Training {0} ({1:N0} parameters, {2:N1} MFLOPs/image) on {3} images, {4} classes{5}.",
             arch, arch.ParameterCount, arch.ForwardFlops / 1e6, train.Count, numClasses, init is null ? "" : ", continuing from the given model");
-        TorchDevices.ApplyThreads(o.NumberOfThreads);
+        using var threads = TorchDevices.UseThreads(o.NumberOfThreads); // restored when Fit returns
         var model = init?.Model.Clone()
             ?? (o.PretrainedWeightsPath is null ? new VisionTransformerModel(arch, o.Seed) : ImportPretrained(o, arch, ch));
         // A continued run is another stage: its progress says so and its checkpoints never match a from-scratch run.
-        var loop = new TrainingLoop(o, init is null ? "dense" : "dense-continued", line => ch.Info(line), o.Progress);
-        loop.Train(model, train, valid);
+        var loop = new TrainingLoop(o, init is null ? "dense" : "dense-continued", line => ch.Info(line), cancellation);
+        try
+        {
+            loop.Train(model, train, valid, cancellation.Token);
+        }
+        catch
+        {
+            model.Dispose(); // a clone, a fresh model or an import: owned here
+            throw;
+        }
         var inputType = data.Schema[o.ImageColumnName].Type;
         var kind = ImageColumn.CheckType(inputType, o.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ImageColumnName));
         return new ViTModelParameters(Host, model, kind, inputType, ViTPreprocessing.From(o), o.Device) { TrainingHistory = loop.History };

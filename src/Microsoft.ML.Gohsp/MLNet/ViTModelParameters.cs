@@ -26,11 +26,24 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
     internal const string LoaderSignature = "GohspViTPredictor";
     internal const string WeightsStream = "TSModel";
 
+    /// <summary>
+    /// The model-zip format this version writes. Format 1: input kind (planar vector or MLImage), pre-processing, architecture,
+    /// precision field (whose bit 0x100 announces a head-mask section) and TorchSharp weights. Format 2: input kind 2 (encoded
+    /// image bytes) and the head-mask section are part of the format, so that older readers refuse such a zip instead of
+    /// misreading it. Bump it whenever the format changes.
+    /// </summary>
+    internal const int FormatVersion = 2;
+
+    /// <summary>The oldest format this version reads.</summary>
+    internal const int OldestReadableFormat = 1;
+
+    private const uint VersionBase = 0x00010000;
+
     private static VersionInfo GetVersionInfo() => new(
         modelSignature: "GOHSPVIT",
-        verWrittenCur: 0x00010001,
-        verReadableCur: 0x00010001,
-        verWeCanReadBack: 0x00010001,
+        verWrittenCur: VersionBase | FormatVersion,
+        verReadableCur: VersionBase | FormatVersion,
+        verWeCanReadBack: VersionBase | OldestReadableFormat,
         loaderSignature: LoaderSignature,
         loaderAssemblyName: typeof(ViTModelParameters).Assembly.FullName);
 
@@ -88,7 +101,7 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
         // preprocessing (see ViTPreprocessing.Write)
         // stream "TSModel": ViTArchitecture + TorchSharp Module.save weights
         int kind = ctx.Reader.ReadInt32();
-        Host.CheckDecode(kind is 0 or 1 or 2, "Unknown ViT input kind");
+        if (kind is not (0 or 1 or 2)) throw new InvalidDataException($"The ViT model stored in this ML.NET zip is corrupted: unknown input kind {kind}.");
         InputKind = (ImageInputKind)kind;
         int declaredH = ctx.Reader.ReadInt32(), declaredW = ctx.Reader.ReadInt32();
         Preprocessing = ViTPreprocessing.Read(ctx.Reader);
@@ -126,6 +139,15 @@ public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IV
     {
         Contracts.CheckValue(env, nameof(env));
         env.CheckValue(ctx, nameof(ctx));
+        // A newer format is named as such (ML.NET's own check would only report a version mismatch).
+        uint readable = ctx.Header.ModelVerReadable, written = ctx.Header.ModelVerWritten;
+        if (readable > (VersionBase | FormatVersion))
+            throw new InvalidDataException(
+                $"This ViT model was written by a newer Microsoft.ML.Gohsp (format {written - VersionBase}); this is format {FormatVersion}. " +
+                "Update the Microsoft.ML.Gohsp package to load it.");
+        if (written < (VersionBase | OldestReadableFormat))
+            throw new InvalidDataException(
+                $"This ViT model has format {(int)(written - VersionBase)}, older than the oldest format this Microsoft.ML.Gohsp reads ({OldestReadableFormat}).");
         ctx.CheckAtModel(GetVersionInfo());
         return new ViTModelParameters(env, ctx);
     }

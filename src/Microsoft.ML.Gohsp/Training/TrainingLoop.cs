@@ -16,7 +16,7 @@ namespace Microsoft.ML.Gohsp.Training;
 public sealed class TrainingLoop
 {
     private const string CheckpointFile = "checkpoint.bin";
-    private const string CheckpointMagic = "GOHSP-CHECKPOINT-1";
+    private const string CheckpointMagic = "GOHSP-CHECKPOINT-2";
 
     private readonly ViTTrainingOptions _options;
     private readonly string _stage;
@@ -56,8 +56,13 @@ public sealed class TrainingLoop
         return o.MinLearningRate + 0.5 * (o.LearningRate - o.MinLearningRate) * (1 + Math.Cos(Math.PI * t));
     }
 
-    /// <summary>Optimiser steps per epoch: one per batch, the last batch may be smaller.</summary>
-    public static int StepsPerEpoch(int images, int batchSize) => (images + batchSize - 1) / batchSize;
+    /// <summary>Optimiser steps per epoch: one per batch, the last batch may be smaller (a batch larger than the data is one step).</summary>
+    public static int StepsPerEpoch(int images, int batchSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(images);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
+        return (int)(((long)images + batchSize - 1) / batchSize);
+    }
 
     /// <summary>Trains <paramref name="model"/> in place and returns it (moved to the training device).</summary>
     public VisionTransformerModel Train(VisionTransformerModel model, ImageTensorData train, ImageTensorData? validation = null,
@@ -72,17 +77,19 @@ public sealed class TrainingLoop
         CheckCompatible(arch, train, nameof(train));
         if (validation is not null) CheckCompatible(arch, validation, nameof(validation));
 
-        TorchDevices.ApplyThreads(o.NumberOfThreads);
         var device = TorchDevices.Resolve(o.Device);
+        using var threads = TorchDevices.UseThreads(o.NumberOfThreads);
+        cancellationToken.ThrowIfCancellationRequested();
         model.to(device);
         _history.Clear();
 
         int stepsPerEpoch = StepsPerEpoch(train.Count, o.BatchSize);
         long totalSteps = (long)stepsPerEpoch * o.Epochs;
         using var optimizer = CreateOptimizer(model, o);
-        string fingerprint = $"{_stage}|{arch}|{train.Count}|{o.Fingerprint()}";
+        string fingerprint = $"{_stage}|{arch}|{train.Count}|{DataFingerprint(train)}|{o.Fingerprint()}";
 
-        int startEpoch = TryResume(model, optimizer, fingerprint);
+        DeleteStaleCheckpointTemporaries();
+        int startEpoch = TryResume(model, optimizer, fingerprint, o);
         StartEpoch = startEpoch;
         Hook?.OnTrainingStart(model, startEpoch, stepsPerEpoch);
 
@@ -130,6 +137,7 @@ public sealed class TrainingLoop
                         seen / sw.Elapsed.TotalSeconds, EpochCompleted: false));
                 }
 
+                cancellationToken.ThrowIfCancellationRequested();
                 double trainSeconds = sw.Elapsed.TotalSeconds;
                 double? valAcc = validation is null ? null : Evaluate(model, validation, o, device);
                 var extraFigures = new Dictionary<string, double>();
@@ -300,11 +308,11 @@ public sealed class TrainingLoop
         {
             using var _ = no_grad();
             var all = Enumerable.Range(0, data.Count).ToArray();
-            for (int start = 0; start < data.Count; start += options.EvaluationBatchSize)
+            for (long start = 0; start < data.Count; start += options.EvaluationBatchSize)
             {
-                int count = Math.Min(options.EvaluationBatchSize, data.Count - start);
+                int count = (int)Math.Min(options.EvaluationBatchSize, data.Count - start);
                 using var scope = NewDisposeScope();
-                var (x, y) = MakeBatch(data, all.AsSpan(start, count), options, null, device);
+                var (x, y) = MakeBatch(data, all.AsSpan((int)start, count), options, null, device);
                 onBatch(x, y);
             }
         }
@@ -316,53 +324,137 @@ public sealed class TrainingLoop
 
     // ---- checkpoints --------------------------------------------------------------------------------------
 
-    private int TryResume(VisionTransformerModel model, AdamW optimizer, string fingerprint)
+    /// <summary>
+    /// A content hash of the training data (row count, image shape, every label and a strided sample of 65,536 pixels), so
+    /// that a checkpoint of a run on other images with the same row count is not resumed.
+    /// </summary>
+    internal static string DataFingerprint(ImageTensorData data)
+    {
+        using var sha = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        Span<byte> header = stackalloc byte[12];
+        BitConverter.TryWriteBytes(header, data.Count);
+        BitConverter.TryWriteBytes(header[4..], data.Channels);
+        BitConverter.TryWriteBytes(header[8..], data.Size);
+        sha.AppendData(header);
+        sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.Labels.AsSpan()));
+        const int samples = 65_536;
+        var pixels = data.Pixels;
+        long stride = Math.Max(1, pixels.LongLength / samples);
+        var sample = new float[Math.Min(samples, pixels.LongLength)];
+        for (int i = 0; i < sample.Length; i++) sample[i] = pixels[i * stride];
+        sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(sample.AsSpan()));
+        return Convert.ToHexString(sha.GetHashAndReset(), 0, 16);
+    }
+
+    /// <summary>Deletes temporary checkpoint files that a killed run left behind (an atomic write it never finished).</summary>
+    private void DeleteStaleCheckpointTemporaries()
+    {
+        var folder = _options.CheckpointFolder;
+        if (string.IsNullOrEmpty(folder)) return;
+        foreach (var stale in AtomicFile.DeleteStaleTemporaries(Path.Combine(folder, CheckpointFile)))
+            _log?.Invoke($"[{_stage}] deleted {stale}, a temporary checkpoint left by an interrupted run.");
+    }
+
+    /// <summary>
+    /// Resumes from the checkpoint when it belongs to this run. Everything is read and checked into scratch objects first
+    /// (weights into a scratch model, optimiser state into a scratch AdamW, hook state into memory); the model, the optimiser
+    /// and the hook are changed only after the whole file has been read, so an unreadable checkpoint leaves them untouched.
+    /// </summary>
+    private int TryResume(VisionTransformerModel model, AdamW optimizer, string fingerprint, ViTTrainingOptions o)
     {
         var folder = _options.CheckpointFolder;
         if (string.IsNullOrEmpty(folder)) return 0;
         var path = Path.Combine(folder, CheckpointFile);
         if (!File.Exists(path)) return 0;
+        int completed;
+        List<EpochRecord> history;
+        byte[] optimizerState, hookState;
+        VisionTransformerModel? saved = null;
         try
         {
-            using var fs = File.OpenRead(path);
-            using var r = new BinaryReader(fs, Encoding.UTF8);
-            if (r.ReadString() != CheckpointMagic) throw new InvalidDataException("not a checkpoint file");
-            string fp = r.ReadString();
-            if (fp != fingerprint)
+            using (var fs = File.OpenRead(path))
+            using (var r = new BinaryReader(fs, Encoding.UTF8))
             {
-                _log?.Invoke($"[{_stage}] checkpoint in {folder} belongs to another run (different data, architecture or options); starting from epoch 1.");
-                return 0;
+                if (r.ReadString() != CheckpointMagic) throw new InvalidDataException("not a checkpoint file of this version");
+                string fp = r.ReadString();
+                if (fp != fingerprint)
+                {
+                    _log?.Invoke($"[{_stage}] checkpoint in {folder} belongs to another run (different data, architecture or options); starting from epoch 1.");
+                    return 0;
+                }
+                completed = r.ReadInt32();
+                if (completed < 1 || completed > o.Epochs) throw new InvalidDataException($"it records {completed} finished epochs of {o.Epochs}");
+                int n = r.ReadInt32();
+                if (n < 0 || n > completed) throw new InvalidDataException($"it has {n} history records for {completed} epochs");
+                history = new List<EpochRecord>(n);
+                for (int i = 0; i < n; i++)
+                {
+                    int e = r.ReadInt32(); double loss = r.ReadDouble(), acc = r.ReadDouble();
+                    double? val = r.ReadBoolean() ? r.ReadDouble() : null;
+                    double sec = r.ReadDouble();
+                    int extraCount = r.ReadInt32();
+                    if (extraCount < 0 || extraCount > 1024) throw new InvalidDataException($"history record {i} has {extraCount} figures");
+                    Dictionary<string, double>? extra = extraCount > 0 ? new() : null;
+                    for (int j = 0; j < extraCount; j++) extra![r.ReadString()] = r.ReadDouble();
+                    history.Add(new EpochRecord(e, loss, acc, val, sec, extra));
+                }
+                saved = VisionTransformerModel.Load(r);
+                if (!saved.Architecture.Equals(model.Architecture))
+                    throw new InvalidDataException($"its model is {saved.Architecture}, this run trains {model.Architecture}");
+                optimizerState = ReadSection(r, "optimiser state");
+                hookState = ReadSection(r, "hook state");
+                if (fs.Position != fs.Length) throw new InvalidDataException($"{fs.Length - fs.Position} bytes follow the last section");
             }
-            int completed = r.ReadInt32();
-            int n = r.ReadInt32();
-            var history = new List<EpochRecord>();
-            for (int i = 0; i < n; i++)
+            var source = saved.state_dict();
+            foreach (var (name, t) in model.state_dict())
+                if (!source.TryGetValue(name, out var v) || !v.shape.SequenceEqual(t.shape))
+                    throw new InvalidDataException($"tensor '{name}' is missing or misshaped");
+            using (var scratch = CreateOptimizer(saved, o))
+            using (var ms = new MemoryStream(optimizerState, writable: false))
+            using (var or = new BinaryReader(ms))
+                scratch.load_state_dict(or); // throws here, before anything of this run changes, if the state does not fit
+
+            // Everything was read: apply it. The hook goes first (it is the only part whose content is not checked yet).
+            if (Hook is not null)
             {
-                int e = r.ReadInt32(); double loss = r.ReadDouble(), acc = r.ReadDouble();
-                double? val = r.ReadBoolean() ? r.ReadDouble() : null;
-                double sec = r.ReadDouble();
-                int extraCount = r.ReadInt32();
-                Dictionary<string, double>? extra = extraCount > 0 ? new() : null;
-                for (int j = 0; j < extraCount; j++) extra![r.ReadString()] = r.ReadDouble();
-                history.Add(new EpochRecord(e, loss, acc, val, sec, extra));
+                using var hs = new BinaryReader(new MemoryStream(hookState, writable: false));
+                Hook.LoadState(hs);
             }
-            using var saved = VisionTransformerModel.Load(r);
+            using (var ms = new MemoryStream(optimizerState, writable: false))
+            using (var or = new BinaryReader(ms))
+                optimizer.load_state_dict(or);
             using (no_grad())
-            {
-                var dst = model.state_dict();
-                foreach (var (name, t) in saved.state_dict()) dst[name].copy_(t);
-            }
-            optimizer.load_state_dict(r);
-            Hook?.LoadState(r);
-            _history.AddRange(history);
-            _log?.Invoke($"[{_stage}] resumed from checkpoint {path}: {completed} of {_options.Epochs} epochs already done.");
-            return completed;
+                foreach (var (name, t) in model.state_dict()) t.copy_(source[name]);
         }
-        catch (Exception e) when (e is IOException or InvalidDataException or EndOfStreamException or ArgumentException)
+        catch (Exception e) when (e is not (OutOfMemoryException or OperationCanceledException))
         {
             _log?.Invoke($"[{_stage}] ignoring unreadable checkpoint {path} ({e.Message}); starting from epoch 1.");
             return 0;
         }
+        finally
+        {
+            saved?.Dispose();
+        }
+        _history.AddRange(history);
+        _log?.Invoke($"[{_stage}] resumed from checkpoint {path}: {completed} of {_options.Epochs} epochs already done.");
+        return completed;
+    }
+
+    private static byte[] ReadSection(BinaryReader r, string what)
+    {
+        long length = r.ReadInt64();
+        long left = r.BaseStream.Length - r.BaseStream.Position;
+        if (length < 0 || length > left)
+            throw new InvalidDataException($"its {what} claims {length:N0} bytes, but only {left:N0} follow");
+        return r.ReadBytes((int)length);
+    }
+
+    private static void WriteSection(BinaryWriter w, Action<BinaryWriter> write)
+    {
+        using var ms = new MemoryStream();
+        using (var sw = new BinaryWriter(ms, Encoding.UTF8, leaveOpen: true)) write(sw);
+        w.Write(ms.Length);
+        w.Write(ms.GetBuffer(), 0, (int)ms.Length);
     }
 
     private void SaveCheckpoint(VisionTransformerModel model, AdamW optimizer, string fingerprint, int completedEpochs)
@@ -386,8 +478,8 @@ public sealed class TrainingLoop
                 if (h.Extra is not null) foreach (var kv in h.Extra) { w.Write(kv.Key); w.Write(kv.Value); }
             }
             model.Save(w);
-            optimizer.save_state_dict(w);
-            Hook?.SaveState(w);
+            WriteSection(w, optimizer.save_state_dict);
+            WriteSection(w, hw => Hook?.SaveState(hw));
         });
     }
 }

@@ -247,6 +247,7 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
         try
         {
             arch = ViTArchitecture.Read(reader);
+            CheckFitsStream(arch, reader.BaseStream);
             precision = reader.ReadInt32();
             if ((precision & HeadMaskFlag) != 0)
             {
@@ -280,6 +281,24 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
         model.Precision = Enum.IsDefined(typeof(ComputePrecision), precision) ? (ComputePrecision)precision : ComputePrecision.Float32;
         if (kept is not null) model.SetHeadMasks(kept);
         return model;
+    }
+
+    /// <summary>
+    /// Before a model is built from a stored architecture: its float32 weights (4 bytes per parameter, counted in floating point so
+    /// that absurd dimensions cannot overflow) must fit in what is left of a seekable stream. A crafted file that claims, say,
+    /// EmbedDim = 2²⁸ is refused here instead of allocating gigabytes.
+    /// </summary>
+    private static void CheckFitsStream(ViTArchitecture a, Stream stream)
+    {
+        if (!stream.CanSeek) return;
+        double d = a.EmbedDim, tokens = (double)(a.ImageSize / a.PatchSize) * (a.ImageSize / a.PatchSize) + 1;
+        double parameters = (double)a.Channels * a.PatchSize * a.PatchSize * d + d * tokens + d * a.NumClasses;
+        foreach (var b in a.Blocks)
+            parameters += d * ((double)b.Heads * (2.0 * b.QkDim + b.VDim)) + (double)b.Heads * b.VDim * d + 2.0 * d * b.MlpHidden;
+        long left = stream.Length - stream.Position;
+        if (parameters * 4 > left)
+            throw new InvalidDataException(
+                $"The stored architecture {a} needs at least {parameters * 4:N0} bytes of weights, but only {left:N0} bytes follow it.");
     }
 
     // High bit of the saved precision field: a head-mask section follows (files without it load as before).
