@@ -93,7 +93,7 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         var result = Prune(p, train, valid, _options, line => ch.Info(line));
         LastReport = result.Report;
         var pruned = p.WithModel(result.Model, result.Report);
-        return new MulticlassPredictionTransformer<ViTModelParameters>(_host, pruned, input.Schema, image, labelName);
+        return ViTBatchScorer.Attach(new MulticlassPredictionTransformer<ViTModelParameters>(_host, pruned, input.Schema, image, labelName));
     }
 
     /// <summary>
