@@ -91,6 +91,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
                 DenseSeconds = denseSeconds,
                 Date = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'", System.Globalization.CultureInfo.InvariantCulture),
                 Machine = $"{Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
+                MachineInfo = Microsoft.ML.Gohsp.Diagnostics.MachineInfo.Probe(),
                 SpeedMethod = SampleReport.SpeedNotes,
             },
             Dense = entries[0],
@@ -169,7 +170,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
     private ModelEntry Measure(ModelEntry template, string zip, PruningReport? pruning, ImageTensorData testTensor, bool showPredictions)
     {
         var fresh = new MLContext(template.Seed);
-        var loaded = fresh.Model.Load(zip, out _);
+        var loaded = fresh.Model.Load(zip, out _).UseBatchScoring(); // Model.Load rebuilds ML.NET's row-by-row scorer
         var vit = ((IEnumerable<ITransformer>)loaded).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single().Model;
 
         var sw = Stopwatch.StartNew();
