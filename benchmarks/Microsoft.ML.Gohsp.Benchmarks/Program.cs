@@ -6,7 +6,9 @@
 // --breakdown: instead, where one block's inference time goes (linears vs attention core, GELU, norms), medians of --reps rounds.
 // --speed: instead, dense vs pruned 40/50/80% batch speed-ups against executed-FLOP ratios (with an in-chain profile by op
 //          kind), ML.NET Transform + Evaluate vs the raw batched forward, PredictionEngine vs a raw forward; interleaved in
-//          one process, medians of --reps rounds (docs/benchmarks.md).
+//          one process, medians of --reps rounds; and a latency budget: 0.5 × the dense batch latency through the device's
+//          LatencyModel, re-timed (--latency-epochs N > 0 trains the dense model N epochs first and reports top-1 before
+//          and after N/2 fine-tune epochs) (docs/benchmarks.md).
 // --onnx: instead, single-image and batch latency of dense and 50%-pruned cifar-tiny in ONNX Runtime vs TorchSharp (CPU, --threads,
 //         medians of --reps timed runs) and their output agreement; prints one JSON object as the last line (docs/interop.md).
 using System.Diagnostics;
@@ -32,7 +34,7 @@ if (a.ContainsKey("breakdown"))
 }
 if (a.ContainsKey("speed"))
 {
-    var speed = SpeedBenchmark.Run(threads, batch, reps);
+    var speed = SpeedBenchmark.Run(threads, batch, reps, a.GetValueOrDefault("latency-epochs", 0));
     foreach (var kv in MachineFields(MachineInfo.Probe())) speed[kv.Key] = kv.Value;
     Console.WriteLine(JsonSerializer.Serialize(speed));
     return 0;

@@ -22,15 +22,93 @@ using static TorchSharp.torch;
 /// </summary>
 internal static class SpeedBenchmark
 {
-    public static Dictionary<string, object> Run(int threads, int batch, int reps, Action<Dictionary<string, object>>? more = null)
+    public static Dictionary<string, object> Run(int threads, int batch, int reps, int latencyEpochs)
     {
         torch.set_num_threads(threads);
         manual_seed(0);
         var r = new Dictionary<string, object> { ["mode"] = "speed", ["threads"] = threads, ["batch"] = batch, ["reps"] = reps };
         PrunedVsDense(r, batch, reps);
         MlNetVsRaw(r, threads, reps);
-        more?.Invoke(r);
+        LatencyBudgetExample(r, threads, batch, reps, latencyEpochs);
         return r;
+    }
+
+    /// <summary>
+    /// Prune to milliseconds: dense cifar-tiny trained <paramref name="epochs"/> epochs (bf16 where native), its batch
+    /// latency X measured, a plan for 0.5·X from this device's <see cref="LatencyModel"/> (magnitude importance of the
+    /// trained weights), the pruned model fine-tuned epochs/2 and re-timed against the dense one, interleaved.
+    /// </summary>
+    private static void LatencyBudgetExample(Dictionary<string, object> r, int threads, int batch, int reps, int epochs)
+    {
+        var arch = ViTArchitecture.CifarTiny();
+        var sw = Stopwatch.StartNew();
+        var latency = LatencyModel.LoadOrMeasure(arch, batch);
+        Console.WriteLine($"latency model ({sw.Elapsed.TotalSeconds:F0} s incl. cache lookup): dense estimate {latency.ModelMs(arch):F1} ms per batch of {batch}");
+        var dir = FindSubset();
+        ImageTensorData? train = null, test = null;
+        var o = new ViTTrainingOptions
+        {
+            Epochs = Math.Max(1, epochs), NumberOfThreads = threads, Device = ViTDevice.Cpu, Seed = 1,
+            TrainingPrecision = Microsoft.ML.Gohsp.Diagnostics.MachineInfo.Probe().NativeBf16 ? ComputePrecision.BFloat16 : ComputePrecision.Float32,
+        };
+        using var dense = new VisionTransformerModel(arch, seed: 1);
+        if (epochs > 0 && dir is not null)
+        {
+            train = Cifar10.Read(dir, Cifar10Split.Train).ToTensorData();
+            test = Cifar10.Read(dir, Cifar10Split.Test).ToTensorData();
+            new TrainingLoop(o, "latency-dense").Train(dense, train);
+        }
+        dense.eval();
+        using var x = randn(batch, 3, 32, 32);
+        double Ms(VisionTransformerModel m)
+        {
+            using var _ = no_grad();
+            var sw2 = Stopwatch.StartNew();
+            for (int i = 0; i < 6; i++) m.forward(x).Dispose();
+            return sw2.Elapsed.TotalMilliseconds / 6;
+        }
+        for (int i = 0; i < 3; i++) Ms(dense);
+        double denseMs = Median(Enumerable.Range(0, reps).Select(_ => Ms(dense)).ToList());
+        double target = 0.5 * denseMs;
+        var plan = LatencyBudget.Allocate(arch, StructuredProjection.Magnitude(dense), target, latency);
+        using var pruned = HardPruning.Prune(dense, plan);
+        double prunedTop1NoTune = double.NaN, denseTop1 = double.NaN, prunedTop1 = double.NaN;
+        if (train is not null && test is not null)
+        {
+            denseTop1 = TrainingLoop.Evaluate(dense, test, o);
+            prunedTop1NoTune = TrainingLoop.Evaluate(pruned, test, o);
+            o.Epochs = Math.Max(1, epochs / 2);
+            o.WarmupEpochs = 0;
+            new TrainingLoop(o, "latency-finetune").Train(pruned, train);
+            prunedTop1 = TrainingLoop.Evaluate(pruned, test, o);
+        }
+        pruned.eval();
+        Ms(pruned);
+        var d = new List<double>(); var p = new List<double>();
+        for (int i = 0; i < reps; i++) { d.Add(Ms(dense)); p.Add(Ms(pruned)); }
+        double achieved = Median(p), denseAgain = Median(d);
+        var pa = pruned.Architecture;
+        r["latency_dense_ms"] = Math.Round(denseMs, 2);
+        r["latency_target_ms"] = Math.Round(target, 2);
+        r["latency_estimate_ms"] = Math.Round(latency.ModelMs(pa), 2);
+        r["latency_achieved_ms"] = Math.Round(achieved, 2);
+        r["latency_achieved_over_target"] = Math.Round(achieved / target, 3);
+        r["latency_dense_ms_interleaved"] = Math.Round(denseAgain, 2);
+        // the machine's speed drifts between minutes: the same ratio against the dense model timed in the same rounds
+        r["latency_achieved_over_half_dense_interleaved"] = Math.Round(achieved / (0.5 * denseAgain), 3);
+        r["latency_pruned_blocks"] = string.Join(" ", pa.Blocks.Select(b => $"{b.Heads}x{b.QkDim}/{b.VDim}-{b.MlpHidden}"));
+        r["latency_pruned_params_ratio"] = Math.Round((double)pa.ParameterCount / arch.ParameterCount, 3);
+        r["latency_dense_epochs"] = epochs;
+        if (!double.IsNaN(denseTop1))
+        {
+            r["latency_dense_top1"] = Math.Round(denseTop1, 4);
+            r["latency_pruned_top1_before_finetune"] = Math.Round(prunedTop1NoTune, 4);
+            r["latency_pruned_top1"] = Math.Round(prunedTop1, 4);
+        }
+        Console.WriteLine($"latency budget: dense {denseMs:F1} ms per batch of {batch} → target {target:F1} ms → estimate {latency.ModelMs(pa):F1} ms, " +
+            $"achieved {achieved:F1} ms ({achieved / target:P0} of the target; dense {denseAgain:F1} ms in the same rounds, so {achieved / (0.5 * denseAgain):P0} of half of it), params ×{(double)pa.ParameterCount / arch.ParameterCount:F3}, " +
+            $"blocks {r["latency_pruned_blocks"]}" + (double.IsNaN(denseTop1) ? "" :
+            $"; top-1 dense {denseTop1:P2} ({epochs} epochs), pruned {prunedTop1NoTune:P2} before / {prunedTop1:P2} after {Math.Max(1, epochs / 2)} fine-tune epochs"));
     }
 
     private static void PrunedVsDense(Dictionary<string, object> r, int batch, int reps)

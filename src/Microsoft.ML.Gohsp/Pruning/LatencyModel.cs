@@ -134,8 +134,11 @@ public sealed record LatencyModel
         return Path.Combine(dir, $"latency-{hash}.json");
     }
 
+    // the table layout and measurement method: a cache written by another version is measured again
+    private const int TableVersion = 2;
+
     private static string ConfigOf(ViTArchitecture a, int batch) =>
-        $"embed {a.EmbedDim}, tokens {a.SequenceLength}, depth {a.Depth}, batch {batch}, dense {string.Join(" ", a.Blocks.Distinct().Select(b => $"{b.Heads}x{b.QkDim}/{b.VDim}-{b.MlpHidden}"))}";
+        $"table v{TableVersion}, embed {a.EmbedDim}, tokens {a.SequenceLength}, depth {a.Depth}, batch {batch}, dense {string.Join(" ", a.Blocks.Distinct().Select(b => $"{b.Heads}x{b.QkDim}/{b.VDim}-{b.MlpHidden}"))}";
 
     /// <summary>
     /// Measures the table for <paramref name="dense"/> (random weights; speed does not depend on them): every part timed
@@ -153,88 +156,101 @@ public sealed record LatencyModel
         var headDims = Enumerable.Range(1, maxDim / step).Select(i => i * step).ToArray();
         int mlpStep = Math.Max(8, maxMlp / 12 / 8 * 8);
         var mlpWidths = Enumerable.Range(1, maxMlp / mlpStep).Select(i => i * mlpStep).Append(maxMlp).Distinct().ToArray();
-        using (var probe = new VisionTransformerModel(dense, seed: 0))
+        using var probe = new VisionTransformerModel(dense, seed: 0);
+        probe.eval();
+        long slice = Math.Min(batch, probe.InferenceSliceSize);
+        var slices = VisionTransformerModel.SliceRanges(batch, (int)slice).Select(r => r.Length).ToArray();
+        var x = randn(slices[0], n, d);
+        var cls = randn(slices[0], 1, d);
+        var images = randn(slices[0], dense.Channels, dense.ImageSize, dense.ImageSize);
+        var owned = new List<IDisposable>();
+        // every timing is one entry; all entries are timed once per round, round after round, so that a slow minute of
+        // the machine touches every entry alike instead of a run of neighbouring widths
+        var parts = new List<Func<Tensor>>();
+        int Add(Func<Tensor> f) { parts.Add(f); return parts.Count - 1; }
+        T Keep<T>(T m) where T : IDisposable { owned.Add(m); return m; }
+        int[][] AttentionParts(bool last) => Enumerable.Range(1, maxHeads).Select(h => headDims.Select(w =>
         {
-            long slice = Math.Min(batch, probe.InferenceSliceSize);
-            var slices = VisionTransformerModel.SliceRanges(batch, (int)slice).Select(r => r.Length).ToArray();
-            var x = randn(slices[0], n, d);
-            var cls = randn(slices[0], 1, d);
-            double Time(Func<Tensor> f)
-            {
-                for (int i = 0; i < 2; i++) f().Dispose();
-                var rounds = new double[reps];
-                for (int r = 0; r < reps; r++)
-                {
-                    var sw = Stopwatch.StartNew();
-                    for (int i = 0; i < 3; i++) f().Dispose();
-                    rounds[r] = sw.Elapsed.TotalMilliseconds / 3;
-                }
-                Array.Sort(rounds);
-                // every slice of the batch runs the same shapes (the last one may be smaller: scale by its rows)
-                return rounds[reps / 2] * slices.Sum() / slices[0];
-            }
-            double[][] Attention(bool last) => Enumerable.Range(1, maxHeads).Select(h => headDims.Select(w =>
-            {
-                var arch = Single(dense, new ViTBlockSpec(h, w, w, maxMlp));
-                using var m = new VisionTransformerModel(arch, seed: 0);
-                m.eval();
-                var attn = m.Blocks[0].attn;
-                return Time(last ? () => attn.ForwardClassToken(x) : () => attn.forward(x));
-            }).ToArray()).ToArray();
-            double[] Mlp(Tensor input) => mlpWidths.Select(w =>
-            {
-                var arch = Single(dense, new ViTBlockSpec(1, 8, 8, w));
-                using var m = new VisionTransformerModel(arch, seed: 0);
-                m.eval();
-                var mlp = m.Blocks[0].mlp;
-                return Time(() => mlp.forward(input));
-            }).ToArray();
-            var norm = probe.Blocks[0].norm1;
-            // a full block normalises and adds every token twice; the last block normalises every token once (its
-            // keys and values need them) and the class token's row after that
-            double Fixed(Tensor first, Tensor rest) => Time(() =>
-            {
-                using (norm.forward(first)) { }
-                using (rest.add(rest)) { }
-                using (norm.forward(rest)) { }
-                return rest.add(rest);
-            });
-            probe.eval();
-            var images = randn(slices[0], dense.Channels, dense.ImageSize, dense.ImageSize);
-            double nonBlock = Time(() =>
+            var m = Keep(new VisionTransformerModel(Single(dense, new ViTBlockSpec(h, w, w, 8)), seed: 0));
+            m.eval();
+            var attn = m.Blocks[0].attn;
+            return Add(last ? () => attn.ForwardClassToken(x) : () => attn.forward(x));
+        }).ToArray()).ToArray();
+        int[] MlpParts(Tensor input) => mlpWidths.Select(w =>
+        {
+            var m = Keep(new VisionTransformerModel(Single(dense, new ViTBlockSpec(1, 8, 8, w)), seed: 0));
+            m.eval();
+            var mlp = m.Blocks[0].mlp;
+            return Add(() => mlp.forward(input));
+        }).ToArray();
+        var norm = probe.Blocks[0].norm1;
+        // a full block normalises and adds every token twice; the last block normalises every token once (its keys
+        // and values need them) and the class token's row after that
+        int FixedPart(Tensor first, Tensor rest) => Add(() =>
+        {
+            using (norm.forward(first)) { }
+            using (rest.add(rest)) { }
+            using (norm.forward(rest)) { }
+            return rest.add(rest);
+        });
+        try
+        {
+            var attention = AttentionParts(last: false);
+            var lastAttention = AttentionParts(last: true);
+            var mlp = MlpParts(x);
+            var lastMlp = MlpParts(cls);
+            int fixedFull = FixedPart(x, x), fixedLast = FixedPart(x, cls);
+            int nonBlock = Add(() =>
             {
                 using var tokens = probe.TokensBeforeBlocks(images);
                 using var c = tokens.select(1, 0);
                 using var normed = probe.FinalNorm.forward(c);
                 return probe.Head.forward(normed);
             });
+            foreach (var f in parts) for (int i = 0; i < 2; i++) f().Dispose();
+            var times = parts.Select(_ => new double[reps]).ToArray();
+            for (int r = 0; r < reps; r++)
+                for (int i = 0; i < parts.Count; i++)
+                {
+                    var sw = Stopwatch.StartNew();
+                    for (int k = 0; k < 3; k++) parts[i]().Dispose();
+                    times[i][r] = sw.Elapsed.TotalMilliseconds / 3;
+                }
+            // medians; every slice of the batch runs the same shapes (the last one may be smaller: scale by its rows)
+            double Ms(int i) { var t = times[i].Order().ToArray(); return t[reps / 2] * slices.Sum() / slices[0]; }
+            double[] Row(int[] ids) => Monotone(ids.Select(Ms).ToArray());
             return new LatencyModel
             {
                 Device = MachineInfo.Probe().ToString(),
                 Config = ConfigOf(dense, batch),
                 Batch = batch,
                 HeadDims = headDims,
-                AttentionMs = Attention(last: false).Select(Monotone).ToArray(),
-                LastAttentionMs = Attention(last: true).Select(Monotone).ToArray(),
+                AttentionMs = attention.Select(Row).ToArray(),
+                LastAttentionMs = lastAttention.Select(Row).ToArray(),
                 MlpWidths = mlpWidths,
-                MlpMs = Monotone(Mlp(x)),
-                LastMlpMs = Monotone(Mlp(cls)),
-                FixedMs = Fixed(x, x),
-                LastFixedMs = Fixed(x, cls),
-                NonBlockMs = nonBlock,
+                MlpMs = Row(mlp),
+                LastMlpMs = Row(lastMlp),
+                FixedMs = Ms(fixedFull),
+                LastFixedMs = Ms(fixedLast),
+                NonBlockMs = Ms(nonBlock),
             };
+        }
+        finally
+        {
+            foreach (var m in owned) m.Dispose();
         }
     }
 
     private static ViTArchitecture Single(ViTArchitecture dense, ViTBlockSpec spec) =>
         new(dense.ImageSize, dense.PatchSize, dense.Channels, dense.EmbedDim, dense.NumClasses, [spec], dense.LayerNormEps);
 
-    // timings that do not grow with the width (measurement noise) are raised to the running maximum, so that a
-    // narrower structure never costs more and the allocator's step costs stay non-negative
+    // a narrower structure must never cost more (the allocator's step costs stay non-negative): each timing is lowered
+    // to the smallest timing of any wider entry. Noise on a shared machine only ever slows a timing down, so this drops
+    // a slow outlier instead of raising every wider entry to it.
     private static double[] Monotone(double[] ms)
     {
         var r = (double[])ms.Clone();
-        for (int i = 1; i < r.Length; i++) r[i] = Math.Max(r[i], r[i - 1]);
+        for (int i = r.Length - 2; i >= 0; i--) r[i] = Math.Min(r[i], r[i + 1]);
         return r;
     }
 }
