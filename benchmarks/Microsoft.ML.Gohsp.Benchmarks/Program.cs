@@ -161,96 +161,12 @@ if (accuracyEpochs > 0)
 }
 int ablationEpochs = a.GetValueOrDefault("ablation-epochs", 0);
 if (ablationEpochs > 0)
-    foreach (var kv in HeadRankingAblation(ablationEpochs, threads, batch)) result[kv.Key] = kv.Value;
+    foreach (var kv in HeadRankingAblation.Run(ablationEpochs, threads, FindSubset())) result[kv.Key] = kv.Value;
 Console.WriteLine(JsonSerializer.Serialize(result));
 return 0;
 
 // A bf16 figure, or "not native" where the CPU has no AVX512-BF16/AMX and bf16 was not timed.
 object NativeOr(double v, int digits) => machine.NativeBf16 ? Math.Round(v, digits) : "not native";
-
-// Issue 3 ablation: remove 30% / 50% of the heads of a trained dense model with each ranking and measure test top-1
-// before any fine-tuning. Every ranking is normalised per block (mean 1) and selected globally with ≥ 1 head per block.
-static Dictionary<string, object> HeadRankingAblation(int epochs, int threads, int batch)
-{
-    var dir = FindSubset() ?? throw new DirectoryNotFoundException("the ablation needs ../shared/data/cifar-10-subset");
-    ImageTensorData Load(Cifar10Split split)
-    {
-        var d = Cifar10.Read(dir, split);
-        return d.ToTensorData();
-    }
-    var train = Load(Cifar10Split.Train); var test = Load(Cifar10Split.Test);
-    var o = new ViTTrainingOptions { Epochs = epochs, BatchSize = batch, NumberOfThreads = threads, Device = ViTDevice.Cpu, TrainingPrecision = ComputePrecision.BFloat16 };
-    using var model = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 1);
-    var sw = Stopwatch.StartNew();
-    new TrainingLoop(o, "ablation-dense").Train(model, train);
-    double denseAcc = TrainingLoop.Evaluate(model, test, o);
-    Console.WriteLine($"ablation: dense cifar-tiny ({epochs} epochs bf16, {sw.Elapsed.TotalSeconds:F0} s): {denseAcc:P2}");
-    var calib = train.Take(256);
-    var rankings = new Dictionary<string, double[][]>();
-    var graph = Microsoft.ML.Gohsp.Pruning.HeadGraphRanking.Rank(model, calib, o);
-    rankings["graph_central_important"] = graph.Select(g => g.Importance(Microsoft.ML.Gohsp.Pruning.HeadRankingDirection.CentralIsImportant)).ToArray();
-    rankings["graph_central_redundant"] = graph.Select(g => g.Importance(Microsoft.ML.Gohsp.Pruning.HeadRankingDirection.CentralIsRedundant)).ToArray();
-    var js = Microsoft.ML.Gohsp.Pruning.HeadGraphRanking.Rank(model, calib, o, Microsoft.ML.Gohsp.Pruning.HeadSimilarity.AttentionMapJensenShannon);
-    rankings["graph_js_central_important"] = js.Select(g => g.Importance(Microsoft.ML.Gohsp.Pruning.HeadRankingDirection.CentralIsImportant)).ToArray();
-    rankings["graph_js_central_redundant"] = js.Select(g => g.Importance(Microsoft.ML.Gohsp.Pruning.HeadRankingDirection.CentralIsRedundant)).ToArray();
-    rankings["l2"] = Microsoft.ML.Gohsp.Pruning.StructuredProjection.Magnitude(model).Select(b => PerBlockMean(b.Heads.Select(v => (double)v).ToArray())).ToArray();
-    rankings["taylor"] = TaylorHeadImportance(model, calib, o);
-    var rng = new Random(0);
-    for (int sd = 0; sd < 3; sd++)
-    {
-        var r = new Random(sd + 1);
-        rankings[$"random_seed{sd + 1}"] = model.Architecture.Blocks.Select(b => Enumerable.Range(0, b.Heads).Select(_ => r.NextDouble()).ToArray()).ToArray();
-    }
-    var res = new Dictionary<string, object> { ["ablation_epochs"] = epochs, ["ablation_dense_top1"] = Math.Round(denseAcc, 4) };
-    foreach (double frac in new[] { 0.3, 0.5 })
-        foreach (var (name, imp) in rankings)
-        {
-            var kept = Microsoft.ML.Gohsp.Pruning.HeadGraphRanking.SelectHeads(imp, frac);
-            Microsoft.ML.Gohsp.Pruning.GohspPruner.SetHeadMasks(model, kept);
-            double acc = TrainingLoop.Evaluate(model, test, o);
-            Microsoft.ML.Gohsp.Pruning.GohspPruner.ClearHeadMasks(model);
-            string key = $"ablation_heads{(int)(frac * 100)}_{name}";
-            res[key] = Math.Round(acc, 4);
-            Console.WriteLine($"ablation: remove {frac:P0} heads by {name,-28} → {acc:P2}");
-        }
-    return res;
-}
-
-static double[] PerBlockMean(double[] v) { double m = v.Average(); return v.Select(x => m > 0 ? x / m : 1).ToArray(); }
-
-// Taylor importance |w · ∂L/∂w| summed over each head's q, k, v rows (with biases) and output-projection columns.
-static double[][] TaylorHeadImportance(VisionTransformerModel model, ImageTensorData calib, ViTTrainingOptions o)
-{
-    model.eval();
-    model.zero_grad();
-    var idx = Enumerable.Range(0, calib.Count).ToArray();
-    for (int s = 0; s < calib.Count; s += 64)
-    {
-        using var scope = NewDisposeScope();
-        var (x, y) = TrainingLoop.MakeBatch(calib, idx.AsSpan(s, Math.Min(64, calib.Count - s)), o, null, CPU);
-        nn.functional.cross_entropy(model.forward(x), y).backward();
-    }
-    var a = model.Architecture;
-    var result = new double[a.Depth][];
-    using (no_grad())
-        for (int b = 0; b < a.Depth; b++)
-        {
-            var spec = a.Blocks[b]; var attn = model.Blocks[b].attn;
-            int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
-            using var rows = (attn.qkv.weight * attn.qkv.weight.grad!).abs().sum(1).add_((attn.qkv.bias * attn.qkv.bias.grad!).abs());
-            using var cols = (attn.proj.weight * attn.proj.weight.grad!).abs().sum(new long[] { 0 });
-            var r = rows.data<float>().ToArray(); var c = cols.data<float>().ToArray();
-            var imp = new double[h];
-            for (int i = 0; i < h; i++)
-            {
-                for (int j = 0; j < dq; j++) imp[i] += r[i * dq + j] + r[h * dq + i * dq + j];
-                for (int j = 0; j < dv; j++) imp[i] += r[2 * h * dq + i * dv + j] + c[i * dv + j];
-            }
-            result[b] = PerBlockMean(imp);
-        }
-    model.zero_grad();
-    return result;
-}
 
 double TrainRate(VisionTransformerModel m, ComputePrecision p, List<double>? fractionsOfGemm = null)
 {

@@ -15,7 +15,7 @@ namespace Cifar10Pruning;
 /// reference, prune the dense model with each method and sparsity, then save every model, load it back in a fresh
 /// <see cref="MLContext"/>, evaluate it and time it.
 /// </summary>
-internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10Dataset trainSet, Cifar10Dataset testSet, string data)
+internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10Dataset trainSet, ValidationSplit? validationSplit, Cifar10Dataset testSet, string data)
 {
     private readonly ComputePrecision _precision = options.ResolvePrecision();
 
@@ -30,6 +30,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
             .Append(ml.Transforms.ExtractPixels("Pixels", "Image", interleavePixelColors: false))
             .Fit(train);
         var prepared = prep.Transform(train);
+        var validation = validationSplit is null ? null : prep.Transform(Cifar10.ToDataView(ml, validationSplit.Images));
 
         // 1. The dense model every method starts from: E epochs.
         var sw = Stopwatch.StartNew();
@@ -58,19 +59,20 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
                 string name = Text.Invariant($"{method.ToString().ToLowerInvariant()}-{sparsity * 100:0}");
                 sw.Restart();
                 var (pruned, split) = ui.Train(Text.Invariant($"{method.ToString().ToUpperInvariant()} to {sparsity:P0} sparsity, {Text.Count(options.PostEpochs, "epoch")}"),
-                    p => Prune(ml, method, sparsity, seed, dense, prepared, p));
+                    p => Prune(ml, method, sparsity, seed, dense, prepared, validation, p));
                 models.Add((Template(method.ToString().ToLowerInvariant(), sparsity, seed, split, sw.Elapsed.TotalSeconds, name + ".zip"), pruned));
             }
 
         // 4. Save, reload in a fresh MLContext, evaluate, time.
         var testTensor = testSet.ToTensorData();
         TorchDevices.ApplyThreads(options.Threads);
+        var denseLogProbabilities = LogProbabilities(dense.Model, testTensor);
         var entries = new List<ModelEntry>();
         foreach (var (template, predictor) in models)
         {
             string zip = Path.Combine(outDir, template.Model);
             ml.Model.SaveAtomically(Full(predictor), train.Schema, zip);
-            entries.Add(Measure(template, zip, predictor.Model.PruningReport, testTensor, showPredictions: template == models[^1].Template));
+            entries.Add(Measure(template, zip, predictor.Model.PruningReport, testTensor, denseLogProbabilities, showPredictions: template == models[^1].Template));
         }
 
         return new SampleReport
@@ -93,6 +95,10 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
                 Machine = $"{Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
                 MachineInfo = Microsoft.ML.Gohsp.Diagnostics.MachineInfo.Probe(),
                 SpeedMethod = SampleReport.SpeedNotes,
+                ValidationImages = validationSplit?.Images.Count ?? 0,
+                ValidationFraction = validationSplit?.Fraction ?? 0,
+                ValidationSeed = validationSplit?.Seed,
+                ValidationIndicesSha256 = validationSplit?.IndicesHash,
             },
             Dense = entries[0],
             Entries = entries.Skip(1).ToArray(),
@@ -139,25 +145,32 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
     /// pruned transformer and how the epochs were used.
     /// </summary>
     private (MulticlassPredictionTransformer<ViTModelParameters>, string) Prune(MLContext ml, PruningMethod method, double sparsity, int seed,
-        MulticlassPredictionTransformer<ViTModelParameters> dense, IDataView prepared, IProgress<ViTTrainingProgress> progress)
+        MulticlassPredictionTransformer<ViTModelParameters> dense, IDataView prepared, IDataView? validation, IProgress<ViTTrainingProgress> progress)
     {
         var recipe = PostDenseRecipe(seed);
         int epochs = options.PostEpochs;
         switch (method)
         {
             case PruningMethod.Gohsp:
-                var g = PruningProtocol.ApplyEpochBudget(new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress }, epochs, recipe);
+                var g = PruningProtocol.ApplyEpochBudget(new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }, epochs, recipe);
                 return (ml.Transforms.GohspPrune(g, dense).Fit(prepared), $"soft pruning {g.SoftPruning.Epochs} + fine-tune {g.FineTune.Epochs}");
             case PruningMethod.Sgmp:
-                var s = PruningProtocol.ApplyEpochBudget(new SgmpPruningEstimator.Options { Sparsity = sparsity, Progress = progress }, epochs, recipe);
+                var s = PruningProtocol.ApplyEpochBudget(new SgmpPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }, epochs, recipe);
                 return (ml.Transforms.SgmpPrune(s, dense).Fit(prepared), $"gradual pruning {s.Gradual.Epochs} + fine-tune {s.FineTune.Epochs}");
             case PruningMethod.Somp:
-                var o = PruningProtocol.ApplyEpochBudget(new SompPruningEstimator.Options { Sparsity = sparsity, Progress = progress }, epochs, recipe);
+                var o = PruningProtocol.ApplyEpochBudget(new SompPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }, epochs, recipe);
                 return (ml.Transforms.SompPrune(o, dense).Fit(prepared), $"one-shot pruning + fine-tune {o.FineTune.Epochs}");
             default:
                 throw new ArgumentOutOfRangeException(nameof(method), method, "Unknown pruning method.");
         }
     }
+
+    /// <summary>
+    /// Natural-log class probabilities of every test image from the raw model (the same batched path as the speed column);
+    /// probabilities are floored at 1e-30 before the log.
+    /// </summary>
+    private static float[] LogProbabilities(ViTModelParameters model, ImageTensorData data) =>
+        model.PredictProbabilities(data).Select(p => MathF.Log(MathF.Max(p, 1e-30f))).ToArray();
 
     private static ModelEntry Template(string method, double sparsity, int seed, string split, double seconds, string zip) => new()
     {
@@ -167,7 +180,8 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
     };
 
     /// <summary>Loads the saved zip in a fresh MLContext (what an app does) and measures accuracy and speed on it.</summary>
-    private ModelEntry Measure(ModelEntry template, string zip, PruningReport? pruning, ImageTensorData testTensor, bool showPredictions)
+    private ModelEntry Measure(ModelEntry template, string zip, PruningReport? pruning, ImageTensorData testTensor, float[] denseLogProbabilities,
+        bool showPredictions)
     {
         var fresh = new MLContext(template.Seed);
         var loaded = fresh.Model.Load(zip, out _).UseBatchScoring(); // Model.Load rebuilds ML.NET's row-by-row scorer
@@ -176,6 +190,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
         var sw = Stopwatch.StartNew();
         var metrics = fresh.MulticlassClassification.Evaluate(loaded.Transform(Cifar10.ToDataView(fresh, testSet)));
         double mlnetRate = testSet.Count / sw.Elapsed.TotalSeconds;
+        var fidelity = Fidelity.Compute(LogProbabilities(vit, testTensor), denseLogProbabilities, testTensor.Labels, vit.Architecture.NumClasses);
         double batchRate = Speed.BatchImagesPerSecond(vit, testTensor);
         var (engineMs, rawMs) = Speed.SingleImageLatency(fresh, loaded, vit, testSet);
 
@@ -199,6 +214,17 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
             Flops = arch.ForwardFlops,
             AchievedSparsity = pruning?.AchievedSparsity ?? 0,
             Top1 = metrics.MicroAccuracy,
+            Nll = fidelity.Nll,
+            Agreement = fidelity.Agreement,
+            KlFromDense = fidelity.KlFromDense,
+            CutShockTop1 = pruning?.CutShockTop1,
+            CutShockNll = pruning?.CutShockNll,
+            HardPrunedValidationTop1 = pruning?.ValidationAccuracy.GetValueOrDefault(PruningReport.HardPrunedStage),
+            HardPrunedValidationNll = pruning?.ValidationNll.GetValueOrDefault(PruningReport.HardPrunedStage),
+            ValidationTop1 = pruning?.ValidationAccuracy.GetValueOrDefault(PruningReport.FinalStage),
+            ValidationNll = pruning?.ValidationNll.GetValueOrDefault(PruningReport.FinalStage),
+            ResidualRatio = pruning?.ResidualRatio,
+            CutPlanOverlap = pruning?.CutPlanOverlap,
             BatchImagesPerS = batchRate,
             SingleLatencyMs = engineMs,
             RawForwardLatencyMs = rawMs,

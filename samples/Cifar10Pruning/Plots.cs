@@ -47,6 +47,35 @@ internal static class Plots
     }
 
     /// <summary>
+    /// Paired differences (points of top-1) against sparsity: one series per comparison, each point the mean over seeds with
+    /// its 95% confidence interval as the error bar, and a zero line.
+    /// </summary>
+    public static string PairedDifferences(string path, string title, IEnumerable<(string Label, IReadOnlyList<(double Sparsity, PairedDifference Difference)> Points)> series)
+    {
+        var model = NewModel(title);
+        var all = series.ToArray();
+        model.Axes.Add(new LinearAxis { Position = AxisPosition.Bottom, Title = "sparsity (% of parameters removed)", MajorGridlineStyle = LineStyle.Dot, MinimumPadding = 0.1, MaximumPadding = 0.1 });
+        model.Axes.Add(new LinearAxis { Position = AxisPosition.Left, Title = "top-1 difference (points), 95% CI", MajorGridlineStyle = LineStyle.Dot });
+        var zero = new LineSeries { Color = OxyColors.Gray, StrokeThickness = 1, LineStyle = LineStyle.Dash };
+        var xs = all.SelectMany(s => s.Points.Select(p => p.Sparsity * 100)).DefaultIfEmpty(0).ToArray();
+        zero.Points.Add(new DataPoint(xs.Min() - 5, 0));
+        zero.Points.Add(new DataPoint(xs.Max() + 5, 0));
+        model.Series.Add(zero);
+        int i = 0;
+        foreach (var (label, points) in all)
+        {
+            var color = Palette[i % Palette.Length];
+            double offset = (i++ - (all.Length - 1) / 2.0) * 1.2;   // side by side at each sparsity
+            var dots = new ScatterErrorSeries { Title = label, MarkerType = MarkerType.Circle, MarkerSize = 4, MarkerFill = color, ErrorBarColor = color };
+            foreach (var (sparsity, d) in points.OrderBy(p => p.Sparsity))
+                // OxyPlot draws ErrorY as the whole bar: the interval's width
+                dots.Points.Add(new ScatterErrorPoint(sparsity * 100 + offset, d.Mean * 100, 0, (d.High - d.Low) * 100));
+            model.Series.Add(dots);
+        }
+        return Save(model, path);
+    }
+
+    /// <summary>
     /// The pruned architecture per block: kept heads, q/k dim per head, v dim per head and MLP width as % of the dense block
     /// (horizontal bars, block 0 on top; the absolute shape of each block is in its axis label).
     /// </summary>

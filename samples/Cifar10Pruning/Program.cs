@@ -4,6 +4,7 @@
 using Cifar10Pruning;
 using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp.Data;
+using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Transforms.Image;
 
 try
@@ -64,7 +65,18 @@ internal static class Sample
         var testSet = Cifar10.Read(data, Cifar10Split.Test, options.MaxTest);
         ui.Line($"CIFAR-10 from {data}: {trainSet.Count:N0} training and {testSet.Count:N0} test images.");
 
-        var run = new ComparisonRun(options, ui, trainSet, testSet, data);
+        // The validation split: held out of the training images (seeded, stratified, the same for every seed). Pruning stages
+        // are measured on it; defaults are chosen on it; the test images are only reported.
+        ValidationSplit? validation = null;
+        if (options.Validation > 0)
+        {
+            var held = ImageTensorData.ValidationIndices(trainSet.Labels.Select(b => (int)b).ToArray(), options.Validation, options.ValidationSeed);
+            validation = new ValidationSplit(trainSet.Select(held), options.Validation, options.ValidationSeed, ValidationSplit.Hash(held));
+            trainSet = trainSet.Select(ImageTensorData.Complement(held, trainSet.Count));
+            ui.Line(Text.Invariant($"Validation split: {validation.Images.Count:N0} of the training images (seed {options.ValidationSeed}); {trainSet.Count:N0} left for training."));
+        }
+
+        var run = new ComparisonRun(options, ui, trainSet, validation, testSet, data);
         var reports = new List<SampleReport>();
         foreach (int seed in options.Seeds)
         {

@@ -41,6 +41,28 @@ internal sealed record ModelEntry
     /// <summary>The saved ML.NET model zip (file name in the output folder).</summary>
     public required string Model { get; init; }
     public required IReadOnlyList<BlockShape> Blocks { get; init; }
+    /// <summary>Test NLL: mean −ln p(label) of the reloaded model over the test split.</summary>
+    public double? Nll { get; init; }
+    /// <summary>Fraction of test images on which this model predicts the same class as the dense model every method starts from.</summary>
+    public double? Agreement { get; init; }
+    /// <summary>Mean KL(dense ‖ this model) of the class distributions over the test split (nats).</summary>
+    public double? KlFromDense { get; init; }
+    /// <summary>Validation top-1 right before the hard cut minus right after it, before fine-tuning (points × 0.01; null for dense).</summary>
+    public double? CutShockTop1 { get; init; }
+    /// <summary>Validation NLL right after the hard cut minus right before it.</summary>
+    public double? CutShockNll { get; init; }
+    /// <summary>Validation top-1 right after the hard cut, before fine-tuning.</summary>
+    public double? HardPrunedValidationTop1 { get; init; }
+    /// <summary>Validation NLL right after the hard cut, before fine-tuning.</summary>
+    public double? HardPrunedValidationNll { get; init; }
+    /// <summary>Validation top-1 of the finished model.</summary>
+    public double? ValidationTop1 { get; init; }
+    /// <summary>Validation NLL of the finished model.</summary>
+    public double? ValidationNll { get; init; }
+    /// <summary>GOHSP: primal residual at the end of soft pruning over its start.</summary>
+    public double? ResidualRatio { get; init; }
+    /// <summary>GOHSP: overlap of the cut plan (support of ADMM's final Z) with a fresh projection of W.</summary>
+    public double? CutPlanOverlap { get; init; }
 
     [JsonIgnore] public double SingleOverRaw => SingleLatencyMs / RawForwardLatencyMs;
 }
@@ -70,6 +92,14 @@ internal sealed record RunConfig
     /// written before it was recorded, whose batch rate was the median of 3 passes without a forced GC.
     /// </summary>
     public string? SpeedMethod { get; init; }
+    /// <summary>Images of the validation split held out of the training images (0: none).</summary>
+    public int ValidationImages { get; init; }
+    /// <summary>The fraction held out.</summary>
+    public double ValidationFraction { get; init; }
+    /// <summary>The seed of the split.</summary>
+    public int? ValidationSeed { get; init; }
+    /// <summary>SHA-256 of the held-out indices (comma-separated, ascending), so two reports can be checked for the same split.</summary>
+    public string? ValidationIndicesSha256 { get; init; }
 
     /// <summary>The speed notes that describe this run's columns.</summary>
     [JsonIgnore]
@@ -138,10 +168,10 @@ internal sealed record SampleReport
     public static string MarkdownTable(IEnumerable<ModelEntry> entries)
     {
         var sb = new StringBuilder();
-        sb.AppendLine("| method | sparsity (requested → achieved) | params | MFLOPs/image | top-1 | batch img/s | PredictionEngine ms | raw forward ms | engine / raw | train s |");
-        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        sb.AppendLine("| method | sparsity (requested → achieved) | params | MFLOPs/image | top-1 | NLL | agreement | KL(dense‖·) | cut shock (val top-1, pts) | batch img/s | PredictionEngine ms | raw forward ms | engine / raw | train s |");
+        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var e in entries)
-            sb.AppendLine(Text.Invariant($"| {e.Method} | {SparsityText(e)} | {e.Params:N0} | {e.Flops / 1e6:F1} | {e.Top1:P2} | {e.BatchImagesPerS:F0} | {e.SingleLatencyMs:F3} | {e.RawForwardLatencyMs:F3} | {e.SingleOverRaw:F3} | {e.TrainSeconds:F0} |"));
+            sb.AppendLine(Text.Invariant($"| {e.Method} | {SparsityText(e)} | {e.Params:N0} | {e.Flops / 1e6:F1} | {e.Top1:P2} | {Opt(e.Nll, "F4")} | {Opt(e.Agreement * 100, "F1")} | {Opt(e.KlFromDense, "F4")} | {Opt(e.CutShockTop1 * 100, "F2")} | {e.BatchImagesPerS:F0} | {e.SingleLatencyMs:F3} | {e.RawForwardLatencyMs:F3} | {e.SingleOverRaw:F3} | {e.TrainSeconds:F0} |"));
         return sb.ToString().TrimEnd();
     }
 
@@ -161,6 +191,9 @@ internal sealed record SampleReport
                 Text.Invariant($"{e.BatchImagesPerS:F0}"), Text.Invariant($"{e.SingleLatencyMs:F3}"), Text.Invariant($"{e.RawForwardLatencyMs:F3}"), Text.Invariant($"{e.SingleOverRaw:F3}"), Text.Invariant($"{e.TrainSeconds:F0}"));
         AnsiConsole.Write(t);
     }
+
+    /// <summary>A value or "—" when it was not measured.</summary>
+    public static string Opt(double? v, string format) => v is double x && double.IsFinite(x) ? x.ToString(format, Text.Culture) : "—";
 
     public static string Label(ModelEntry e) => e.Method == "dense" ? "dense" : Text.Invariant($"{e.Method} {e.Sparsity:P0}");
 

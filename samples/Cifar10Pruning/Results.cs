@@ -61,14 +61,26 @@ internal static class Results
         sb.AppendLine(Text.Invariant($"- dense model the methods start from: top-1 {Stat(configs.Select(x => x.DenseStartTop1), 100, "F2")}%"));
         sb.AppendLine(Text.Invariant($"- runs: {string.Join("; ", configs.Select(x => $"seed {x.Seed} {x.Date}"))}; {c.Machine}"));
         sb.AppendLine();
-        sb.AppendLine("| method | sparsity | n | params | MFLOPs/image | top-1 (%) | batch img/s | PredictionEngine ms | raw forward ms | train s |");
-        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        sb.AppendLine("| method | sparsity | n | params | MFLOPs/image | top-1 (%) | NLL | agreement (%) | KL(dense‖·) | cut shock (val top-1, pts) | residual ratio | batch img/s | PredictionEngine ms | train s |");
+        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var g in groups)
         {
             var r = g.Runs;
             string sparsity = g.Method == "dense" ? "—" : Text.Invariant($"{g.Sparsity:P0} (achieved {Stat(r.Select(e => e.AchievedSparsity), 100, "F1")}%)");
             sb.AppendLine(Text.Invariant(
-                $"| {g.Method} | {sparsity} | {r.Count} | {r.Average(e => e.Params):N0} | {r.Average(e => e.Flops) / 1e6:F1} | {Stat(r.Select(e => e.Top1), 100, "F2")} | {Stat(r.Select(e => e.BatchImagesPerS), 1, "F0")} | {Stat(r.Select(e => e.SingleLatencyMs), 1, "F3")} | {Stat(r.Select(e => e.RawForwardLatencyMs), 1, "F3")} | {Stat(r.Select(e => e.TrainSeconds), 1, "F0")} |"));
+                $"| {g.Method} | {sparsity} | {r.Count} | {r.Average(e => e.Params):N0} | {r.Average(e => e.Flops) / 1e6:F1} | {Stat(r.Select(e => e.Top1), 100, "F2")} | {OptStat(r.Select(e => e.Nll), 1, "F4")} | {OptStat(r.Select(e => e.Agreement), 100, "F1")} | {OptStat(r.Select(e => e.KlFromDense), 1, "F4")} | {OptStat(r.Select(e => e.CutShockTop1), 100, "F2")} | {OptStat(r.Select(e => e.ResidualRatio), 100, "F1", "%")} | {Stat(r.Select(e => e.BatchImagesPerS), 1, "F0")} | {Stat(r.Select(e => e.SingleLatencyMs), 1, "F3")} | {Stat(r.Select(e => e.TrainSeconds), 1, "F0")} |"));
+        }
+        var paired = PairedRows(reports);
+        if (paired.Count > 0)
+        {
+            sb.AppendLine();
+            sb.AppendLine(Text.Invariant($"Paired differences over seeds (each seed's models share one dense model), mean and 95% Student-t interval; top-1 in points (positive: GOHSP ahead), NLL in nats (negative: GOHSP ahead):"));
+            sb.AppendLine();
+            sb.AppendLine("| sparsity | difference | n | Δ top-1 (pts) | 95% CI | Δ NLL | 95% CI | reading |");
+            sb.AppendLine("| --- | --- | ---: | ---: | --- | ---: | --- | --- |");
+            foreach (var row in paired)
+                sb.AppendLine(Text.Invariant(
+                    $"| {row.Sparsity:P0} | {row.Label} | {row.Top1.N} | {row.Top1.Mean * 100:+0.00;−0.00} | {Ci(row.Top1, 100, "F2")} | {Opt(row.Nll?.Mean, "+0.0000;−0.0000")} | {(row.Nll is null ? "—" : Ci(row.Nll, 1, "F4"))} | {Reading(row)} |"));
         }
         sb.AppendLine();
         sb.AppendLine("Epochs after the dense model (train s: their wall-clock seconds; equal epochs are not equal compute): " + string.Join("; ", groups.Select(g => $"{g.Method}: {g.Runs[0].EpochSplit}").Distinct()) + ".");
@@ -87,12 +99,76 @@ internal static class Results
             sb.AppendLine($"![top-1 vs parameters]({Path.GetRelativePath(Path.GetDirectoryName(Path.GetFullPath(markdownPath))!, plotPath)})");
             written.Add(plotPath);
         }
+        if (paired.Any(r => r.Top1.N >= 2))
+        {
+            string diffPath = Path.Combine(Path.GetDirectoryName(plotPath)!, "results-paired-differences.png");
+            Plots.PairedDifferences(diffPath, Text.Invariant($"Paired top-1 differences, mean and 95% CI over {seeds.Length} seeds"),
+                paired.Where(r => r.Top1.N >= 2).GroupBy(r => r.Label).Select(g => (g.Key, (IReadOnlyList<(double, PairedDifference)>)g.Select(r => (r.Sparsity, r.Top1)).ToArray())));
+            sb.AppendLine();
+            sb.AppendLine($"![paired differences]({Path.GetRelativePath(Path.GetDirectoryName(Path.GetFullPath(markdownPath))!, diffPath)})");
+            written.Add(diffPath);
+        }
         string text = embedded
             ? page![..(begin + BeginMarker.Length)] + "\n" + sb.ToString() + page[end..]
             : sb.ToString();
         Text.WriteAtomically(markdownPath, text);
         written.Insert(0, markdownPath);
         return written;
+    }
+
+    /// <summary>One paired comparison at one sparsity: GOHSP minus another model of the same seeds.</summary>
+    internal sealed record PairedRow(double Sparsity, string Label, PairedDifference Top1, PairedDifference? Nll);
+
+    /// <summary>
+    /// GOHSP − SOMP, GOHSP − SGMP and GOHSP − dense reference at every sparsity, paired by seed (only seeds that have both).
+    /// </summary>
+    internal static IReadOnlyList<PairedRow> PairedRows(IReadOnlyList<SampleReport> reports)
+    {
+        var rows = new List<PairedRow>();
+        var sparsities = reports.SelectMany(r => r.Entries).Where(e => e.Method == "gohsp").Select(e => e.Sparsity).Distinct().Order();
+        foreach (double sparsity in sparsities)
+            foreach (var (other, label) in new[] { ("somp", "GOHSP − SOMP"), ("sgmp", "GOHSP − SGMP"), ("dense", "GOHSP − dense reference") })
+            {
+                var pairs = reports.Select(r => (
+                        G: r.Entries.FirstOrDefault(e => e.Method == "gohsp" && e.Sparsity == sparsity),
+                        O: other == "dense" ? r.Dense : r.Entries.FirstOrDefault(e => e.Method == other && e.Sparsity == sparsity)))
+                    .Where(p => p.G is not null && p.O is not null).ToArray();
+                if (pairs.Length == 0) continue;
+                var top1 = PairedDifference.Of(pairs.Select(p => p.G!.Top1 - p.O!.Top1).ToArray());
+                var nll = pairs.All(p => p.G!.Nll is not null && p.O!.Nll is not null)
+                    ? PairedDifference.Of(pairs.Select(p => p.G!.Nll!.Value - p.O!.Nll!.Value).ToArray()) : null;
+                rows.Add(new PairedRow(sparsity, label, top1, nll));
+            }
+        return rows;
+    }
+
+    private static string Ci(PairedDifference d, double scale, string format) => d.N < 2 ? "—"
+        : "[" + (d.Low * scale).ToString(format, Text.Culture) + ", " + (d.High * scale).ToString(format, Text.Culture) + "]";
+
+    private static string Reading(PairedRow r)
+    {
+        if (r.Top1.N < 2) return "one seed";
+        bool top1Ahead = r.Top1.Low > 0, nllAhead = r.Nll is { N: >= 2 } n && n.High < 0;
+        bool top1Behind = r.Top1.High < 0, nllBehind = r.Nll is { N: >= 2 } m && m.Low > 0;
+        return (top1Ahead, nllAhead, top1Behind, nllBehind) switch
+        {
+            (true, true, _, _) => "GOHSP ahead (both)",
+            (true, false, _, _) => "GOHSP ahead in top-1",
+            (false, true, _, _) => "GOHSP ahead in NLL",
+            (_, _, true, true) => "GOHSP behind (both)",
+            (_, _, true, _) => "GOHSP behind in top-1",
+            (_, _, _, true) => "GOHSP behind in NLL",
+            _ => "within noise",
+        };
+    }
+
+    private static string Opt(double? v, string format) => v is double x ? x.ToString(format, Text.Culture) : "—";
+
+    /// <summary><see cref="Stat"/> over the values that were measured (older reports lack some); "—" when none was.</summary>
+    private static string OptStat(IEnumerable<double?> values, double scale, string format, string suffix = "")
+    {
+        var v = values.Where(x => x is double d && double.IsFinite(d)).Select(x => x!.Value).ToArray();
+        return v.Length == 0 ? "—" : Stat(v, scale, format) + suffix;
     }
 
     private static Plots.Point Point(Group g) =>

@@ -24,6 +24,9 @@ internal sealed record SampleOptions
           --threads N          TorchSharp intra-op threads (0: all cores). Default 0
           --max-train N        use only the first N training images
           --max-test N         evaluate and time on only the first N test images (quick runs)
+          --validation F       fraction of the training images held out (seeded, stratified by class) as the validation
+                               split: pruning stages are measured on it (cut shock, per-stage NLL); 0 = none. Default 0.1
+          --validation-seed N  seed of that split (the same split for every --seed). Default 1
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
@@ -43,6 +46,8 @@ internal sealed record SampleOptions
     public int? MaxTrain { get; init; }
     public int? MaxTest { get; init; }
     public string Precision { get; init; } = "auto";
+    public double Validation { get; init; } = 0.1;
+    public int ValidationSeed { get; init; } = 1;
     public string? ResultsMarkdown { get; init; }
     public string? Aggregate { get; init; }
     public bool Plain { get; init; }
@@ -52,7 +57,8 @@ internal sealed record SampleOptions
     public string CommandLine { get; init; } = "";
 
     private static readonly string[] ValueFlags =
-        ["data", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision", "results-md", "aggregate"];
+        ["data", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
+         "validation", "validation-seed", "results-md", "aggregate"];
     private static readonly string[] SwitchFlags = ["plain", "help"];
 
     /// <summary>Parses the flags; every problem is an <see cref="ArgumentException"/> with a one-line message naming the flag.</summary>
@@ -88,6 +94,8 @@ internal sealed record SampleOptions
             MaxTrain = values.ContainsKey("max-train") ? Int(values, "max-train", 0, min: 1) : null,
             MaxTest = values.ContainsKey("max-test") ? Int(values, "max-test", 0, min: 1) : null,
             Precision = ParsePrecision(values.GetValueOrDefault("precision") ?? "auto"),
+            Validation = values.TryGetValue("validation", out var vf) ? ParseValidation(vf) : 0.1,
+            ValidationSeed = values.TryGetValue("validation-seed", out var vs) ? ParseSeed(vs, "validation-seed") : 1,
             ResultsMarkdown = values.GetValueOrDefault("results-md"),
             Aggregate = values.GetValueOrDefault("aggregate"),
             Plain = switches.Contains("plain"),
@@ -119,6 +127,10 @@ internal sealed record SampleOptions
     private static double ParseSparsity(string v, string flag) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double s) && s > 0 && s < 1 ? s
         : throw new ArgumentException($"Option '--{flag}': '{v}' is not a fraction in (0, 1) (e.g. 0.4 removes 40% of the parameters).");
+
+    private static double ParseValidation(string v) =>
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= 0 && f < 1 ? f
+        : throw new ArgumentException($"Option '--validation': '{v}' is not a fraction in [0, 1) (0 holds out nothing).");
 
     private static int ParseSeed(string v, string flag) =>
         int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int s) ? s

@@ -31,6 +31,10 @@ public class GohspPrunerTests(ITestOutputHelper output)
         var g = new GohspOptions
         {
             Sparsity = 0.4,
+            // the fixed-fraction head budget with hard head masks (the defaults couple heads to the budget and prune them
+            // softly: GohspConvergenceTests)
+            HeadBudget = HeadBudget.Fraction,
+            HeadPruning = HeadPruningMode.Hard,
             HeadPruningFraction = 0.25,
             CalibrationImages = 64,
             SoftPruning = new ViTTrainingOptions { Epochs = 4, NumberOfThreads = 2, Device = ViTDevice.Cpu, LearningRate = 1.5e-3, MinLearningRate = 1.5e-3, WarmupEpochs = 0 },
@@ -106,7 +110,7 @@ public class GohspPrunerTests(ITestOutputHelper output)
         using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 1);
         var data = HeadGraphRankingTests.RandomImages(8);
         ((Action)(() => GohspPruner.Run(dense, data, null, new GohspOptions { Sparsity = 1.2 }))).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*Sparsity*(0, 1)*");
-        ((Action)(() => GohspPruner.Run(dense, data, null, new GohspOptions { HeadPruningFraction = 0.95 }))).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*would empty a block*");
+        ((Action)(() => GohspPruner.Run(dense, data, null, new GohspOptions { HeadBudget = HeadBudget.Fraction, HeadPruningFraction = 0.95 }))).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*would empty a block*");
         ((Action)(() => GohspPruner.Run(dense, HeadGraphRankingTests.RandomImages(0), null, new GohspOptions()))).Should().Throw<ArgumentException>().WithMessage("*no rows*");
     }
 }

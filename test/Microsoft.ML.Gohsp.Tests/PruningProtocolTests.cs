@@ -24,11 +24,18 @@ public class PruningProtocolTests
         (sgmp.Gradual.Epochs, sgmp.FineTune.Epochs).Should().Be((total / 2, total - total / 2));
         somp.FineTune.Epochs.Should().Be(total);
         var stages = new[] { g.SoftPruning, g.FineTune, sgmp.Gradual, sgmp.FineTune, somp.FineTune };
-        stages.Should().OnlyContain(s => s.LearningRate == 3e-4 && s.BatchSize == 48 && s.Seed == 11 && s.WeightDecay == 0.02
+        stages.Should().OnlyContain(s => s.BatchSize == 48 && s.Seed == 11 && s.WeightDecay == 0.02
                                          && s.RandomCropPadding == 2 && s.NumberOfThreads == 2);
-        // the pruning stages of GOHSP and SGMP run at the same constant rate; fine-tuning keeps the base schedule
-        new[] { g.SoftPruning, sgmp.Gradual }.Should().OnlyContain(s => s.MinLearningRate == 3e-4 && s.WarmupEpochs == 0);
-        new[] { g.FineTune, sgmp.FineTune, somp.FineTune }.Should().OnlyContain(s => s.MinLearningRate == 1e-6 && s.WarmupEpochs == b.WarmupEpochs);
+        // one schedule over the E epochs for every method: SOMP runs it whole; GOHSP and SGMP run its first half (down to
+        // the rate at the boundary) before the cut and its second half (from that rate) after it
+        double boundary = PruningProtocol.BoundaryRate(b, total / 2, total);
+        boundary.Should().BeInRange(1e-6, 3e-4);
+        somp.FineTune.Should().Match<ViTTrainingOptions>(s => s.LearningRate == 3e-4 && s.MinLearningRate == 1e-6
+                                                              && s.WarmupEpochs == Math.Min(b.WarmupEpochs, total / 4.0));
+        new[] { g.SoftPruning, sgmp.Gradual }.Should().OnlyContain(s => s.LearningRate == 3e-4 && s.MinLearningRate == boundary
+                                                                      && s.WarmupEpochs == Math.Min(b.WarmupEpochs, total / 4.0));
+        new[] { g.FineTune, sgmp.FineTune }.Should().OnlyContain(s => s.LearningRate == boundary && s.MinLearningRate == 1e-6
+                                                                   && s.WarmupEpochs == Math.Min(b.WarmupEpochs, (total - total / 2) / 4.0));
         stages.Select(s => s.Mean).Append(b.Mean).Distinct(ReferenceEqualityComparer.Instance).Should().HaveCount(6, "every stage gets its own copy of the arrays");
     }
 

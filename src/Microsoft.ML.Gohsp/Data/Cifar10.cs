@@ -115,6 +115,24 @@ public sealed class Cifar10Dataset
         return new Cifar10Dataset(ClassNames, Labels.AsSpan(0, n).ToArray(), Pixels.AsSpan(0, n * Cifar10.ImageBytes).ToArray());
     }
 
+    /// <summary>The images at <paramref name="indices"/>, in that order (copied).</summary>
+    /// <param name="indices">Image indices, each in [0, <see cref="Count"/>).</param>
+    /// <returns>A new <see cref="Cifar10Dataset"/> with the same class names.</returns>
+    public Cifar10Dataset Select(IReadOnlyList<int> indices)
+    {
+        ArgumentNullException.ThrowIfNull(indices);
+        var labels = new byte[indices.Count];
+        var pixels = new byte[(long)indices.Count * Cifar10.ImageBytes];
+        for (int k = 0; k < indices.Count; k++)
+        {
+            int i = indices[k];
+            if (i < 0 || i >= Count) throw new ArgumentOutOfRangeException(nameof(indices), i, $"Image index outside [0, {Count}).");
+            labels[k] = Labels[i];
+            GetImage(i).CopyTo(pixels.AsSpan(k * Cifar10.ImageBytes, Cifar10.ImageBytes));
+        }
+        return new Cifar10Dataset(ClassNames, labels, pixels);
+    }
+
     /// <summary>
     /// The images as raw 0…255 float pixels (planar CHW) with integer labels: the input of the pure TorchSharp layer
     /// (<see cref="Training.TrainingLoop"/>, the pruners, <c>ViTModelParameters.PredictProbabilities</c>).

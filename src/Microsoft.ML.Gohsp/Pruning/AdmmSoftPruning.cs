@@ -6,32 +6,68 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Gohsp.Pruning;
 
+/// <summary>How the ADMM penalty ρ/2·‖W − Z + U‖² enters the W-subproblem.</summary>
+public enum AdmmPenalty
+{
+    /// <summary>
+    /// Decoupled proximal step (default): after every optimiser step, W ← (W + ηρ(Z − U)) / (1 + ηρ) with η the step's
+    /// learning rate — the exact proximal map of the penalty, applied outside the optimiser the way AdamW decouples weight
+    /// decay. Adam's per-weight normalisation would otherwise cap the pull toward Z at about η per step.
+    /// </summary>
+    Decoupled = 0,
+    /// <summary>The penalty's gradient ρ(W − Z + U) is added to the task gradient before the optimiser step.</summary>
+    Gradient = 1,
+}
+
 /// <summary>Options of GOHSP stage 2 (ADMM-style soft structured pruning).</summary>
 public sealed class AdmmOptions
 {
-    /// <summary>Initial penalty ρ₀ of ρ/2·Σ‖W − Z + U‖². Default 0.01.</summary>
-    public double Rho { get; set; } = 0.01;
-    /// <summary>Factor applied to ρ after every Z/U update. Default 1.5.</summary>
-    public double RhoGrowth { get; set; } = 1.5;
-    /// <summary>Largest ρ. Default 10.</summary>
-    public double RhoMax { get; set; } = 10;
-    /// <summary>Optimiser steps between Z/U updates; 0 = once per epoch. Default 0.</summary>
-    public int UpdateEverySteps { get; set; }
+    /// <summary>Initial penalty ρ₀ of ρ/2·Σ‖W − Z + U‖². Default 1.</summary>
+    public double Rho { get; set; } = 1;
+    /// <summary>
+    /// Factor applied to ρ after every Z/U update; 0 (default) chooses it so that ρ grows geometrically from
+    /// <see cref="Rho"/> to <see cref="RhoMax"/> by the end of the target-sparsity ramp (or by the last update when there is
+    /// no ramp), whatever the stage's length.
+    /// </summary>
+    public double RhoGrowth { get; set; }
+    /// <summary>
+    /// Largest ρ. Default 1000: with the decoupled penalty and lr 5e-4, a pull of a third of the way to Z − U per step,
+    /// enough to hold the pruned weights near zero against Adam's steps of about lr each (the residual ends at ≤ 5% of its
+    /// start; docs/gohsp.md).
+    /// </summary>
+    public double RhoMax { get; set; } = 1000;
+    /// <summary>Optimiser steps between Z/U updates; 0 = once per epoch. Default 10.</summary>
+    public int UpdateEverySteps { get; set; } = 10;
+    /// <summary>
+    /// Progressive ADMM: the target sparsity of the projection Π ramps from 0 to <see cref="PruningOptions.Sparsity"/>
+    /// along SGMP's cubic schedule over this fraction of the stage's steps, then stays there; 0 projects onto the full
+    /// target from the first step. In [0, 1). Default 0.5.
+    /// </summary>
+    public double SparsityRampFraction { get; set; } = 0.5;
+    /// <summary>How the penalty enters the W-subproblem. Default <see cref="AdmmPenalty.Decoupled"/>.</summary>
+    public AdmmPenalty Penalty { get; set; } = AdmmPenalty.Decoupled;
 
     internal void Validate()
     {
-        if (!(Rho > 0)) throw new ArgumentOutOfRangeException(nameof(Rho), Rho, "Rho must be positive.");
-        if (!(RhoGrowth >= 1)) throw new ArgumentOutOfRangeException(nameof(RhoGrowth), RhoGrowth, "RhoGrowth must be ≥ 1.");
-        if (!(RhoMax >= Rho)) throw new ArgumentOutOfRangeException(nameof(RhoMax), RhoMax, "RhoMax must be ≥ Rho.");
-        if (UpdateEverySteps < 0) throw new ArgumentOutOfRangeException(nameof(UpdateEverySteps), UpdateEverySteps, "UpdateEverySteps must be ≥ 0.");
+        if (!(Rho > 0) || double.IsInfinity(Rho)) throw new ArgumentOutOfRangeException("Admm.Rho", Rho, "Admm.Rho must be a positive finite number.");
+        if (!(RhoGrowth == 0 || RhoGrowth >= 1) || double.IsInfinity(RhoGrowth))
+            throw new ArgumentOutOfRangeException("Admm.RhoGrowth", RhoGrowth, "Admm.RhoGrowth must be 0 (automatic) or a finite number ≥ 1.");
+        if (!(RhoMax >= Rho) || double.IsInfinity(RhoMax)) throw new ArgumentOutOfRangeException("Admm.RhoMax", RhoMax, "Admm.RhoMax must be finite and ≥ Admm.Rho.");
+        if (UpdateEverySteps < 0) throw new ArgumentOutOfRangeException("Admm.UpdateEverySteps", UpdateEverySteps, "Admm.UpdateEverySteps must be ≥ 0 (0 = once per epoch).");
+        if (!(SparsityRampFraction >= 0 && SparsityRampFraction < 1))
+            throw new ArgumentOutOfRangeException("Admm.SparsityRampFraction", SparsityRampFraction, "Admm.SparsityRampFraction must be in [0, 1).");
+        if (!Enum.IsDefined(Penalty)) throw new ArgumentOutOfRangeException("Admm.Penalty", Penalty, "Admm.Penalty must be Decoupled or Gradient.");
     }
 }
 
 /// <summary>
-/// GOHSP stage 2 as a <see cref="ITrainingHook"/>: trains the (head-masked) model on the task loss plus
-/// ρ/2·Σ‖W − Z + U‖² over every prunable matrix. The penalty's gradient ρ(W − Z + U) is added after backward; every
-/// <see cref="AdmmOptions.UpdateEverySteps"/> steps Z ← Π(W + U) (the structured projection with the stage-1 heads
-/// fixed), U ← U + W − Z and ρ ← min(ρ·growth, ρ_max). The primal residual ‖W − Z‖ is logged per epoch.
+/// GOHSP stage 2 as a <see cref="ITrainingHook"/>: trains the model on the task loss plus ρ/2·Σ‖W − Z + U‖² over every
+/// prunable matrix, so that the weights converge to the structured-sparse set before the hard cut. The penalty is applied
+/// as a decoupled proximal step after each optimiser step (or as a gradient, <see cref="AdmmOptions.Penalty"/>). Every
+/// <see cref="AdmmOptions.UpdateEverySteps"/> steps: Z ← Π_s(W + U) (the structured projection at the current target
+/// sparsity s of the progressive ramp, with the fixed heads), U ← (U + W − Z)·ρ/ρ′ with ρ′ = min(ρ·growth, ρ_max) (the scaled
+/// dual follows ρ), ρ ← ρ′. The primal
+/// residual ‖W − Z‖ is recorded per epoch and compared with its start, ‖W₀ − Π(W₀)‖ at the full target.
 /// </summary>
 public sealed class AdmmSoftPruning : ITrainingHook
 {
@@ -39,44 +75,80 @@ public sealed class AdmmSoftPruning : ITrainingHook
     private readonly double _sparsity;
     private readonly BudgetOptions _budget;
     private readonly IReadOnlyList<IReadOnlyList<int>>? _heads;
+    private readonly Func<VisionTransformerModel, Func<TorchSharp.Modules.Parameter, Tensor>, BlockImportance[]> _importance;
+    private readonly int _epochs;
     private readonly List<(Parameter W, Tensor Z, Tensor U)> _vars = new();
     private int _updateEvery;
-    private double _rho;
+    private long _rampSteps, _totalSteps;
+    private double _rho, _growth;
 
     /// <summary>Creates the hook.</summary>
     /// <param name="sparsity">Fraction of total parameters to remove.</param>
     /// <param name="keptHeads">Kept heads per block (stage 1), fixed in every projection; null lets the projection choose heads by magnitude.</param>
     /// <param name="options">ADMM options.</param>
     /// <param name="budget">Budget floors and tolerance.</param>
-    public AdmmSoftPruning(double sparsity, IReadOnlyList<IReadOnlyList<int>>? keptHeads, AdmmOptions options, BudgetOptions? budget = null)
+    /// <param name="epochs">Epochs of the stage (needed for the sparsity ramp and the automatic ρ growth); 0 = unknown: no ramp, ρ grows by 1.5 per update.</param>
+    /// <param name="importance">Structure importance for the projection, given the tensor to measure per parameter; default <see cref="StructuredProjection.Magnitude"/>.</param>
+    public AdmmSoftPruning(double sparsity, IReadOnlyList<IReadOnlyList<int>>? keptHeads, AdmmOptions options, BudgetOptions? budget = null, int epochs = 0,
+        Func<VisionTransformerModel, Func<TorchSharp.Modules.Parameter, Tensor>, BlockImportance[]>? importance = null)
     {
         _o = options ?? throw new ArgumentNullException(nameof(options));
         _o.Validate();
+        if (!(sparsity > 0 && sparsity < 1)) throw new ArgumentOutOfRangeException(nameof(sparsity), sparsity, "Sparsity must be in (0, 1).");
+        if (epochs < 0) throw new ArgumentOutOfRangeException(nameof(epochs), epochs, "Epochs must be ≥ 0.");
         _sparsity = sparsity;
         _heads = keptHeads;
         _budget = budget ?? new BudgetOptions();
+        _epochs = epochs;
+        _importance = importance ?? ((m, f) => StructuredProjection.Magnitude(m, f));
         _rho = _o.Rho;
     }
 
     /// <summary>Primal residual ‖W − Z‖ (over all prunable matrices) after every epoch.</summary>
     public List<double> ResidualHistory { get; } = new();
 
-    /// <summary>The structure plan of the latest Z.</summary>
+    /// <summary>‖W₀ − Π(W₀)‖ at the full target sparsity, when the stage started (NaN before).</summary>
+    public double ResidualStart { get; private set; } = double.NaN;
+
+    /// <summary>The latest residual over <see cref="ResidualStart"/> (NaN before the first epoch).</summary>
+    public double ResidualRatio => ResidualHistory.Count == 0 ? double.NaN : ResidualHistory[^1] / ResidualStart;
+
+    /// <summary>The structure plan of the latest Z: its support is what the hard cut keeps.</summary>
     public StructurePlan? Plan { get; private set; }
 
     /// <summary>Current ρ.</summary>
     public double Rho => _rho;
 
+    /// <summary>Target sparsity of the projection after <paramref name="step"/> optimiser steps (the progressive ramp).</summary>
+    public double TargetSparsityAt(long step)
+    {
+        if (_rampSteps <= 0 || step >= _rampSteps) return _sparsity;
+        double f = 1 - (double)step / _rampSteps;
+        return Math.Max(Math.Min(_sparsity, 0.01), _sparsity * (1 - f * f * f));
+    }
+
     /// <inheritdoc />
     public void OnTrainingStart(VisionTransformerModel model, int startEpoch, int stepsPerEpoch)
     {
         _updateEvery = _o.UpdateEverySteps > 0 ? _o.UpdateEverySteps : stepsPerEpoch;
+        _totalSteps = (long)_epochs * stepsPerEpoch;
+        _rampSteps = (long)Math.Floor(_o.SparsityRampFraction * _totalSteps);
+        // the automatic ρ growth reaches RhoMax at the last update of the ramp (or of the stage, without a ramp)
+        long growUntil = _rampSteps > 0 ? _rampSteps : _totalSteps;
+        long updates = growUntil / _updateEvery;
+        _growth = _o.RhoGrowth > 0 ? _o.RhoGrowth
+            : updates >= 1 && _totalSteps > 0 ? Math.Pow(_o.RhoMax / _o.Rho, 1.0 / updates) : 1.5;
         if (_vars.Count == 0)
         {
             using var _ = no_grad();
             foreach (var p in StructuredProjection.Prunable(model))
                 _vars.Add((p, zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope()));
-            if (_restored is null) UpdateZ(model);
+            if (_restored is null)
+            {
+                UpdateZ(model, _sparsity);
+                ResidualStart = PrimalResidual();
+                UpdateZ(model, TargetSparsityAt(0));
+            }
         }
         if (_restored is { } restored)
         {
@@ -94,19 +166,33 @@ public sealed class AdmmSoftPruning : ITrainingHook
                     _vars[i].Z.copy_(z);
                     _vars[i].U.copy_(u);
                 }
-            var imp = StructuredProjection.Magnitude(model, p => _vars.First(v => ReferenceEquals(v.W, p)).Z);
-            Plan = StructuredProjection.Allocate(model.Architecture, imp, _sparsity, _budget, _heads);
+            Plan = _restoredPlan;
+            _planSparsity = _restoredPlanSparsity;
         }
     }
 
-    private void UpdateZ(VisionTransformerModel model)
+    /// <summary>
+    /// The support of ADMM's final Z at the full target sparsity: <see cref="Plan"/> when the last update was already at the
+    /// full target (the ramp ended before it), else one more Z/U-free projection of W + U at the full target.
+    /// </summary>
+    public StructurePlan FinalPlan(VisionTransformerModel model)
     {
+        if (_vars.Count == 0) throw new InvalidOperationException("Soft pruning has not started.");
+        if (Plan is null || _planSparsity < _sparsity) UpdateZ(model, _sparsity);
+        return Plan!;
+    }
+
+    private double _planSparsity;
+
+    private void UpdateZ(VisionTransformerModel model, double sparsity)
+    {
+        _planSparsity = sparsity;
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var uOf = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
         foreach (var (w, _, u) in _vars) uOf[w] = u;
-        var imp = StructuredProjection.Magnitude(model, p => p + uOf[p]);
-        Plan = StructuredProjection.Allocate(model.Architecture, imp, _sparsity, _budget, _heads);
+        var imp = _importance(model, p => p + uOf[p]);
+        Plan = StructuredProjection.Allocate(model.Architecture, imp, sparsity, _budget, _heads);
         var masks = StructuredProjection.Masks(model.Architecture, Plan, model.parameters().First().device);
         int i = 0;
         foreach (var (_, mask) in StructuredProjection.PrunableWithMasks(model, masks))
@@ -120,6 +206,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// <inheritdoc />
     public void AfterBackward(VisionTransformerModel model, long globalStep)
     {
+        if (_o.Penalty != AdmmPenalty.Gradient) return;
         using var _ = no_grad();
         foreach (var (w, z, u) in _vars)
         {
@@ -130,13 +217,33 @@ public sealed class AdmmSoftPruning : ITrainingHook
     }
 
     /// <inheritdoc />
+    public void AfterStep(VisionTransformerModel model, long globalStep, double learningRate)
+    {
+        if (_o.Penalty == AdmmPenalty.Decoupled && learningRate > 0)
+        {
+            // exact proximal map of (ρ/2)‖W − (Z − U)‖² with step η: W ← (W + ηρ(Z − U)) / (1 + ηρ)
+            double c = learningRate * _rho / (1 + learningRate * _rho);
+            using var _ = no_grad();
+            foreach (var (w, z, u) in _vars)
+            {
+                using var d = w - z + u;
+                w.add_(d, alpha: -c);
+            }
+        }
+        AfterStep(model, globalStep);
+    }
+
+    /// <inheritdoc />
     public void AfterStep(VisionTransformerModel model, long globalStep)
     {
         if ((globalStep + 1) % _updateEvery != 0) return;
-        UpdateZ(model);
+        UpdateZ(model, TargetSparsityAt(globalStep + 1));
+        double next = Math.Min(_rho * _growth, _o.RhoMax);
         using var _ = no_grad();
-        foreach (var (w, z, u) in _vars) u.add_(w).sub_(z);
-        _rho = Math.Min(_rho * _o.RhoGrowth, _o.RhoMax);
+        // U is the scaled dual λ/ρ: when ρ changes, U is rescaled by ρ_old/ρ_new (Boyd et al., ADMM §3.4.1), or the pull
+        // toward Z − U would overshoot zero by the accumulated dual
+        foreach (var (w, z, u) in _vars) u.add_(w).sub_(z).mul_(_rho / next);
+        _rho = next;
     }
 
     /// <summary>‖W − Z‖ over all prunable matrices.</summary>
@@ -154,6 +261,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
         double r = PrimalResidual();
         ResidualHistory.Add(r);
         extra["primal_residual"] = r;
+        extra["residual_ratio"] = r / ResidualStart;
         extra["rho"] = _rho;
     }
 
@@ -165,6 +273,10 @@ public sealed class AdmmSoftPruning : ITrainingHook
         foreach (var (_, z, u) in _vars) { z.Save(writer); u.Save(writer); }
         writer.Write(ResidualHistory.Count);
         foreach (var r in ResidualHistory) writer.Write(r);
+        writer.Write(ResidualStart);
+        writer.Write(Plan is not null);
+        Plan?.Write(writer);
+        writer.Write(_planSparsity);
     }
 
     /// <inheritdoc />
@@ -178,11 +290,17 @@ public sealed class AdmmSoftPruning : ITrainingHook
         for (int i = 0; i < n; i++) restored.Add((Tensor.Load(reader).DetachFromDisposeScope(), Tensor.Load(reader).DetachFromDisposeScope()));
         ResidualHistory.Clear();
         int h = reader.ReadInt32();
+        if (h < 0) throw new InvalidDataException($"Corrupted ADMM state (residual history length {h}).");
         for (int i = 0; i < h; i++) ResidualHistory.Add(reader.ReadDouble());
+        ResidualStart = reader.ReadDouble();
+        _restoredPlan = reader.ReadBoolean() ? StructurePlan.Read(reader) : null;
+        _restoredPlanSparsity = reader.ReadDouble();
         foreach (var (z, u) in _restored ?? []) { z.Dispose(); u.Dispose(); }
         _restored = restored;
     }
 
-    // Z and U read from a checkpoint, applied by OnTrainingStart once the model's matrices are known.
+    // Z, U and the plan read from a checkpoint, applied by OnTrainingStart once the model's matrices are known.
     private List<(Tensor Z, Tensor U)>? _restored;
+    private StructurePlan? _restoredPlan;
+    private double _restoredPlanSparsity;
 }

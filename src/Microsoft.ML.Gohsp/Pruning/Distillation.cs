@@ -28,14 +28,21 @@ public sealed class Distillation : ITrainingHook
     public Tensor? ExtraLoss(VisionTransformerModel model, Tensor images, Tensor logits, Tensor labels)
     {
         if (_alpha == 0) return null;
-        Tensor soft;
+        Tensor logTeacher;
         using (no_grad())
         {
             _teacher.eval();
-            soft = _teacher.forward(images).div(_temperature).softmax(1);
+            logTeacher = _teacher.forward(images).to(ScalarType.Float32).div(_temperature).log_softmax(1);
         }
-        var logStudent = logits.div(_temperature).log_softmax(1);
-        var kl = nn.functional.kl_div(logStudent, soft, reduction: nn.Reduction.Sum) / logits.shape[0];
-        return kl * (_alpha * _temperature * _temperature);
+        var logStudent = logits.to(ScalarType.Float32).div(_temperature).log_softmax(1);
+        return Loss(logStudent, logTeacher) * (_alpha * _temperature * _temperature);
     }
+
+    /// <summary>
+    /// Mean over the batch of KL(teacher ‖ student) = Σ_c p_t(c)·(log p_t(c) − log p_s(c)), from log-probabilities [B, C].
+    /// (TorchSharp's <c>kl_div</c> treats its target as log-probabilities by default, <c>log_target: true</c>, unlike
+    /// PyTorch; the target here is log-probabilities and the flag is passed explicitly.)
+    /// </summary>
+    internal static Tensor Loss(Tensor logStudent, Tensor logTeacher) =>
+        nn.functional.kl_div(logStudent, logTeacher, log_target: true, reduction: nn.Reduction.Sum) / logStudent.shape[0];
 }

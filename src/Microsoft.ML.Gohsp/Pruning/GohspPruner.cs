@@ -14,8 +14,17 @@ public class GohspOptions : PruningOptions
 
     /// <inheritdoc />
     public override PruningMethod Method => PruningMethod.Gohsp;
-    /// <summary>Fraction of all attention heads removed by stage 1, in [0, 1). Default 0.25.</summary>
+    /// <summary>
+    /// How many heads stage 1 removes. Default <see cref="HeadBudget.Global"/>: heads compete with q/k dims, v dims and MLP
+    /// neurons in the global allocation of the parameter budget, so the number removed follows the sparsity.
+    /// </summary>
+    public HeadBudget HeadBudget { get; set; } = HeadBudget.Global;
+    /// <summary>Fraction of all attention heads removed by stage 1 with <see cref="HeadBudget.Fraction"/>, in [0, 1). Default 0.25.</summary>
     public double HeadPruningFraction { get; set; } = 0.25;
+    /// <summary>How the heads chosen by stage 1 are removed during stage 2. Default <see cref="HeadPruningMode.Soft"/>.</summary>
+    public HeadPruningMode HeadPruning { get; set; } = HeadPruningMode.Soft;
+    /// <summary>What the head chains' stationary distribution is computed from. Default <see cref="Pruning.HeadScore.Graph"/>.</summary>
+    public HeadScore HeadScore { get; set; } = HeadScore.Graph;
     /// <summary>Calibration images (taken from the start of the training data) for the head graphs. Default 256.</summary>
     public int CalibrationImages { get; set; } = 256;
     /// <summary>Edge weights of the head graph. Default <see cref="HeadSimilarity.ContributionCosine"/>.</summary>
@@ -41,12 +50,36 @@ public class GohspOptions : PruningOptions
     public override void Validate()
     {
         base.Validate();
+        if (!Enum.IsDefined(HeadBudget)) throw new ArgumentOutOfRangeException(nameof(HeadBudget), HeadBudget, "HeadBudget must be Global or Fraction.");
+        if (!Enum.IsDefined(HeadPruning)) throw new ArgumentOutOfRangeException(nameof(HeadPruning), HeadPruning, "HeadPruning must be Soft or Hard.");
+        if (!Enum.IsDefined(HeadScore)) throw new ArgumentOutOfRangeException(nameof(HeadScore), HeadScore, "HeadScore must be Graph or SaliencyPersonalizedGraph.");
         if (!(HeadPruningFraction >= 0 && HeadPruningFraction < 1)) throw new ArgumentOutOfRangeException(nameof(HeadPruningFraction), HeadPruningFraction, "HeadPruningFraction must be in [0, 1).");
         if (CalibrationImages <= 0) throw new ArgumentOutOfRangeException(nameof(CalibrationImages), CalibrationImages, "CalibrationImages must be positive.");
         if (!(Damping >= 0 && Damping < 1)) throw new ArgumentOutOfRangeException(nameof(Damping), Damping, "Damping must be in [0, 1).");
         if (Admm is null) throw new ArgumentNullException(nameof(Admm), "Admm must be set.");
         Admm.Validate();
     }
+}
+
+/// <summary>How many heads GOHSP stage 1 removes.</summary>
+public enum HeadBudget
+{
+    /// <summary>
+    /// Heads compete in the global allocation of the parameter budget (<see cref="StructuredProjection.Allocate"/>) with q/k
+    /// dims, v dims and MLP neurons; a head's score is its magnitude score times its graph importance (mean 1 per block).
+    /// </summary>
+    Global = 0,
+    /// <summary>A fixed fraction of all heads (<see cref="GohspOptions.HeadPruningFraction"/>), the least important by the graph.</summary>
+    Fraction = 1,
+}
+
+/// <summary>How the heads chosen by GOHSP stage 1 are removed during stage 2 (soft pruning).</summary>
+public enum HeadPruningMode
+{
+    /// <summary>The chosen heads are zero in Z, and the ADMM term drives their weights to zero during stage 2.</summary>
+    Soft = 0,
+    /// <summary>The chosen heads' outputs are masked (multiplied by 0) from the first step of stage 2.</summary>
+    Hard = 1,
 }
 
 /// <summary>
@@ -77,10 +110,10 @@ public static class GohspPruner
 
     /// <summary>
     /// Stage 1: runs <see cref="GohspOptions.CalibrationImages"/> images (the start of <paramref name="train"/>) through the
-    /// model, builds a head graph per block, ranks heads by the stationary distribution of its Markov chain and masks the
-    /// least important <see cref="GohspOptions.HeadPruningFraction"/> of all heads. Returns a copy of the model with the
-    /// head mask set (saved with the model) and a report (stage "head-masked") with the kept heads and their stationary
-    /// probabilities.
+    /// model, builds a head graph per block, ranks heads by the stationary distribution of its Markov chain and chooses
+    /// the heads to remove (<see cref="GohspOptions.HeadBudget"/>). Returns a copy of the model — with the head mask set
+    /// (saved with the model) for <see cref="HeadPruningMode.Hard"/>, unmasked for <see cref="HeadPruningMode.Soft"/> — and a
+    /// report (stage "head-masked") whose blocks name the kept heads with their stationary probabilities.
     /// </summary>
     public static PruningResult RankAndMaskHeads(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation,
         GohspOptions options, Action<string>? log = null, CancellationToken cancellationToken = default)
@@ -90,18 +123,34 @@ public static class GohspPruner
             throw new ArgumentException("The model already has a head mask (GOHSP stage 1 already ran); continue with SoftPrune.", nameof(dense));
         var run = PruningRun.Start(dense, train, validation, options, log, null, cancellationToken);
         var calibration = train.Take(options.CalibrationImages);
-        var ranking = HeadGraphRanking.Rank(dense, calibration, options.SoftPruning, options.Similarity, options.Damping, options.PowerIterationTolerance);
-        var keptHeads = HeadGraphRanking.SelectHeads(ranking.Select(r => r.Importance(options.Direction)).ToArray(),
-            options.HeadPruningFraction, options.Budget.MinHeads);
-        run.Log($"stage 1: kept heads per block {string.Join(" | ", keptHeads.Select(k => string.Join(",", k)))}");
+        var ranking = RankHeads(dense, calibration, options);
+        var graphImportance = ranking.Select(r => r.Importance(options.Direction)).ToArray();
+        StructurePlan plan;
+        if (options.HeadBudget == HeadBudget.Global)
+        {
+            // heads compete with every other structure: magnitude score × graph importance (mean 1 per block)
+            var imp = StructuredProjection.Magnitude(dense);
+            var weighted = imp.Select((b, i) => new BlockImportance
+            {
+                Heads = b.Heads.Select((v, h) => (float)(v * graphImportance[i][h])).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
+            }).ToArray();
+            plan = StructuredProjection.Allocate(dense.Architecture, weighted, options.Sparsity, options.Budget);
+        }
+        else
+        {
+            var kept = HeadGraphRanking.SelectHeads(graphImportance, options.HeadPruningFraction, options.Budget.MinHeads);
+            plan = new StructurePlan(dense.Architecture.Blocks.Select((spec, b) =>
+                BlockPlan.KeepAll(spec) with { Heads = kept[b].ToImmutableArray() }).ToImmutableArray());
+        }
+        var keptHeads = plan.Blocks.Select(b => (IReadOnlyList<int>)b.Heads.ToArray()).ToArray();
+        run.Log($"stage 1: kept heads per block {string.Join(" | ", keptHeads.Select(k => string.Join(",", k)))} " +
+                $"({plan.Blocks.Sum(b => b.Heads.Length)} of {dense.Architecture.Blocks.Sum(b => b.Heads)}; {options.HeadPruning} head pruning)");
         var model = dense.Clone();
         try
         {
-            model.SetHeadMasks(keptHeads);
+            if (options.HeadPruning == HeadPruningMode.Hard) model.SetHeadMasks(keptHeads);
             model.eval();
             run.Measure(PruningReport.HeadMaskedStage, model);
-            var plan = new StructurePlan(dense.Architecture.Blocks.Select((spec, b) =>
-                BlockPlan.KeepAll(spec) with { Heads = keptHeads[b].ToImmutableArray() }).ToImmutableArray());
             return new PruningResult(model, run.Report(PruningReport.HeadMaskedStage, model.Architecture, plan, (b, h) => ranking[b].Stationary[h]));
         }
         catch
@@ -110,6 +159,21 @@ public static class GohspPruner
             throw;
         }
     }
+
+    /// <summary>The per-block head rankings of <see cref="GohspOptions.HeadScore"/> on <paramref name="calibration"/>.</summary>
+    public static BlockHeadRanking[] RankHeads(VisionTransformerModel model, ImageTensorData calibration, GohspOptions options)
+    {
+        var teleport = options.HeadScore == HeadScore.SaliencyPersonalizedGraph
+            ? HeadGraphRanking.TaylorSaliency(model, calibration, options.SoftPruning)
+            : null;
+        return HeadGraphRanking.Rank(model, calibration, options.SoftPruning, options.Similarity, options.Damping, options.PowerIterationTolerance, teleport);
+    }
+
+    /// <summary>The heads stage 1 chose: the model's head mask, else (soft head pruning) the kept heads of a stage-1 report.</summary>
+    private static IReadOnlyList<IReadOnlyList<int>>? ChosenHeads(VisionTransformerModel model, PruningReport? previous) =>
+        model.KeptHeads ?? (previous is { Stage: PruningReport.HeadMaskedStage } && previous.Blocks.Count == model.Architecture.Depth
+            ? previous.Blocks.Select(b => (IReadOnlyList<int>)b.KeptHeads).ToArray()
+            : null);
 
     /// <summary>
     /// Stage 2: trains a copy of <paramref name="model"/> for <see cref="GohspOptions.SoftPruning"/> epochs on the task loss
@@ -134,18 +198,25 @@ public static class GohspPruner
         GohspOptions options, Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken, bool inPlace)
     {
         var run = PruningRun.Start(model, train, validation, options, log, progress, cancellationToken, previous);
-        var keptHeads = model.KeptHeads;
+        var keptHeads = ChosenHeads(model, previous);
         var soft = inPlace ? model : model.Clone();
         try
         {
-            var admm = new AdmmSoftPruning(options.Sparsity, keptHeads, options.Admm, options.Budget);
+            var admm = new AdmmSoftPruning(options.Sparsity, keptHeads, options.Admm, options.Budget, options.SoftPruning.Epochs);
             run.TrainStage(soft, options.SoftPruning, "soft-pruning", admm);
             soft.to(CPU);
             soft.eval();
             run.Measure(PruningReport.SoftPrunedStage, soft);
-            var plan = Projection(soft, keptHeads, options);
+            var cut = admm.FinalPlan(soft);                       // the support of ADMM's final Z: what stage 3 keeps
+            double overlap = cut.Overlap(Projection(soft, keptHeads, options), soft.Architecture);
+            run.Log($"soft pruning: residual {admm.ResidualHistory.LastOrDefault():G4} = {admm.ResidualRatio:P1} of its start {admm.ResidualStart:G4}; " +
+                    $"Z's support overlaps a fresh projection of W by {overlap:P1}");
             var residuals = (previous?.ResidualHistory ?? []).Concat(admm.ResidualHistory).ToArray();
-            return new PruningResult(soft, run.Report(PruningReport.SoftPrunedStage, soft.Architecture, plan, HeadScores(previous), residuals));
+            var report = run.Report(PruningReport.SoftPrunedStage, soft.Architecture, cut, HeadScores(previous), residuals) with
+            {
+                ResidualStart = admm.ResidualStart, CutPlan = cut, CutPlanOverlap = overlap,
+            };
+            return new PruningResult(soft, report);
         }
         catch
         {
@@ -174,10 +245,18 @@ public static class GohspPruner
         CancellationToken cancellationToken = default)
     {
         var run = PruningRun.Start(model, train, validation, options, log, progress, cancellationToken, previous, teacher);
-        // The Z-free projection Π(W) with the stage-1 heads, then the shared tail (surgery, fine-tune, report). The surgery
-        // copies only the kept structures (head masks are not parameters), so zeroing first is not needed.
-        var plan = Projection(model, model.KeptHeads, options);
-        return run.Finish(model, plan, HeadScores(previous), previous?.ResidualHistory);
+        // The support of ADMM's final Z when stage 2 ran (its report carries it), else the projection Π(W) with the stage-1
+        // heads; then the shared tail (surgery, fine-tune, report). The surgery copies only the kept structures (head masks
+        // are not parameters), so zeroing first is not needed.
+        var plan = CutPlanOf(previous, model.Architecture) ?? Projection(model, ChosenHeads(model, previous), options);
+        return run.Finish(model, plan, HeadScores(previous), previous?.ResidualHistory, previous);
+    }
+
+    private static StructurePlan? CutPlanOf(PruningReport? previous, ViTArchitecture arch)
+    {
+        if (previous?.CutPlan is not { } plan) return null;
+        try { plan.Validate(arch); return plan; }
+        catch (ArgumentException) { return null; }   // a report of another model: re-plan from W
     }
 
     private static StructurePlan Projection(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>>? keptHeads, GohspOptions options)

@@ -23,6 +23,19 @@ public enum HeadRankingDirection
     CentralIsRedundant = 1,
 }
 
+/// <summary>What the stationary distribution of a block's head chain is computed from.</summary>
+public enum HeadScore
+{
+    /// <summary>The similarity graph alone: PageRank with a uniform teleport vector.</summary>
+    Graph = 0,
+    /// <summary>
+    /// Personalised PageRank: transitions from the similarity graph, teleport vector proportional to each head's Taylor
+    /// saliency Σ|w·∂L/∂w| on the calibration images. A salient head keeps rank; a head whose work others duplicate
+    /// shares its mass with them.
+    /// </summary>
+    SaliencyPersonalizedGraph = 1,
+}
+
 /// <summary>Per-block result of the graph ranking.</summary>
 /// <param name="Similarity">Head × head edge weights (diagonal 0).</param>
 /// <param name="Stationary">Stationary distribution of the damped Markov chain (sums to 1).</param>
@@ -48,11 +61,28 @@ public static class HeadGraphRanking
     /// Stationary distribution π = πP of the chain P = damping·rownorm(W) + (1 − damping)/n, by power iteration until
     /// ‖π_{t+1} − π_t‖₁ &lt; <paramref name="tolerance"/>. Rows of W that sum to 0 become uniform (dangling nodes).
     /// </summary>
-    public static (double[] Pi, int Iterations) StationaryDistribution(double[,] weights, double damping = 0.85, double tolerance = 1e-10, int maxIterations = 10_000)
+    /// <param name="weights">Non-negative edge weights W (square).</param>
+    /// <param name="damping">Probability of following an edge, in [0, 1).</param>
+    /// <param name="tolerance">L1 change of π at which the iteration stops.</param>
+    /// <param name="maxIterations">Iteration cap.</param>
+    /// <param name="teleport">
+    /// Personalisation vector v (non-negative, normalised here): the chain jumps to node j with probability (1 − damping)·v_j,
+    /// and a row of zeros jumps by v. Null: uniform (plain PageRank).
+    /// </param>
+    public static (double[] Pi, int Iterations) StationaryDistribution(double[,] weights, double damping = 0.85, double tolerance = 1e-10, int maxIterations = 10_000,
+        IReadOnlyList<double>? teleport = null)
     {
         int n = weights.GetLength(0);
         if (n == 0 || weights.GetLength(1) != n) throw new ArgumentException("The weight matrix must be square and non-empty.", nameof(weights));
         if (!(damping >= 0 && damping < 1)) throw new ArgumentOutOfRangeException(nameof(damping), damping, "Damping must be in [0, 1).");
+        var v = Enumerable.Repeat(1.0 / n, n).ToArray();
+        if (teleport is not null)
+        {
+            if (teleport.Count != n) throw new ArgumentException($"The teleport vector has {teleport.Count} entries; the graph has {n} nodes.", nameof(teleport));
+            if (teleport.Any(t => !(t >= 0) || double.IsInfinity(t))) throw new ArgumentException("Teleport weights must be finite and non-negative.", nameof(teleport));
+            double sum = teleport.Sum();
+            if (sum > 0) v = teleport.Select(t => t / sum).ToArray();
+        }
         var p = new double[n, n];
         for (int i = 0; i < n; i++)
         {
@@ -64,7 +94,7 @@ public static class HeadGraphRanking
                 row += w;
             }
             for (int j = 0; j < n; j++)
-                p[i, j] = damping * (row > 0 ? weights[i, j] / row : 1.0 / n) + (1 - damping) / n;
+                p[i, j] = damping * (row > 0 ? weights[i, j] / row : v[j]) + (1 - damping) * v[j];
         }
         var pi = Enumerable.Repeat(1.0 / n, n).ToArray();
         var next = new double[n];
@@ -82,9 +112,19 @@ public static class HeadGraphRanking
     }
 
     /// <summary>Ranks the heads of every block on calibration images (raw pixels, normalised with <paramref name="preprocessing"/>).</summary>
+    /// <param name="model">The model whose heads are ranked (not modified).</param>
+    /// <param name="calibration">Calibration images.</param>
+    /// <param name="preprocessing">Pixel normalisation (and evaluation batch size).</param>
+    /// <param name="similarity">Edge weights.</param>
+    /// <param name="damping">PageRank damping.</param>
+    /// <param name="tolerance">Power-iteration tolerance.</param>
+    /// <param name="teleport">Per block, the personalisation vector of its chain (see <see cref="StationaryDistribution"/>); null: uniform.</param>
     public static BlockHeadRanking[] Rank(VisionTransformerModel model, ImageTensorData calibration, ViTTrainingOptions preprocessing,
-        HeadSimilarity similarity = HeadSimilarity.ContributionCosine, double damping = 0.85, double tolerance = 1e-10)
+        HeadSimilarity similarity = HeadSimilarity.ContributionCosine, double damping = 0.85, double tolerance = 1e-10,
+        IReadOnlyList<double[]>? teleport = null)
     {
+        if (teleport is not null && teleport.Count != model.Architecture.Depth)
+            throw new ArgumentException($"teleport has {teleport.Count} blocks; the model has {model.Architecture.Depth}.", nameof(teleport));
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(calibration);
         if (calibration.Count == 0) throw new ArgumentException("The calibration set has no rows.", nameof(calibration));
@@ -114,10 +154,65 @@ public static class HeadGraphRanking
             int h = a.Blocks[b].Heads;
             var w = new double[h, h];
             for (int i = 0; i < h; i++) for (int j = 0; j < h; j++) w[i, j] = i == j ? 0 : Math.Max(0, sums[b][i, j] / images);
-            var (pi, it) = StationaryDistribution(w, damping, tolerance);
+            var (pi, it) = StationaryDistribution(w, damping, tolerance, teleport: teleport?[b]);
             result[b] = new BlockHeadRanking(w, pi, it);
         }
         return result;
+    }
+
+    /// <summary>
+    /// Taylor saliency of every head on labelled calibration images: Σ|w·∂L/∂w| over the head's q, k, v rows (with biases)
+    /// and its output-projection columns, L the mean cross-entropy. The model's weights are not changed; its gradients are
+    /// cleared afterwards.
+    /// </summary>
+    public static double[][] TaylorSaliency(VisionTransformerModel model, ImageTensorData calibration, ViTTrainingOptions preprocessing)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(calibration);
+        if (calibration.Count == 0) throw new ArgumentException("The calibration set has no rows.", nameof(calibration));
+        var a = model.Architecture;
+        var device = model.parameters().First().device;
+        bool wasTraining = model.training;
+        model.eval();
+        model.zero_grad();
+        try
+        {
+            var all = Enumerable.Range(0, calibration.Count).ToArray();
+            int batch = preprocessing.EvaluationBatchSize;
+            for (int s = 0; s < calibration.Count; s += batch)
+            {
+                using var scope = NewDisposeScope();
+                int count = Math.Min(batch, calibration.Count - s);
+                var (x, y) = TrainingLoop.MakeBatch(calibration, all.AsSpan(s, count), preprocessing, null, device);
+                // the mean over all calibration images: each batch's summed loss divided by the total count
+                (nn.functional.cross_entropy(model.forward(x), y, reduction: nn.Reduction.Sum) / calibration.Count).backward();
+            }
+            var result = new double[a.Depth][];
+            using var _ = no_grad();
+            for (int b = 0; b < a.Depth; b++)
+            {
+                using var scope = NewDisposeScope();
+                var spec = a.Blocks[b]; var attn = model.Blocks[b].attn;
+                int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
+                var rows = (attn.qkv.weight * attn.qkv.weight.grad!).abs().sum(1).add_((attn.qkv.bias * attn.qkv.bias.grad!).abs());
+                var cols = (attn.proj.weight * attn.proj.weight.grad!).abs().sum(new long[] { 0 });
+                var r = rows.to(ScalarType.Float64).cpu().data<double>().ToArray();
+                var c = cols.to(ScalarType.Float64).cpu().data<double>().ToArray();
+                var imp = new double[h];
+                for (int i = 0; i < h; i++)
+                {
+                    for (int j = 0; j < dq; j++) imp[i] += r[i * dq + j] + r[h * dq + i * dq + j];
+                    for (int j = 0; j < dv; j++) imp[i] += r[2 * h * dq + i * dv + j] + c[i * dv + j];
+                }
+                result[b] = imp;
+            }
+            return result;
+        }
+        finally
+        {
+            model.zero_grad();
+            if (wasTraining) model.train();
+        }
     }
 
     /// <summary>[B, h, h] cosine similarity of head contributions (head output through its slice of the output projection).</summary>

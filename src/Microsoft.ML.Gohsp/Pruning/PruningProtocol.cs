@@ -7,13 +7,16 @@ namespace Microsoft.ML.Gohsp.Pruning;
 /// The fair comparison protocol of GOHSP, SOMP and SGMP: every method starts from the same dense model and gets the same
 /// number of training epochs after it, with the same optimiser, augmentation, pre-processing and seed. The split:
 /// <list type="bullet">
-/// <item>GOHSP: ⌊E/2⌋ soft-pruning epochs at a constant learning rate (no warm-up), then E − ⌊E/2⌋ fine-tuning epochs;</item>
-/// <item>SGMP: ⌊E/2⌋ gradual-pruning epochs at the same constant learning rate, then E − ⌊E/2⌋ fine-tuning epochs;</item>
+/// <item>GOHSP: ⌊E/2⌋ soft-pruning epochs, then E − ⌊E/2⌋ fine-tuning epochs;</item>
+/// <item>SGMP: ⌊E/2⌋ gradual-pruning epochs, then E − ⌊E/2⌋ fine-tuning epochs;</item>
 /// <item>SOMP: E fine-tuning epochs.</item>
 /// </list>
-/// Fine-tuning always uses the base options' schedule (warm-up then cosine decay); the soft-pruning and gradual stages use the
-/// base learning rate held constant (see docs/gohsp.md: ADMM needs the W-subproblem optimised between updates, and SGMP
-/// gets the same schedule so that the two differ only in how they prune).
+/// Every method follows one learning-rate schedule over its E epochs: a warm-up capped at a quarter of the stage
+/// (<see cref="WarmupFor"/>), then a cosine decay. SOMP and the dense reference run it in one stage; GOHSP and SGMP run its
+/// first half as their first stage (down to the rate at the boundary, <see cref="BoundaryRate"/>) and its second half as the
+/// fine-tuning after the cut, which starts with a short warm-up of its own (a fresh optimiser on the pruned model). The
+/// first stage thus ends at about half the base rate, never near zero (docs/gohsp.md: ADMM needs the W-subproblem optimised
+/// between updates), and SGMP gets the same schedule so that the two differ only in how they prune.
 /// </summary>
 public static class PruningProtocol
 {
@@ -77,15 +80,17 @@ public static class PruningProtocol
                 $"totalEpochs must be ≥ {minimum} for {options.Method} ({(minimum == 2 ? "one per training stage" : "one fine-tuning epoch")}).");
         var b = baseOptions ?? new ViTTrainingOptions { LearningRate = 5e-4, WarmupEpochs = 1 };
         int first = totalEpochs / 2;
+        // the learning rate the one schedule over all E epochs reaches at the stage boundary
+        double boundary = BoundaryRate(b, first, totalEpochs);
         switch (options)
         {
             case GohspOptions g:
-                g.SoftPruning = ConstantRate(b, first, "gohsp-soft-pruning");
-                g.FineTune = Stage(b, totalEpochs - first, "gohsp-fine-tune");
+                g.SoftPruning = FirstStage(b, first, totalEpochs, boundary, "gohsp-soft-pruning");
+                g.FineTune = SecondStage(b, totalEpochs - first, boundary, "gohsp-fine-tune");
                 break;
             case SgmpOptions s:
-                s.Gradual = ConstantRate(b, first, "sgmp-gradual");
-                s.FineTune = Stage(b, totalEpochs - first, "sgmp-fine-tune");
+                s.Gradual = FirstStage(b, first, totalEpochs, boundary, "sgmp-gradual");
+                s.FineTune = SecondStage(b, totalEpochs - first, boundary, "sgmp-fine-tune");
                 break;
             default:
                 options.FineTune = Stage(b, totalEpochs, "somp-fine-tune");
@@ -95,12 +100,41 @@ public static class PruningProtocol
         return options;
     }
 
-    // the soft-pruning / gradual stage: the base learning rate held constant, no warm-up
-    private static ViTTrainingOptions ConstantRate(ViTTrainingOptions b, int epochs, string stage)
+    /// <summary>
+    /// The warm-up of a training stage of <paramref name="epochs"/> epochs: the base warm-up, but at most a quarter of the
+    /// stage. A warm-up as long as the stage would end it at the peak learning rate with no decay at all (a 1-epoch
+    /// fine-tuning with a 1-epoch warm-up), which hurts whichever method has the shortest stage; every method, and the dense
+    /// reference, gets the same rule.
+    /// </summary>
+    public static double WarmupFor(int epochs, double baseWarmupEpochs) => Math.Min(baseWarmupEpochs, epochs / 4.0);
+
+    /// <summary>
+    /// The learning rate that one warm-up + cosine schedule over <paramref name="totalEpochs"/> epochs (the base options',
+    /// with <see cref="WarmupFor"/>) reaches after <paramref name="epochs"/> epochs.
+    /// </summary>
+    public static double BoundaryRate(ViTTrainingOptions b, int epochs, int totalEpochs)
+    {
+        var whole = Stage(b, totalEpochs, "");
+        const long steps = 1000;   // per epoch: any resolution gives the same rate at an epoch boundary
+        return TrainingLoop.LearningRateAt(whole, epochs * steps, steps, totalEpochs * steps);
+    }
+
+    // The first stage of GOHSP and SGMP (soft pruning, gradual pruning): the one schedule's warm-up, then a cosine from the
+    // base rate down to the boundary rate (about half of it at E/2), so the W-subproblem keeps a working learning rate.
+    private static ViTTrainingOptions FirstStage(ViTTrainingOptions b, int epochs, int totalEpochs, double boundary, string stage)
     {
         var o = Stage(b, epochs, stage);
-        o.MinLearningRate = o.LearningRate;
-        o.WarmupEpochs = 0;
+        o.WarmupEpochs = WarmupFor(totalEpochs, b.WarmupEpochs);
+        o.MinLearningRate = Math.Min(o.LearningRate, Math.Max(b.MinLearningRate, boundary));
+        return o;
+    }
+
+    // The fine-tuning after the cut: from the boundary rate down to the base minimum, after a short warm-up (a fresh AdamW
+    // on the pruned model), so that the two stages together follow the one schedule SOMP and the dense reference get.
+    private static ViTTrainingOptions SecondStage(ViTTrainingOptions b, int epochs, double boundary, string stage)
+    {
+        var o = Stage(b, epochs, stage);
+        o.LearningRate = Math.Max(b.MinLearningRate, boundary);
         return o;
     }
 
@@ -110,7 +144,7 @@ public static class PruningProtocol
         BatchSize = b.BatchSize,
         LearningRate = b.LearningRate,
         MinLearningRate = b.MinLearningRate,
-        WarmupEpochs = b.WarmupEpochs,
+        WarmupEpochs = WarmupFor(epochs, b.WarmupEpochs),
         WeightDecay = b.WeightDecay,
         LabelSmoothing = b.LabelSmoothing,
         RandomCropPadding = b.RandomCropPadding,

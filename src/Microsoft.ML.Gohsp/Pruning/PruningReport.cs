@@ -60,6 +60,41 @@ public sealed record PruningReport
     /// "soft-pruned"; SGMP "gradually-pruned"; then every method "hard-pruned", "fine-tuned".
     /// </summary>
     public IReadOnlyDictionary<string, double> ValidationAccuracy { get; init; } = new Dictionary<string, double>();
+    /// <summary>Validation NLL (mean cross-entropy) after each stage, the same stages as <see cref="ValidationAccuracy"/>.</summary>
+    public IReadOnlyDictionary<string, double> ValidationNll { get; init; } = new Dictionary<string, double>();
+    /// <summary>
+    /// The stage measured right before the hard cut ("dense" for SOMP, "soft-pruned" for GOHSP, "gradually-pruned" for
+    /// SGMP); null when there is none.
+    /// </summary>
+    public string? PreCutStage { get; init; }
+    /// <summary>
+    /// The cut shock in validation top-1: accuracy right before the hard cut minus accuracy right after it, before any
+    /// fine-tuning (positive = the cut lost accuracy). Null without a validation set or before the cut.
+    /// </summary>
+    public double? CutShockTop1 => Shock(ValidationAccuracy, -1);
+    /// <summary>The cut shock in validation NLL: NLL right after the hard cut minus NLL right before it (positive = worse).</summary>
+    public double? CutShockNll => Shock(ValidationNll, +1);
+    /// <summary>GOHSP: ‖W₀ − Π(W₀)‖ at the full target when soft pruning started (null for SOMP and SGMP).</summary>
+    public double? ResidualStart { get; init; }
+    /// <summary>GOHSP: the primal residual at the end of soft pruning over <see cref="ResidualStart"/>.</summary>
+    public double? ResidualRatio => ResidualStart is > 0 && ResidualHistory.Count > 0 ? ResidualHistory[^1] / ResidualStart : null;
+    /// <summary>
+    /// GOHSP: the support of ADMM's final Z (what the hard cut keeps), carried from soft pruning to the cut; null for SOMP
+    /// and SGMP.
+    /// </summary>
+    public StructurePlan? CutPlan { get; init; }
+    /// <summary>
+    /// GOHSP: fraction of the prunable parameters kept by <see cref="CutPlan"/> that a fresh projection of the final W
+    /// would also keep (1 = the same structures).
+    /// </summary>
+    public double? CutPlanOverlap { get; init; }
+
+    private double? Shock(IReadOnlyDictionary<string, double> values, int sign) =>
+        PreCutStage is not null && values.TryGetValue(PreCutStage, out var before) && values.TryGetValue(HardPrunedStage, out var after)
+            ? sign * (after - before) : null;
+
+    /// <summary>Stage right after the hard cut, before fine-tuning.</summary>
+    public const string HardPrunedStage = "hard-pruned";
 
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 

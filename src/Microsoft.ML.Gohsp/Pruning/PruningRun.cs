@@ -19,6 +19,8 @@ internal sealed class PruningRun
     private readonly IProgress<ViTTrainingProgress>? _progress;
     private readonly CancellationToken _cancellationToken;
     private readonly Dictionary<string, double> _accuracy = new();
+    private readonly Dictionary<string, double> _nll = new();
+    private string? _lastStage;
 
     private PruningRun(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, PruningOptions options,
         Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken)
@@ -65,7 +67,12 @@ internal sealed class PruningRun
         if (train.Count == 0) throw new ArgumentException("The training data has no rows.", nameof(train));
         var run = new PruningRun(dense, train, validation, options, log, progress, cancellationToken) { Teacher = teacher ?? dense };
         if (previous is null) run.Measure("dense", dense);
-        else foreach (var (stage, accuracy) in previous.ValidationAccuracy) run._accuracy[stage] = accuracy;
+        else
+        {
+            foreach (var (stage, accuracy) in previous.ValidationAccuracy) run._accuracy[stage] = accuracy;
+            foreach (var (stage, nll) in previous.ValidationNll) run._nll[stage] = nll;
+            run._lastStage = previous.Stage;
+        }
         return run;
     }
 
@@ -84,9 +91,12 @@ internal sealed class PruningRun
     /// <summary>Records the validation accuracy of <paramref name="model"/> after <paramref name="stage"/> (when a validation set was given).</summary>
     public void Measure(string stage, VisionTransformerModel model)
     {
+        _lastStage = stage;
         if (_validation is null) return;
-        _accuracy[stage] = TrainingLoop.Evaluate(model, _validation, _options.FineTune);
-        Log($"validation accuracy {stage}: {_accuracy[stage]:P2}");
+        var m = Fidelity.Measure(model, _validation, _options.FineTune);
+        _accuracy[stage] = m.Top1;
+        _nll[stage] = m.Nll;
+        Log($"validation {stage}: top-1 {m.Top1:P2}, NLL {m.Nll:F4}");
     }
 
     /// <summary>Trains <paramref name="model"/> in place on the training data (stage name "<see cref="Name"/>-<paramref name="stage"/>").</summary>
@@ -101,19 +111,28 @@ internal sealed class PruningRun
     /// <param name="plan">What every block keeps (allocated against the dense architecture).</param>
     /// <param name="headScore">Per (block, dense head index) score reported as <see cref="BlockReport.StationaryProbabilities"/>; null for none.</param>
     /// <param name="residuals">The report's <see cref="PruningReport.ResidualHistory"/>.</param>
+    /// <param name="details">GOHSP's soft-pruning figures (residual start, cut plan, overlap), copied into the final report.</param>
     public PruningResult Finish(VisionTransformerModel model, StructurePlan plan, Func<int, int, double>? headScore = null,
-        IReadOnlyList<double>? residuals = null)
+        IReadOnlyList<double>? residuals = null, PruningReport? details = null)
     {
-        var arch = Dense.Architecture;
         var pruned = HardPruning.Prune(model, plan);
         try
         {
-            Measure("hard-pruned", pruned);
+            string? preCut = _lastStage;
+            Measure(PruningReport.HardPrunedStage, pruned);
             TrainStage(pruned, _options.FineTune, "fine-tune",
                 _options.Distillation ? new Distillation(Teacher, _options.DistillationTemperature, _options.DistillationWeight) : null);
             pruned.to(CPU);
             Measure("fine-tuned", pruned);
-            var report = Report(PruningReport.FinalStage, pruned.Architecture, plan, headScore, residuals);
+            var report = Report(PruningReport.FinalStage, pruned.Architecture, plan, headScore, residuals) with
+            {
+                PreCutStage = preCut,
+                ResidualStart = details?.ResidualStart,
+                CutPlan = details?.CutPlan,
+                CutPlanOverlap = details?.CutPlanOverlap,
+            };
+            if (report.CutShockTop1 is double shock)
+                Log($"cut shock ({preCut} → hard-pruned): top-1 −{shock * 100:F2} points, NLL +{report.CutShockNll:F4}");
             Log($"{report.ParametersBefore:N0} → {report.ParametersAfter:N0} parameters ({report.AchievedSparsity:P1} removed), " +
                 $"{report.FlopsBefore / 1e6:F1} → {report.FlopsAfter / 1e6:F1} MFLOPs/image");
             return new PruningResult(pruned, report);
@@ -148,6 +167,7 @@ internal sealed class PruningRun
                 arch.Blocks[b].Heads, arch.Blocks[b].QkDim, arch.Blocks[b].VDim, arch.Blocks[b].MlpHidden)).ToArray(),
             ResidualHistory = residuals?.ToArray() ?? [],
             ValidationAccuracy = new Dictionary<string, double>(_accuracy),
+            ValidationNll = new Dictionary<string, double>(_nll),
         };
     }
 }

@@ -86,6 +86,7 @@ public static class SgmpPruner
             run.TrainStage(model, options.Gradual, "gradual", hook);
             hook.PruneTo(model, options.Sparsity); // no-op when the ramp already reached s_f (it does unless training was cut short)
             run.Log($"gradual phase: sparsity after each pruning step {string.Join(", ", hook.History.Select(e => e.AchievedSparsity.ToString("P1")))}");
+            run.Measure("gradually-pruned", model);
             return run.Finish(model, hook.Plan!);
         }
         finally

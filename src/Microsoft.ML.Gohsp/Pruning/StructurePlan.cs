@@ -106,6 +106,33 @@ public sealed record StructurePlan(ImmutableArray<BlockPlan> Blocks)
         return new StructurePlan(blocks.ToImmutableArray());
     }
 
+    /// <summary>
+    /// Fraction of the prunable parameters this plan keeps (q/k rows with their biases, v rows with their biases and
+    /// output-projection columns, MLP neurons) that <paramref name="other"/> keeps too; 1 when the two keep the same
+    /// structures. Both plans must be for <paramref name="a"/>.
+    /// </summary>
+    public double Overlap(StructurePlan other, ViTArchitecture a)
+    {
+        ArgumentNullException.ThrowIfNull(other);
+        Validate(a);
+        other.Validate(a);
+        long d = a.EmbedDim, kept = 0, shared = 0;
+        for (int b = 0; b < Blocks.Length; b++)
+        {
+            BlockPlan p = Blocks[b], q = other.Blocks[b];
+            for (int i = 0; i < p.Heads.Length; i++)
+            {
+                kept += p.QkDims[i].Length * 2 * (d + 1) + p.VDims[i].Length * (2 * d + 1);
+                int j = q.Heads.IndexOf(p.Heads[i]);
+                if (j < 0) continue;
+                shared += p.QkDims[i].Intersect(q.QkDims[j]).Count() * 2 * (d + 1) + p.VDims[i].Intersect(q.VDims[j]).Count() * (2 * d + 1);
+            }
+            kept += p.MlpNeurons.Length * (2 * d + 1);
+            shared += p.MlpNeurons.Intersect(q.MlpNeurons).Count() * (2 * d + 1);
+        }
+        return kept == 0 ? 1 : (double)shared / kept;
+    }
+
     /// <summary>Validates every block plan against <paramref name="a"/>.</summary>
     public void Validate(ViTArchitecture a)
     {

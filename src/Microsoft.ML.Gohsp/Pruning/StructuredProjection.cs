@@ -138,11 +138,10 @@ public static class StructuredProjection
         long target = (long)Math.Round(total * (1 - sparsity));
         long tol = (long)(total * options.Tolerance);
 
-        // type means for normalisation
-        double headMean = Mean(importance.SelectMany(b => b.Heads));
-        double qkMean = Mean(importance.SelectMany(b => b.QkDims.SelectMany(x => x)));
-        double vMean = Mean(importance.SelectMany(b => b.VDims.SelectMany(x => x)));
-        double mlpMean = Mean(importance.SelectMany(b => b.Mlp));
+        // Means per kind for the normalisation, over the structures still kept: a structure a previous plan removed
+        // (SGMP's monotone masks) is zero, and counting it would lower its kind's mean and make the kind's survivors look
+        // more important than those of a less pruned kind.
+        var (headMean, qkMean, vMean, mlpMean) = KindMeans(importance, within);
 
         var st = new BlockState[arch.Depth];
         for (int b = 0; b < arch.Depth; b++)
@@ -237,6 +236,23 @@ public static class StructuredProjection
                 s.MlpOrder.Take(s.Mlp).OrderBy(j => j).ToImmutableArray());
         }).ToImmutableArray();
         return new StructurePlan(blocks);
+    }
+
+    /// <summary>
+    /// Mean importance of each structure kind (heads, q/k dims, v dims, MLP neurons) over the structures that
+    /// <paramref name="within"/> keeps (all of them when it is null).
+    /// </summary>
+    internal static (double Heads, double Qk, double V, double Mlp) KindMeans(IReadOnlyList<BlockImportance> importance, StructurePlan? within)
+    {
+        if (within is null)
+            return (Mean(importance.SelectMany(b => b.Heads)), Mean(importance.SelectMany(b => b.QkDims.SelectMany(x => x))),
+                Mean(importance.SelectMany(b => b.VDims.SelectMany(x => x))), Mean(importance.SelectMany(b => b.Mlp)));
+        var blocks = importance.Zip(within.Blocks);
+        return (
+            Mean(blocks.SelectMany(t => t.Second.Heads.Select(h => t.First.Heads[h]))),
+            Mean(blocks.SelectMany(t => t.Second.Heads.SelectMany((h, i) => t.Second.QkDims[i].Select(j => t.First.QkDims[h][j])))),
+            Mean(blocks.SelectMany(t => t.Second.Heads.SelectMany((h, i) => t.Second.VDims[i].Select(j => t.First.VDims[h][j])))),
+            Mean(blocks.SelectMany(t => t.Second.MlpNeurons.Select(j => t.First.Mlp[j]))));
     }
 
     // indices by descending importance (ties: lower index first); with a start plan, its kept indices come first

@@ -22,6 +22,12 @@ public interface ITrainingHook
     /// <summary>Called after the optimiser step (e.g. re-apply masks, update Z/U every k steps).</summary>
     void AfterStep(VisionTransformerModel model, long globalStep) { }
 
+    /// <summary>
+    /// Called after the optimiser step with the step's learning rate (what <see cref="TrainingLoop"/> calls); by default
+    /// forwards to <see cref="AfterStep(VisionTransformerModel, long)"/>. ADMM's decoupled proximal step uses the rate.
+    /// </summary>
+    void AfterStep(VisionTransformerModel model, long globalStep, double learningRate) => AfterStep(model, globalStep);
+
     /// <summary>Called after each epoch; may add figures to the epoch record.</summary>
     void OnEpochEnd(VisionTransformerModel model, int epoch, IDictionary<string, double> extra) { }
 

@@ -35,6 +35,66 @@ public sealed class ImageTensorData
     /// <summary>Values per image.</summary>
     public int ImageLength => Channels * Size * Size;
 
+    /// <summary>
+    /// A seeded split into training and validation images (copies): the images at <see cref="ValidationIndices"/> go to
+    /// validation, the rest stay for training, in their original order. Defaults are chosen on such a split, never on test
+    /// images.
+    /// </summary>
+    /// <param name="fraction">Fraction held out for validation, in (0, 1).</param>
+    /// <param name="seed">Seed of the draw.</param>
+    /// <returns>The two sets and the indices (into this set, ascending) of the validation images.</returns>
+    public (ImageTensorData Train, ImageTensorData Validation, int[] ValidationIndices) SplitValidation(double fraction, int seed)
+    {
+        var validation = ValidationIndices(Labels, fraction, seed);
+        return (Select(Complement(validation, Count)), Select(validation), validation);
+    }
+
+    /// <summary>
+    /// The indices (ascending) of a seeded, label-stratified validation split: each class contributes round(fraction × its
+    /// count) images, at least one and never all where it has two or more, drawn with <see cref="Random"/>(<paramref name="seed"/>).
+    /// </summary>
+    public static int[] ValidationIndices(IReadOnlyList<int> labels, double fraction, int seed)
+    {
+        ArgumentNullException.ThrowIfNull(labels);
+        if (!(fraction > 0 && fraction < 1)) throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "The validation fraction must be in (0, 1).");
+        if (labels.Count < 2) throw new ArgumentException($"A validation split needs at least 2 images; there are {labels.Count}.", nameof(labels));
+        var rng = new Random(seed);
+        var held = new List<int>();
+        foreach (var group in Enumerable.Range(0, labels.Count).GroupBy(i => labels[i]).OrderBy(g => g.Key))
+        {
+            var members = group.ToArray();
+            int take = members.Length < 2 ? 0 : Math.Clamp((int)Math.Round(members.Length * fraction), 1, members.Length - 1);
+            rng.Shuffle(members);
+            held.AddRange(members.Take(take));
+        }
+        return held.Order().ToArray();
+    }
+
+    /// <summary>The indices in [0, <paramref name="count"/>) that are not in <paramref name="indices"/>, ascending.</summary>
+    public static int[] Complement(IReadOnlyCollection<int> indices, int count)
+    {
+        var held = new bool[count];
+        foreach (int i in indices) held[i] = true;
+        return Enumerable.Range(0, count).Where(i => !held[i]).ToArray();
+    }
+
+    /// <summary>The images at <paramref name="indices"/>, in that order (copy).</summary>
+    public ImageTensorData Select(IReadOnlyList<int> indices)
+    {
+        ArgumentNullException.ThrowIfNull(indices);
+        int len = ImageLength;
+        var pixels = new float[(long)indices.Count * len];
+        var labels = new int[indices.Count];
+        for (int k = 0; k < indices.Count; k++)
+        {
+            int i = indices[k];
+            if (i < 0 || i >= Count) throw new ArgumentOutOfRangeException(nameof(indices), i, $"Index outside [0, {Count}).");
+            Pixels.AsSpan(i * len, len).CopyTo(pixels.AsSpan(k * len, len));
+            labels[k] = Labels[i];
+        }
+        return new ImageTensorData(pixels, labels, Channels, Size);
+    }
+
     /// <summary>The first <paramref name="n"/> images (copy).</summary>
     public ImageTensorData Take(int n)
     {

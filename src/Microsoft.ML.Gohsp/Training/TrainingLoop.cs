@@ -118,7 +118,7 @@ public sealed class TrainingLoop
                         total.backward();
                         Hook?.AfterBackward(model, globalStep);
                         optimizer.step();
-                        Hook?.AfterStep(model, globalStep);
+                        Hook?.AfterStep(model, globalStep, lr);
                         double l = loss.ToDouble();
                         if (!double.IsFinite(l))
                             throw new InvalidOperationException($"Training diverged in stage '{_stage}' at epoch {epoch + 1}, step {s + 1} (loss {l}). Lower LearningRate.");

@@ -1,0 +1,210 @@
+using System.Collections.Immutable;
+using FluentAssertions;
+using Microsoft.ML.Gohsp.Data;
+using Microsoft.ML.Gohsp.Pruning;
+using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Gohsp.VisionTransformer;
+using Xunit.Abstractions;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.Gohsp.Tests;
+
+/// <summary>
+/// GOHSP's soft pruning converges before the cut, the cut keeps ADMM's Z, heads follow the budget, distillation really
+/// distils, and the fidelity metrics and the SGMP normalisation compute what they claim.
+/// </summary>
+public class GohspConvergenceTests(ITestOutputHelper output)
+{
+    private static ViTTrainingOptions Stage(int epochs, double lr, double minLr, double warmup = 0) => new()
+    {
+        Epochs = epochs, NumberOfThreads = 2, Device = ViTDevice.Cpu, LearningRate = lr, MinLearningRate = minLr, WarmupEpochs = warmup, BatchSize = 32,
+    };
+
+    private static GohspOptions TinyOptions(double sparsity) => new()
+    {
+        Sparsity = sparsity,
+        CalibrationImages = 32,
+        SoftPruning = Stage(2, 5e-4, 5e-4),
+        FineTune = Stage(1, 5e-4, 1e-5),
+        Budget = new BudgetOptions { Granularity = 1 },
+    };
+
+    [Fact]
+    public void SoftPruningWithTheDefaultAdmmReachesItsResidualBoundAndTheCutKeepsExactlyZsSupport()
+    {
+        var train = GohspPrunerTests.Real(Cifar10Split.Train, 320);
+        var valid = GohspPrunerTests.Real(Cifar10Split.Test, 64);
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 3);
+        new TrainingLoop(Stage(1, 1e-3, 1e-5, 0.25)).Train(dense, train);
+        var o = TinyOptions(0.5);   // the default ADMM options: decoupled penalty, ρ 1 → 1000, Z/U every 10 steps, ramp over half the stage
+
+        var masked = GohspPruner.RankAndMaskHeads(dense, train, valid, o);
+        using var stage1 = masked.Model;
+        var soft = GohspPruner.SoftPrune(stage1, masked.Report, train, valid, o);
+        using var softModel = soft.Model;
+        var r2 = soft.Report;
+        output.WriteLine($"residuals {string.Join(", ", r2.ResidualHistory)}; start {r2.ResidualStart}; ratio {r2.ResidualRatio}; overlap {r2.CutPlanOverlap}");
+
+        r2.ResidualRatio.Should().NotBeNull();
+        r2.ResidualRatio!.Value.Should().BeLessThanOrEqualTo(0.05, "the ρ schedule brings ‖W − Z‖ to ≤ 5% of its start by the end of stage 2");
+        r2.CutPlan.Should().NotBeNull();
+        (1 - (double)r2.CutPlan!.PrunedArchitecture(dense.Architecture).ParameterCount / dense.Architecture.ParameterCount).Should().BeApproximately(0.5, 0.01);
+        r2.CutPlanOverlap.Should().BeInRange(0.9, 1.0, "W has converged to Z, so a fresh projection of W keeps nearly the same structures");
+
+        // Make a fresh projection of W disagree with Z: blow up one structure Z removed. The cut must still keep Z's support.
+        var plan = r2.CutPlan;
+        int block = 0;
+        int dropped = Enumerable.Range(0, dense.Architecture.Blocks[block].MlpHidden).First(j => !plan.Blocks[block].MlpNeurons.Contains(j));
+        using (no_grad()) softModel.Blocks[block].mlp.fc1.weight[dropped].fill_(10f);
+        var hard = GohspPruner.HardPruneAndFineTune(softModel, r2, train, valid, o, dense);
+        using var pruned = hard.Model;
+        hard.Report.CutPlan.Should().BeSameAs(plan);
+        hard.Report.Blocks.Select(b => b.KeptHeads).Should().BeEquivalentTo(plan.Blocks.Select(b => b.Heads.ToArray()), c => c.WithStrictOrdering());
+        pruned.Architecture.Should().Be(plan.PrunedArchitecture(dense.Architecture));
+        // the surgery copied exactly Z's MLP neurons of block 0 (before fine-tuning they would equal W's rows; the blown-up row is absent)
+        var keptRows = plan.Blocks[block].MlpNeurons.Length;
+        pruned.Blocks[block].mlp.fc1.weight.shape[0].Should().Be(keptRows);
+        var fresh = StructuredProjection.Allocate(dense.Architecture, StructuredProjection.Magnitude(softModel), 0.5, o.Budget, stage1.KeptHeads
+            ?? masked.Report.Blocks.Select(b => (IReadOnlyList<int>)b.KeptHeads).ToArray());
+        fresh.Blocks[block].MlpNeurons.Should().Contain(dropped, "the blown-up neuron is the most important one for a fresh plan from W");
+        hard.Report.CutShockTop1.Should().NotBeNull();
+        hard.Report.PreCutStage.Should().Be(PruningReport.SoftPrunedStage);
+        hard.Report.ResidualRatio.Should().Be(r2.ResidualRatio);
+    }
+
+    [Theory]
+    [InlineData(0.2)]
+    [InlineData(0.5)]
+    [InlineData(0.9)]
+    public void HeadsCoupledToTheBudgetStillHitTheParameterBudget(double sparsity)
+    {
+        var data = HeadGraphRankingTests.RandomImages(16);
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 5);
+        var o = new GohspOptions { Sparsity = sparsity, CalibrationImages = 16 };
+        o.HeadBudget.Should().Be(HeadBudget.Global);
+        var stage1 = GohspPruner.RankAndMaskHeads(dense, data, null, o);
+        stage1.Model.KeptHeads.Should().BeNull("soft head pruning (the default) leaves the outputs unmasked; ADMM zeroes the heads");
+        stage1.Model.Dispose();
+        var heads = stage1.Report.Blocks.Select(b => (IReadOnlyList<int>)b.KeptHeads).ToArray();
+        var plan = StructuredProjection.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense), sparsity, o.Budget, heads);
+        double achieved = 1 - (double)plan.PrunedArchitecture(dense.Architecture).ParameterCount / dense.Architecture.ParameterCount;
+        achieved.Should().BeApproximately(sparsity, 0.01);
+        output.WriteLine($"{sparsity:P0}: {heads.Sum(h => h.Count)} of 18 heads kept");
+    }
+
+    [Fact]
+    public void MoreSparsityRemovesMoreHeadsWhenHeadsCompeteInTheBudget()
+    {
+        var data = HeadGraphRankingTests.RandomImages(16);
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 5);
+        int Kept(double s)
+        {
+            var r = GohspPruner.RankAndMaskHeads(dense, data, null, new GohspOptions { Sparsity = s, CalibrationImages = 16 });
+            r.Model.Dispose();
+            return r.Report.Blocks.Sum(b => b.KeptHeads.Length);
+        }
+        int light = Kept(0.2), heavy = Kept(0.9);
+        heavy.Should().BeLessThan(light);
+        heavy.Should().BeLessThan(18);
+    }
+
+    [Fact]
+    public void DistillationAddsTheHandComputedKlAndChangesTheGradients()
+    {
+        using var student = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 1);
+        using var teacher = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 2);
+        using var scope = NewDisposeScope();
+        var x = randn(4, 3, 32, 32, generator: new Generator(7));
+        var y = tensor(new long[] { 0, 1, 2, 3 });
+        double t = 3, alpha = 0.5;
+        var kd = new Distillation(teacher, t, alpha);
+        var logits = student.forward(x);
+        var extra = ((ITrainingHook)kd).ExtraLoss(student, x, logits, y);
+        extra.Should().NotBeNull();
+
+        // by hand: α·T²·mean_i Σ_c p_t(c)·(log p_t(c) − log p_s(c)) at temperature T
+        teacher.eval();
+        using var tl = teacher.forward(x).detach();
+        var pt = (tl / t).softmax(1).data<float>().ToArray(); var lpt = (tl / t).log_softmax(1).data<float>().ToArray();
+        var lps = (logits.detach() / t).log_softmax(1).data<float>().ToArray();
+        double kl = 0;
+        for (int i = 0; i < pt.Length; i++) kl += pt[i] * (lpt[i] - lps[i]);
+        double expected = alpha * t * t * kl / 4;
+        extra!.ToDouble().Should().BeApproximately(expected, 1e-4 * Math.Max(1, expected));
+        expected.Should().BeGreaterThan(1e-3, "two differently initialised models disagree");
+        Distillation.Loss((logits / t).log_softmax(1), (logits.detach() / t).log_softmax(1)).ToDouble().Should().BeApproximately(0, 1e-6);
+
+        // the KD term changes the gradients of the student
+        student.zero_grad();
+        nn.functional.cross_entropy(student.forward(x), y).backward();
+        var plain = student.Head.weight.grad!.clone();
+        student.zero_grad();
+        var l2 = student.forward(x);
+        (nn.functional.cross_entropy(l2, y) + ((ITrainingHook)kd).ExtraLoss(student, x, l2, y)!).backward();
+        var withKd = student.Head.weight.grad!.clone();
+        (withKd - plain).abs().max().ToDouble().Should().BeGreaterThan(1e-4);
+    }
+
+    [Fact]
+    public void FidelityMetricsEqualHandComputedValues()
+    {
+        // 3 images, 3 classes; labels 0, 1, 2
+        double[][] p = [[0.7, 0.2, 0.1], [0.3, 0.4, 0.3], [0.5, 0.25, 0.25]];      // the pruned model
+        double[][] q = [[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.1, 0.8]];        // the dense model
+        float[] Log(double[][] a) => a.SelectMany(r => r.Select(v => (float)Math.Log(v))).ToArray();
+        var m = Fidelity.Compute(Log(p), Log(q), new[] { 0, 1, 2 }, 3);
+        m.Top1.Should().BeApproximately(2 / 3.0, 1e-9);                                        // argmax 0, 1, 0
+        m.Nll.Should().BeApproximately(-(Math.Log(0.7) + Math.Log(0.4) + Math.Log(0.25)) / 3, 1e-6);
+        m.Agreement.Should().BeApproximately(1 / 3.0, 1e-9);                                   // dense argmax 0, 2, 2
+        double kl = 0;
+        for (int i = 0; i < 3; i++) for (int c = 0; c < 3; c++) kl += q[i][c] * (Math.Log(q[i][c]) - Math.Log(p[i][c]));
+        m.KlFromDense.Should().BeApproximately(kl / 3, 1e-6);
+        var alone = Fidelity.Compute(Log(p), ReadOnlySpan<float>.Empty, new[] { 0, 1, 2 }, 3);
+        double.IsNaN(alone.Agreement).Should().BeTrue();
+        ((Action)(() => Fidelity.Compute(Log(p), Log(q), new[] { 0, 1 }, 3))).Should().Throw<ArgumentException>().WithMessage("*logProbabilities*");
+    }
+
+    [Fact]
+    public void KindMeansForTheNormalisationIgnoreStructuresAPreviousPlanRemoved()
+    {
+        // one block, D = 8, one head of q/k 8 and v 8, MLP 8; a previous plan (SGMP) removed MLP neurons 4–7 (now zero)
+        var arch = ViTArchitecture.Uniform(8, 4, 8, 1, 1, 8, 2);
+        var imp = new[]
+        {
+            new BlockImportance
+            {
+                Heads = [1f],
+                QkDims = [[0.5f, 1.5f, 0.5f, 1.5f, 0.5f, 1.5f, 0.5f, 1.5f]],
+                VDims = [[1f, 1f, 1f, 1f, 1f, 1f, 1f, 1f]],
+                Mlp = [0.2f, 0.2f, 1.0f, 1.0f, 0f, 0f, 0f, 0f],
+            },
+        };
+        var within = new StructurePlan(ImmutableArray.Create(BlockPlan.KeepAll(arch.Blocks[0]) with { MlpNeurons = ImmutableArray.Create(0, 1, 2, 3) }));
+        var means = StructuredProjection.KindMeans(imp, within);
+        means.Mlp.Should().BeApproximately(0.6, 1e-6, "the mean of the 4 kept neurons, not of all 8");
+        StructuredProjection.KindMeans(imp, null).Mlp.Should().BeApproximately(0.3, 1e-6);
+
+        // The next removal: kept MLP neuron 0.2 normalises to 0.33 (vs 0.67 if the zeros counted); the lowest q/k dim to 0.5.
+        long current = within.PrunedArchitecture(arch).ParameterCount;
+        double sparsity = 1 - (current - 1.0) / arch.ParameterCount;
+        var next = StructuredProjection.Allocate(arch, imp, sparsity, new BudgetOptions { Granularity = 1, Tolerance = 0 }, within: within);
+        next.Blocks[0].MlpNeurons.Should().HaveCount(3, "an MLP neuron, the least important kept structure once zeros are ignored, goes next");
+        next.Blocks[0].QkDims[0].Should().HaveCount(8);
+    }
+
+    [Fact]
+    public void ValidationSplitIsSeededStratifiedAndDisjoint()
+    {
+        var labels = Enumerable.Range(0, 200).Select(i => i % 4).ToArray();
+        var a = ImageTensorData.ValidationIndices(labels, 0.1, 7);
+        var b = ImageTensorData.ValidationIndices(labels, 0.1, 7);
+        var c = ImageTensorData.ValidationIndices(labels, 0.1, 8);
+        a.Should().Equal(b);
+        a.Should().NotEqual(c);
+        a.Should().HaveCount(20);
+        a.GroupBy(i => labels[i]).Select(g => g.Count()).Should().AllBeEquivalentTo(5);
+        ImageTensorData.Complement(a, 200).Intersect(a).Should().BeEmpty();
+        ImageTensorData.Complement(a, 200).Length.Should().Be(180);
+    }
+}
