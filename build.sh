@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Microsoft.ML.Gohsp build entry point. Verbs:
-#   ./build.sh test                  install prerequisites, build, run the test suite
+#   ./build.sh test                  install prerequisites, build, run the test suite, then the package check:
+#                                    pack the library, build test/consumer against the package, run it
+#   ./build.sh pack                  build and pack Microsoft.ML.Gohsp (.nupkg + .snupkg) into artifacts/packages
 #   ./build.sh sample [-- flags]     install prerequisites, build and run samples/Cifar10Pruning
 #   ./build.sh bench [-- flags]      run the benchmark; its last output line is one JSON object
 #   ./build.sh build                 build everything (Release)
+#   ./build.sh consumer              the package check alone
 # Options (environment): CONFIGURATION (default Release), TORCH_BACKEND (cpu | cuda; default cpu).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,6 +36,48 @@ ensure_prerequisites() {
   fi
 }
 
+# The CIFAR-10 subset the tests and the consumer check read: $CIFAR10_SUBSET_DIR, else the first shared/data beside a parent.
+cifar_subset() {
+  if [ -n "${CIFAR10_SUBSET_DIR:-}" ]; then echo "$CIFAR10_SUBSET_DIR"; return; fi
+  local d; d=$(pwd)
+  while [ "$d" != "/" ]; do
+    [ -d "$d/shared/data/cifar-10-subset" ] && { echo "$d/shared/data/cifar-10-subset"; return; }
+    d=$(dirname "$d")
+  done
+  echo "../shared/data/cifar-10-subset"
+}
+
+# Package check: pack the built library under a version no earlier run used (so a package cached in ~/.nuget/packages
+# can never stand in for this build), build test/consumer (outside the solution, PackageReference only, its own
+# nuget.config) against it, and run it end to end on PNG files.
+consumer_check() {
+  local feed=artifacts/feed prefix version
+  prefix=$(sed -n 's:.*<VersionPrefix>\(.*\)</VersionPrefix>.*:\1:p' Directory.Build.props)
+  version="$prefix-local.$(date -u +%Y%m%d%H%M%S).$$"
+  rm -rf "$feed" test/consumer/obj test/consumer/bin && mkdir -p "$feed"
+  rm -rf "${NUGET_PACKAGES:-$HOME/.nuget/packages}/microsoft.ml.gohsp/$prefix-local."*   # earlier checks' packages
+  echo "Package check: Microsoft.ML.Gohsp $version"
+  dotnet pack src/Microsoft.ML.Gohsp/Microsoft.ML.Gohsp.csproj -c "$CONFIGURATION" --no-build -o "$feed" \
+    -p:VersionSuffix="${version#"$prefix"-}" -nologo -clp:"ErrorsOnly;Summary"
+  dotnet build test/consumer/GohspConsumer.csproj -c "$CONFIGURATION" -p:GohspPackageVersion="$version" -nologo -clp:"ErrorsOnly;Summary"
+  dotnet test/consumer/bin/"$CONFIGURATION"/net10.0/GohspConsumer.dll "$(cifar_subset)" artifacts/consumer
+  readme_snippet_check "$version"
+}
+
+# The README's "Using it" program compiles as shown: its csharp block becomes the Program.cs of an app built like
+# test/consumer (same project file, the package just packed), outside the repository's build settings.
+readme_snippet_check() {
+  local dir=artifacts/readme-snippet
+  rm -rf "$dir" && mkdir -p "$dir"
+  awk '/^```csharp/{n++; if (n==1) {p=1; next}} /^```/{p=0} p' README.md > "$dir/Program.cs"
+  [ -s "$dir/Program.cs" ] || { echo "error: README.md has no csharp block" >&2; exit 1; }
+  cp test/consumer/GohspConsumer.csproj "$dir/ReadmeSnippet.csproj"
+  cp test/consumer/Directory.Build.props test/consumer/Directory.Build.targets "$dir/"
+  sed 's#"../../artifacts/feed"#"../feed"#' test/consumer/nuget.config > "$dir/nuget.config"
+  echo "README snippet check: building the 'Using it' program against Microsoft.ML.Gohsp $1"
+  dotnet build "$dir/ReadmeSnippet.csproj" -c "$CONFIGURATION" -p:GohspPackageVersion="$1" -nologo -clp:"ErrorsOnly;Summary"
+}
+
 build() { dotnet build Microsoft.ML.Gohsp.sln -c "$CONFIGURATION" -p:TorchBackend="$TORCH_BACKEND" -nologo -clp:"ErrorsOnly;Summary"; }
 
 case "$verb" in
@@ -40,12 +85,17 @@ case "$verb" in
   test)
     ensure_prerequisites; build
     dotnet test test/Microsoft.ML.Gohsp.Tests/Microsoft.ML.Gohsp.Tests.csproj -c "$CONFIGURATION" --no-build \
-      -p:TorchBackend="$TORCH_BACKEND" --logger "console;verbosity=normal" "$@" ;;
+      -p:TorchBackend="$TORCH_BACKEND" --logger "console;verbosity=normal" "$@"
+    consumer_check ;;
+  consumer) ensure_prerequisites; build; consumer_check ;;
+  pack)
+    ensure_prerequisites
+    dotnet pack src/Microsoft.ML.Gohsp/Microsoft.ML.Gohsp.csproj -c "$CONFIGURATION" -o artifacts/packages -nologo -clp:"ErrorsOnly;Summary" "$@" ;;
   sample)
     ensure_prerequisites; build
     dotnet samples/Cifar10Pruning/bin/"$CONFIGURATION"/net10.0/Cifar10Pruning.dll "$@" ;;
   bench)
     ensure_prerequisites; build
     dotnet benchmarks/Microsoft.ML.Gohsp.Benchmarks/bin/"$CONFIGURATION"/net10.0/Microsoft.ML.Gohsp.Benchmarks.dll "$@" ;;
-  *) echo "usage: ./build.sh {test|sample|bench|build} [-- args]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh {test|consumer|pack|sample|bench|build} [-- args]" >&2; exit 2 ;;
 esac

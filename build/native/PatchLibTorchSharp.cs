@@ -64,7 +64,7 @@ public class GohspPatchLibTorchSharp : Microsoft.Build.Utilities.Task
         {
             if (!File.Exists(ShimSource)) { Log.LogError("TorchSharp native compat: shim source not found: {0}", ShimSource); return false; }
             if (!Run("cc", "-shared -fPIC -O2 -o \"" + shim + "\" \"" + ShimSource + "\"",
-                "a C compiler ('cc') is needed to build the libstdc++ compatibility shim (apt-get install gcc)")) return false;
+                "a C compiler ('cc') is needed to build the libstdc++ compatibility shim (install it: sudo apt-get install gcc, or dnf/yum install gcc)")) return false;
         }
         string needed;
         if (!Run("patchelf", "--print-needed \"" + lib + "\"", PatchelfHint, out needed)) return false;
@@ -90,7 +90,7 @@ public class GohspPatchLibTorchSharp : Microsoft.Build.Utilities.Task
         return true;
     }
 
-    const string PatchelfHint = "'patchelf' is needed to make TorchSharp load on this host (apt-get install patchelf; ./build.sh installs it)";
+    const string PatchelfHint = "'patchelf' is needed to make TorchSharp load on this host's libstdc++ (install it: sudo apt-get install patchelf, or dnf/yum install patchelf)";
 
     bool Run(string exe, string args, string hint) { string o; return Run(exe, args, hint, out o); }
 

@@ -94,7 +94,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
                 Date = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'", System.Globalization.CultureInfo.InvariantCulture),
                 Machine = $"{Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
                 MachineInfo = Microsoft.ML.Gohsp.Diagnostics.MachineInfo.Probe(),
-                SpeedMethod = SampleReport.SpeedNotes,
+                SpeedMethod = options.NoSpeed ? "not measured (--no-speed)" : SampleReport.SpeedNotes,
                 ValidationImages = validationSplit?.Images.Count ?? 0,
                 ValidationFraction = validationSplit?.Fraction ?? 0,
                 ValidationSeed = validationSplit?.Seed,
@@ -191,8 +191,8 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
         var metrics = fresh.MulticlassClassification.Evaluate(loaded.Transform(Cifar10.ToDataView(fresh, testSet)));
         double mlnetRate = testSet.Count / sw.Elapsed.TotalSeconds;
         var fidelity = Fidelity.Compute(LogProbabilities(vit, testTensor), denseLogProbabilities, testTensor.Labels, vit.Architecture.NumClasses);
-        double batchRate = Speed.BatchImagesPerSecond(vit, testTensor);
-        var (engineMs, rawMs) = Speed.SingleImageLatency(fresh, loaded, vit, testSet);
+        double batchRate = options.NoSpeed ? double.NaN : Speed.BatchImagesPerSecond(vit, testTensor);
+        var (engineMs, rawMs) = options.NoSpeed ? (double.NaN, double.NaN) : Speed.SingleImageLatency(fresh, loaded, vit, testSet);
 
         if (showPredictions)
         {

@@ -177,7 +177,8 @@ internal static class Results
     /// <summary>"mean ± std" (sample std, n − 1), values multiplied by <paramref name="scale"/>; just the value for one run.</summary>
     private static string Stat(IEnumerable<double> values, double scale, string format)
     {
-        var v = values.Select(x => x * scale).ToArray();
+        var v = values.Where(double.IsFinite).Select(x => x * scale).ToArray();
+        if (v.Length == 0) return "—";
         string mean = v.Average().ToString(format, System.Globalization.CultureInfo.InvariantCulture);
         return v.Length < 2 ? mean : mean + " ± " + Std(v).ToString(format, System.Globalization.CultureInfo.InvariantCulture);
     }

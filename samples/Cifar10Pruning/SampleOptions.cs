@@ -30,6 +30,7 @@ internal sealed record SampleOptions
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
+          --no-speed           skip the speed columns (accuracy comparisons; timings taken beside other work are wrong anyway)
           --plain              plain log lines instead of live progress bars (automatic when output is redirected)
           --help               this text
         """;
@@ -51,6 +52,7 @@ internal sealed record SampleOptions
     public string? ResultsMarkdown { get; init; }
     public string? Aggregate { get; init; }
     public bool Plain { get; init; }
+    public bool NoSpeed { get; init; }
     public bool Help { get; init; }
 
     /// <summary>The command line, for the reports.</summary>
@@ -59,7 +61,7 @@ internal sealed record SampleOptions
     private static readonly string[] ValueFlags =
         ["data", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate"];
-    private static readonly string[] SwitchFlags = ["plain", "help"];
+    private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
 
     /// <summary>Parses the flags; every problem is an <see cref="ArgumentException"/> with a one-line message naming the flag.</summary>
     public static SampleOptions Parse(string[] args)
@@ -99,6 +101,7 @@ internal sealed record SampleOptions
             ResultsMarkdown = values.GetValueOrDefault("results-md"),
             Aggregate = values.GetValueOrDefault("aggregate"),
             Plain = switches.Contains("plain"),
+            NoSpeed = switches.Contains("no-speed"),
             Help = switches.Contains("help"),
             CommandLine = string.Join(" ", args.Select(Quote)),
         };

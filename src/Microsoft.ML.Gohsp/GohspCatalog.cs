@@ -1,9 +1,12 @@
 using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Interop;
 using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp.Pruning;
+using Microsoft.ML.Gohsp.VisionTransformer;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.Gohsp;
+namespace Microsoft.ML;
 
 /// <summary>Every public ML.NET entry point of Microsoft.ML.Gohsp, as extension methods on the ML.NET catalogs.</summary>
 public static class GohspCatalog
@@ -14,7 +17,7 @@ public static class GohspCatalog
     /// <param name="catalog">The multiclass trainers catalog.</param>
     /// <param name="labelColumnName">Key-typed label column.</param>
     /// <param name="imageColumnName">MLImage column, or planar float vector column.</param>
-    /// <param name="architecturePreset">Architecture preset name (see <see cref="VisionTransformer.ViTArchitecture.PresetNames"/>).</param>
+    /// <param name="architecturePreset">Architecture preset name (see <see cref="ViTArchitecture.PresetNames"/>).</param>
     /// <param name="epochs">Training epochs.</param>
     /// <param name="batchSize">Images per step.</param>
     public static ViTClassificationTrainer ViTClassification(this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
@@ -36,6 +39,7 @@ public static class GohspCatalog
         ViTClassificationTrainer.Options options)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         ArgumentNullException.ThrowIfNull(options);
         return new ViTClassificationTrainer(CatalogUtils.GetEnvironment(catalog), options);
     }
@@ -47,6 +51,7 @@ public static class GohspCatalog
     public static void SaveAtomically(this ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, string path)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         AtomicFile.Write(path, stream => catalog.Save(model, inputSchema, stream));
     }
 
@@ -61,13 +66,58 @@ public static class GohspCatalog
     public static GohspPruningEstimator GohspPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? denseModel = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new GohspPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
+    }
+
+    /// <summary>
+    /// Trains a dense ViT with <paramref name="denseTrainer"/> and prunes it with GOHSP, as one estimator:
+    /// <c>mlContext.Transforms.GohspPrune(options, mlContext.MulticlassClassification.Trainers.ViTClassification(...))</c>.
+    /// The fitted transformer is the pruned model alone, so a saved pipeline holds only the pruned ViT (appending
+    /// <c>GohspPrune(options)</c> after the trainer instead keeps the dense ViT in the chain, and in its zip).
+    /// </summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">GOHSP options (sparsity, head fraction, stage epochs, ADMM schedule, distillation, columns).</param>
+    /// <param name="denseTrainer">The trainer of the dense model.</param>
+    public static ViTTrainAndPruneEstimator GohspPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ViTClassificationTrainer denseTrainer)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(denseTrainer);
+        MLNetInternals.EnsureCompatible();
+        var env = CatalogUtils.GetEnvironment(catalog);
+        return new ViTTrainAndPruneEstimator(env, denseTrainer, dense => new GohspPruningEstimator(env, options, dense));
+    }
+
+    /// <summary>SOMP after training a dense ViT, as one estimator; see <see cref="GohspPrune(TransformsCatalog, GohspPruningEstimator.Options, ViTClassificationTrainer)"/>.</summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">SOMP options.</param>
+    /// <param name="denseTrainer">The trainer of the dense model.</param>
+    public static ViTTrainAndPruneEstimator SompPrune(this TransformsCatalog catalog, SompPruningEstimator.Options options, ViTClassificationTrainer denseTrainer)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(denseTrainer);
+        MLNetInternals.EnsureCompatible();
+        var env = CatalogUtils.GetEnvironment(catalog);
+        return new ViTTrainAndPruneEstimator(env, denseTrainer, dense => new SompPruningEstimator(env, options, dense));
+    }
+
+    /// <summary>SGMP after training a dense ViT, as one estimator; see <see cref="GohspPrune(TransformsCatalog, GohspPruningEstimator.Options, ViTClassificationTrainer)"/>.</summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">SGMP options.</param>
+    /// <param name="denseTrainer">The trainer of the dense model.</param>
+    public static ViTTrainAndPruneEstimator SgmpPrune(this TransformsCatalog catalog, SgmpPruningEstimator.Options options, ViTClassificationTrainer denseTrainer)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(denseTrainer);
+        MLNetInternals.EnsureCompatible();
+        var env = CatalogUtils.GetEnvironment(catalog);
+        return new ViTTrainAndPruneEstimator(env, denseTrainer, dense => new SgmpPruningEstimator(env, options, dense));
     }
 
     /// <summary>
     /// GOHSP stage 1 only: graph-based head ranking and the head mask. Chain
     /// <c>GohspRankHeads(o).Append(GohspSoftPrune(o)).Append(GohspHardPrune(o))</c> to run GOHSP one stage at a time and
-    /// inspect (or save) the model and its <see cref="MLNet.ViTModelParameters.PruningReport"/> between stages.
+    /// inspect (or save) the model and its <see cref="ViTModelParameters.PruningReport"/> between stages.
     /// </summary>
     /// <param name="catalog">The transforms catalog.</param>
     /// <param name="options">GOHSP options (this stage reads the head-ranking options).</param>
@@ -75,6 +125,7 @@ public static class GohspCatalog
     public static GohspHeadRankingEstimator GohspRankHeads(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new GohspHeadRankingEstimator(CatalogUtils.GetEnvironment(catalog), options, model);
     }
 
@@ -85,6 +136,7 @@ public static class GohspCatalog
     public static GohspSoftPruningEstimator GohspSoftPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new GohspSoftPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, model);
     }
 
@@ -97,6 +149,7 @@ public static class GohspCatalog
         ITransformer? teacher = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new GohspHardPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, model, teacher);
     }
 
@@ -112,7 +165,7 @@ public static class GohspCatalog
     /// <summary>
     /// SOMP, structured one-shot magnitude pruning (a baseline for GOHSP): <c>mlContext.Transforms.SompPrune(options, denseModel)</c>.
     /// Ranks heads, q/k dims, v dims and MLP neurons once by ℓ2 magnitude, removes the least important ones until
-    /// <see cref="Pruning.PruningOptions.Sparsity"/> of the parameters is gone, and fine-tunes. Pass the trained or loaded ViT
+    /// <see cref="PruningOptions.Sparsity"/> of the parameters is gone, and fine-tunes. Pass the trained or loaded ViT
     /// model (or a chain containing it) as <paramref name="denseModel"/>, or leave it null and append the estimator right after
     /// <c>ViTClassification</c> in the same chain.
     /// </summary>
@@ -122,6 +175,7 @@ public static class GohspCatalog
     public static SompPruningEstimator SompPrune(this TransformsCatalog catalog, SompPruningEstimator.Options options, ITransformer? denseModel = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new SompPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
     }
 
@@ -147,6 +201,7 @@ public static class GohspCatalog
     public static SgmpPruningEstimator SgmpPrune(this TransformsCatalog catalog, SgmpPruningEstimator.Options options, ITransformer? denseModel = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return new SgmpPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
     }
 
@@ -159,6 +214,7 @@ public static class GohspCatalog
         string labelColumnName = DefaultColumnNames.Label)
         => SgmpPrune(catalog, new SgmpPruningEstimator.Options { Sparsity = sparsity, LabelColumnName = labelColumnName }, denseModel);
 
+    /// <summary>
     /// Imports a pretrained ViT/DeiT checkpoint (timm or Hugging Face naming; <c>.safetensors</c>, or a PyTorch <c>.pth</c>/<c>.bin</c>
     /// state dict behind an allow-list) as the same transformer <c>ViTClassification</c> produces, so it can be evaluated,
     /// saved, exported, or passed as <c>denseModel</c> to <see cref="GohspPrune(TransformsCatalog, GohspPruningEstimator.Options, ITransformer?)"/>.
@@ -172,6 +228,7 @@ public static class GohspCatalog
         PretrainedViTOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         return PretrainedViTTransformer.Create(CatalogUtils.GetEnvironment(catalog), path, options ?? new PretrainedViTOptions());
     }
 
@@ -191,6 +248,7 @@ public static class GohspCatalog
         OnnxExportOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
         ArgumentNullException.ThrowIfNull(model);
         var vit = DenseViTLocator.FindViT(model)?.Model ?? throw new ArgumentException(
             $"The model is a {model.GetType().Name} without a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(model));

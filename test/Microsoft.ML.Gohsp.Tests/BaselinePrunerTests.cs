@@ -49,7 +49,11 @@ public class BaselinePrunerTests(ITestOutputHelper output)
         r.Blocks.Should().OnlyContain(b => b.KeptHeads.Length >= 1 && b.StationaryProbabilities.Length == 0);
         r.Blocks.Select(b => b.KeptHeads.Length).Should().Equal(pruned.Architecture.Blocks.Select(b => b.Heads));
         r.ResidualHistory.Should().BeEmpty();
-        r.ValidationAccuracy.Keys.Should().BeEquivalentTo("dense", "hard-pruned", "fine-tuned");
+        r.ValidationAccuracy.Keys.Should().BeEquivalentTo(method == PruningMethod.Sgmp
+            ? ["dense", "gradually-pruned", "hard-pruned", "fine-tuned"] : ["dense", "hard-pruned", "fine-tuned"]);
+        r.ValidationNll.Keys.Should().BeEquivalentTo(r.ValidationAccuracy.Keys);
+        r.PreCutStage.Should().Be(method == PruningMethod.Sgmp ? "gradually-pruned" : "dense");
+        r.CutShockTop1.Should().NotBeNull();
         ModelChecks.DenseUntouchedAndPrunedRuns(dense, before, pruned);
     }
 

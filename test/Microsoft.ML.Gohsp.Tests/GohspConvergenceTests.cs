@@ -38,6 +38,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 3);
         new TrainingLoop(Stage(1, 1e-3, 1e-5, 0.25)).Train(dense, train);
         var o = TinyOptions(0.5);   // the default ADMM options: decoupled penalty, ρ 1 → 1000, Z/U every 10 steps, ramp over half the stage
+        o.HeadPruning = HeadPruningMode.Soft;   // the stage-1 heads travel in the report and are zeroed by ADMM
 
         var masked = GohspPruner.RankAndMaskHeads(dense, train, valid, o);
         using var stage1 = masked.Model;
@@ -84,9 +85,14 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         var o = new GohspOptions { Sparsity = sparsity, CalibrationImages = 16 };
         o.HeadBudget.Should().Be(HeadBudget.Global);
         var stage1 = GohspPruner.RankAndMaskHeads(dense, data, null, o);
-        stage1.Model.KeptHeads.Should().BeNull("soft head pruning (the default) leaves the outputs unmasked; ADMM zeroes the heads");
-        stage1.Model.Dispose();
         var heads = stage1.Report.Blocks.Select(b => (IReadOnlyList<int>)b.KeptHeads).ToArray();
+        stage1.Model.KeptHeads.Should().BeEquivalentTo(heads, c => c.WithStrictOrdering(), "hard head pruning (the default) masks the chosen heads");
+        stage1.Model.Dispose();
+        o.HeadPruning = HeadPruningMode.Soft;
+        var soft = GohspPruner.RankAndMaskHeads(dense, data, null, o);
+        soft.Model.KeptHeads.Should().BeNull("soft head pruning leaves the outputs unmasked; ADMM drives the heads' weights to zero");
+        soft.Model.Dispose();
+        soft.Report.Blocks.Select(b => b.KeptHeads).Should().BeEquivalentTo(heads, c => c.WithStrictOrdering());
         var plan = StructuredProjection.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense), sparsity, o.Budget, heads);
         double achieved = 1 - (double)plan.PrunedArchitecture(dense.Architecture).ParameterCount / dense.Architecture.ParameterCount;
         achieved.Should().BeApproximately(sparsity, 0.01);

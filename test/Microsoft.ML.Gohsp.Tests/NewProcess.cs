@@ -17,4 +17,14 @@ internal static class NewProcess
         scores.Should().HaveCount(count);
         return scores;
     }
+
+    /// <summary>The Score vectors a fresh process computes for image files (a model trained on encoded bytes in column "ImageBytes").</summary>
+    public static float[][] ScoresOfFiles(string modelZip, IReadOnlyList<string> files)
+    {
+        var (exitCode, stdout, stderr) = BuiltApp.Run(LoadCheck, [modelZip, "--files", .. files], TimeSpan.FromMinutes(2));
+        exitCode.Should().Be(0, stderr);
+        var scores = System.Text.Json.JsonSerializer.Deserialize<float[][]>(stdout.Trim().Split('\n')[^1])!;
+        scores.Should().HaveCount(files.Count);
+        return scores;
+    }
 }

@@ -74,8 +74,24 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         gohsp.GetProperty("flops").GetInt64().Should().BeLessThan(dense.GetProperty("flops").GetInt64());
         gohsp.GetProperty("blocks").GetArrayLength().Should().Be(4);
         var config = root.GetProperty("config");
-        (config.GetProperty("dense_epochs").GetInt32(), config.GetProperty("post_epochs").GetInt32(), config.GetProperty("train_images").GetInt32(),
-            config.GetProperty("test_images").GetInt32()).Should().Be((1, 2, 256, 300));
+        (config.GetProperty("dense_epochs").GetInt32(), config.GetProperty("post_epochs").GetInt32(), config.GetProperty("test_images").GetInt32())
+            .Should().Be((1, 2, 300));
+        // the validation split (10%, stratified per class) is held out of the 256 training images and recorded
+        int validation = config.GetProperty("validation_images").GetInt32();
+        (config.GetProperty("train_images").GetInt32() + validation).Should().Be(256);
+        validation.Should().BeInRange(20, 32);
+        config.GetProperty("validation_seed").GetInt32().Should().Be(1);
+        config.GetProperty("validation_indices_sha256").GetString().Should().MatchRegex("^[0-9a-f]{64}$");
+        // fidelity on the test split for every model; the cut shock and the residual ratio for GOHSP
+        foreach (var e in new[] { dense, gohsp })
+        {
+            e.GetProperty("nll").GetDouble().Should().BeInRange(0.5, 5, "a 10-class model near chance has NLL near ln 10 = 2.3");
+            e.GetProperty("kl_from_dense").GetDouble().Should().BeGreaterThanOrEqualTo(0);
+            e.GetProperty("agreement").GetDouble().Should().BeInRange(0.05, 1);
+        }
+        gohsp.GetProperty("cut_shock_top1").ValueKind.Should().Be(JsonValueKind.Number);
+        gohsp.GetProperty("residual_ratio").GetDouble().Should().BeInRange(0, 1);
+        dense.GetProperty("cut_shock_top1").ValueKind.Should().Be(JsonValueKind.Null);
         // the machine that measured the speed columns
         var machine = config.GetProperty("machine_info");
         machine.GetProperty("cpu_model").GetString().Should().NotBeNullOrWhiteSpace();

@@ -6,13 +6,15 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.Gohsp.MLNet;
 
-/// <summary>How a ViT model receives its image: an <see cref="MLImage"/> column or a planar float vector column.</summary>
+/// <summary>How a ViT model receives its image: a planar float vector, an <see cref="MLImage"/> or encoded image bytes.</summary>
 internal enum ImageInputKind
 {
     /// <summary>Known-size float vector, planar CHW (from <c>ExtractPixels(interleavePixelColors: false)</c>).</summary>
     PlanarVector = 0,
     /// <summary>An <see cref="MLImage"/> column; resized to the model's image size inside.</summary>
     Image = 1,
+    /// <summary>Encoded image file bytes (<c>LoadRawImageBytes</c>: PNG, JPEG, BMP, GIF, WebP of any size); decoded, converted to RGB and resized inside.</summary>
+    EncodedBytes = 2,
 }
 
 /// <summary>Schema checks and pixel conversion for the image input column, shared by trainer, model and pruning estimators.</summary>
@@ -35,6 +37,12 @@ internal static class ImageColumn
                 throw new ArgumentOutOfRangeException(paramName, $"Image column '{column}' holds MLImage values (RGB), but the architecture expects {channels} channel(s).");
             return ImageInputKind.Image;
         }
+        if (type is VectorDataViewType bytes && bytes.ItemType == NumberDataViewType.Byte)
+        {
+            if (channels != 3)
+                throw new ArgumentOutOfRangeException(paramName, $"Image column '{column}' holds encoded image bytes (decoded to RGB), but the architecture expects {channels} channel(s).");
+            return ImageInputKind.EncodedBytes;
+        }
         if (type is VectorDataViewType v && v.ItemType == NumberDataViewType.Single)
         {
             if (!v.IsKnownSize)
@@ -52,7 +60,7 @@ internal static class ImageColumn
             return ImageInputKind.PlanarVector;
         }
         throw new ArgumentOutOfRangeException(paramName,
-            $"Image column '{column}' has type {type}; expected an MLImage column or a known-size Single vector of {expected} planar CHW values.");
+            $"Image column '{column}' has type {type}; expected an MLImage column, a Byte vector of encoded image bytes (LoadRawImageBytes) or a known-size Single vector of {expected} planar CHW values.");
     }
 
     /// <summary>Check on a <see cref="SchemaShape"/> (estimator-time; vector sizes are not known there).</summary>
@@ -68,8 +76,14 @@ internal static class ImageColumn
         }
         if (col.ItemType == NumberDataViewType.Single && col.Kind == SchemaShape.Column.VectorKind.Vector)
             return;
+        if (col.ItemType == NumberDataViewType.Byte && col.Kind != SchemaShape.Column.VectorKind.Scalar)
+        {
+            if (channels != 3)
+                throw new ArgumentOutOfRangeException(paramName, $"Image column '{column}' holds encoded image bytes (decoded to RGB), but the architecture expects {channels} channel(s).");
+            return;
+        }
         throw new ArgumentOutOfRangeException(paramName,
-            $"Image column '{column}' has type {col.GetTypeString()}; expected an MLImage column or a known-size vector of Single (planar CHW).");
+            $"Image column '{column}' has type {col.GetTypeString()}; expected an MLImage column, a Byte vector of encoded image bytes (LoadRawImageBytes) or a known-size vector of Single (planar CHW).");
     }
 
     /// <summary>Writes an MLImage as planar RGB floats 0…255 of size×size (bilinear, antialiased resize when needed).</summary>
@@ -108,6 +122,32 @@ internal static class ImageColumn
         var t = tensor(planar, new long[] { 1, 3, h, w });
         var resized = nn.functional.interpolate(t, new long[] { size, size }, mode: InterpolationMode.Bilinear, align_corners: false, antialias: true);
         resized.contiguous().data<float>().CopyTo(dst);
+    }
+
+    /// <summary>
+    /// Decodes encoded image bytes (PNG, JPEG, BMP, GIF, WebP; grayscale, palette and RGBA are converted to RGB) and writes
+    /// them as planar RGB floats 0…255 of size×size. Throws naming the column (and the row, when known) for bytes that are
+    /// not an image.
+    /// </summary>
+    public static void CopyEncoded(in VBuffer<byte> src, Span<float> dst, int size, string column, long row = -1)
+    {
+        string where = row >= 0 ? $" in row {row}" : "";
+        if (src.Length == 0)
+            throw new InvalidOperationException($"Image column '{column}' has no bytes{where}; expected an encoded image (PNG, JPEG, BMP, GIF or WebP file contents).");
+        byte[] bytes = src.DenseValues().ToArray();
+        MLImage image;
+        try
+        {
+            image = MLImage.CreateFromStream(new MemoryStream(bytes, writable: false));
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+        {
+            string head = string.Join(" ", bytes.Take(8).Select(b => b.ToString("x2")));
+            throw new InvalidOperationException(
+                $"Image column '{column}' holds {bytes.Length} bytes{where} that do not decode as an image (PNG, JPEG, BMP, GIF or WebP; first bytes: {head}). " +
+                "Use LoadRawImageBytes on image files, or check the file.", e);
+        }
+        using (image) CopyImage(image, dst, size, column);
     }
 
     /// <summary>Copies a float vector (dense or sparse) into <paramref name="dst"/>.</summary>
@@ -151,6 +191,8 @@ internal static class ImageColumn
         using var cursor = data.GetRowCursor(cols);
         ValueGetter<VBuffer<float>>? vecGetter = kind == ImageInputKind.PlanarVector ? cursor.GetGetter<VBuffer<float>>(imgCol) : null;
         ValueGetter<MLImage>? imgGetter = kind == ImageInputKind.Image ? cursor.GetGetter<MLImage>(imgCol) : null;
+        ValueGetter<VBuffer<byte>>? bytesGetter = kind == ImageInputKind.EncodedBytes ? cursor.GetGetter<VBuffer<byte>>(imgCol) : null;
+        VBuffer<byte> encoded = default;
         ValueGetter<uint>? labGetter = labCol is null ? null : cursor.GetGetter<uint>(labCol.Value);
         VBuffer<float> vec = default; MLImage img = null!; uint key = 0;
         long row = -1;
@@ -166,6 +208,7 @@ internal static class ImageColumn
             }
             var dst = chunk.AsSpan(inChunk * len, len);
             if (vecGetter is not null) { vecGetter(ref vec); CopyVector(vec, dst, imageColumn); }
+            else if (bytesGetter is not null) { bytesGetter(ref encoded); CopyEncoded(encoded, dst, size, imageColumn, row); }
             else { imgGetter!(ref img); CopyImage(img, dst, size, imageColumn); }
             foreach (float f in dst)
                 if (!float.IsFinite(f))

@@ -85,6 +85,10 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
                 $"Label column '{labelName}' has {labelType.Count} classes; the dense model has {arch.NumClasses}.");
 
         using var ch = _host.Start(_method);
+        if (_dense is null && p.PruningReport is null)
+            ch.Warning("{0} prunes the ViT trained upstream in this chain; the chain keeps that dense ViT too, and saves it. " +
+                "To keep only the pruned model, pass the trainer instead: mlContext.Transforms.{1}(options, mlContext.MulticlassClassification.Trainers.ViTClassification(...)).",
+                _method, _method switch { "GOHSP" => "GohspPrune", "SOMP" => "SompPrune", "SGMP" => "SgmpPrune", _ => "GohspPrune" });
         var train = ImageColumn.ReadAll(input, image, labelName, arch.Channels, arch.ImageSize, out _);
         if (train.Count == 0) throw new ArgumentException("The calibration/training data has no labelled rows.", nameof(input));
         var valid = _options.ValidationSet is null ? null

@@ -83,12 +83,12 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
         : base(env, LoaderSignature, ctx)
     {
         // *** Binary format ***
-        // int: input kind (0 = planar vector, 1 = MLImage)
-        // int, int: declared image height, width of the MLImage column type (input kind 1)
+        // int: input kind (0 = planar vector, 1 = MLImage, 2 = encoded image bytes)
+        // int, int: declared image height, width of the MLImage column type (input kind 1); byte vector size, 0 (kind 2; 0 = variable)
         // preprocessing (see ViTPreprocessing.Write)
         // stream "TSModel": ViTArchitecture + TorchSharp Module.save weights
         int kind = ctx.Reader.ReadInt32();
-        Host.CheckDecode(kind is 0 or 1, "Unknown ViT input kind");
+        Host.CheckDecode(kind is 0 or 1 or 2, "Unknown ViT input kind");
         InputKind = (ImageInputKind)kind;
         int declaredH = ctx.Reader.ReadInt32(), declaredW = ctx.Reader.ReadInt32();
         Preprocessing = ViTPreprocessing.Read(ctx.Reader);
@@ -110,9 +110,12 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
         PruningReportJson = report;
         PruningReport = report is null ? null : Pruning.PruningReport.FromJson(report);
         var a = model.Architecture;
-        _inputType = InputKind == ImageInputKind.Image
-            ? new ImageDataViewType(declaredH, declaredW)
-            : new VectorDataViewType(NumberDataViewType.Single, a.Channels, a.ImageSize, a.ImageSize);
+        _inputType = InputKind switch
+        {
+            ImageInputKind.Image => new ImageDataViewType(declaredH, declaredW),
+            ImageInputKind.EncodedBytes => declaredH > 0 ? new VectorDataViewType(NumberDataViewType.Byte, declaredH) : new VectorDataViewType(NumberDataViewType.Byte),
+            _ => new VectorDataViewType(NumberDataViewType.Single, a.Channels, a.ImageSize, a.ImageSize),
+        };
         _outputType = new VectorDataViewType(NumberDataViewType.Single, a.NumClasses);
         _device = TorchDevices.Resolve(ViTDevice.Auto);
         Model.to(_device);
@@ -134,13 +137,14 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
             throw new NotSupportedException(
                 "This ViT model was trained directly on an MLImage column. ML.NET 5.0.1 cannot save such a model: its " +
                 "BinarySaver has no codec for MLImage columns, so the train schema would lose the feature column and the " +
-                "zip could not be loaded again. Put mlContext.Transforms.ExtractPixels(\"Pixels\", \"Image\", interleavePixelColors: false) " +
-                "before the trainer and set ImageColumnName = \"Pixels\"; that pipeline saves, loads and accepts MLImage input.");
+                "zip could not be loaded again. Feed the trainer the image files' bytes instead (mlContext.Transforms.LoadRawImageBytes), or put " +
+                "mlContext.Transforms.ExtractPixels(\"Pixels\", \"Image\", interleavePixelColors: false) before the trainer and set ImageColumnName = \"Pixels\"; " +
+                "both pipelines save and load.");
         base.SaveCore(ctx);
         ctx.SetVersionInfo(GetVersionInfo());
         ctx.Writer.Write((int)InputKind);
         var img = _inputType as ImageDataViewType;
-        ctx.Writer.Write(img?.Height ?? 0);
+        ctx.Writer.Write(img?.Height ?? (InputKind == ImageInputKind.EncodedBytes ? ((VectorDataViewType)_inputType).Size : 0));
         ctx.Writer.Write(img?.Width ?? 0);
         Preprocessing.Write(ctx.Writer);
         ctx.SaveBinaryStream(WeightsStream, w => Model.Save(w));
@@ -172,12 +176,17 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
             ValueMapper<VBuffer<float>, VBuffer<float>> del = MapVector;
             return (ValueMapper<TIn, TOut>)(Delegate)del;
         }
+        if (typeof(TIn) == typeof(VBuffer<byte>))
+        {
+            ValueMapper<VBuffer<byte>, VBuffer<float>> del = MapEncoded;
+            return (ValueMapper<TIn, TOut>)(Delegate)del;
+        }
         if (typeof(TIn) == typeof(MLImage))
         {
             ValueMapper<MLImage, VBuffer<float>> del = MapImage;
             return (ValueMapper<TIn, TOut>)(Delegate)del;
         }
-        throw Host.Except($"A ViT model cannot score input of type {typeof(TIn).Name}; expected MLImage or VBuffer<Single>.");
+        throw Host.Except($"A ViT model cannot score input of type {typeof(TIn).Name}; expected MLImage, VBuffer<Byte> (encoded image) or VBuffer<Single>.");
     }
 
     private void MapVector(in VBuffer<float> src, ref VBuffer<float> dst)
@@ -193,6 +202,14 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
         var a = Architecture;
         var x = new float[a.Channels * a.ImageSize * a.ImageSize];
         ImageColumn.CopyImage(src, x, a.ImageSize, "Image");
+        Score(x, ref dst);
+    }
+
+    private void MapEncoded(in VBuffer<byte> src, ref VBuffer<float> dst)
+    {
+        var a = Architecture;
+        var x = new float[a.Channels * a.ImageSize * a.ImageSize];
+        ImageColumn.CopyEncoded(src, x, a.ImageSize, "Image");
         Score(x, ref dst);
     }
 
