@@ -4,6 +4,11 @@
 // --ablation-epochs N > 0 adds issue 3's head-ranking ablation (dense model trained N epochs in bf16).
 // --accuracy-epochs N > 0 adds test accuracies on the CIFAR-10 subset: SdcaMaximumEntropy vs the ViT in fp32 and bf16 (long).
 // --breakdown: instead, where one block's inference time goes (linears vs attention core, GELU, norms), medians of --reps rounds.
+// --speed: instead, dense vs pruned 40/50/80% batch speed-ups against executed-FLOP ratios (with an in-chain profile by op
+//          kind), ML.NET Transform + Evaluate vs the raw batched forward, PredictionEngine vs a raw forward; interleaved in
+//          one process, medians of --reps rounds; and a latency budget: 0.5 × the dense batch latency through the device's
+//          LatencyModel, re-timed (--latency-epochs N > 0 trains the dense model N epochs first and reports top-1 before
+//          and after N/2 fine-tune epochs) (docs/benchmarks.md).
 // --onnx: instead, single-image and batch latency of dense and 50%-pruned cifar-tiny in ONNX Runtime vs TorchSharp (CPU, --threads,
 //         medians of --reps timed runs) and their output agreement; prints one JSON object as the last line (docs/interop.md).
 using System.Diagnostics;
@@ -12,6 +17,7 @@ using Microsoft.ML.Gohsp;
 using System.Globalization;
 using System.Text.Json;
 using Microsoft.ML.Gohsp.Data;
+using Microsoft.ML.Gohsp.Diagnostics;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using TorchSharp;
@@ -21,16 +27,29 @@ var a = ParseArgs(args);
 int threads = a.GetValueOrDefault("threads", 2), batch = a.GetValueOrDefault("batch", 64), reps = a.GetValueOrDefault("reps", 5);
 if (a.ContainsKey("breakdown"))
 {
-    Console.WriteLine(JsonSerializer.Serialize(BreakdownBenchmark.Run(threads, batch, reps)));
+    var breakdown = BreakdownBenchmark.Run(threads, batch, reps);
+    foreach (var kv in MachineFields(MachineInfo.Probe())) breakdown[kv.Key] = kv.Value;
+    Console.WriteLine(JsonSerializer.Serialize(breakdown));
+    return 0;
+}
+if (a.ContainsKey("speed"))
+{
+    var speed = SpeedBenchmark.Run(threads, batch, reps, a.GetValueOrDefault("latency-epochs", 0));
+    foreach (var kv in MachineFields(MachineInfo.Probe())) speed[kv.Key] = kv.Value;
+    Console.WriteLine(JsonSerializer.Serialize(speed));
     return 0;
 }
 if (a.ContainsKey("onnx"))
 {
-    Console.WriteLine(JsonSerializer.Serialize(OnnxBenchmark.Run(threads, batch, a.GetValueOrDefault("reps", 30), a.GetValueOrDefault("seed", 0))));
+    var onnx = OnnxBenchmark.Run(threads, batch, a.GetValueOrDefault("reps", 30), a.GetValueOrDefault("seed", 0));
+    foreach (var kv in MachineFields(MachineInfo.Probe())) onnx[kv.Key] = kv.Value;
+    Console.WriteLine(JsonSerializer.Serialize(onnx));
     return 0;
 }
 int rssEpochs = Math.Max(4, a.GetValueOrDefault("rss-epochs", 6));
 torch.set_num_threads(threads);
+var machine = MachineInfo.Probe();
+Console.WriteLine($"machine: {machine}");
 manual_seed(0);
 var arch = ViTArchitecture.CifarTiny();
 // FLOPs per image that the forward executes: every block in full except the last, which computes only the class token's
@@ -52,11 +71,12 @@ using var opt = optim.AdamW(model.parameters(), 1e-3);
 var trainFractions = new List<double>();
 var inferFractions = new List<double>();
 double trainFp32 = TrainRate(model, ComputePrecision.Float32, trainFractions);
-double trainBf16 = TrainRate(model, ComputePrecision.BFloat16);
+// bf16 is timed only where the CPU computes it natively: emulated bf16 is slower than fp32 and tells the user nothing.
+double trainBf16 = machine.NativeBf16 ? TrainRate(model, ComputePrecision.BFloat16) : double.NaN;
 double infer = InferRate(model, inferFractions);
 double trainFraction = MedianOf(trainFractions), inferFraction = MedianOf(inferFractions);
 Console.WriteLine($"train fp32 {trainFp32:F1} img/s ({trainFp32 * 3 * fwd / 1e9:F1} GFLOP/s, {trainFraction:P1} of GEMM paired per round, {trainFp32 * 3 * fwd / 1e9 / gemm:P1} of the start GEMM)");
-Console.WriteLine($"train bf16 {trainBf16:F1} img/s ({trainBf16 / trainFp32:F2}× fp32)");
+Console.WriteLine(machine.NativeBf16 ? $"train bf16 {trainBf16:F1} img/s ({trainBf16 / trainFp32:F2}× fp32)" : "train bf16: not native on this CPU, not timed");
 Console.WriteLine($"infer fp32 {infer:F1} img/s ({infer * fwd / 1e9:F1} GFLOP/s, {inferFraction:P1} of GEMM paired per round, {infer * fwd / 1e9 / gemm:P1} of the start GEMM)");
 
 // Pruned vs dense inference: the reference model structurally pruned (magnitude plan, same projection + surgery as GOHSP).
@@ -99,8 +119,10 @@ double LoopRate(ComputePrecision p, List<double>? rssOut = null, int epochs = 3)
 }
 var rss = new List<double>();
 double loopFp32 = LoopRate(ComputePrecision.Float32, rss, rssEpochs);
-double loopBf16 = LoopRate(ComputePrecision.BFloat16);
-Console.WriteLine($"training loop on real images: fp32 {loopFp32:F1} img/s, bf16 {loopBf16:F1} img/s ({loopBf16 / loopFp32:F2}×)");
+double loopBf16 = machine.NativeBf16 ? LoopRate(ComputePrecision.BFloat16) : double.NaN;
+Console.WriteLine(machine.NativeBf16
+    ? $"training loop on real images: fp32 {loopFp32:F1} img/s, bf16 {loopBf16:F1} img/s ({loopBf16 / loopFp32:F2}×)"
+    : $"training loop on real images: fp32 {loopFp32:F1} img/s, bf16 not native on this CPU, not timed");
 Console.WriteLine($"RSS after each epoch (MB): {string.Join(", ", rss.Select(r => r.ToString("F0")))}");
 
 var result = new Dictionary<string, object>
@@ -110,7 +132,7 @@ var result = new Dictionary<string, object>
     ["threads"] = threads,
     ["train_images_per_s"] = Math.Round(trainFp32, 1),
     ["infer_images_per_s"] = Math.Round(infer, 1),
-    ["train_images_per_s_bf16"] = Math.Round(trainBf16, 1),
+    ["train_images_per_s_bf16"] = NativeOr(trainBf16, 1),
     ["gemm_gflops"] = Math.Round(gemm, 1),
     ["forward_flops_per_image"] = arch.ExecutedForwardFlops,
     ["model_forward_flops_per_image"] = arch.ForwardFlops,
@@ -122,15 +144,16 @@ var result = new Dictionary<string, object>
     ["infer_fraction_of_gemm_per_round"] = inferFractions.Select(f => Math.Round(f, 3)).ToArray(),
     ["train_fraction_of_start_gemm"] = Math.Round(trainFp32 * 3 * fwd / 1e9 / gemm, 3),
     ["infer_fraction_of_start_gemm"] = Math.Round(infer * fwd / 1e9 / gemm, 3),
-    ["bf16_train_speedup"] = Math.Round(trainBf16 / trainFp32, 3),
+    ["bf16_train_speedup"] = NativeOr(trainBf16 / trainFp32, 3),
     ["loop_train_images_per_s"] = Math.Round(loopFp32, 1),
-    ["loop_train_images_per_s_bf16"] = Math.Round(loopBf16, 1),
-    ["loop_bf16_speedup"] = Math.Round(loopBf16 / loopFp32, 3),
+    ["loop_train_images_per_s_bf16"] = NativeOr(loopBf16, 1),
+    ["loop_bf16_speedup"] = NativeOr(loopBf16 / loopFp32, 3),
     ["rss_mb_per_epoch"] = rss.Select(r => Math.Round(r, 1)).ToArray(),
     ["rss_drift_from_epoch2"] = rss.Count >= 2 ? Math.Round((rss[^1] - rss[1]) / rss[1], 4) : 0,
     ["params"] = arch.ParameterCount,
 };
 foreach (var kv in prunedRates) result[kv.Key] = kv.Value;
+foreach (var kv in MachineFields(machine)) result[kv.Key] = kv.Value;
 int accuracyEpochs = a.GetValueOrDefault("accuracy-epochs", 0);
 if (accuracyEpochs > 0)
 {
@@ -141,6 +164,9 @@ if (ablationEpochs > 0)
     foreach (var kv in HeadRankingAblation.Run(ablationEpochs, threads, FindSubset())) result[kv.Key] = kv.Value;
 Console.WriteLine(JsonSerializer.Serialize(result));
 return 0;
+
+// A bf16 figure, or "not native" where the CPU has no AVX512-BF16/AMX and bf16 was not timed.
+object NativeOr(double v, int digits) => machine.NativeBf16 ? Math.Round(v, digits) : "not native";
 
 double TrainRate(VisionTransformerModel m, ComputePrecision p, List<double>? fractionsOfGemm = null)
 {
@@ -187,6 +213,21 @@ static double GemmGflops()
     for (int i = 0; i < 10; i++) m.matmul(m).Dispose();
     return 10 * 2.0 * 1024 * 1024 * 1024 / sw.Elapsed.TotalSeconds / 1e9;
 }
+
+// The machine every figure of a run belongs to (MachineInfo): flat JSON fields.
+static Dictionary<string, object> MachineFields(MachineInfo m) => new()
+{
+    ["cpu_model"] = m.CpuModel,
+    ["logical_cores"] = m.LogicalCores,
+    ["isa_flags"] = m.IsaFlags,
+    ["isa_kind"] = m.IsaKind,
+    ["avx2"] = m.Avx2,
+    ["avx512"] = m.Avx512,
+    ["avx512_bf16"] = m.Avx512Bf16,
+    ["amx"] = m.Amx,
+    ["native_bf16"] = m.NativeBf16,
+    ["torch_threads"] = m.TorchThreads,
+};
 
 static double Median(int n, Func<double> f) => MedianOf(Enumerable.Range(0, n).Select(_ => f()).ToList());
 
@@ -272,9 +313,9 @@ static Dictionary<string, int> ParseArgs(string[] args)
     for (int i = 0; i < args.Length; i++)
     {
         if (!args[i].StartsWith("--", StringComparison.Ordinal))
-            throw new ArgumentException($"Expected '--name integer' pairs or the flags --onnx / --breakdown, got '{args[i]}'.");
+            throw new ArgumentException($"Expected '--name integer' pairs or the flags --onnx / --breakdown / --speed, got '{args[i]}'.");
         if (i + 1 < args.Length && int.TryParse(args[i + 1], out int v)) { d[args[i][2..]] = v; i++; }
-        else if (args[i] is "--onnx" or "--breakdown") d[args[i][2..]] = 1;
+        else if (args[i] is "--onnx" or "--breakdown" or "--speed") d[args[i][2..]] = 1;
         else throw new ArgumentException($"Expected an integer after '{args[i]}'.");
     }
     return d;

@@ -95,6 +95,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
                 DenseSeconds = denseSeconds,
                 Date = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'", System.Globalization.CultureInfo.InvariantCulture),
                 Machine = $"{Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
+                MachineInfo = Microsoft.ML.Gohsp.Diagnostics.MachineInfo.Probe(),
                 SpeedMethod = options.NoSpeed ? "not measured (--no-speed)" : SampleReport.SpeedNotes,
                 ValidationImages = validationSplit?.Images.Count ?? 0,
                 ValidationFraction = validationSplit?.Fraction ?? 0,
@@ -197,7 +198,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
         bool showPredictions)
     {
         var fresh = new MLContext(template.Seed);
-        var loaded = fresh.Model.Load(zip, out _);
+        var loaded = fresh.Model.Load(zip, out _).UseBatchScoring(); // Model.Load rebuilds ML.NET's row-by-row scorer
         var vit = ((IEnumerable<ITransformer>)loaded).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single().Model;
 
         var sw = Stopwatch.StartNew();

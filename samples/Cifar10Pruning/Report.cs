@@ -30,7 +30,7 @@ internal sealed record ModelEntry
     public required double SingleLatencyMs { get; init; }
     /// <summary>Median latency of a raw TorchSharp forward of the same model on one prepared [1, 3, 32, 32] tensor.</summary>
     public required double RawForwardLatencyMs { get; init; }
-    /// <summary>Images/s of ML.NET Transform + Evaluate over the test split (row by row, as ML.NET scores).</summary>
+    /// <summary>Images/s of ML.NET Transform + Evaluate over the test split (reloaded zip, batches of 64: UseBatchScoring).</summary>
     public required double MlnetTransformImagesPerS { get; init; }
     public required int Seed { get; init; }
     /// <summary>Epochs this model was trained after the common dense model (the fair-protocol budget) and how they were used.</summary>
@@ -90,6 +90,8 @@ internal sealed record RunConfig
     public required double DenseSeconds { get; init; }
     public required string Date { get; init; }
     public required string Machine { get; init; }
+    /// <summary>CPU model, cores, ISA flags and torch threads of the machine that measured the speed columns.</summary>
+    public Microsoft.ML.Gohsp.Diagnostics.MachineInfo? MachineInfo { get; init; }
     /// <summary>
     /// How the speed columns were measured (<see cref="SampleReport.SpeedNotes"/> of the build that ran). Absent in reports
     /// written before it was recorded, whose batch rate was the median of 3 passes without a forced GC.
@@ -134,7 +136,7 @@ internal sealed record SampleReport
         "(ExtractPixels + ViT + MapKeyToValue) of the reloaded zip, after 10 warm-up calls. raw_forward_latency_ms: median of 100 raw " +
         "TorchSharp forwards (no_grad) of the same model on one already-normalised [1, 3, 32, 32] tensor, timed interleaved with " +
         "the PredictionEngine calls, same threads. mlnet_transform_images_per_s: ML.NET Transform + Evaluate over the test split " +
-        "(ML.NET scores row by row).";
+        "(reloaded zip with UseBatchScoring: batches of 64 rows per forward).";
 
     /// <summary>What <see cref="SpeedNotes"/> said before <see cref="RunConfig.SpeedMethod"/> was recorded.</summary>
     public const string LegacySpeedNotes = BatchNotes + "median of 3 passes after one warm-up batch (no forced GC). " + LatencyNotes;

@@ -125,16 +125,7 @@ internal sealed record SampleOptions
         _ => HasNativeBf16() ? ComputePrecision.BFloat16 : ComputePrecision.Float32,
     };
 
-    private static bool HasNativeBf16()
-    {
-        try
-        {
-            return OperatingSystem.IsLinux() && File.ReadLines("/proc/cpuinfo")
-                .FirstOrDefault(l => l.StartsWith("flags", StringComparison.Ordinal)) is { } flags
-                && flags.Split(' ').Any(f => f is "avx512_bf16" or "amx_bf16");
-        }
-        catch (IOException) { return false; }
-    }
+    private static bool HasNativeBf16() => Microsoft.ML.Gohsp.Diagnostics.MachineInfo.Probe().NativeBf16;
 
     private static double ParseSparsity(string v, string flag) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double s) && s > 0 && s < 1 ? s

@@ -94,6 +94,17 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         gohsp.GetProperty("cut_shock_top1").ValueKind.Should().Be(JsonValueKind.Number);
         gohsp.GetProperty("residual_ratio").GetDouble().Should().BeInRange(0, 1);
         dense.GetProperty("cut_shock_top1").ValueKind.Should().Be(JsonValueKind.Null);
+        // the machine that measured the speed columns
+        var machine = config.GetProperty("machine_info");
+        machine.GetProperty("cpu_model").GetString().Should().NotBeNullOrWhiteSpace();
+        machine.GetProperty("logical_cores").GetInt32().Should().Be(Environment.ProcessorCount);
+        machine.GetProperty("torch_threads").GetInt32().Should().Be(1, "the run used --threads 1");
+        var probe = Diagnostics.MachineInfo.Probe();
+        (machine.GetProperty("avx2").GetBoolean(), machine.GetProperty("avx512").GetBoolean(), machine.GetProperty("avx512_bf16").GetBoolean(),
+            machine.GetProperty("amx").GetBoolean()).Should().Be((probe.Avx2, probe.Avx512, probe.Avx512Bf16, probe.Amx));
+        machine.GetProperty("isa_flags").GetString().Should().Be(probe.IsaFlags);
+        foreach (var e in new[] { dense, gohsp })
+            e.GetProperty("mlnet_transform_images_per_s").GetDouble().Should().BePositive();
 
         File.ReadAllText(Path.Combine(outDir, "report.md")).Should().Contain("| gohsp | 50% → ").And.Contain("| dense |");
         foreach (var png in new[] { "top1-vs-params.png", "gohsp-50-architecture.png" })

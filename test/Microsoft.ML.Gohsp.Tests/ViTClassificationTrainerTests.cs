@@ -9,7 +9,7 @@ using Xunit.Abstractions;
 
 namespace Microsoft.ML.Gohsp.Tests;
 
-public class ViTClassificationTrainerTests : IClassFixture<TrainedModelFixture>
+public partial class ViTClassificationTrainerTests : IClassFixture<TrainedModelFixture>
 {
     private readonly TrainedModelFixture _f;
     private readonly ITestOutputHelper _out;

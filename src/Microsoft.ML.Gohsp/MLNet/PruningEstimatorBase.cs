@@ -106,7 +106,7 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         }
         LastReport = result.Report;
         var pruned = p.WithModel(result.Model, result.Report);
-        return new MulticlassPredictionTransformer<ViTModelParameters>(_host, pruned, input.Schema, image, labelName);
+        return ViTBatchScorer.Attach(new MulticlassPredictionTransformer<ViTModelParameters>(_host, pruned, input.Schema, image, labelName));
     }
 
     /// <summary>

@@ -21,7 +21,7 @@ namespace Microsoft.ML.Gohsp.MLNet;
 /// probabilities. Produced by <see cref="ViTClassificationTrainer"/> and by the pruning estimators, wrapped in a
 /// <see cref="MulticlassPredictionTransformer{TModel}"/>. Architecture and weights are stored inside the model zip.
 /// </summary>
-public sealed class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IValueMapper
+public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IValueMapper
 {
     internal const string LoaderSignature = "GohspViTPredictor";
     internal const string WeightsStream = "TSModel";

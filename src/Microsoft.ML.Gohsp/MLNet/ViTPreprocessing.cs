@@ -12,13 +12,16 @@ public sealed record ViTPreprocessing(float PixelScale, IReadOnlyList<float> Mea
 
     internal ViTTrainingOptions ToTrainingOptions() => new() { PixelScale = PixelScale, Mean = Mean.ToArray(), Std = Std.ToArray() };
 
-    internal void NormalizeInPlace(float[] x, int channels)
+    internal void NormalizeInPlace(float[] x, int channels) => NormalizeInPlace(x.AsSpan(), channels);
+
+    /// <summary>Normalises one planar image (channels × plane values) in place.</summary>
+    internal void NormalizeInPlace(Span<float> x, int channels)
     {
         int plane = x.Length / channels;
         for (int c = 0; c < channels; c++)
         {
             float a = PixelScale / Std[c], b = Mean[c] / Std[c];
-            var span = x.AsSpan(c * plane, plane);
+            var span = x.Slice(c * plane, plane);
             for (int i = 0; i < span.Length; i++) span[i] = span[i] * a - b;
         }
     }

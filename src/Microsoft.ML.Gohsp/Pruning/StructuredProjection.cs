@@ -107,9 +107,14 @@ public static class StructuredProjection
     /// plan whose removed structures stay removed (SGMP's monotone masks): the allocation starts from it and only removes
     /// more; if it already removes enough, it is returned unchanged.
     /// </summary>
+    /// <param name="costModel">
+    /// What the budget counts (default: parameters). With a cost, <paramref name="sparsity"/> is the fraction of that
+    /// cost removed, e.g. of the measured latency (<see cref="LatencyModel"/>, <see cref="LatencyBudget"/>).
+    /// </param>
     /// <exception cref="ArgumentOutOfRangeException">sparsity outside (0, 1), or unreachable under the floors.</exception>
     public static StructurePlan Allocate(ViTArchitecture arch, IReadOnlyList<BlockImportance> importance, double sparsity,
-        BudgetOptions? options = null, IReadOnlyList<IReadOnlyList<int>>? fixedHeads = null, StructurePlan? within = null)
+        BudgetOptions? options = null, IReadOnlyList<IReadOnlyList<int>>? fixedHeads = null, StructurePlan? within = null,
+        IBlockCost? costModel = null)
     {
         options ??= new BudgetOptions();
         if (!(sparsity > 0 && sparsity < 1))
@@ -126,7 +131,10 @@ public static class StructuredProjection
         // widths shrink in steps that keep them multiples of the granularity (the first step trims to one)
         int Step(int width) => width % granularity == 0 ? granularity : width % granularity;
         int d = arch.EmbedDim;
-        long total = arch.ParameterCount;
+        long BlockParams(int block, int heads, int qk, int v, int mlp) =>
+            costModel?.Block(block, heads, qk, v, mlp) ?? StructuredProjection.BlockParams(d, heads, qk, v, mlp);
+        long nonBlock = costModel?.NonBlock ?? arch.NonBlockParameterCount;
+        long total = nonBlock + Enumerable.Range(0, arch.Depth).Sum(b => BlockParams(b, arch.Blocks[b].Heads, arch.Blocks[b].QkDim, arch.Blocks[b].VDim, arch.Blocks[b].MlpHidden));
         long target = (long)Math.Round(total * (1 - sparsity));
         long tol = (long)(total * options.Tolerance);
 
@@ -166,7 +174,7 @@ public static class StructuredProjection
                 CanDropHeads = fixedHeads is null,
             };
         }
-        long current = arch.NonBlockParameterCount + st.Sum(s => BlockParams(d, s.Heads.Count, s.Qk, s.V, s.Mlp));
+        long current = nonBlock + st.Select((s, b) => BlockParams(b, s.Heads.Count, s.Qk, s.V, s.Mlp)).Sum();
 
         while (current > target + tol / 2)
         {
@@ -189,26 +197,26 @@ public static class StructuredProjection
                     if (s.CanDropHeads && h > minHeads && !fine)
                     {
                         int victim = s.Heads[^1];
-                        long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h - 1, s.Qk, s.V, s.Mlp);
+                        long cost = BlockParams(b, h, s.Qk, s.V, s.Mlp) - BlockParams(b, h - 1, s.Qk, s.V, s.Mlp);
                         Consider(imp.Heads[victim] / headMean, cost, () => s.Heads.RemoveAt(s.Heads.Count - 1));
                     }
                     int kq = fine ? 1 : Step(s.Qk), kv = fine ? 1 : Step(s.V), km = fine ? 1 : Step(s.Mlp);
                     if (s.Qk - kq >= minDim)
                     {
                         double score = s.Heads.Average(hh => Enumerable.Range(s.Qk - kq, kq).Average(j => imp.QkDims[hh][s.QkOrder[hh][j]])) / qkMean;
-                        long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h, s.Qk - kq, s.V, s.Mlp);
+                        long cost = BlockParams(b, h, s.Qk, s.V, s.Mlp) - BlockParams(b, h, s.Qk - kq, s.V, s.Mlp);
                         Consider(score, cost, () => s.Qk -= kq);
                     }
                     if (s.V - kv >= minDim)
                     {
                         double score = s.Heads.Average(hh => Enumerable.Range(s.V - kv, kv).Average(j => imp.VDims[hh][s.VOrder[hh][j]])) / vMean;
-                        long cost = BlockParams(d, h, s.Qk, s.V, s.Mlp) - BlockParams(d, h, s.Qk, s.V - kv, s.Mlp);
+                        long cost = BlockParams(b, h, s.Qk, s.V, s.Mlp) - BlockParams(b, h, s.Qk, s.V - kv, s.Mlp);
                         Consider(score, cost, () => s.V -= kv);
                     }
                     if (s.Mlp - km >= minMlp)
                     {
                         double score = Enumerable.Range(s.Mlp - km, km).Average(j => imp.Mlp[s.MlpOrder[j]]) / mlpMean;
-                        Consider(score, km * (2L * d + 1), () => s.Mlp -= km);
+                        Consider(score, BlockParams(b, h, s.Qk, s.V, s.Mlp) - BlockParams(b, h, s.Qk, s.V, s.Mlp - km), () => s.Mlp -= km);
                     }
                 }
             }

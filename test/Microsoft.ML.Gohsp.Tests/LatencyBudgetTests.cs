@@ -1,0 +1,105 @@
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.ML.Gohsp.Diagnostics;
+using Microsoft.ML.Gohsp.Pruning;
+using Microsoft.ML.Gohsp.VisionTransformer;
+using Xunit;
+
+namespace Microsoft.ML.Gohsp.Tests;
+
+public class LatencyBudgetTests
+{
+    /// <summary>
+    /// A made-up latency table for cifar-tiny in which attention is expensive per head and the MLP cheap: unlike the
+    /// parameter count (where the MLP holds two thirds of a block), so spending latency and spending parameters differ.
+    /// </summary>
+    private static LatencyModel Synthetic()
+    {
+        int[] dims = [8, 16, 24, 32, 40, 48, 56, 64];
+        int[] mlp = Enumerable.Range(1, 12).Select(i => i * 64).ToArray();
+        double[][] Attention(double scale) => Enumerable.Range(1, 3).Select(h => dims.Select(w => scale * h * (1.0 + 0.15 * w)).ToArray()).ToArray();
+        return new LatencyModel
+        {
+            Device = "synthetic", Config = "cifar-tiny, batch 64", Batch = 64, HeadDims = dims,
+            AttentionMs = Attention(1.0), LastAttentionMs = Attention(0.5),
+            MlpWidths = mlp, MlpMs = mlp.Select(w => 0.1 + 0.001 * w).ToArray(), LastMlpMs = mlp.Select(w => 0.05 + 0.0002 * w).ToArray(),
+            FixedMs = 0.8, LastFixedMs = 0.4, NonBlockMs = 1.5,
+        };
+    }
+
+    private static BlockImportance[] Importance(ViTArchitecture arch, int seed)
+    {
+        var rng = new Random(seed);
+        float[] R(int n) => Enumerable.Range(0, n).Select(_ => (float)rng.NextDouble() + 0.1f).ToArray();
+        return arch.Blocks.Select(b => new BlockImportance
+        {
+            Heads = R(b.Heads),
+            QkDims = Enumerable.Range(0, b.Heads).Select(_ => R(b.QkDim)).ToArray(),
+            VDims = Enumerable.Range(0, b.Heads).Select(_ => R(b.VDim)).ToArray(),
+            Mlp = R(b.MlpHidden),
+        }).ToArray();
+    }
+
+    [Theory]
+    [InlineData(0.5, 1)]
+    [InlineData(0.7, 2)]
+    [InlineData(0.3, 3)]
+    public void TheLatencyAllocatorHitsTheBudgetOfASyntheticTable(double fraction, int seed)
+    {
+        var arch = ViTArchitecture.CifarTiny();
+        var table = Synthetic();
+        double dense = table.ModelMs(arch);
+        dense.Should().BeApproximately(1.5 + 5 * (0.8 + 3 * 10.6 + 0.868) + 0.4 + 0.5 * 3 * 10.6 + 0.2036, 1e-9, "the table's sum for cifar-tiny");
+        var importance = Importance(arch, seed);
+        double target = fraction * dense;
+
+        var plan = LatencyBudget.Allocate(arch, importance, target, table);
+        var pruned = plan.PrunedArchitecture(arch);
+        table.ModelMs(pruned).Should().BeApproximately(target, 0.02 * dense, "within the allocator's tolerance band and one step");
+        pruned.Blocks.Should().OnlyContain(b => b.QkDim % 8 == 0 && b.VDim % 8 == 0 && b.MlpHidden % 8 == 0, "granularity 8 still applies");
+
+        // the parameter allocator at the same fraction misses the latency: the two budgets differ
+        var byParams = StructuredProjection.Allocate(arch, importance, 1 - fraction).PrunedArchitecture(arch);
+        Math.Abs(table.ModelMs(byParams) - target).Should().BeGreaterThan(0.05 * dense);
+    }
+
+    [Fact]
+    public void BadTargetsAreRejectedNamingTheTarget()
+    {
+        var arch = ViTArchitecture.CifarTiny();
+        var table = Synthetic();
+        foreach (double t in new[] { 0, -1, table.ModelMs(arch), 2 * table.ModelMs(arch) })
+            FluentActions.Invoking(() => LatencyBudget.Allocate(arch, Importance(arch, 1), t, table))
+                .Should().Throw<ArgumentOutOfRangeException>().Where(e => e.ParamName == "targetMs");
+    }
+
+    [Fact]
+    public void MeasuredOncePerDeviceAndCachedUnderItsIdentity()
+    {
+        using var dir = new TempDir();
+        var arch = ViTArchitecture.CifarMicro();
+        var first = LatencyModel.LoadOrMeasure(arch, batch: 4, dir.Path, reps: 1);
+        first.Device.Should().Be(MachineInfo.Probe().ToString());
+        first.Batch.Should().Be(4);
+        first.AttentionMs.Should().HaveCount(arch.Blocks[0].Heads);
+        foreach (var row in first.AttentionMs.Concat(first.LastAttentionMs).Append(first.MlpMs).Append(first.LastMlpMs))
+        {
+            row.Should().OnlyContain(ms => ms > 0);
+            row.Should().BeInAscendingOrder("a narrower structure never costs more");
+        }
+        var files = Directory.GetFiles(dir.Path);
+        files.Should().ContainSingle().Which.Should().Be(LatencyModel.CachePath(dir.Path, first.Device, first.Config));
+        var written = File.GetLastWriteTimeUtc(files[0]);
+
+        var second = LatencyModel.LoadOrMeasure(arch, batch: 4, dir.Path, reps: 1);
+        JsonSerializer.Serialize(second).Should().Be(JsonSerializer.Serialize(first), "the second call reads the cache");
+        File.GetLastWriteTimeUtc(files[0]).Should().Be(written);
+
+        LatencyModel.CachePath(dir.Path, "another CPU", first.Config).Should().NotBe(files[0]);
+        LatencyModel.CachePath(dir.Path, first.Device, first.Config + ", batch 8").Should().NotBe(files[0]);
+        // a damaged cache is measured again
+        File.WriteAllText(files[0], "{ not json");
+        LatencyModel.LoadOrMeasure(arch, batch: 4, dir.Path, reps: 1).Config.Should().Be(first.Config);
+        JsonSerializer.Deserialize<LatencyModel>(File.ReadAllText(files[0]))!.Device.Should().Be(first.Device);
+    }
+}
