@@ -40,7 +40,6 @@ public class GohspPrunerTests(ITestOutputHelper output)
             SoftPruning = new ViTTrainingOptions { Epochs = 4, NumberOfThreads = 2, Device = ViTDevice.Cpu, LearningRate = 1.5e-3, MinLearningRate = 1.5e-3, WarmupEpochs = 0 },
             Admm = new AdmmOptions(),
             FineTune = new ViTTrainingOptions { Epochs = 1, NumberOfThreads = 2, Device = ViTDevice.Cpu, LearningRate = 5e-4, WarmupEpochs = 0 },
-            Distillation = true,
             // cifar-micro's heads are 24 wide: steps of 8 leave too few shapes for blocks to differ; prune single structures
             Budget = new BudgetOptions { Granularity = 1 },
         };

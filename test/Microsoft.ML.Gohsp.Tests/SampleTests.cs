@@ -60,7 +60,6 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         {
             foreach (var field in new[] { "params", "flops", "batch_images_per_s", "single_latency_ms", "raw_forward_latency_ms" })
                 e.GetProperty(field).GetDouble().Should().BePositive(field);
-            e.GetProperty("top1").GetDouble().Should().BeInRange(0.0, 1.0);
             e.GetProperty("seed").GetInt32().Should().Be(3);
             e.GetProperty("post_dense_epochs").GetInt32().Should().Be(2, "every model gets the same budget after the dense model");
         }
