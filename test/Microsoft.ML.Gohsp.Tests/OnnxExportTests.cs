@@ -168,3 +168,16 @@ public class OnnxExportTests(OnnxFixture f, ITestOutputHelper output) : IClassFi
         notVit.Should().Throw<ArgumentException>().WithMessage("*without a ViT*");
     }
 }
+
+public class OnnxExportSizeTests
+{
+    [Fact]
+    public void AnExportOverTwoGigabytesIsRefusedBeforeAnyWeightIsRead()
+    {
+        // ViT-Huge/14 (632 M parameters, 2.5 GB of float32): checked on the architecture alone, no model is built
+        var huge = ViTArchitecture.Uniform(224, 14, 1280, 32, 16, 5120, 1000);
+        huge.ParameterCount.Should().BeGreaterThan(500_000_000);
+        ((Action)(() => OnnxExport.CheckSize(huge))).Should().Throw<NotSupportedException>().WithMessage("*ONNX files without external data are limited to 2 GB*");
+        ((Action)(() => OnnxExport.CheckSize(ViTArchitecture.ViTBase()))).Should().NotThrow("ViT-Base's 86 M parameters fit");
+    }
+}

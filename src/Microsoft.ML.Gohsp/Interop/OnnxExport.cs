@@ -74,6 +74,16 @@ public static class OnnxExport
     /// <summary>The serialised ONNX model.</summary>
     public static byte[] ToBytes(VisionTransformerModel model, OnnxExportOptions? options = null) => ToModelProto(model, options).ToByteArray();
 
+    /// <summary>
+    /// Refuses, before any weight is read, an architecture whose float32 weights do not fit one protobuf message (2 GB;
+    /// ONNX would need external-data files, which the export does not write).
+    /// </summary>
+    internal static void CheckSize(ViTArchitecture a)
+    {
+        if (a.ParameterCount * 4L > 1_900_000_000L)
+            throw new NotSupportedException($"The model has {a.ParameterCount:N0} parameters ({a.ParameterCount * 4L / 1e9:F1} GB in float32); ONNX files without external data are limited to 2 GB.");
+    }
+
     /// <summary>Builds the ONNX model (weights copied from <paramref name="model"/>, which is not modified).</summary>
     public static ModelProto ToModelProto(VisionTransformerModel model, OnnxExportOptions? options = null)
     {
@@ -81,9 +91,7 @@ public static class OnnxExport
         options ??= new OnnxExportOptions();
         var a = model.Architecture;
         options.Validate(a.Channels);
-        // one protobuf message is limited to 2 GB; weights beyond that would need ONNX external data
-        if (a.ParameterCount * 4L > 1_900_000_000L)
-            throw new NotSupportedException($"The model has {a.ParameterCount:N0} parameters ({a.ParameterCount * 4L / 1e9:F1} GB in float32); ONNX files without external data are limited to 2 GB.");
+        CheckSize(a);
         var w = Weights(model);
         var g = new GraphBuilder();
         int d = a.EmbedDim;
