@@ -229,11 +229,12 @@ public sealed class AdmmSoftPruning : ITrainingHook
     {
         if (_o.Penalty != AdmmPenalty.Gradient) return;
         using var _ = no_grad();
+        using var rho = _rho.ToScalar();
         foreach (var (w, z, u) in _vars)
         {
             if (w.grad is null) continue;
             using var d = w - z + u;
-            w.grad.add_(d, alpha: _rho);
+            w.grad.add_(d, alpha: rho);
         }
     }
 
@@ -245,12 +246,13 @@ public sealed class AdmmSoftPruning : ITrainingHook
             // exact proximal map of (ρ/2)‖W − (Z − U)‖² with step η: W ← (W + ηρ(Z − U)) / (1 + ηρ)
             double c = learningRate * _rho / (1 + learningRate * _rho);
             using var _ = no_grad();
+            using var alpha = (-c).ToScalar();   // held across the native calls (an implicit Scalar can be finalized mid-call)
             for (int i = 0; i < _vars.Count; i++)
             {
                 var (w, z, u) = _vars[i];
                 // outside the support Z is 0, so W − Z + U = W + U there
                 using var d = _o.PullOutsideSupportOnly ? (w + u).mul_(_outside[i]) : w - z + u;
-                w.add_(d, alpha: -c);
+                w.add_(d, alpha: alpha);
             }
         }
         AfterStep(model, globalStep);
@@ -265,7 +267,8 @@ public sealed class AdmmSoftPruning : ITrainingHook
         using var _ = no_grad();
         // U is the scaled dual λ/ρ: when ρ changes, U is rescaled by ρ_old/ρ_new (Boyd et al., ADMM §3.4.1), or the pull
         // toward Z − U would overshoot zero by the accumulated dual
-        foreach (var (w, z, u) in _vars) u.add_(w).sub_(z).mul_(_rho / next);
+        using var rescale = (_rho / next).ToScalar();
+        foreach (var (w, z, u) in _vars) u.add_(w).sub_(z).mul_(rescale);
         _rho = next;
     }
 

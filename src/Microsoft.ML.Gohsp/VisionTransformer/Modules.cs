@@ -113,7 +113,10 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
     private Tensor Scores(Tensor q, Tensor kT)
     {
         var s = matmul(q, kT);
-        return s.mul_(1.0 / Math.Sqrt(Spec.QkDim));
+        // an explicit Scalar held across the call: an implicit one is unreachable once its handle is passed to native code,
+        // and a finalizer running mid-call frees it ("Unknown scalar type")
+        using var scale = (1.0 / Math.Sqrt(Spec.QkDim)).ToScalar();
+        return s.mul_(scale);
     }
 
     /// <summary>Per-head attention outputs before the output projection: [B, heads, N, vDim].</summary>
@@ -207,10 +210,15 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
             if (mask is not null && mask[i] == 0) { outputs[i] = zeros_like(v); continue; }
             var q = t.narrow(2, (long)i * dq, dq);                       // [B, N, dq]
             var k = t.narrow(2, (long)(h + i) * dq, dq);                 // [B, N, dq]
-            var s = bmm(q, k.transpose(1, 2)).mul_(1.0 / Math.Sqrt(dq));
+            using var scale = (1.0 / Math.Sqrt(dq)).ToScalar();   // held across the call (see Scores)
+            var s = bmm(q, k.transpose(1, 2)).mul_(scale);
             var p = s.softmax(-1);
             outputs[i] = bmm(p, v);
-            if (mask is not null && mask[i] != 1) outputs[i].mul_(mask[i]);
+            if (mask is not null && mask[i] != 1)
+            {
+                using var m = ((double)mask[i]).ToScalar();
+                outputs[i].mul_(m);
+            }
         }
         var merged = h == 1 ? outputs[0] : cat(outputs, 2);              // [B, N, h·dv]
         return proj.forward(merged).MoveToOuterDisposeScope();
