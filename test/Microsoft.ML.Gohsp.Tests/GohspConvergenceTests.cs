@@ -200,6 +200,19 @@ public class GohspConvergenceTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void AnAdmmStateThatFailsPartWayLeavesTheHookAsItWas()
+    {
+        var hook = new AdmmSoftPruning(0.5, null, new AdmmOptions());
+        var ms = new MemoryStream();
+        using (var w = new BinaryWriter(ms, System.Text.Encoding.UTF8, leaveOpen: true)) { w.Write(123.0); w.Write(1); }   // ρ, one matrix, then nothing
+        ms.Position = 0;
+        using var r = new BinaryReader(ms);
+        ((Action)(() => ((ITrainingHook)hook).LoadState(r))).Should().Throw<Exception>();
+        hook.Rho.Should().Be(new AdmmOptions().Rho, "nothing of a checkpoint that could not be read is applied");
+        hook.ResidualHistory.Should().BeEmpty();
+    }
+
+    [Fact]
     public void ValidationSplitIsSeededStratifiedAndDisjoint()
     {
         var labels = Enumerable.Range(0, 200).Select(i => i % 4).ToArray();

@@ -317,20 +317,36 @@ public sealed class AdmmSoftPruning : ITrainingHook
     public void LoadState(BinaryReader reader)
     {
         if (_vars.Count > 0) throw new InvalidOperationException("ADMM state must be loaded before training starts.");
-        _rho = reader.ReadDouble();
-        int n = reader.ReadInt32();
-        if (n < 0) throw new InvalidDataException($"Corrupted ADMM state ({n} matrices).");
-        var restored = new List<(Tensor Z, Tensor U)>(n);
-        for (int i = 0; i < n; i++) restored.Add((Tensor.Load(reader).DetachFromDisposeScope(), Tensor.Load(reader).DetachFromDisposeScope()));
-        ResidualHistory.Clear();
-        int h = reader.ReadInt32();
-        if (h < 0) throw new InvalidDataException($"Corrupted ADMM state (residual history length {h}).");
-        for (int i = 0; i < h; i++) ResidualHistory.Add(reader.ReadDouble());
-        ResidualStart = reader.ReadDouble();
-        _restoredPlan = reader.ReadBoolean() ? StructurePlan.Read(reader) : null;
-        _restoredPlanSparsity = reader.ReadDouble();
-        foreach (var (z, u) in _restored ?? []) { z.Dispose(); u.Dispose(); }
-        _restored = restored;
+        // everything is read into locals first: a checkpoint that fails part-way leaves the hook as it was
+        var restored = new List<(Tensor Z, Tensor U)>();
+        try
+        {
+            double rho = reader.ReadDouble();
+            int n = reader.ReadInt32();
+            if (n < 0) throw new InvalidDataException($"Corrupted ADMM state ({n} matrices).");
+            for (int i = 0; i < n; i++) restored.Add((Tensor.Load(reader).DetachFromDisposeScope(), Tensor.Load(reader).DetachFromDisposeScope()));
+            int h = reader.ReadInt32();
+            if (h < 0) throw new InvalidDataException($"Corrupted ADMM state (residual history length {h}).");
+            var history = new double[h];
+            for (int i = 0; i < h; i++) history[i] = reader.ReadDouble();
+            double start = reader.ReadDouble();
+            var plan = reader.ReadBoolean() ? StructurePlan.Read(reader) : null;
+            double planSparsity = reader.ReadDouble();
+
+            _rho = rho;
+            ResidualHistory.Clear();
+            ResidualHistory.AddRange(history);
+            ResidualStart = start;
+            _restoredPlan = plan;
+            _restoredPlanSparsity = planSparsity;
+            foreach (var (z, u) in _restored ?? []) { z.Dispose(); u.Dispose(); }
+            _restored = restored;
+        }
+        catch
+        {
+            foreach (var (z, u) in restored) { z.Dispose(); u.Dispose(); }
+            throw;
+        }
     }
 
     // Z, U and the plan read from a checkpoint, applied by OnTrainingStart once the model's matrices are known.

@@ -97,12 +97,16 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
     /// <inheritdoc />
     public void LoadState(BinaryReader reader)
     {
-        DisposeMasks();
-        Plan = reader.ReadBoolean() ? StructurePlan.Read(reader) : null;
-        _history.Clear();
+        // read into locals first: a checkpoint that fails part-way leaves the hook as it was
+        var plan = reader.ReadBoolean() ? StructurePlan.Read(reader) : null;
         int n = reader.ReadInt32();
         if (n < 0) throw new InvalidDataException($"Corrupted SGMP state (history length {n}).");
-        for (int i = 0; i < n; i++) _history.Add(new SgmpPruningEvent(reader.ReadInt64(), reader.ReadDouble(), reader.ReadDouble()));
+        var history = new SgmpPruningEvent[n];
+        for (int i = 0; i < n; i++) history[i] = new SgmpPruningEvent(reader.ReadInt64(), reader.ReadDouble(), reader.ReadDouble());
+        DisposeMasks();
+        Plan = plan;
+        _history.Clear();
+        _history.AddRange(history);
     }
 
     private void DisposeMasks()
