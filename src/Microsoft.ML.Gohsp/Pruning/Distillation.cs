@@ -28,14 +28,17 @@ public sealed class Distillation : ITrainingHook
     public Tensor? ExtraLoss(VisionTransformerModel model, Tensor images, Tensor logits, Tensor labels)
     {
         if (_alpha == 0) return null;
+        // explicit Scalars held across the native calls (an implicit one can be finalized mid-call)
+        using var t = _temperature.ToScalar();
+        using var weight = (_alpha * _temperature * _temperature).ToScalar();
         Tensor logTeacher;
         using (no_grad())
         {
             _teacher.eval();
-            logTeacher = _teacher.forward(images).to(ScalarType.Float32).div(_temperature).log_softmax(1);
+            logTeacher = _teacher.forward(images).to(ScalarType.Float32).div(t).log_softmax(1);
         }
-        var logStudent = logits.to(ScalarType.Float32).div(_temperature).log_softmax(1);
-        return Loss(logStudent, logTeacher) * (_alpha * _temperature * _temperature);
+        var logStudent = logits.to(ScalarType.Float32).div(t).log_softmax(1);
+        return Loss(logStudent, logTeacher).mul(weight);
     }
 
     /// <summary>
