@@ -1,7 +1,7 @@
 // Benchmark of the reference ViT config (embed 192, depth 6, 3 heads, MLP 768, 32×32, patch 4, batch 64, 2 threads).
 // Prints human-readable lines, then ONE JSON object as the last line.
 // Usage: ./build.sh bench [-- --threads N --batch N --reps N --rss-epochs N --max-images N --accuracy-epochs N --seed N]
-// --ablation-epochs N > 0 adds issue 3's head-ranking ablation (dense model trained N epochs in bf16).
+// --ablation-epochs N > 0 adds the head-ranking ablation (3 dense seeds trained N epochs in bf16, 2 calibration sets, validation split).
 // --accuracy-epochs N > 0 adds test accuracies on the CIFAR-10 subset: SdcaMaximumEntropy vs the ViT in fp32 and bf16 (long).
 // --breakdown: instead, where one block's inference time goes (linears vs attention core, GELU, norms), medians of --reps rounds.
 // --speed: instead, dense vs pruned 40/50/80% batch speed-ups against executed-FLOP ratios (with an in-chain profile by op
