@@ -55,7 +55,12 @@ internal static class Plots
         var model = NewModel(title);
         var all = series.ToArray();
         model.Axes.Add(new LinearAxis { Position = AxisPosition.Bottom, Title = "sparsity (% of parameters removed)", MajorGridlineStyle = LineStyle.Dot, MinimumPadding = 0.1, MaximumPadding = 0.1 });
-        model.Axes.Add(new LinearAxis { Position = AxisPosition.Left, Title = "top-1 difference (points), 95% CI", MajorGridlineStyle = LineStyle.Dot });
+        // the axis spans the intervals and zero (OxyPlot's automatic range ignores error bars)
+        var ds = all.SelectMany(s => s.Points.Select(p => p.Difference)).ToArray();
+        double lo = Math.Min(0, ds.Select(d => d.Low).Where(double.IsFinite).DefaultIfEmpty(0).Min()) * 100;
+        double hi = Math.Max(0, ds.Select(d => d.High).Where(double.IsFinite).DefaultIfEmpty(0).Max()) * 100;
+        double pad = Math.Max(0.5, 0.08 * (hi - lo));
+        model.Axes.Add(new LinearAxis { Position = AxisPosition.Left, Title = "top-1 difference (points), 95% CI", MajorGridlineStyle = LineStyle.Dot, Minimum = lo - pad, Maximum = hi + pad });
         var zero = new LineSeries { Color = OxyColors.Gray, StrokeThickness = 1, LineStyle = LineStyle.Dash };
         var xs = all.SelectMany(s => s.Points.Select(p => p.Sparsity * 100)).DefaultIfEmpty(0).ToArray();
         zero.Points.Add(new DataPoint(xs.Min() - 5, 0));
