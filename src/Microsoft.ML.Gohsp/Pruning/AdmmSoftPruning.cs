@@ -233,7 +233,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
         foreach (var (w, z, u) in _vars)
         {
             if (w.grad is null) continue;
-            using var d = w - z + u;
+            using var d = w.sub(z).add_(u, Scalars.One);
             w.grad.add_(d, alpha: rho);
         }
     }
@@ -251,7 +251,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
             {
                 var (w, z, u) = _vars[i];
                 // outside the support Z is 0, so W − Z + U = W + U there
-                using var d = _o.PullOutsideSupportOnly ? (w + u).mul_(_outside[i]) : w - z + u;
+                using var d = _o.PullOutsideSupportOnly ? w.add(u, Scalars.One).mul_(_outside[i]) : w.sub(z).add_(u, Scalars.One);
                 w.add_(d, alpha: alpha);
             }
         }
@@ -268,7 +268,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
         // U is the scaled dual λ/ρ: when ρ changes, U is rescaled by ρ_old/ρ_new (Boyd et al., ADMM §3.4.1), or the pull
         // toward Z − U would overshoot zero by the accumulated dual
         using var rescale = (_rho / next).ToScalar();
-        foreach (var (w, z, u) in _vars) u.add_(w).sub_(z).mul_(rescale);
+        foreach (var (w, z, u) in _vars) u.add_(w, Scalars.One).sub_(z).mul_(rescale);
         _rho = next;
     }
 

@@ -120,7 +120,7 @@ public sealed class TrainingLoop
                         var logits = model.forward(x);
                         var loss = nn.functional.cross_entropy(logits, y, label_smoothing: o.LabelSmoothing);
                         var extra = Hook?.ExtraLoss(model, x, logits, y);
-                        var total = extra is null ? loss : loss + extra;
+                        var total = extra is null ? loss : loss.add(extra, Scalars.One);   // the library's alpha: see Scalars
                         optimizer.zero_grad();
                         total.backward();
                         Hook?.AfterBackward(model, globalStep);

@@ -275,11 +275,11 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
         Tensor x1;
         using (var n1 = norm1.forward(x))
         using (var a = attn.forward(n1))
-            x1 = x + a;                                   // float32 residual stream (bf16 promotes)
+            x1 = x.add(a, Scalars.One);                   // float32 residual stream (bf16 promotes)
         using (x1)
         using (var n2 = norm2.forward(x1))
         using (var m = mlp.forward(n2))
-            return x1 + m;
+            return x1.add(m, Scalars.One);
     }
 
     /// <summary>
@@ -292,11 +292,11 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
         using (var n1 = norm1.forward(x))
         using (var a = attn.ForwardClassToken(n1))
         using (var cls = x.narrow(1, 0, 1))
-            x1 = cls + a;                                 // float32 residual stream (bf16 promotes)
+            x1 = cls.add(a, Scalars.One);                                 // float32 residual stream (bf16 promotes)
         using (x1)
         using (var n2 = norm2.forward(x1))
         using (var m = mlp.forward(n2))
-            return x1 + m;
+            return x1.add(m, Scalars.One);
     }
 
     /// <summary>Same maths as <see cref="forward"/> without autograd: residual adds in place, fewer temporaries.</summary>
@@ -306,15 +306,15 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
         using (var n1 = norm1.forward(x))
         {
             var a = attn.forward(n1);
-            if (a.dtype == x.dtype) x1 = a.add_(x);
-            else { using (a) x1 = x + a; }
+            if (a.dtype == x.dtype) x1 = a.add_(x, Scalars.One);
+            else { using (a) x1 = x.add(a, Scalars.One); }
         }
         using (x1)
         using (var n2 = norm2.forward(x1))
         {
             var m = mlp.forward(n2);
-            if (m.dtype == x1.dtype) return m.add_(x1);
-            using (m) return x1 + m;
+            if (m.dtype == x1.dtype) return m.add_(x1, Scalars.One);
+            using (m) return x1.add(m, Scalars.One);
         }
     }
 }

@@ -121,7 +121,7 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
         using var p = patch_embed.forward(images);
         using var cls = cls_token.expand(b, -1, -1);
         using var t = cat([cls, p], 1);
-        return t.add(pos_embed);
+        return t.add(pos_embed, Scalars.One);
     }
 
     /// <summary>Logits [B, classes] for normalised images [B, C, H, W].</summary>
