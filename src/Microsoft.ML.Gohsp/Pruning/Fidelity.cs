@@ -67,19 +67,7 @@ public static class Fidelity
 
     /// <summary>Log class probabilities [Count × classes] of every image (no augmentation, no gradients), on the CPU.</summary>
     public static float[] LogProbabilities(VisionTransformerModel model, ImageTensorData data, ViTTrainingOptions preprocessing)
-    {
-        int k = model.Architecture.NumClasses;
-        var result = new float[(long)data.Count * k];
-        int offset = 0;
-        TrainingLoop.ForEachBatch(model, data, preprocessing, model.parameters().First().device, (logits, _) =>
-        {
-            using var lp = logits.to(ScalarType.Float32).log_softmax(1).cpu();
-            var values = lp.data<float>().ToArray();
-            values.CopyTo(result, offset);
-            offset += values.Length;
-        });
-        return result;
-    }
+        => TrainingLoop.PerClassRows(model, data, preprocessing, logits => logits.to(ScalarType.Float32).log_softmax(1));
 
     private static int ArgMax(ReadOnlySpan<float> row)
     {

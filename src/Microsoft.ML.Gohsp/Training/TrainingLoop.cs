@@ -274,6 +274,14 @@ public sealed class TrainingLoop
 
     /// <summary>Class probabilities [Count, classes] for every image (no augmentation, no gradients), on the CPU.</summary>
     public static float[] PredictProbabilities(VisionTransformerModel model, ImageTensorData data, ViTTrainingOptions options, Device? device = null)
+        => PerClassRows(model, data, options, logits => logits.softmax(1), device);
+
+    /// <summary>
+    /// <paramref name="rows"/>(logits) of every image, [Count, classes] as float32 on the CPU, in evaluation batches (no
+    /// augmentation, no gradients).
+    /// </summary>
+    internal static float[] PerClassRows(VisionTransformerModel model, ImageTensorData data, ViTTrainingOptions options,
+        Func<Tensor, Tensor> rows, Device? device = null)
     {
         device ??= model.parameters().First().device;
         int k = model.Architecture.NumClasses;
@@ -281,7 +289,7 @@ public sealed class TrainingLoop
         int offset = 0;
         ForEachBatch(model, data, options, device, (logits, _) =>
         {
-            using var p = logits.softmax(1).cpu();
+            using var p = rows(logits).to(ScalarType.Float32).cpu();
             var values = p.data<float>().ToArray();
             values.CopyTo(result, offset);
             offset += values.Length;
