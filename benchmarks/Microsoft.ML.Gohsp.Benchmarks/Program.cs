@@ -280,7 +280,7 @@ static Dictionary<string, object> AccuracyRuns(int epochs, int threads, int seed
     foreach (var p in new[] { ComputePrecision.Float32, ComputePrecision.BFloat16 })
     {
         sw.Restart();
-        var o = new Microsoft.ML.Gohsp.MLNet.ViTClassificationTrainer.Options
+        var o = new Microsoft.ML.Gohsp.ViTClassificationTrainer.Options
         {
             ImageColumnName = "Pixels", ArchitecturePreset = "cifar-tiny", Epochs = epochs, NumberOfThreads = threads,
             Device = ViTDevice.Cpu, Seed = seed, TrainingPrecision = p,

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using Microsoft.ML;
 using Microsoft.ML.Gohsp.Data;
-using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Training;
 using static TorchSharp.torch;
 

@@ -1,7 +1,7 @@
 using FluentAssertions;
 using Microsoft.ML;
 using Microsoft.ML.Data;
-using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp;
 using Xunit;
 
 namespace Microsoft.ML.Gohsp.Tests;

@@ -2,7 +2,7 @@ using FluentAssertions;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp.Data;
-using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using TorchSharp;

@@ -87,7 +87,7 @@ internal static class InteropTestFiles
     }
 
     /// <summary>The smallest GOHSP schedule (1 soft-pruning and 1 fine-tuning epoch): for tests about plumbing, not accuracy.</summary>
-    public static MLNet.GohspPruningEstimator.Options TinyGohsp(double sparsity) => new()
+    public static GohspPruningEstimator.Options TinyGohsp(double sparsity) => new()
     {
         Sparsity = sparsity, HeadPruningFraction = 0.25, CalibrationImages = 32,
         SoftPruning = new() { Epochs = 1, NumberOfThreads = 2, Device = ViTDevice.Cpu, LearningRate = 1e-3, MinLearningRate = 1e-3, WarmupEpochs = 0 },

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using FluentAssertions;
 using Microsoft.ML;
 using Microsoft.ML.Gohsp.Data;
-using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp;
 using Xunit.Abstractions;
 
 namespace Microsoft.ML.Gohsp.Tests;

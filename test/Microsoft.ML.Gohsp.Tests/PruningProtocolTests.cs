@@ -1,5 +1,5 @@
 using FluentAssertions;
-using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 

@@ -7,7 +7,7 @@ using System.IO.Compression;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp.Data;
-using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Training;
 using SkiaSharp;
 

@@ -1,7 +1,7 @@
 using Microsoft.ML;
 using Microsoft.ML.Data;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>The dense model to prune and the column it reads its images from.</summary>
 internal sealed record DenseViT(ViTModelParameters Model, string FeatureColumnName);

@@ -3,7 +3,7 @@ using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// GOHSP stage 3 alone as an ML.NET estimator: projection onto the structured-sparse set (the head mask's heads fixed),

@@ -4,7 +4,7 @@ using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// GOHSP structured pruning of a trained ViT as an ML.NET estimator: graph-based head ranking and masking, ADMM soft

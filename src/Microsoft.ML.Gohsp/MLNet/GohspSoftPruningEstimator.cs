@@ -2,7 +2,7 @@ using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// GOHSP stage 2 alone as an ML.NET estimator: ADMM soft structured pruning — training on the task loss plus

@@ -1,7 +1,7 @@
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// Carries ML.NET's cancellation (<c>MLContext.CancelExecution()</c>, observed through the host's <c>CheckAlive</c>) into the

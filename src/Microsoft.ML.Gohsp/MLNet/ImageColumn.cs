@@ -4,7 +4,7 @@ using Microsoft.ML.Transforms.Image;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>How a ViT model receives its image: a planar float vector, an <see cref="MLImage"/> or encoded image bytes.</summary>
 internal enum ImageInputKind

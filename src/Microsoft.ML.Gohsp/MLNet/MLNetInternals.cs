@@ -21,7 +21,7 @@ namespace System.Runtime.CompilerServices
     }
 }
 
-namespace Microsoft.ML.Gohsp.MLNet
+namespace Microsoft.ML.Gohsp
 {
     /// <summary>
     /// The one place that names this library's dependence on ML.NET internals. The library compiles against publicized

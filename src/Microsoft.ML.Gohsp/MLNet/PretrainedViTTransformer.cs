@@ -3,7 +3,7 @@ using Microsoft.ML.Gohsp.Interop;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// Options of <c>mlContext.Model.LoadPretrainedViT(path, options)</c>: how to import the checkpoint (heads, class count,

@@ -4,7 +4,7 @@ using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>The ML.NET side of a pruning estimator's options: columns, validation data and progress.</summary>
 public interface IPruningEstimatorOptions

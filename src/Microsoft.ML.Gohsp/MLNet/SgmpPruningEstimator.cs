@@ -4,7 +4,7 @@ using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// SGMP (structured gradual magnitude pruning, a baseline for GOHSP) of a trained ViT as an ML.NET estimator: trains while

@@ -4,7 +4,7 @@ using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// SOMP (structured one-shot magnitude pruning, a baseline for GOHSP) of a trained ViT as an ML.NET estimator: ranks heads,

@@ -6,7 +6,7 @@ using Microsoft.ML.Transforms.Image;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 public sealed partial class ViTModelParameters
 {

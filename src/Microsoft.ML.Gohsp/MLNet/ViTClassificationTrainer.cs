@@ -6,7 +6,7 @@ using Microsoft.ML.Gohsp.VisionTransformer;
 using Microsoft.ML.Runtime;
 using Microsoft.ML.Trainers;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// Trains a vision transformer (ViT/DeiT family, TorchSharp) for multiclass image classification inside an

@@ -1,6 +1,6 @@
 using Microsoft.ML;
 using Microsoft.ML.Data;
-using Microsoft.ML.Gohsp.MLNet;
+using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using Microsoft.ML.Model;
@@ -14,7 +14,7 @@ using static TorchSharp.torch;
 [assembly: LoadableClass(typeof(ViTModelParameters), null, typeof(SignatureLoadModel),
     "Vision Transformer multiclass predictor", ViTModelParameters.LoaderSignature)]
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// A trained (dense or pruned) vision transformer as ML.NET model parameters: maps an image column to class

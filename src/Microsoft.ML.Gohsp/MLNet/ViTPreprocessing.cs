@@ -1,6 +1,6 @@
 using Microsoft.ML.Gohsp.Training;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// How raw pixel values become model input: <c>x' = (x · PixelScale − Mean[c]) / Std[c]</c> per channel.

@@ -1,7 +1,7 @@
 using Microsoft.ML.Data;
 using Microsoft.ML.Runtime;
 
-namespace Microsoft.ML.Gohsp.MLNet;
+namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// Trains a dense ViT with a <see cref="ViTClassificationTrainer"/> and prunes it with a pruning estimator, as one
