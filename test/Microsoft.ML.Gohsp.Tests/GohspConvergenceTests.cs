@@ -37,7 +37,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         var valid = GohspPrunerTests.Real(Cifar10Split.Test, 64);
         using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 3);
         new TrainingLoop(Stage(1, 1e-3, 1e-5, 0.25)).Train(dense, train);
-        var o = TinyOptions(0.5);   // the default ADMM options: decoupled penalty, ρ 1 → 1000, Z/U every 10 steps, ramp over half the stage
+        var o = TinyOptions(0.5);   // the default ADMM options: decoupled penalty, ρ 1 → 1000, Z/U every 10 steps, ramp over a quarter of the stage
         o.HeadPruning = HeadPruningMode.Soft;   // the stage-1 heads travel in the report and are zeroed by ADMM
 
         var masked = GohspPruner.RankAndMaskHeads(dense, train, valid, o);
