@@ -59,6 +59,50 @@ namespace Microsoft.ML.Gohsp
             _ => null,
         };
 
+        /// <summary>
+        /// The prediction transformer of a ViT model, the one way this library creates them (trainer, pruning estimators,
+        /// pretrained import), with the batched scorer attached. A model that reads an MLImage column gets a transformer
+        /// without a feature column of its own: ML.NET stores a prediction transformer's training schema with
+        /// <c>BinarySaver</c>, which has no codec for MLImage and drops the column, and ML.NET's loader then cannot find a
+        /// named feature column. The model names its column instead (<see cref="ViTModelParameters.ImageColumnName"/>, saved
+        /// with its weights) and binds it in <see cref="BindViT"/>, so that the zip loads into the same transformer.
+        /// </summary>
+        internal static MulticlassPredictionTransformer<ViTModelParameters> PredictionTransformer(IHostEnvironment env, ViTModelParameters model,
+            DataViewSchema trainSchema, string featureColumn, string labelColumn)
+        {
+            string? feature = featureColumn;
+            if (model.InputKind == ImageInputKind.Image)
+            {
+                model.ImageColumnName = featureColumn;
+                feature = null;
+            }
+            return ViTBatchScorer.Attach(new MulticlassPredictionTransformer<ViTModelParameters>(env, model, trainSchema, feature, labelColumn));
+        }
+
+        /// <summary>
+        /// <c>ISchemaBindableMapper.Bind</c> of a ViT model: ML.NET's own <c>SchemaBindablePredictorWrapper</c> (which the
+        /// scorer then rebinds on every input schema), given the model's MLImage column as the feature role when the transformer
+        /// has none (<see cref="PredictionTransformer"/>). The training schema of a loaded transformer lacks that column
+        /// (<c>BinarySaver</c> drops it); it is bound there as the declared image type the model stored.
+        /// </summary>
+        internal static ISchemaBoundMapper BindViT(ViTModelParameters model, IHostEnvironment env, RoleMappedSchema schema)
+        {
+            ISchemaBindableMapper standard = new SchemaBindablePredictorWrapper(model);
+            if (schema.Feature is null && model.ImageColumnName is { } image)
+            {
+                var columns = schema.Schema;
+                if (columns.GetColumnOrNull(image) is null)
+                {
+                    var builder = new DataViewSchema.Builder();
+                    builder.AddColumns(columns.Where(c => !c.IsHidden));
+                    builder.AddColumn(image, model.InputType);
+                    columns = builder.ToSchema();
+                }
+                schema = new RoleMappedSchema(columns, schema.GetColumnRoleNames().Append(RoleMappedSchema.ColumnRole.Feature.Bind(image)));
+            }
+            return standard.Bind(env, schema);
+        }
+
         private static readonly Lazy<IReadOnlyList<string>> _missing = new(() => MissingMembers());
 
         /// <summary>
