@@ -30,7 +30,9 @@ namespace Microsoft.ML.Gohsp
     /// The internal API it uses: <c>TrainerEstimatorBase</c>, <c>TrainerUtils</c>, <c>TrainContext</c> and
     /// <c>RoleMappedData</c> (ViTClassificationTrainer); <c>ModelParametersBase</c>, <c>ModelSaveContext</c>,
     /// <c>ModelLoadContext</c>, <c>VersionInfo</c> and <c>[LoadableClass]</c> (ViTModelParameters); the
-    /// <c>MulticlassPredictionTransformer</c> constructor and <c>CatalogUtils</c> (trainer, pruning estimators, catalog); the
+    /// <c>MulticlassPredictionTransformer</c> constructor (<see cref="PredictionTransformer"/>) and <c>CatalogUtils</c> (trainer,
+    /// pruning estimators, catalog); <c>ISchemaBindableMapper</c>, <c>SchemaBindablePredictorWrapper</c> and
+    /// <c>RoleMappedSchema</c> (<see cref="BindViT"/>, which lets a model read an MLImage column and still save); the
     /// scorer internals walked by <see cref="ScoringPredictor"/> (DenseViTLocator). Which Microsoft.ML versions the package
     /// accepts is declared in Directory.Build.props (<c>MicrosoftMLVersionRange</c>); <see cref="MissingMembers()"/> tells,
     /// member by member, whether the loaded ML.NET still has everything, and a test runs it.
@@ -108,7 +110,7 @@ namespace Microsoft.ML.Gohsp
         /// <summary>
         /// Called by every catalog entry point: throws, naming the members, when the Microsoft.ML loaded at run time lacks
         /// something this library was compiled against (a Microsoft.ML outside the declared range). Checked once per
-        /// process (166 references in about 4 ms).
+        /// process (217 references in about 8 ms).
         /// </summary>
         internal static void EnsureCompatible()
         {
