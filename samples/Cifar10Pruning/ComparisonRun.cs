@@ -14,7 +14,7 @@ namespace Cifar10Pruning;
 /// reference, prune the dense model with each method and sparsity, then save every model, load it back in a fresh
 /// <see cref="MLContext"/>, evaluate it and time it.
 /// </summary>
-internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10Dataset trainSet, ValidationSplit? validationSplit, Cifar10Dataset testSet, string data)
+internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSet trainSet, ValidationSplit? validationSplit, ImageSet testSet, string data, string testSplit)
 {
     private readonly ComputePrecision _precision = options.ResolvePrecision();
 
@@ -22,14 +22,14 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
     {
         Directory.CreateDirectory(outDir);
         var ml = new MLContext(seed);
-        var train = Cifar10.ToDataView(ml, trainSet);
+        var train = trainSet.ToDataView(ml);
 
         // Data preparation shared by every model: a key-typed label, and planar pixels (what a ViT that can be saved trains on).
         var prep = ml.Transforms.Conversion.MapValueToKey("Label")
             .Append(ml.Transforms.ExtractPixels("Pixels", "Image", interleavePixelColors: false))
             .Fit(train);
         var prepared = prep.Transform(train);
-        var validation = validationSplit is null ? null : prep.Transform(Cifar10.ToDataView(ml, validationSplit.Images));
+        var validation = validationSplit is null ? null : prep.Transform(validationSplit.Images.ToDataView(ml));
 
         // 1. The dense model every method starts from: E epochs.
         var sw = Stopwatch.StartNew();
@@ -42,7 +42,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
         var models = new List<(ModelEntry Template, MulticlassPredictionTransformer<ViTModelParameters> Predictor)>();
         string denseZip = Path.Combine(outDir, "dense.zip");
         ml.Model.SaveAtomically(Full(dense), train.Schema, denseZip);
-        double denseStartTop1 = ml.MulticlassClassification.Evaluate(Full(dense).Transform(Cifar10.ToDataView(ml, testSet))).MicroAccuracy;
+        double denseStartTop1 = ml.MulticlassClassification.Evaluate(Full(dense).Transform(testSet.ToDataView(ml))).MicroAccuracy;
         ui.Line(Text.Invariant($"Dense model: {dense.Model.ParameterCount:N0} parameters, {dense.Model.ForwardFlops / 1e6:F1} MFLOPs/image, top-1 {denseStartTop1:P2}; saved {denseZip}"));
 
         // 2. The dense reference: the same model trained P more epochs, the budget every pruning method gets after it.
@@ -82,6 +82,8 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
             {
                 Command = "Cifar10Pruning " + options.CommandLine,
                 Data = data,
+                Classes = trainSet.ClassNames.Count,
+                TestSplit = testSplit,
                 Arch = options.Arch,
                 TrainImages = trainSet.Count,
                 TestImages = testSet.Count,
@@ -176,7 +178,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
         model.PredictProbabilities(data).Select(p => MathF.Log(MathF.Max(p, 1e-30f))).ToArray();
 
     /// <summary>Each test image's class as the model's output index: the position of its class name in the key column's values.</summary>
-    private static int[] ModelClassIndices(DataViewSchema.Column labelKey, Cifar10Dataset data)
+    private static int[] ModelClassIndices(DataViewSchema.Column labelKey, ImageSet data)
     {
         VBuffer<ReadOnlyMemory<char>> names = default;
         labelKey.GetKeyValues(ref names);
@@ -201,7 +203,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
         var vit = ((IEnumerable<ITransformer>)loaded).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single().Model;
 
         var sw = Stopwatch.StartNew();
-        var metrics = fresh.MulticlassClassification.Evaluate(loaded.Transform(Cifar10.ToDataView(fresh, testSet)));
+        var metrics = fresh.MulticlassClassification.Evaluate(loaded.Transform(testSet.ToDataView(fresh)));
         double mlnetRate = testSet.Count / sw.Elapsed.TotalSeconds;
         var fidelity = Fidelity.Compute(LogProbabilities(vit, testTensor), denseLogProbabilities, testLabels, vit.Architecture.NumClasses);
         double batchRate = options.NoSpeed ? double.NaN : Speed.BatchImagesPerSecond(vit, testTensor);
@@ -210,10 +212,10 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, Cifar10
         if (showPredictions)
         {
             ui.Line($"Predictions of {Path.GetFileName(zip)}, loaded in a fresh MLContext, through a PredictionEngine:");
-            using var engine = fresh.Model.CreatePredictionEngine<ImageInput, Prediction>(loaded);
-            for (int i = 0; i < 5; i++)
+            using var engine = fresh.Model.CreatePredictionEngine<ImageInput, Prediction>(loaded, inputSchemaDefinition: testSet.InputSchema());
+            for (int i = 0; i < Math.Min(5, testSet.Count); i++)
             {
-                using var image = Cifar10.CreateImage(testSet.GetImage(i));
+                using var image = testSet.CreateImage(i);
                 var p = engine.Predict(new ImageInput { Image = image });
                 ui.Line(Text.Invariant($"  test image {i}: predicted {p.PredictedClass,-10} ({p.Score.Max():P0}), actual {testSet.GetClassName(i)}"));
             }

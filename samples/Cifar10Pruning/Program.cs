@@ -5,6 +5,7 @@ using Cifar10Pruning;
 using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp.Training;
+using Microsoft.ML.Gohsp.VisionTransformer;
 using Microsoft.ML.Transforms.Image;
 
 try
@@ -23,6 +24,7 @@ catch (Exception e) when (e is ArgumentException or IOException or InvalidDataEx
 /// <summary>What an app passes to the PredictionEngine: one image.</summary>
 internal sealed class ImageInput
 {
+    /// <summary>32×32 (CIFAR-10); other sizes (--images) bind through <see cref="ImageSet.InputSchema"/>.</summary>
     [ImageType(32, 32)]
     public MLImage Image { get; set; } = null!;
 
@@ -59,24 +61,38 @@ internal static class Sample
 
         string outDir = Path.GetFullPath(options.Out);
         Directory.CreateDirectory(outDir);
-        string data = options.Data ?? await DefaultDataAsync(ui);
         // Read (and validate) both splits before any training.
-        var trainSet = Cifar10.Read(data, Cifar10Split.Train, options.MaxTrain);
-        var testSet = Cifar10.Read(data, Cifar10Split.Test, options.MaxTest);
-        ui.Line($"CIFAR-10 from {data}: {trainSet.Count:N0} training and {testSet.Count:N0} test images.");
+        string data, testSplit;
+        ImageSet trainSet, testSet;
+        if (options.Images is { } images)
+        {
+            data = Path.GetFullPath(images);
+            int size = ViTArchitecture.FromPreset(options.Arch, 2).ImageSize;
+            var split = ImageFolder.Read(data, size, options.TestFraction, options.ValidationSeed);
+            (trainSet, testSet, testSplit) = (split.Train.Take(options.MaxTrain), split.Test.Take(options.MaxTest), split.Description);
+            ui.Line($"Images from {data} ({trainSet.ClassNames.Count} classes, resized to {size}×{size}): {trainSet.Count:N0} training and {testSet.Count:N0} test images (test: {testSplit}).");
+        }
+        else
+        {
+            data = options.Data ?? await DefaultDataAsync(ui);
+            trainSet = ImageSet.From(Cifar10.Read(data, Cifar10Split.Train, options.MaxTrain));
+            testSet = ImageSet.From(Cifar10.Read(data, Cifar10Split.Test, options.MaxTest));
+            testSplit = RunConfig.Cifar10TestSplit;
+            ui.Line($"CIFAR-10 from {data}: {trainSet.Count:N0} training and {testSet.Count:N0} test images.");
+        }
 
         // The validation split: held out of the training images (seeded, stratified, the same for every seed). Pruning stages
         // are measured on it; defaults are chosen on it; the test images are only reported.
         ValidationSplit? validation = null;
         if (options.Validation > 0)
         {
-            var held = ImageTensorData.ValidationIndices(trainSet.Labels.Select(b => (int)b).ToArray(), options.Validation, options.ValidationSeed);
+            var held = ImageTensorData.ValidationIndices(trainSet.Labels, options.Validation, options.ValidationSeed);
             validation = new ValidationSplit(trainSet.Select(held), options.Validation, options.ValidationSeed, ValidationSplit.Hash(held));
             trainSet = trainSet.Select(ImageTensorData.Complement(held, trainSet.Count));
             ui.Line(Text.Invariant($"Validation split: {validation.Images.Count:N0} of the training images (seed {options.ValidationSeed}); {trainSet.Count:N0} left for training."));
         }
 
-        var run = new ComparisonRun(options, ui, trainSet, validation, testSet, data);
+        var run = new ComparisonRun(options, ui, trainSet, validation, testSet, data, testSplit);
         var reports = new List<SampleReport>();
         foreach (int seed in options.Seeds)
         {

@@ -76,7 +76,12 @@ internal sealed record ModelEntry
 internal sealed record RunConfig
 {
     public required string Command { get; init; }
+    /// <summary>The CIFAR-10 folder or archive (<c>--data</c>), or the image folder (<c>--images</c>).</summary>
     public required string Data { get; init; }
+    /// <summary>Number of classes (absent in reports written before it was recorded: CIFAR-10's 10).</summary>
+    public int Classes { get; init; } = 10;
+    /// <summary>Where the test images come from: CIFAR-10's test batch, <c>DIR/test</c>, or a seeded fraction of each class of <c>DIR</c>.</summary>
+    public string? TestSplit { get; init; }
     public required string Arch { get; init; }
     public required int TrainImages { get; init; }
     public required int TestImages { get; init; }
@@ -105,6 +110,13 @@ internal sealed record RunConfig
     public int? ValidationSeed { get; init; }
     /// <summary>SHA-256 of the held-out indices (comma-separated, ascending), so two reports can be checked for the same split.</summary>
     public string? ValidationIndicesSha256 { get; init; }
+
+    /// <summary>"CIFAR-10", or the image folder's name.</summary>
+    [JsonIgnore]
+    public string Title => TestSplit is null || TestSplit == Cifar10TestSplit ? "CIFAR-10" : $"'{Path.GetFileName(Data.TrimEnd('/', '\\'))}' images";
+
+    /// <summary><see cref="TestSplit"/> of a CIFAR-10 run.</summary>
+    public const string Cifar10TestSplit = "the CIFAR-10 test batch";
 
     /// <summary>The speed notes that describe this run's columns.</summary>
     [JsonIgnore]
@@ -152,11 +164,11 @@ internal sealed record SampleReport
     {
         var c = Config;
         var sb = new StringBuilder();
-        sb.AppendLine(Text.Invariant($"# CIFAR-10 pruning run (seed {c.Seed})"));
+        sb.AppendLine(Text.Invariant($"# {c.Title} pruning run (seed {c.Seed})"));
         sb.AppendLine();
         sb.AppendLine(Text.Invariant($"`{c.Command}` — {c.Date}, {c.Machine}"));
         sb.AppendLine();
-        sb.AppendLine(Text.Invariant($"- data: `{c.Data}` ({c.TrainImages:N0} training / {c.TestImages:N0} test images), arch `{c.Arch}`, {c.Precision} training, {Text.Count(c.Threads, "thread")}"));
+        sb.AppendLine(Text.Invariant($"- data: `{c.Data}` ({c.Classes} classes; {c.TrainImages:N0} training / {c.TestImages:N0} test images, test split: {c.TestSplit ?? "the test batch"}), arch `{c.Arch}`, {c.Precision} training, {Text.Count(c.Threads, "thread")}"));
         sb.AppendLine(Text.Invariant($"- fair protocol: one dense model trained {Text.Count(c.DenseEpochs, "epoch")} ({c.DenseSeconds:F0} s, top-1 {c.DenseStartTop1:P2}); every method prunes it and trains {Text.Count(c.PostEpochs, "epoch")} after it; the dense reference is the same model trained {Text.Count(c.PostEpochs, "more epoch")} ({c.DenseEpochs + c.PostEpochs} in all)"));
         sb.AppendLine();
         sb.AppendLine(MarkdownTable(All));
@@ -188,7 +200,7 @@ internal sealed record SampleReport
             ui.Line(MarkdownTable(All));
             return;
         }
-        var t = new Table().RoundedBorder().Title($"CIFAR-10, {Config.Arch}, seed {Config.Seed}");
+        var t = new Table().RoundedBorder().Title($"{Config.Title}, {Config.Arch}, seed {Config.Seed}");
         foreach (var h in new[] { "method", "sparsity", "params", "MFLOPs", "top-1", "batch img/s", "engine ms", "raw ms", "engine/raw", "train s" })
             t.AddColumn(new TableColumn(h) { Alignment = h is "method" or "sparsity" ? Justify.Left : Justify.Right });
         foreach (var e in All)

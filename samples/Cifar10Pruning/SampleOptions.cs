@@ -13,7 +13,14 @@ internal sealed record SampleOptions
         usage: dotnet Cifar10Pruning.dll [flags]        (or ./build.sh sample -- [flags])
           --data PATH          cifar-10-batches-bin folder or cifar-10-binary.tar.gz (env CIFAR10_DATA). Default:
                                ../shared/data/cifar-10-subset when present, else the official archive is downloaded
-          --arch NAME          architecture preset (cifar-micro, cifar-tiny, cifar-small, ...). Default cifar-tiny
+          --images DIR         train on your own images instead of CIFAR-10: one folder per class of image files
+                               (DIR/<class>/*.png|jpg; any size, grayscale/RGBA converted, resized to the preset's
+                               image size). DIR/train + DIR/test when both exist, else --test-fraction of each class
+                               is held out as the test split
+          --test-fraction F    with --images: fraction of each class held out as the test split (seeded by
+                               --validation-seed). Default 0.2
+          --arch NAME          architecture preset (cifar-micro, cifar-tiny, cifar-small; with --images any preset,
+                               e.g. vit-tiny at 224×224). Default cifar-tiny
           --epochs N           dense training epochs before pruning. Default 4
           --post-epochs N      epoch budget after the dense model, the same for every method and for the dense
                                reference (which is trained N more epochs). Default 2
@@ -22,11 +29,12 @@ internal sealed record SampleOptions
           --seed N | --seeds N[,N...]   one or more seeds; each seed is a full run (dense + every method). Default 1
           --out DIR            output folder (models, report.json, report.md, plots). Default out
           --threads N          TorchSharp intra-op threads (0: all cores). Default 0
-          --max-train N        use only the first N training images
+          --max-train N        use only the first N training images (--images: of the seeded-shuffled files)
           --max-test N         evaluate and time on only the first N test images (quick runs)
           --validation F       fraction of the training images held out (seeded, stratified by class) as the validation
                                split: pruning stages are measured on it (cut shock, per-stage NLL); 0 = none. Default 0.1
-          --validation-seed N  seed of that split (the same split for every --seed). Default 1
+          --validation-seed N  seed of that split (the same split for every --seed; with --images also of the test
+                               split and of the file order). Default 1
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
@@ -36,6 +44,10 @@ internal sealed record SampleOptions
         """;
 
     public string? Data { get; init; }
+    /// <summary>A folder per class of image files (<c>--images</c>), instead of CIFAR-10.</summary>
+    public string? Images { get; init; }
+    /// <summary>With <see cref="Images"/>: fraction of each class held out as the test split when DIR has no train/test folders.</summary>
+    public double TestFraction { get; init; } = 0.2;
     public string Arch { get; init; } = "cifar-tiny";
     public int Epochs { get; init; } = 4;
     public int PostEpochs { get; init; } = 2;
@@ -59,7 +71,7 @@ internal sealed record SampleOptions
     public string CommandLine { get; init; } = "";
 
     private static readonly string[] ValueFlags =
-        ["data", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
+        ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
 
@@ -80,10 +92,16 @@ internal sealed record SampleOptions
             if (!values.TryAdd(key, args[++i])) throw new ArgumentException($"Option '--{key}' is given twice.");
         }
         if (values.ContainsKey("seed") && values.ContainsKey("seeds")) throw new ArgumentException("Give either --seed or --seeds, not both.");
+        if (values.ContainsKey("images") && values.ContainsKey("data"))
+            throw new ArgumentException("Option '--images': give either --data (CIFAR-10) or --images (a folder of image files), not both.");
+        if (values.ContainsKey("test-fraction") && !values.ContainsKey("images"))
+            throw new ArgumentException("Option '--test-fraction' applies to --images only (CIFAR-10 has its own test batch).");
 
         var o = new SampleOptions
         {
-            Data = values.GetValueOrDefault("data") ?? Environment.GetEnvironmentVariable("CIFAR10_DATA"),
+            Data = values.ContainsKey("images") ? null : values.GetValueOrDefault("data") ?? Environment.GetEnvironmentVariable("CIFAR10_DATA"),
+            Images = values.GetValueOrDefault("images"),
+            TestFraction = values.TryGetValue("test-fraction", out var tf) ? ParseTestFraction(tf) : 0.2,
             Arch = values.GetValueOrDefault("arch") ?? "cifar-tiny",
             Epochs = Int(values, "epochs", 4, min: 1),
             PostEpochs = Int(values, "post-epochs", 2, min: 1),
@@ -109,7 +127,7 @@ internal sealed record SampleOptions
             throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", o.Methods.Where(m => m != PruningMethod.Somp).Select(m => m.ToString().ToUpperInvariant()))} need at least 2 epochs after the dense model (one per training stage), got {o.PostEpochs}.");
         if (!ViTArchitecture.PresetNames.Contains(o.Arch, StringComparer.OrdinalIgnoreCase))
             throw new ArgumentException($"Option '--arch': unknown preset '{o.Arch}'. Known: {string.Join(", ", ViTArchitecture.PresetNames)}.");
-        if (ViTArchitecture.FromPreset(o.Arch, 10).ImageSize is int size && size != 32)
+        if (o.Images is null && ViTArchitecture.FromPreset(o.Arch, 10).ImageSize is int size && size != 32)
             throw new ArgumentException($"Option '--arch': preset '{o.Arch}' is for {size}×{size} images; CIFAR-10 is 32×32 (use cifar-micro, cifar-tiny or cifar-small).");
         return o;
     }
@@ -134,6 +152,10 @@ internal sealed record SampleOptions
     private static double ParseValidation(string v) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= 0 && f < 1 ? f
         : throw new ArgumentException($"Option '--validation': '{v}' is not a fraction in [0, 1) (0 holds out nothing).");
+
+    private static double ParseTestFraction(string v) =>
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f > 0 && f < 1 ? f
+        : throw new ArgumentException($"Option '--test-fraction': '{v}' is not a fraction in (0, 1).");
 
     private static int ParseSeed(string v, string flag) =>
         int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int s) ? s

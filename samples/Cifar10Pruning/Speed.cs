@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using Microsoft.ML;
-using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Training;
 using static TorchSharp.torch;
@@ -34,10 +33,10 @@ internal static class Speed
     /// load changes on a shared machine hit both alike.
     /// </summary>
     public static (double EngineMs, double RawMs) SingleImageLatency(MLContext ml, ITransformer model, ViTModelParameters vit,
-        Cifar10Dataset images, int samples = 100, int warmup = 10)
+        ImageSet images, int samples = 100, int warmup = 10)
     {
-        using var engine = ml.Model.CreatePredictionEngine<ImageInput, Prediction>(model);
-        var input = new ImageInput { Image = Cifar10.CreateImage(images.GetImage(0)) };
+        using var engine = ml.Model.CreatePredictionEngine<ImageInput, Prediction>(model, inputSchemaDefinition: images.InputSchema());
+        var input = new ImageInput { Image = images.CreateImage(0) };
         using var prepared = PreparedTensor(vit, images.GetImage(0));
         var net = vit.Model;
         var engineMs = new List<double>(samples);

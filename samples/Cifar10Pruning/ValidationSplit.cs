@@ -1,11 +1,10 @@
 using System.Security.Cryptography;
 using System.Text;
-using Microsoft.ML.Gohsp.Data;
 
 namespace Cifar10Pruning;
 
 /// <summary>The validation images held out of the training images, and how they were drawn.</summary>
-internal sealed record ValidationSplit(Cifar10Dataset Images, double Fraction, int Seed, string IndicesHash)
+internal sealed record ValidationSplit(ImageSet Images, double Fraction, int Seed, string IndicesHash)
 {
     /// <summary>SHA-256 (hex) of the indices written as ascending comma-separated decimals.</summary>
     public static string Hash(IEnumerable<int> indices) =>

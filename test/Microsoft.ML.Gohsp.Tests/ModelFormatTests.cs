@@ -45,7 +45,7 @@ public class ModelFormatTests
         var path = Path.Combine(Directory.CreateTempSubdirectory("gohsp-format-").FullName, "m.zip");
         ml.Model.SaveAtomically(model, schema, path);
         VersionOf(path).Should().Be(0x00010000u | (uint)ViTModelParameters.FormatVersion);
-        ViTModelParameters.FormatVersion.Should().Be(2);
+        ViTModelParameters.FormatVersion.Should().Be(3);
         VersionOf(Fixture("vit-format1-dense.zip")).Should().Be(0x00010001u);
         Directory.Delete(Path.GetDirectoryName(path)!, true);
     }
@@ -58,7 +58,7 @@ public class ModelFormatTests
         PatchVersion(path, 0x00010063);
         var act = () => new MLContext().Model.Load(path, out _);
         act.Should().Throw<Exception>().Where(e => Flatten(e).Any(x => x is InvalidDataException
-            && x.Message.StartsWith("This ViT model was written by a newer Microsoft.ML.Gohsp (format 99); this is format 2.", StringComparison.Ordinal)));
+            && x.Message.StartsWith("This ViT model was written by a newer Microsoft.ML.Gohsp (format 99); this is format 3.", StringComparison.Ordinal)));
         Directory.Delete(Path.GetDirectoryName(path)!, true);
     }
 

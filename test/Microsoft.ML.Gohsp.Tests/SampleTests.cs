@@ -168,8 +168,70 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         File.Exists(Path.Combine(tmp.Path, "results-paired-differences.png")).Should().BeTrue();
     }
 
+    /// <summary>
+    /// Writes a folder per class of PNG files from real CIFAR-10 images (<paramref name="perClass"/> of each of the first
+    /// <paramref name="classes"/> classes; some grayscale, some RGBA, some 48×48) and returns the folder.
+    /// </summary>
+    internal static string WriteImageFolder(string root, int classes, int perClass)
+    {
+        var set = Cifar10.Read(Cifar10Tests.SubsetDir, Cifar10Split.Train, 400);
+        var count = new int[classes];
+        for (int i = 0; i < set.Count; i++)
+        {
+            int label = set.Labels[i];
+            if (label >= classes || count[label] == perClass) continue;
+            int k = count[label]++;
+            string dir = Directory.CreateDirectory(Path.Combine(root, set.ClassNames[label])).FullName;
+            File.WriteAllBytes(Path.Combine(dir, $"{i:D5}.png"), EncodedImageInputTests.Png(set.GetImage(i), gray: k % 4 == 1, rgba: k % 4 == 2, size: k % 4 == 3 ? 48 : 32));
+        }
+        count.Should().AllSatisfy(c => c.Should().Be(perClass), "the subset has enough images of every class");
+        return root;
+    }
+
+    /// <summary>
+    /// --images: a folder per class of PNG files (mixed sizes, grayscale and RGBA), a seeded 25% of each class as the test
+    /// split, the validation split carved from the rest; the same report, plots and zips as the CIFAR path.
+    /// </summary>
+    [Fact]
+    public void ImagesFolderRunsEndToEndWithATestSplitPerClass()
+    {
+        using var tmp = new TempDir();
+        string images = WriteImageFolder(Path.Combine(tmp.Path, "my images"), classes: 4, perClass: 8);
+        string outDir = Path.Combine(tmp.Path, "out");
+
+        var (exit, stdout, stderr) = RunSample("--images", images, "--test-fraction", "0.25", "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "2",
+            "--sparsity", "0.5", "--method", "gohsp", "--precision", "fp32", "--threads", "1", "--out", outDir);
+
+        exit.Should().Be(0, stderr);
+        stdout.Should().Contain("Predictions of gohsp-50.zip, loaded in a fresh MLContext");
+        using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "report.json")));
+        var config = json.RootElement.GetProperty("config");
+        config.GetProperty("data").GetString().Should().Be(images);
+        config.GetProperty("classes").GetInt32().Should().Be(4);
+        config.GetProperty("test_images").GetInt32().Should().Be(8, "25% of the 8 images of each of 4 classes");
+        config.GetProperty("test_split").GetString().Should().Be("25% of each class (seed 1)");
+        int validation = config.GetProperty("validation_images").GetInt32();
+        validation.Should().Be(4, "10% of each class's 6 training images rounds to 1");
+        config.GetProperty("train_images").GetInt32().Should().Be(24 - validation);
+        var dense = json.RootElement.GetProperty("dense");
+        dense.GetProperty("params").GetInt64().Should().Be(VisionTransformer.ViTArchitecture.FromPreset("cifar-micro", 4).ParameterCount, "a 4-class head");
+        var gohsp = json.RootElement.GetProperty("entries").EnumerateArray().Should().ContainSingle().Subject;
+        gohsp.GetProperty("top1").GetDouble().Should().BeInRange(0, 1);
+        gohsp.GetProperty("single_latency_ms").GetDouble().Should().BePositive();
+        File.ReadAllText(Path.Combine(outDir, "report.md")).Should().Contain("# 'my images' images pruning run").And.Contain("| gohsp | 50% → ");
+        foreach (var f in new[] { "dense.zip", "dense-reference.zip", "gohsp-50.zip", "top1-vs-params.png", "gohsp-50-architecture.png" })
+            File.Exists(Path.Combine(outDir, f)).Should().BeTrue(f);
+    }
+
     public static TheoryData<string, string[], string> BadInputs => new()
     {
+        { "--images missing", ["--images", "{tmp}/nothing"], "Option '--images': folder '{tmp}/nothing' does not exist" },
+        { "--images empty", ["--images", "{empty}"], "Option '--images': folder '{empty}' has no class folders" },
+        { "--images class without images", ["--images", "{noimages}"], "Option '--images': class folder '{noimages}/dog' has no image files" },
+        { "--images undecodable", ["--images", "{undecodable}"], "Option '--images': '{undecodable}/dog/broken.png' holds 11 bytes that do not decode as an image" },
+        { "--images and --data", ["--images", "{empty}", "--data", "{empty}"], "Option '--images': give either --data (CIFAR-10) or --images" },
+        { "--images train/test classes", ["--images", "{splitmismatch}"], "class folder '{splitmismatch}/test/bird' has no counterpart in '{splitmismatch}/train'" },
+        { "--arch 224 for CIFAR", ["--arch", "vit-tiny"], "preset 'vit-tiny' is for 224×224 images; CIFAR-10 is 32×32" },
         { "no CIFAR files", ["--data", "{empty}"], "contains no CIFAR-10 binary batches" },
         { "truncated batch", ["--data", "{truncated}"], "not a multiple of 3073" },
         { "unknown method", ["--method", "magnitude"], "unknown method 'magnitude'" },
@@ -191,9 +253,34 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
             using var fs = new FileStream(Path.Combine(truncated, "data_batch_2.bin"), FileMode.Open);
             fs.SetLength(fs.Length - 1000);
         }
+        string png = Path.Combine(tmp.Path, "cat.png");
+        File.WriteAllBytes(png, EncodedImageInputTests.Png(Cifar10.Read(Cifar10Tests.SubsetDir, Cifar10Split.Test, 1).GetImage(0)));
+        string Tree(string name, params string[] files)
+        {
+            foreach (var f in files)
+            {
+                string path = Path.Combine(tmp.Path, name, f);
+                Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+                if (f.EndsWith("broken.png")) File.WriteAllText(path, "not a PNG!\n");
+                else if (f.EndsWith(".png")) File.Copy(png, path);
+                else File.WriteAllText(path, "notes");
+            }
+            return Path.Combine(tmp.Path, name);
+        }
+        var places = new Dictionary<string, string>
+        {
+            ["{empty}"] = empty, ["{truncated}"] = truncated,
+            ["{noimages}"] = Tree("noimages", "cat/1.png", "dog/readme.txt"),
+            ["{undecodable}"] = Tree("undecodable", "cat/1.png", "cat/2.png", "dog/1.png", "dog/broken.png"),
+            ["{splitmismatch}"] = Tree("splitmismatch", "train/cat/1.png", "train/dog/1.png", "test/cat/1.png", "test/bird/1.png"),
+            ["{tmp}"] = tmp.Path,
+        };
+        string Fill(string a) => places.Aggregate(a, (x, p) => x.Replace(p.Key, p.Value));
+        expected = Fill(expected);
         string outDir = Path.Combine(tmp.Path, "out");
-        var fullArgs = args.Select(a => a.Replace("{empty}", empty).Replace("{truncated}", truncated))
-            .Concat(args.Contains("--data") ? [] : ["--data", Cifar10Tests.SubsetDir]).Concat(["--arch", "cifar-micro", "--epochs", "1", "--out", outDir]).ToArray();
+        var fullArgs = args.Select(Fill)
+            .Concat(args.Contains("--data") || args.Contains("--images") ? [] : ["--data", Cifar10Tests.SubsetDir])
+            .Concat(args.Contains("--arch") ? [] : ["--arch", "cifar-micro"]).Concat(["--epochs", "1", "--out", outDir]).ToArray();
 
         var (exit, _, stderr) = RunSample(fullArgs);
 

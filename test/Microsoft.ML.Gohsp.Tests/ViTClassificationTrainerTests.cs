@@ -110,7 +110,7 @@ public partial class ViTClassificationTrainerTests : IClassFixture<TrainedModelF
     }
 
     [Fact]
-    public void MLImageInputTrainsAndScoresInMemoryAndRefusesAnUnloadableSave()
+    public void MLImageInputSavesLoadsInAFreshContextAndProcessAndScoresAsInMemory()
     {
         var ml = new MLContext(1);
         var small = Cifar10.ToDataView(ml, _f.TrainSet.Take(300));
@@ -118,14 +118,34 @@ public partial class ViTClassificationTrainerTests : IClassFixture<TrainedModelF
         o.Epochs = 1;
         var model = ml.Transforms.Conversion.MapValueToKey("Label")
             .Append(ml.MulticlassClassification.Trainers.ViTClassification(o)).Fit(small);
-        var scores = model.Transform(small).GetColumn<float[]>("Score").Take(3).ToList();
-        scores.Should().HaveCount(3).And.OnlyContain(s => s.Length == 10 && Math.Abs(s.Sum() - 1) < 1e-4);
+        var test = Cifar10.ToDataView(ml, _f.TestSet.Take(6));
+        var scores = model.Transform(test).GetColumn<float[]>("Score").ToList();
+        scores.Should().HaveCount(6).And.OnlyContain(s => s.Length == 10 && Math.Abs(s.Sum() - 1) < 1e-4);
         var engine = ml.Model.CreatePredictionEngine<ImageRow, ScoreRow>(model);
-        engine.Predict(new ImageRow { Image = Cifar10.CreateImage(_f.TestSet.GetImage(0)), Label = "cat" }).Score.Should().HaveCount(10);
+        var predicted = engine.Predict(new ImageRow { Image = Cifar10.CreateImage(_f.TestSet.GetImage(0)), Label = "cat" }).Score;
+        predicted.Should().Equal(scores[0], (a, b) => Math.Abs(a - b) < 1e-5f);
+        double accuracy = ml.MulticlassClassification.Evaluate(model.Transform(test)).MicroAccuracy;
+
         var path = Path.Combine(_f.TempDir, "mlimage.zip");
-        var save = () => ml.Model.SaveAtomically(model, small.Schema, path);
-        save.Should().Throw<NotSupportedException>().WithMessage("*ExtractPixels*");
-        File.Exists(path).Should().BeFalse("a failed save must not leave a file behind");
+        ml.Model.SaveAtomically(model, small.Schema, path);
+
+        // a fresh MLContext: Load, GetOutputSchema, Transform + Evaluate, PredictionEngine
+        var fresh = new MLContext(2);
+        var loaded = fresh.Model.Load(path, out _); // its input schema lacks the MLImage column, as for any ML.NET pipeline over MLImage
+        ((VectorDataViewType)loaded.GetOutputSchema(test.Schema)["Score"].Type).Size.Should().Be(10);
+        var freshTest = Cifar10.ToDataView(fresh, _f.TestSet.Take(6));
+        var reloaded = loaded.Transform(freshTest).GetColumn<float[]>("Score").ToList();
+        for (int i = 0; i < 6; i++) reloaded[i].Should().Equal(scores[i], (a, b) => Math.Abs(a - b) < 1e-5f, $"image {i} scores as in memory");
+        fresh.MulticlassClassification.Evaluate(loaded.Transform(freshTest)).MicroAccuracy.Should().Be(accuracy);
+        var freshEngine = fresh.Model.CreatePredictionEngine<ImageRow, ScoreRow>(loaded);
+        freshEngine.Predict(new ImageRow { Image = Cifar10.CreateImage(_f.TestSet.GetImage(0)), Label = "" }).Score
+            .Should().Equal(scores[0], (a, b) => Math.Abs(a - b) < 1e-5f);
+        ((IEnumerable<ITransformer>)loaded).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Should().ContainSingle()
+            .Which.Model.ImageColumnName.Should().Be("Image");
+
+        // a fresh process (PredictionEngine on MLImage rows)
+        var fromOtherProcess = NewProcess.Scores(path, 6);
+        for (int i = 0; i < 6; i++) fromOtherProcess[i].Should().Equal(scores[i], (a, b) => Math.Abs(a - b) < 1e-5f, $"image {i} in a new process");
     }
 
     [Fact]

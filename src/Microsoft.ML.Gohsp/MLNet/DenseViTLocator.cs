@@ -20,6 +20,10 @@ internal static class DenseViTLocator
         _ => null,
     };
 
+    /// <summary>The image column a ViT prediction transformer reads (an MLImage model names it itself: MLNetInternals.PredictionTransformer).</summary>
+    internal static string ImageColumnOf(MulticlassPredictionTransformer<ViTModelParameters> t) =>
+        t.FeatureColumnName ?? t.Model.ImageColumnName ?? throw new InvalidOperationException("The ViT prediction transformer names no image column.");
+
     /// <summary>
     /// Walks the scored data view handed over by EstimatorChain back to the ViT model that scored it (through ML.NET's
     /// scorer internals, <see cref="MLNetInternals.ScoringPredictor"/>).

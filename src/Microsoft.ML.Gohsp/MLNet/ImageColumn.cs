@@ -134,20 +134,27 @@ internal static class ImageColumn
         string where = row >= 0 ? $" in row {row}" : "";
         if (src.Length == 0)
             throw new InvalidOperationException($"Image column '{column}' has no bytes{where}; expected an encoded image (PNG, JPEG, BMP, GIF or WebP file contents).");
-        byte[] bytes = src.DenseValues().ToArray();
-        MLImage image;
+        using var image = Decode(src.DenseValues().ToArray(), $"Image column '{column}'", where, " Use LoadRawImageBytes on image files, or check the file.");
+        CopyImage(image, dst, size, column);
+    }
+
+    /// <summary>
+    /// Decodes encoded image bytes (PNG, JPEG, BMP, GIF, WebP; any pixel format) into an <see cref="MLImage"/> the caller
+    /// disposes: the one decoder of every input that carries encoded bytes. <paramref name="source"/> and
+    /// <paramref name="where"/> name the bytes in the error message, <paramref name="advice"/> ends it.
+    /// </summary>
+    public static MLImage Decode(byte[] bytes, string source, string where, string advice)
+    {
         try
         {
-            image = MLImage.CreateFromStream(new MemoryStream(bytes, writable: false));
+            return MLImage.CreateFromStream(new MemoryStream(bytes, writable: false));
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException)
         {
             string head = string.Join(" ", bytes.Take(8).Select(b => b.ToString("x2")));
             throw new InvalidOperationException(
-                $"Image column '{column}' holds {bytes.Length} bytes{where} that do not decode as an image (PNG, JPEG, BMP, GIF or WebP; first bytes: {head}). " +
-                "Use LoadRawImageBytes on image files, or check the file.", e);
+                $"{source} holds {bytes.Length} bytes{where} that do not decode as an image (PNG, JPEG, BMP, GIF or WebP; first bytes: {head}).{advice}", e);
         }
-        using (image) CopyImage(image, dst, size, column);
     }
 
     /// <summary>Copies a float vector (dense or sparse) into <paramref name="dst"/>.</summary>

@@ -30,7 +30,9 @@ namespace Microsoft.ML.Gohsp
     /// The internal API it uses: <c>TrainerEstimatorBase</c>, <c>TrainerUtils</c>, <c>TrainContext</c> and
     /// <c>RoleMappedData</c> (ViTClassificationTrainer); <c>ModelParametersBase</c>, <c>ModelSaveContext</c>,
     /// <c>ModelLoadContext</c>, <c>VersionInfo</c> and <c>[LoadableClass]</c> (ViTModelParameters); the
-    /// <c>MulticlassPredictionTransformer</c> constructor and <c>CatalogUtils</c> (trainer, pruning estimators, catalog); the
+    /// <c>MulticlassPredictionTransformer</c> constructor (<see cref="PredictionTransformer"/>) and <c>CatalogUtils</c> (trainer,
+    /// pruning estimators, catalog); <c>ISchemaBindableMapper</c>, <c>SchemaBindablePredictorWrapper</c> and
+    /// <c>RoleMappedSchema</c> (<see cref="BindViT"/>, which lets a model read an MLImage column and still save); the
     /// scorer internals walked by <see cref="ScoringPredictor"/> (DenseViTLocator). Which Microsoft.ML versions the package
     /// accepts is declared in Directory.Build.props (<c>MicrosoftMLVersionRange</c>); <see cref="MissingMembers()"/> tells,
     /// member by member, whether the loaded ML.NET still has everything, and a test runs it.
@@ -59,12 +61,56 @@ namespace Microsoft.ML.Gohsp
             _ => null,
         };
 
+        /// <summary>
+        /// The prediction transformer of a ViT model, the one way this library creates them (trainer, pruning estimators,
+        /// pretrained import), with the batched scorer attached. A model that reads an MLImage column gets a transformer
+        /// without a feature column of its own: ML.NET stores a prediction transformer's training schema with
+        /// <c>BinarySaver</c>, which has no codec for MLImage and drops the column, and ML.NET's loader then cannot find a
+        /// named feature column. The model names its column instead (<see cref="ViTModelParameters.ImageColumnName"/>, saved
+        /// with its weights) and binds it in <see cref="BindViT"/>, so that the zip loads into the same transformer.
+        /// </summary>
+        internal static MulticlassPredictionTransformer<ViTModelParameters> PredictionTransformer(IHostEnvironment env, ViTModelParameters model,
+            DataViewSchema trainSchema, string featureColumn, string labelColumn)
+        {
+            string? feature = featureColumn;
+            if (model.InputKind == ImageInputKind.Image)
+            {
+                model.ImageColumnName = featureColumn;
+                feature = null;
+            }
+            return ViTBatchScorer.Attach(new MulticlassPredictionTransformer<ViTModelParameters>(env, model, trainSchema, feature, labelColumn));
+        }
+
+        /// <summary>
+        /// <c>ISchemaBindableMapper.Bind</c> of a ViT model: ML.NET's own <c>SchemaBindablePredictorWrapper</c> (which the
+        /// scorer then rebinds on every input schema), given the model's MLImage column as the feature role when the transformer
+        /// has none (<see cref="PredictionTransformer"/>). The training schema of a loaded transformer lacks that column
+        /// (<c>BinarySaver</c> drops it); it is bound there as the declared image type the model stored.
+        /// </summary>
+        internal static ISchemaBoundMapper BindViT(ViTModelParameters model, IHostEnvironment env, RoleMappedSchema schema)
+        {
+            ISchemaBindableMapper standard = new SchemaBindablePredictorWrapper(model);
+            if (schema.Feature is null && model.ImageColumnName is { } image)
+            {
+                var columns = schema.Schema;
+                if (columns.GetColumnOrNull(image) is null)
+                {
+                    var builder = new DataViewSchema.Builder();
+                    builder.AddColumns(columns.Where(c => !c.IsHidden));
+                    builder.AddColumn(image, model.InputType);
+                    columns = builder.ToSchema();
+                }
+                schema = new RoleMappedSchema(columns, schema.GetColumnRoleNames().Append(RoleMappedSchema.ColumnRole.Feature.Bind(image)));
+            }
+            return standard.Bind(env, schema);
+        }
+
         private static readonly Lazy<IReadOnlyList<string>> _missing = new(() => MissingMembers());
 
         /// <summary>
         /// Called by every catalog entry point: throws, naming the members, when the Microsoft.ML loaded at run time lacks
         /// something this library was compiled against (a Microsoft.ML outside the declared range). Checked once per
-        /// process (166 references in about 4 ms).
+        /// process (217 references in about 8 ms).
         /// </summary>
         internal static void EnsureCompatible()
         {

@@ -81,8 +81,7 @@ internal static class PretrainedViTTransformer
 
             var parameters = new ViTModelParameters(env, model, ImageInputKind.PlanarVector, imageType,
                 new ViTPreprocessing(options.PixelScale, mean, std), options.Device);
-            return ViTBatchScorer.Attach(new MulticlassPredictionTransformer<ViTModelParameters>(env, parameters, schema.ToSchema(),
-                options.ImageColumnName, options.LabelColumnName));
+            return MLNetInternals.PredictionTransformer(env, parameters, schema.ToSchema(), options.ImageColumnName, options.LabelColumnName);
         }
         catch
         {

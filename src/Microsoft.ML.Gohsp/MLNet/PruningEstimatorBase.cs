@@ -42,7 +42,7 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         _method = options.Method.ToString().ToUpperInvariant();
         options.Validate();
         if (denseModel is not null)
-            _dense = (DenseViTLocator.FindViT(denseModel) is { } t ? new DenseViT(t.Model, t.FeatureColumnName) : null) ?? throw new ArgumentException(
+            _dense = (DenseViTLocator.FindViT(denseModel) is { } t ? new DenseViT(t.Model, DenseViTLocator.ImageColumnOf(t)) : null) ?? throw new ArgumentException(
                 $"The model passed to {_method} is a {denseModel.GetType().Name}, not a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(denseModel));
     }
 
@@ -106,7 +106,7 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         }
         LastReport = result.Report;
         var pruned = p.WithModel(result.Model, result.Report);
-        return ViTBatchScorer.Attach(new MulticlassPredictionTransformer<ViTModelParameters>(_host, pruned, input.Schema, image, labelName));
+        return MLNetInternals.PredictionTransformer(_host, pruned, input.Schema, image, labelName);
     }
 
     /// <summary>

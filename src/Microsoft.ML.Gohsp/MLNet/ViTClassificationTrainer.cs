@@ -237,7 +237,7 @@ public sealed class ViTClassificationTrainer :
 
     /// <inheritdoc />
     public override MulticlassPredictionTransformer<ViTModelParameters> MakeTransformer(ViTModelParameters model, DataViewSchema trainSchema)
-        => ViTBatchScorer.Attach(new(Host, model, trainSchema, FeatureColumn.Name, LabelColumn.Name));
+        => MLNetInternals.PredictionTransformer(Host, model, trainSchema, FeatureColumn.Name, LabelColumn.Name);
 
     /// <inheritdoc />
     public override ViTModelParameters TrainModelCore(TrainContext context)

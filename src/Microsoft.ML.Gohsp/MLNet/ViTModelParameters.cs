@@ -21,7 +21,7 @@ namespace Microsoft.ML.Gohsp;
 /// probabilities. Produced by <see cref="ViTClassificationTrainer"/> and by the pruning estimators, wrapped in a
 /// <see cref="MulticlassPredictionTransformer{TModel}"/>. Architecture and weights are stored inside the model zip.
 /// </summary>
-public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IValueMapper
+public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<float>>, IValueMapper, ISchemaBindableMapper
 {
     internal const string LoaderSignature = "GohspViTPredictor";
     internal const string WeightsStream = "TSModel";
@@ -30,9 +30,10 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
     /// The model-zip format this version writes. Format 1: input kind (planar vector or MLImage), pre-processing, architecture,
     /// precision field (whose bit 0x100 announces a head-mask section) and TorchSharp weights. Format 2: input kind 2 (encoded
     /// image bytes) and the head-mask section are part of the format, so that older readers refuse such a zip instead of
-    /// misreading it. Bump it whenever the format changes.
+    /// misreading it. Format 3: the name of the MLImage column a model of input kind 1 reads (empty for the other kinds),
+    /// after the pre-processing. Bump it whenever the format changes.
     /// </summary>
-    internal const int FormatVersion = 2;
+    internal const int FormatVersion = 3;
 
     /// <summary>The oldest format this version reads.</summary>
     internal const int OldestReadableFormat = 1;
@@ -74,6 +75,12 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
 
     internal ImageInputKind InputKind { get; }
 
+    /// <summary>
+    /// The MLImage column a model of input kind <see cref="ImageInputKind.Image"/> reads (its prediction transformer has no
+    /// feature column of its own: <see cref="MLNetInternals.BindViT"/>); null for the other kinds.
+    /// </summary>
+    internal string? ImageColumnName { get; set; }
+
     /// <summary>Per-epoch history of the training that produced this model (empty after loading from a file).</summary>
     public IReadOnlyList<EpochRecord> TrainingHistory { get; internal init; } = Array.Empty<EpochRecord>();
 
@@ -105,6 +112,10 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
         InputKind = (ImageInputKind)kind;
         int declaredH = ctx.Reader.ReadInt32(), declaredW = ctx.Reader.ReadInt32();
         Preprocessing = ViTPreprocessing.Read(ctx.Reader);
+        // format 3: string, the MLImage column of input kind 1 ("" for the other kinds)
+        if (ctx.Header.ModelVerWritten >= (VersionBase | 3) && ctx.Reader.ReadString() is { Length: > 0 } column) ImageColumnName = column;
+        if (InputKind == ImageInputKind.Image && ImageColumnName is null)
+            throw new InvalidDataException("The ViT model stored in this ML.NET zip reads an MLImage column but does not name it; the file is corrupted.");
         VisionTransformerModel? model = null;
         bool found;
         try
@@ -155,13 +166,8 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
     /// <inheritdoc />
     public override void SaveCore(ModelSaveContext ctx)
     {
-        if (InputKind == ImageInputKind.Image)
-            throw new NotSupportedException(
-                "This ViT model was trained directly on an MLImage column. ML.NET 5.0.1 cannot save such a model: its " +
-                "BinarySaver has no codec for MLImage columns, so the train schema would lose the feature column and the " +
-                "zip could not be loaded again. Feed the trainer the image files' bytes instead (mlContext.Transforms.LoadRawImageBytes), or put " +
-                "mlContext.Transforms.ExtractPixels(\"Pixels\", \"Image\", interleavePixelColors: false) before the trainer and set ImageColumnName = \"Pixels\"; " +
-                "both pipelines save and load.");
+        if (InputKind == ImageInputKind.Image && ImageColumnName is null)
+            throw new InvalidOperationException("This ViT model reads an MLImage column but was not given its name; save the prediction transformer that scores it.");
         base.SaveCore(ctx);
         ctx.SetVersionInfo(GetVersionInfo());
         ctx.Writer.Write((int)InputKind);
@@ -169,6 +175,7 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
         ctx.Writer.Write(img?.Height ?? (InputKind == ImageInputKind.EncodedBytes ? ((VectorDataViewType)_inputType).Size : 0));
         ctx.Writer.Write(img?.Width ?? 0);
         Preprocessing.Write(ctx.Writer);
+        ctx.Writer.Write(ImageColumnName ?? "");
         ctx.SaveBinaryStream(WeightsStream, w => Model.Save(w));
         if (PruningReportJson is not null) ctx.SaveBinaryStream(ReportStream, w => w.Write(PruningReportJson));
     }
@@ -177,7 +184,9 @@ public sealed partial class ViTModelParameters : ModelParametersBase<VBuffer<flo
 
     /// <summary>A new model-parameters object over another TorchSharp model with the same input and pre-processing (used by pruning).</summary>
     internal ViTModelParameters WithModel(VisionTransformerModel model, Pruning.PruningReport? report = null) =>
-        new(Host, model, InputKind, _inputType, Preprocessing) { PruningReport = report, PruningReportJson = report?.ToJson() };
+        new(Host, model, InputKind, _inputType, Preprocessing) { PruningReport = report, PruningReportJson = report?.ToJson(), ImageColumnName = ImageColumnName };
+
+    ISchemaBoundMapper ISchemaBindableMapper.Bind(IHostEnvironment env, RoleMappedSchema schema) => MLNetInternals.BindViT(this, env, schema);
 
     /// <summary>
     /// The pruning report of a model produced by a pruning estimator or a GOHSP stage estimator (null for a model straight
