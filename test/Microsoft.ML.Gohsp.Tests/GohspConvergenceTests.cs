@@ -74,6 +74,39 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         hard.Report.ResidualRatio.Should().Be(r2.ResidualRatio);
     }
 
+    [Fact]
+    public void GuidedHeadPruningFixesNoHeadAndItsProjectionsFollowTheHeadGraph()
+    {
+        var train = GohspPrunerTests.Real(Cifar10Split.Train, 320);
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 3);
+        new TrainingLoop(Stage(1, 1e-3, 1e-5, 0.25)).Train(dense, train);
+        var o = TinyOptions(0.6);
+        o.HeadPruning = HeadPruningMode.Guided;
+
+        var stage1 = GohspPruner.RankAndMaskHeads(dense, train, null, o);
+        using var ranked = stage1.Model;
+        ranked.KeptHeads.Should().BeNull("guided head pruning fixes no head at stage 1");
+        stage1.Report.Blocks.Should().OnlyContain(b => b.KeptHeads.Length == b.DenseHeads && b.StationaryProbabilities.Length == b.DenseHeads,
+            "the stage-1 report ranks every head for stage 2's projections");
+
+        // a head graph that gives head 0 of every block (almost) no stationary mass: the guided projections remove it first
+        var report = stage1.Report with
+        {
+            Blocks = stage1.Report.Blocks.Select(b => b with
+            {
+                StationaryProbabilities = b.KeptHeads.Select(h => h == 0 ? 1e-9 : (1 - 1e-9) / (b.DenseHeads - 1)).ToArray(),
+            }).ToArray(),
+        };
+        var magnitudeOnly = StructuredProjection.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense), 0.6, o.Budget);
+        magnitudeOnly.Blocks.Should().Contain(b => b.Heads.Contains(0), "without the graph, magnitude alone keeps head 0 somewhere (so the check below can fail)");
+
+        var soft = GohspPruner.SoftPrune(ranked, report, train, null, o);
+        using var softModel = soft.Model;
+        soft.Report.CutPlan!.Blocks.Should().OnlyContain(b => !b.Heads.Contains(0), "a head the graph ranks last is the first head the projection removes");
+        (1 - (double)soft.Report.CutPlan.PrunedArchitecture(dense.Architecture).ParameterCount / dense.Architecture.ParameterCount)
+            .Should().BeApproximately(0.6, 0.01);
+    }
+
     [Theory]
     [InlineData(0.2)]
     [InlineData(0.5)]
@@ -82,11 +115,11 @@ public class GohspConvergenceTests(ITestOutputHelper output)
     {
         var data = HeadGraphRankingTests.RandomImages(16);
         using var dense = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 5);
-        var o = new GohspOptions { Sparsity = sparsity, CalibrationImages = 16 };
+        var o = new GohspOptions { Sparsity = sparsity, CalibrationImages = 16, HeadPruning = HeadPruningMode.Hard };
         o.HeadBudget.Should().Be(HeadBudget.Global);
         var stage1 = GohspPruner.RankAndMaskHeads(dense, data, null, o);
         var heads = stage1.Report.Blocks.Select(b => (IReadOnlyList<int>)b.KeptHeads).ToArray();
-        stage1.Model.KeptHeads.Should().BeEquivalentTo(heads, c => c.WithStrictOrdering(), "hard head pruning (the default) masks the chosen heads");
+        stage1.Model.KeptHeads.Should().BeEquivalentTo(heads, c => c.WithStrictOrdering(), "hard head pruning masks the chosen heads");
         stage1.Model.Dispose();
         o.HeadPruning = HeadPruningMode.Soft;
         var soft = GohspPruner.RankAndMaskHeads(dense, data, null, o);
@@ -106,7 +139,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         using var dense = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 5);
         int Kept(double s)
         {
-            var r = GohspPruner.RankAndMaskHeads(dense, data, null, new GohspOptions { Sparsity = s, CalibrationImages = 16 });
+            var r = GohspPruner.RankAndMaskHeads(dense, data, null, new GohspOptions { Sparsity = s, CalibrationImages = 16, HeadPruning = HeadPruningMode.Soft });
             r.Model.Dispose();
             return r.Report.Blocks.Sum(b => b.KeptHeads.Length);
         }

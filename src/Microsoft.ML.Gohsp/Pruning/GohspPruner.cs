@@ -55,7 +55,7 @@ public class GohspOptions : PruningOptions
     {
         base.Validate();
         if (!Enum.IsDefined(HeadBudget)) throw new ArgumentOutOfRangeException(nameof(HeadBudget), HeadBudget, "HeadBudget must be Global or Fraction.");
-        if (!Enum.IsDefined(HeadPruning)) throw new ArgumentOutOfRangeException(nameof(HeadPruning), HeadPruning, "HeadPruning must be Soft or Hard.");
+        if (!Enum.IsDefined(HeadPruning)) throw new ArgumentOutOfRangeException(nameof(HeadPruning), HeadPruning, "HeadPruning must be Soft, Hard or Guided.");
         if (!Enum.IsDefined(HeadScore)) throw new ArgumentOutOfRangeException(nameof(HeadScore), HeadScore, "HeadScore must be Graph or SaliencyPersonalizedGraph.");
         if (!(HeadPruningFraction >= 0 && HeadPruningFraction < 1)) throw new ArgumentOutOfRangeException(nameof(HeadPruningFraction), HeadPruningFraction, "HeadPruningFraction must be in [0, 1).");
         if (CalibrationImages <= 0) throw new ArgumentOutOfRangeException(nameof(CalibrationImages), CalibrationImages, "CalibrationImages must be positive.");
@@ -77,13 +77,20 @@ public enum HeadBudget
     Fraction = 1,
 }
 
-/// <summary>How the heads chosen by GOHSP stage 1 are removed during stage 2 (soft pruning).</summary>
+/// <summary>How GOHSP stage 1's head ranking acts in stage 2 (soft pruning).</summary>
 public enum HeadPruningMode
 {
     /// <summary>The chosen heads are zero in Z, and the ADMM term drives their weights to zero during stage 2.</summary>
     Soft = 0,
     /// <summary>The chosen heads' outputs are masked (multiplied by 0) from the first step of stage 2.</summary>
     Hard = 1,
+    /// <summary>
+    /// Stage 1 fixes no heads. Its graph importance (mean 1 per block) weights every head's magnitude score in each of
+    /// ADMM's projections, so the heads to remove are chosen again at every Z update from the head graph and the current
+    /// weights (W + U), competing with q/k dims, v dims and MLP neurons in the global budget
+    /// (<see cref="GohspOptions.HeadBudget"/> does not apply).
+    /// </summary>
+    Guided = 2,
 }
 
 /// <summary>
@@ -130,7 +137,12 @@ public static class GohspPruner
         var ranking = RankHeads(dense, calibration, options);
         var graphImportance = ranking.Select(r => r.Importance(options.Direction)).ToArray();
         StructurePlan plan;
-        if (options.HeadBudget == HeadBudget.Global)
+        if (options.HeadPruning == HeadPruningMode.Guided)
+        {
+            // no head is fixed: the report carries every head's stationary probability for stage 2's projections
+            plan = new StructurePlan(dense.Architecture.Blocks.Select(BlockPlan.KeepAll).ToImmutableArray());
+        }
+        else if (options.HeadBudget == HeadBudget.Global)
         {
             // heads compete with every other structure: magnitude score × graph importance (mean 1 per block)
             var imp = StructuredProjection.Magnitude(dense);
@@ -173,9 +185,12 @@ public static class GohspPruner
         return HeadGraphRanking.Rank(model, calibration, options.SoftPruning, options.Similarity, options.Damping, options.PowerIterationTolerance, teleport);
     }
 
-    /// <summary>The heads stage 1 chose: the model's head mask, else (soft head pruning) the kept heads of a stage-1 report.</summary>
-    private static IReadOnlyList<IReadOnlyList<int>>? ChosenHeads(VisionTransformerModel model, PruningReport? previous) =>
-        model.KeptHeads ?? (previous is { Stage: PruningReport.HeadMaskedStage } && previous.Blocks.Count == model.Architecture.Depth
+    /// <summary>
+    /// The heads stage 1 chose: the model's head mask, else (soft head pruning) the kept heads of a stage-1 report; none with
+    /// <see cref="HeadPruningMode.Guided"/>.
+    /// </summary>
+    private static IReadOnlyList<IReadOnlyList<int>>? ChosenHeads(VisionTransformerModel model, PruningReport? previous, GohspOptions options) =>
+        model.KeptHeads ?? (options.HeadPruning != HeadPruningMode.Guided && previous is { Stage: PruningReport.HeadMaskedStage } && previous.Blocks.Count == model.Architecture.Depth
             ? previous.Blocks.Select(b => (IReadOnlyList<int>)b.KeptHeads).ToArray()
             : null);
 
@@ -202,17 +217,18 @@ public static class GohspPruner
         GohspOptions options, Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken, bool inPlace)
     {
         var run = PruningRun.Start(model, train, validation, options, log, progress, cancellationToken, previous);
-        var keptHeads = ChosenHeads(model, previous);
+        var keptHeads = ChosenHeads(model, previous, options);
+        var importance = GuidedImportance(previous, options);
         var soft = inPlace ? model : model.Clone();
         try
         {
-            var admm = new AdmmSoftPruning(options.Sparsity, keptHeads, options.Admm, options.Budget, options.SoftPruning.Epochs);
+            var admm = new AdmmSoftPruning(options.Sparsity, keptHeads, options.Admm, options.Budget, options.SoftPruning.Epochs, importance);
             run.TrainStage(soft, options.SoftPruning, "soft-pruning", admm);
             soft.to(CPU);
             soft.eval();
             run.Measure(PruningReport.SoftPrunedStage, soft);
             var cut = admm.FinalPlan(soft);                       // the support of ADMM's final Z: what stage 3 keeps
-            double overlap = cut.Overlap(Projection(soft, keptHeads, options), soft.Architecture);
+            double overlap = cut.Overlap(Projection(soft, keptHeads, options, importance), soft.Architecture);
             run.Log($"soft pruning: residual {admm.ResidualHistory.LastOrDefault():G4} = {admm.ResidualRatio:P1} of its start {admm.ResidualStart:G4}; " +
                     $"Z's support overlaps a fresh projection of W by {overlap:P1}");
             var residuals = (previous?.ResidualHistory ?? []).Concat(admm.ResidualHistory).ToArray();
@@ -252,7 +268,8 @@ public static class GohspPruner
         // The support of ADMM's final Z when stage 2 ran (its report carries it), else the projection Π(W) with the stage-1
         // heads; then the shared tail (surgery, fine-tune, report). The surgery copies only the kept structures (head masks
         // are not parameters), so zeroing first is not needed.
-        var plan = CutPlanOf(previous, model.Architecture) ?? Projection(model, ChosenHeads(model, previous), options);
+        var plan = CutPlanOf(previous, model.Architecture)
+            ?? Projection(model, ChosenHeads(model, previous, options), options, GuidedImportance(previous, options));
         return run.Finish(model, plan, HeadScores(previous), previous?.ResidualHistory, previous);
     }
 
@@ -263,8 +280,34 @@ public static class GohspPruner
         catch (ArgumentException) { return null; }   // a report of another model: re-plan from W
     }
 
-    private static StructurePlan Projection(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>>? keptHeads, GohspOptions options)
-        => StructuredProjection.Allocate(model.Architecture, StructuredProjection.Magnitude(model), options.Sparsity, options.Budget, keptHeads);
+    private static StructurePlan Projection(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>>? keptHeads, GohspOptions options,
+        Func<VisionTransformerModel, Func<TorchSharp.Modules.Parameter, Tensor>, BlockImportance[]>? importance)
+        => StructuredProjection.Allocate(model.Architecture, importance?.Invoke(model, p => p) ?? StructuredProjection.Magnitude(model),
+            options.Sparsity, options.Budget, keptHeads);
+
+    /// <summary>
+    /// With <see cref="HeadPruningMode.Guided"/> and a stage-1 report that ranks every head: the structure importance of
+    /// ADMM's projections, magnitude with each head's score multiplied by its graph importance. Otherwise null (magnitude).
+    /// </summary>
+    private static Func<VisionTransformerModel, Func<TorchSharp.Modules.Parameter, Tensor>, BlockImportance[]>? GuidedImportance(
+        PruningReport? previous, GohspOptions options)
+    {
+        if (options.HeadPruning != HeadPruningMode.Guided || previous is null) return null;
+        if (previous.Blocks.Any(b => b.StationaryProbabilities.Length != b.KeptHeads.Length || b.KeptHeads.Length != b.DenseHeads
+                                     || b.StationaryProbabilities.Any(double.IsNaN)))
+            return null;
+        var graph = previous.Blocks.Select(b => BlockHeadRanking.ImportanceOf(
+            b.KeptHeads.Zip(b.StationaryProbabilities).OrderBy(t => t.First).Select(t => t.Second).ToArray(), options.Direction)).ToArray();
+        return (model, weightOf) =>
+        {
+            var imp = StructuredProjection.Magnitude(model, weightOf);
+            if (imp.Length != graph.Length || imp.Select((b, i) => b.Heads.Length != graph[i].Length).Any(x => x)) return imp;
+            return imp.Select((b, i) => new BlockImportance
+            {
+                Heads = b.Heads.Select((v, h) => (float)(v * graph[i][h])).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
+            }).ToArray();
+        };
+    }
 
     /// <summary>The stationary probability of (block, head) from an earlier stage's report; null when there is none.</summary>
     private static Func<int, int, double>? HeadScores(PruningReport? previous)

@@ -43,10 +43,13 @@ public enum HeadScore
 public sealed record BlockHeadRanking(double[,] Similarity, double[] Stationary, int Iterations)
 {
     /// <summary>Importance per head for a direction, normalised by the block's head count (mean 1) so blocks compare.</summary>
-    public double[] Importance(HeadRankingDirection direction)
+    public double[] Importance(HeadRankingDirection direction) => ImportanceOf(Stationary, direction);
+
+    /// <summary>Importance per head (mean 1 per block) from a block's stationary distribution.</summary>
+    public static double[] ImportanceOf(IReadOnlyList<double> stationary, HeadRankingDirection direction)
     {
-        int h = Stationary.Length;
-        return Stationary.Select(p => direction == HeadRankingDirection.CentralIsImportant ? p * h : (1.0 / h - p) * h + 1).ToArray();
+        int h = stationary.Count;
+        return stationary.Select(p => direction == HeadRankingDirection.CentralIsImportant ? p * h : (1.0 / h - p) * h + 1).ToArray();
     }
 }
 

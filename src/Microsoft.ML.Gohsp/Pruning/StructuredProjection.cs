@@ -194,7 +194,7 @@ public static class StructuredProjection
                         if (current - cost < target - tol / 2) score += Overshoot;
                         if (score < best) { best = score; bestCost = cost; bestApply = apply; }
                     }
-                    if (s.CanDropHeads && h > minHeads && !fine)
+                    if (s.CanDropHeads && h > minHeads && (!fine || granularity == 1))   // with granularity 1 the one pass is the fine one
                     {
                         int victim = s.Heads[^1];
                         long cost = BlockParams(b, h, s.Qk, s.V, s.Mlp) - BlockParams(b, h - 1, s.Qk, s.V, s.Mlp);
