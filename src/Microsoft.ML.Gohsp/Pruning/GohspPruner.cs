@@ -138,7 +138,7 @@ public static class GohspPruner
             {
                 Heads = b.Heads.Select((v, h) => (float)(v * graphImportance[i][h])).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
             }).ToArray();
-            plan = StructuredProjection.Allocate(dense.Architecture, weighted, options.Sparsity, options.Budget);
+            plan = run.Budget.Allocate(dense.Architecture, weighted);
         }
         else
         {
@@ -206,13 +206,13 @@ public static class GohspPruner
         var soft = inPlace ? model : model.Clone();
         try
         {
-            var admm = new AdmmSoftPruning(options.Sparsity, keptHeads, options.Admm, options.Budget, options.SoftPruning.Epochs);
+            var admm = new AdmmSoftPruning(run.Budget.Fraction, keptHeads, options.Admm, options.Budget, options.SoftPruning.Epochs, costModel: run.Budget.Cost);
             run.TrainStage(soft, options.SoftPruning, "soft-pruning", admm);
             soft.to(CPU);
             soft.eval();
             run.Measure(PruningReport.SoftPrunedStage, soft);
             var cut = admm.FinalPlan(soft);                       // the support of ADMM's final Z: what stage 3 keeps
-            double overlap = cut.Overlap(Projection(soft, keptHeads, options), soft.Architecture);
+            double overlap = cut.Overlap(Projection(soft, keptHeads, run.Budget), soft.Architecture);
             run.Log($"soft pruning: residual {admm.ResidualHistory.LastOrDefault():G4} = {admm.ResidualRatio:P1} of its start {admm.ResidualStart:G4}; " +
                     $"Z's support overlaps a fresh projection of W by {overlap:P1}");
             var residuals = (previous?.ResidualHistory ?? []).Concat(admm.ResidualHistory).ToArray();
@@ -252,7 +252,7 @@ public static class GohspPruner
         // The support of ADMM's final Z when stage 2 ran (its report carries it), else the projection Π(W) with the stage-1
         // heads; then the shared tail (surgery, fine-tune, report). The surgery copies only the kept structures (head masks
         // are not parameters), so zeroing first is not needed.
-        var plan = CutPlanOf(previous, model.Architecture) ?? Projection(model, ChosenHeads(model, previous), options);
+        var plan = CutPlanOf(previous, model.Architecture) ?? Projection(model, ChosenHeads(model, previous), run.Budget);
         return run.Finish(model, plan, HeadScores(previous), previous?.ResidualHistory, previous);
     }
 
@@ -263,8 +263,8 @@ public static class GohspPruner
         catch (ArgumentException) { return null; }   // a report of another model: re-plan from W
     }
 
-    private static StructurePlan Projection(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>>? keptHeads, GohspOptions options)
-        => StructuredProjection.Allocate(model.Architecture, StructuredProjection.Magnitude(model), options.Sparsity, options.Budget, keptHeads);
+    private static StructurePlan Projection(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>>? keptHeads, PruningBudget budget)
+        => budget.Allocate(model.Architecture, StructuredProjection.Magnitude(model), fixedHeads: keptHeads);
 
     /// <summary>The stationary probability of (block, head) from an earlier stage's report; null when there is none.</summary>
     private static Func<int, int, double>? HeadScores(PruningReport? previous)
