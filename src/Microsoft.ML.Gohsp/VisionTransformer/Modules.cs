@@ -323,6 +323,20 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
+    /// <paramref name="into"/> += <paramref name="input"/>·<paramref name="weight"/>ᵀ in place, one matrix product that
+    /// accumulates into the residual stream (<paramref name="into"/> [..., out], <paramref name="input"/> [..., in],
+    /// <paramref name="weight"/> [out, in]); returns <paramref name="into"/>.
+    /// </summary>
+    internal static Tensor Accumulate(Tensor into, Tensor input, Tensor weight)
+    {
+        using var y = into.view(-1, into.shape[^1]);
+        using var i = input.reshape(-1, input.shape[^1]);
+        using var wt = weight.t();
+        y.addmm_(i, wt);
+        return into;
+    }
+
+    /// <summary>
     /// Same maths as <see cref="forward"/> without autograd: in float32 the output projection and fc2 accumulate into the
     /// residual stream; otherwise residual adds in place. Fewer temporaries either way.
     /// </summary>
@@ -333,28 +347,14 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
         // residual, which matters when pruning has made the products narrow (docs/benchmarks.md)
         if (x.dtype == ScalarType.Float32 && attn.proj.Float32 && mlp.fc1.Float32 && mlp.fc2.Float32)
         {
-            long d = x.shape[^1];
             Tensor y;
             using (var n1 = norm1.forward(x))
             using (var merged = attn.MergedHeadsInference(n1))
-            {
-                y = x.add(attn.proj.bias, Scalars.One);
-                using var yv = y.view(-1, d);
-                using var mv = merged.reshape(-1, merged.shape[^1]);
-                using var wt = attn.proj.weight.t();
-                yv.addmm_(mv, wt);
-            }
+                y = Accumulate(x.add(attn.proj.bias, Scalars.One), merged, attn.proj.weight);
             using (var n2 = norm2.forward(y))
             using (var hdn = mlp.fc1.forward(n2))
             using (var g = nn.functional.gelu(hdn))
-            {
-                y.add_(mlp.fc2.bias, Scalars.One);
-                using var yv = y.view(-1, d);
-                using var gv = g.view(-1, g.shape[^1]);
-                using var wt = mlp.fc2.weight.t();
-                yv.addmm_(gv, wt);
-            }
-            return y;
+                return Accumulate(y.add_(mlp.fc2.bias, Scalars.One), g, mlp.fc2.weight);
         }
         Tensor x1;
         using (var n1 = norm1.forward(x))
