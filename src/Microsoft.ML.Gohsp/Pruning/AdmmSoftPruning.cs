@@ -207,13 +207,14 @@ public sealed class AdmmSoftPruning : ITrainingHook
         using var scope = NewDisposeScope();
         var uOf = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
         foreach (var (w, _, u) in _vars) uOf[w] = u;
-        var imp = _importance(model, p => p + uOf[p]);
+        var imp = _importance(model, p => p.add(uOf[p], Scalars.One));
         Plan = StructuredProjection.Allocate(model.Architecture, imp, sparsity, _budget, _heads, costModel: _cost);
         SetSupport(model, Plan);
         for (int i = 0; i < _vars.Count; i++)
         {
             var (w, z, u) = _vars[i];
-            z.copy_((w + u) * (1 - _outside[i]));
+            using var keep = ones_like(_outside[i]).sub_(_outside[i]);
+            z.copy_(w.add(u, Scalars.One).mul_(keep));
         }
     }
 
@@ -226,7 +227,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
         try
         {
             foreach (var (_, mask) in StructuredProjection.PrunableWithMasks(model, masks))
-                _outside.Add((1 - mask).DetachFromDisposeScope());
+                _outside.Add(ones_like(mask).sub_(mask).DetachFromDisposeScope());
         }
         finally { foreach (var m in masks) m.Dispose(); }
     }

@@ -229,11 +229,14 @@ public static class HeadGraphRanking
     /// <summary>[B, h, h] exp(−JS) between attention maps, averaged over query tokens.</summary>
     private static Tensor AttentionJensenShannon(Attention attn, Tensor x)
     {
-        var p = attn.AttentionMaps(x).clamp_min(1e-12);                   // [B, h, N, N]
+        // explicit Scalars held across the native calls (an implicit one can be finalized mid-call)
+        using var floor = 1e-12.ToScalar();
+        using var half = 0.5.ToScalar();
+        var p = attn.AttentionMaps(x).clamp_min(floor);                   // [B, h, N, N]
         var pi = p.unsqueeze(2); var pj = p.unsqueeze(1);                  // [B, h, 1, N, N], [B, 1, h, N, N]
-        var m = (pi + pj) * 0.5;
-        var js = 0.5 * (pi * (pi / m).log()).sum(-1) + 0.5 * (pj * (pj / m).log()).sum(-1); // [B, h, h, N]
-        return (-js).exp().mean(new long[] { -1 });
+        var m = pi.add(pj, Scalars.One).mul_(half);
+        var js = (pi * (pi / m).log()).sum(-1).add_((pj * (pj / m).log()).sum(-1), Scalars.One).mul_(half); // [B, h, h, N]
+        return js.neg_().exp_().mean(new long[] { -1 });
     }
 
     /// <summary>
