@@ -175,7 +175,7 @@ internal static class SpeedBenchmark
     {
         var t = new Dictionary<string, double>
         {
-            ["qkv"] = 0, ["attention_core"] = 0, ["proj"] = 0, ["fc1"] = 0, ["gelu"] = 0, ["fc2"] = 0, ["norms_adds"] = 0,
+            ["qkv"] = 0, ["attention_core"] = 0, ["proj_residual"] = 0, ["fc1"] = 0, ["gelu"] = 0, ["fc2_residual"] = 0, ["norms"] = 0,
             ["last_block"] = 0, ["embed_head"] = 0,
         };
         var sw = new Stopwatch();
@@ -191,7 +191,7 @@ internal static class SpeedBenchmark
                 if (bi == m.Blocks.Count - 1) { h = Timed("last_block", () => block.ForwardClassToken(h)); break; }
                 var spec = block.attn.Spec;
                 int heads = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
-                var n1 = Timed("norms_adds", () => block.norm1.forward(h));
+                var n1 = Timed("norms", () => block.norm1.forward(h));
                 var qkv = Timed("qkv", () => block.attn.qkv.forward(n1));
                 var merged = Timed("attention_core", () =>
                 {
@@ -205,18 +205,20 @@ internal static class SpeedBenchmark
                     }
                     return heads == 1 ? outs[0] : cat(outs, 2);
                 });
-                var a = Timed("proj", () => block.attn.proj.forward(merged));
-                h = Timed("norms_adds", () => h.add_(a));
-                var n2 = Timed("norms_adds", () => block.norm2.forward(h));
+                // as Block runs it in float32: the products accumulate into the residual stream (x + b, then += input·Wᵀ)
+                var x0 = h;
+                h = Timed("proj_residual", () => Block.Accumulate(x0.add(block.attn.proj.bias, Scalars.One), merged, block.attn.proj.weight));
+                var n2 = Timed("norms", () => block.norm2.forward(h));
                 var f1 = Timed("fc1", () => block.mlp.fc1.forward(n2));
                 var g = Timed("gelu", () => nn.functional.gelu(f1));
-                var f2 = Timed("fc2", () => block.mlp.fc2.forward(g));
-                h = Timed("norms_adds", () => h.add_(f2));
+                var x1 = h;
+                h = Timed("fc2_residual", () => Block.Accumulate(x1.add_(block.mlp.fc2.bias, Scalars.One), g, block.mlp.fc2.weight));
             }
             Timed("embed_head", () => m.Head.forward(m.FinalNorm.forward(h.select(1, 0))));
         }
         return t;
     }
+
 
     private static Dictionary<string, double> MedianProfile(List<Dictionary<string, double>> rounds) =>
         rounds[0].Keys.ToDictionary(k => k, k => Median(rounds.Select(p => p[k]).ToList()));

@@ -88,6 +88,70 @@ public class BaselineEstimatorTests(SmallDenseViTFixture f, ITestOutputHelper ou
         finally { Directory.Delete(dir, true); }
     }
 
+    [Theory]
+    [InlineData("gohsp", 0.5, false)]
+    [InlineData("gohsp-head-fraction", 0.6, false)]
+    [InlineData("somp", 0.6, true)]
+    [InlineData("sgmp", 0.5, false)]
+    public void ALatencyTargetGivesAModelThatMeetsItByTheLatencyTable(string method, double fraction, bool inMilliseconds)
+    {
+        var arch = f.Dense.OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single().Model.Architecture;
+        var table = LatencyBudgetTests.SyntheticFor(arch);
+        double dense = table.ModelMs(arch), target = fraction * dense;
+        PruningOptions options = method switch
+        {
+            // heads in the global allocation (stage 1 spends the latency too), or a fixed fraction of them (the rest of the
+            // latency comes from ADMM's projections and cut alone)
+            "gohsp" or "gohsp-head-fraction" => new GohspPruningEstimator.Options
+            {
+                CalibrationImages = 64, SoftPruning = BaselinePrunerTests.Stage(constantRate: true), FineTune = Stage(),
+                HeadBudget = method == "gohsp" ? HeadBudget.Global : HeadBudget.Fraction, HeadPruningFraction = 0.25,
+            },
+            "somp" => new SompPruningEstimator.Options { FineTune = Stage() },
+            _ => new SgmpPruningEstimator.Options { Gradual = BaselinePrunerTests.Stage(constantRate: true), FineTune = Stage() },
+        };
+        if (inMilliseconds) options.TargetLatencyMs = target; else options.TargetLatencyFraction = fraction;
+        options.LatencyTable = table;
+        var estimator = options switch
+        {
+            GohspPruningEstimator.Options g => (IEstimator<MulticlassPredictionTransformer<ViTModelParameters>>)f.Ml.Transforms.GohspPrune(g, f.Dense),
+            SompPruningEstimator.Options s => f.Ml.Transforms.SompPrune(s, f.Dense),
+            _ => f.Ml.Transforms.SgmpPrune((SgmpPruningEstimator.Options)options, f.Dense),
+        };
+        var pruned = estimator.Fit(f.Dense.Transform(f.Train));
+        var report = pruned.Model.PruningReport!;
+        output.WriteLine(report.ToJson());
+        report.Method.Should().Be(method.Split('-')[0]);
+
+        double achieved = table.ModelMs(pruned.Model.Architecture);
+        achieved.Should().BeInRange(0.9 * target, 1.1 * target, "the pruned model meets the latency target by the table within ±10%");
+        report.EstimatedLatencyMs.Should().BeApproximately(achieved, 1e-9);
+        report.TargetLatencyMs.Should().BeApproximately(target, 1e-9);
+        report.DenseLatencyMs.Should().BeApproximately(dense, 1e-9);
+        (report.LatencyBatchSize, report.LatencyDevice, report.RequestedSparsity).Should().Be(((int?)64, "synthetic", (double?)null));
+        // the latency budget is not the parameter budget: on this table, removing the same fraction of parameters misses it
+        var denseVit = f.Dense.OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single().Model.Model;
+        var byParams = StructuredProjection.Allocate(arch, StructuredProjection.Magnitude(denseVit), 1 - fraction).PrunedArchitecture(arch);
+        Math.Abs(table.ModelMs(byParams) - target).Should().BeGreaterThan(0.1 * target, "a parameter budget at the same fraction would not meet the latency target");
+    }
+
+    [Fact]
+    public void ALatencyTargetIsCheckedAtFitAgainstTheDenseModel()
+    {
+        var arch = f.Dense.OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single().Model.Architecture;
+        var table = LatencyBudgetTests.SyntheticFor(arch);
+        var options = new SompPruningEstimator.Options { TargetLatencyFraction = 0.5, LatencyTable = table, FineTune = Stage() };
+        var estimator = f.Ml.Transforms.SompPrune(options, f.Dense);
+        // options are mutable: a conflict set after the estimator was created is reported at Fit, naming the option
+        options.Sparsity = 0.5;
+        FluentActions.Invoking(() => estimator.Fit(f.Dense.Transform(f.Train))).Should().Throw<ArgumentException>().Where(e => e.ParamName == "Sparsity");
+        var tooSlow = new SompPruningEstimator.Options { TargetLatencyMs = 2 * table.ModelMs(arch), LatencyTable = table, FineTune = Stage() };
+        FluentActions.Invoking(() => f.Ml.Transforms.SompPrune(tooSlow, f.Dense).Fit(f.Dense.Transform(f.Train)))
+            .Should().Throw<ArgumentOutOfRangeException>().Where(e => e.ParamName == "TargetLatencyMs").WithMessage("*dense model already takes*");
+        FluentActions.Invoking(() => f.Ml.Transforms.GohspPrune(new GohspPruningEstimator.Options { Sparsity = 0.4, TargetLatencyMs = 5 }, f.Dense))
+            .Should().Throw<ArgumentException>().Where(e => e.ParamName == "Sparsity", "the estimator's creation checks the options too");
+    }
+
     [Fact]
     public void BaselinesAppendedAfterTheTrainerPruneTheModelTheChainJustTrained()
     {

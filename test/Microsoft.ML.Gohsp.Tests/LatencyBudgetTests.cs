@@ -27,6 +27,72 @@ public class LatencyBudgetTests
         };
     }
 
+    /// <summary>
+    /// A made-up latency table for any architecture with the same shape as <see cref="Synthetic"/>'s: per head, a fixed part
+    /// and a part growing with its width; the MLP cheap per neuron; the parts outside the blocks, which no budget prunes,
+    /// a large share (40 ms against ~70 ms of blocks for cifar-micro), so that a fraction of the latency and the same
+    /// fraction of the parameters are far apart. Deterministic, so tests need not time anything.
+    /// </summary>
+    internal static LatencyModel SyntheticFor(ViTArchitecture arch, int batch = 64)
+    {
+        int maxDim = arch.Blocks.Max(b => Math.Max(b.QkDim, b.VDim)), maxMlp = arch.Blocks.Max(b => b.MlpHidden);
+        int[] dims = Enumerable.Range(1, maxDim / 8).Select(i => i * 8).ToArray();
+        int[] mlp = Enumerable.Range(1, maxMlp / 16).Select(i => i * 16).ToArray();
+        double[][] Attention(double scale) => Enumerable.Range(1, arch.Blocks.Max(b => b.Heads))
+            .Select(h => dims.Select(w => scale * h * (1.0 + 0.15 * w)).ToArray()).ToArray();
+        return new LatencyModel
+        {
+            Device = "synthetic", Config = "synthetic", Batch = batch, HeadDims = dims,
+            AttentionMs = Attention(1.0), LastAttentionMs = Attention(0.5),
+            MlpWidths = mlp, MlpMs = mlp.Select(w => 0.1 + 0.004 * w).ToArray(), LastMlpMs = mlp.Select(w => 0.05 + 0.001 * w).ToArray(),
+            FixedMs = 0.8, LastFixedMs = 0.4, NonBlockMs = 40,
+        };
+    }
+
+    [Fact]
+    public void LatencyTargetOptionsAreCheckedNamingTheOption()
+    {
+        void Throws<T>(PruningOptions o, string name, string message = "*") where T : ArgumentException =>
+            FluentActions.Invoking(o.Validate).Should().Throw<T>().Where(e => e.ParamName == name).WithMessage(message);
+        var table = SyntheticFor(ViTArchitecture.CifarMicro());
+        Throws<ArgumentException>(new SompOptions { Sparsity = 0.5, TargetLatencyMs = 10 }, "Sparsity", "*set one of them*");
+        Throws<ArgumentException>(new GohspOptions { TargetLatencyFraction = 0.5, Sparsity = 0.4 }, "Sparsity", "*TargetLatencyFraction*");
+        Throws<ArgumentException>(new SgmpOptions { TargetLatencyMs = 10, TargetLatencyFraction = 0.5 }, "TargetLatencyFraction", "*not both*");
+        foreach (double ms in new[] { 0, -1, double.NaN, double.PositiveInfinity })
+            Throws<ArgumentOutOfRangeException>(new SompOptions { TargetLatencyMs = ms }, "TargetLatencyMs");
+        foreach (double f in new[] { 0, 1, 1.5, double.NaN })
+            Throws<ArgumentOutOfRangeException>(new SompOptions { TargetLatencyFraction = f }, "TargetLatencyFraction");
+        Throws<ArgumentOutOfRangeException>(new SompOptions { TargetLatencyFraction = 0.5, LatencyBatchSize = 0 }, "LatencyBatchSize");
+        Throws<ArgumentOutOfRangeException>(new SompOptions { TargetLatencyFraction = 0.5, LatencyTable = table, LatencyBatchSize = 32 }, "LatencyBatchSize", "*batches of 64*");
+        Throws<ArgumentException>(new SompOptions { LatencyTable = table }, "LatencyTable", "*no latency target*");
+        Throws<ArgumentOutOfRangeException>(new SgmpOptions { TargetLatencyFraction = 0.5, InitialSparsity = 1 }, "InitialSparsity");
+        // valid: a latency target alone (Sparsity untouched), and Sparsity alone
+        new SompOptions { TargetLatencyFraction = 0.5, LatencyTable = table }.Validate();
+        new SgmpOptions { TargetLatencyMs = 3 }.Validate();
+        new SompOptions { Sparsity = 0.5 }.Validate();
+    }
+
+    [Fact]
+    public void LatencyTargetsAreCheckedAgainstTheDenseModelAndTheFloors()
+    {
+        var arch = ViTArchitecture.CifarMicro();
+        var table = SyntheticFor(arch);
+        double dense = table.ModelMs(arch);
+        var budget = PruningBudget.Resolve(new SompOptions { TargetLatencyFraction = 0.5, LatencyTable = table }, arch);
+        budget.Fraction.Should().BeApproximately(0.5, 1e-12);
+        budget.TargetMs.Should().BeApproximately(dense / 2, 1e-9);
+        PruningBudget.Resolve(new SompOptions { TargetLatencyMs = 0.7 * dense, LatencyTable = table }, arch).Fraction.Should().BeApproximately(0.3, 1e-12);
+        PruningBudget.Resolve(new SompOptions { Sparsity = 0.3 }, arch).Cost.Should().BeNull();
+
+        FluentActions.Invoking(() => PruningBudget.Resolve(new SompOptions { TargetLatencyMs = dense * 1.01, LatencyTable = table }, arch))
+            .Should().Throw<ArgumentOutOfRangeException>().Where(e => e.ParamName == "TargetLatencyMs").WithMessage("*dense model already takes*");
+        FluentActions.Invoking(() => PruningBudget.Resolve(new SompOptions { TargetLatencyMs = 41, LatencyTable = table }, arch))
+            .Should().Throw<ArgumentOutOfRangeException>().Where(e => e.ParamName == "TargetLatencyMs").WithMessage("*smallest model the Budget floors allow*");
+        FluentActions.Invoking(() => PruningBudget.Resolve(new SompOptions { TargetLatencyFraction = 0.5, LatencyTable = Synthetic() },
+                ViTArchitecture.Uniform(32, 4, 192, 2, 6, 384, 10)))
+            .Should().Throw<ArgumentException>().Where(e => e.ParamName == "LatencyTable").WithMessage("*up to 3 heads*");
+    }
+
     private static BlockImportance[] Importance(ViTArchitecture arch, int seed)
     {
         var rng = new Random(seed);

@@ -68,6 +68,7 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
     {
         _host.CheckValue(input, nameof(input));
         _host.CheckAlive();
+        _options.Validate(); // options objects are mutable: checked again before any work
         var dense = _dense ?? DenseViTLocator.FindUpstreamViT(input) ?? throw new InvalidOperationException(
             $"{_method} could not find the dense ViT: pass the trained model to the catalog method, or append the pruning estimator " +
             "directly after ViTClassification (an AppendCacheCheckpoint in between hides the upstream model).");
@@ -85,6 +86,8 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
             throw new ArgumentOutOfRangeException(nameof(IPruningEstimatorOptions.LabelColumnName),
                 $"Label column '{labelName}' has {labelType.Count} classes; the dense model has {arch.NumClasses}.");
 
+        // a latency target is checked against the dense model's estimate (measuring this machine's table once) before the data is read
+        PruningBudget.Resolve(_options, arch);
         using var ch = _host.Start(_method);
         if (_dense is null && p.PruningReport is null)
             ch.Warning("{0} prunes the ViT trained upstream in this chain; the chain keeps that dense ViT too, and saves it. " +

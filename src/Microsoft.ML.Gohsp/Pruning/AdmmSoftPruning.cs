@@ -84,6 +84,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
     private readonly IReadOnlyList<IReadOnlyList<int>>? _heads;
     private readonly Func<VisionTransformerModel, Func<TorchSharp.Modules.Parameter, Tensor>, BlockImportance[]> _importance;
     private readonly int _epochs;
+    private readonly IBlockCost? _cost;
     private readonly List<(Parameter W, Tensor Z, Tensor U)> _vars = new();
     // per matrix: 1 outside the current support of Z, 0 on it (a broadcastable row or column vector)
     private readonly List<Tensor> _outside = new();
@@ -98,9 +99,15 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// <param name="budget">Budget floors and tolerance.</param>
     /// <param name="epochs">Epochs of the stage (needed for the sparsity ramp and the automatic ρ growth); 0 = unknown: no ramp, ρ grows by 1.5 per update.</param>
     /// <param name="importance">Structure importance for the projection, given the tensor to measure per parameter; default <see cref="StructuredProjection.Magnitude"/>.</param>
+    /// <param name="costModel">
+    /// What the projection's budget counts (default parameters); with a latency table (<see cref="LatencyModel.CostOf"/>),
+    /// <paramref name="sparsity"/> is the fraction of the estimated latency removed, and the ramp, every Z and the final plan
+    /// follow it.
+    /// </param>
     public AdmmSoftPruning(double sparsity, IReadOnlyList<IReadOnlyList<int>>? keptHeads, AdmmOptions options, BudgetOptions? budget = null, int epochs = 0,
-        Func<VisionTransformerModel, Func<TorchSharp.Modules.Parameter, Tensor>, BlockImportance[]>? importance = null)
+        Func<VisionTransformerModel, Func<TorchSharp.Modules.Parameter, Tensor>, BlockImportance[]>? importance = null, IBlockCost? costModel = null)
     {
+        _cost = costModel;
         _o = options ?? throw new ArgumentNullException(nameof(options));
         _o.Validate();
         if (!(sparsity > 0 && sparsity < 1)) throw new ArgumentOutOfRangeException(nameof(sparsity), sparsity, "Sparsity must be in (0, 1).");
@@ -203,7 +210,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
         var uOf = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
         foreach (var (w, _, u) in _vars) uOf[w] = u;
         var imp = _importance(model, p => p.add(uOf[p], Scalars.One));
-        Plan = StructuredProjection.Allocate(model.Architecture, imp, sparsity, _budget, _heads);
+        Plan = StructuredProjection.Allocate(model.Architecture, imp, sparsity, _budget, _heads, costModel: _cost);
         SetSupport(model, Plan);
         for (int i = 0; i < _vars.Count; i++)
         {

@@ -150,7 +150,7 @@ public static class GohspPruner
             {
                 Heads = b.Heads.Select((v, h) => (float)(v * graphImportance[i][h])).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
             }).ToArray();
-            plan = StructuredProjection.Allocate(dense.Architecture, weighted, options.Sparsity, options.Budget);
+            plan = run.Budget.Allocate(dense.Architecture, weighted);
         }
         else
         {
@@ -222,13 +222,14 @@ public static class GohspPruner
         var soft = inPlace ? model : model.Clone();
         try
         {
-            var admm = new AdmmSoftPruning(options.Sparsity, keptHeads, options.Admm, options.Budget, options.SoftPruning.Epochs, importance);
+            var admm = new AdmmSoftPruning(run.Budget.Fraction, keptHeads, options.Admm, options.Budget, options.SoftPruning.Epochs, importance,
+                costModel: run.Budget.Cost);
             run.TrainStage(soft, options.SoftPruning, "soft-pruning", admm);
             soft.to(CPU);
             soft.eval();
             run.Measure(PruningReport.SoftPrunedStage, soft);
             var cut = admm.FinalPlan(soft);                       // the support of ADMM's final Z: what stage 3 keeps
-            double overlap = cut.Overlap(Projection(soft, keptHeads, options, importance), soft.Architecture);
+            double overlap = cut.Overlap(Projection(soft, keptHeads, run.Budget, importance), soft.Architecture);
             run.Log($"soft pruning: residual {admm.ResidualHistory.LastOrDefault():G4} = {admm.ResidualRatio:P1} of its start {admm.ResidualStart:G4}; " +
                     $"Z's support overlaps a fresh projection of W by {overlap:P1}");
             var residuals = (previous?.ResidualHistory ?? []).Concat(admm.ResidualHistory).ToArray();
@@ -269,7 +270,7 @@ public static class GohspPruner
         // heads; then the shared tail (surgery, fine-tune, report). The surgery copies only the kept structures (head masks
         // are not parameters), so zeroing first is not needed.
         var plan = CutPlanOf(previous, model.Architecture)
-            ?? Projection(model, ChosenHeads(model, previous, options), options, GuidedImportance(previous, options));
+            ?? Projection(model, ChosenHeads(model, previous, options), run.Budget, GuidedImportance(previous, options));
         return run.Finish(model, plan, HeadScores(previous), previous?.ResidualHistory, previous);
     }
 
@@ -280,10 +281,9 @@ public static class GohspPruner
         catch (ArgumentException) { return null; }   // a report of another model: re-plan from W
     }
 
-    private static StructurePlan Projection(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>>? keptHeads, GohspOptions options,
+    private static StructurePlan Projection(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>>? keptHeads, PruningBudget budget,
         Func<VisionTransformerModel, Func<TorchSharp.Modules.Parameter, Tensor>, BlockImportance[]>? importance)
-        => StructuredProjection.Allocate(model.Architecture, importance?.Invoke(model, p => p) ?? StructuredProjection.Magnitude(model),
-            options.Sparsity, options.Budget, keptHeads);
+        => budget.Allocate(model.Architecture, importance?.Invoke(model, p => p) ?? StructuredProjection.Magnitude(model), fixedHeads: keptHeads);
 
     /// <summary>
     /// With <see cref="HeadPruningMode.Guided"/> and a stage-1 report that ranks every head: the structure importance of

@@ -6,7 +6,7 @@ namespace Microsoft.ML.Gohsp.Pruning;
 /// <summary>One pruning step of <see cref="GradualMagnitudePruning"/>.</summary>
 /// <param name="Step">Global optimiser step after which it happened (−1: the final step after training).</param>
 /// <param name="TargetSparsity">s_t of the schedule.</param>
-/// <param name="AchievedSparsity">Fraction of the parameters the mask removes after this step.</param>
+/// <param name="AchievedSparsity">Fraction of the parameters (of the estimated latency, with a latency target) the mask removes after this step.</param>
 public sealed record SgmpPruningEvent(long Step, double TargetSparsity, double AchievedSparsity);
 
 /// <summary>
@@ -19,14 +19,20 @@ public sealed record SgmpPruningEvent(long Step, double TargetSparsity, double A
 public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
 {
     private readonly BudgetOptions _budget;
+    private readonly IBlockCost? _cost;
     private readonly List<SgmpPruningEvent> _history = new();
     private StructuredProjection.BlockMasks[]? _masks;
 
     /// <summary>Creates the hook.</summary>
     /// <param name="schedule">When and how far to prune.</param>
     /// <param name="budget">Budget floors and tolerance (default <see cref="BudgetOptions"/>).</param>
-    public GradualMagnitudePruning(SgmpSchedule schedule, BudgetOptions? budget = null)
+    /// <param name="costModel">
+    /// What the sparsities count (default parameters); with a latency table (<see cref="LatencyModel.CostOf"/>), every s_t is a
+    /// fraction of the estimated latency.
+    /// </param>
+    public GradualMagnitudePruning(SgmpSchedule schedule, BudgetOptions? budget = null, IBlockCost? costModel = null)
     {
+        _cost = costModel;
         Schedule = schedule ?? throw new ArgumentNullException(nameof(schedule));
         _budget = budget ?? new BudgetOptions();
     }
@@ -63,14 +69,17 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
         ArgumentNullException.ThrowIfNull(model);
         if (sparsity <= 0) return;
         var arch = model.Architecture;
-        Plan = StructuredProjection.Allocate(arch, StructuredProjection.Magnitude(model), sparsity, _budget, within: Plan);
+        Plan = StructuredProjection.Allocate(arch, StructuredProjection.Magnitude(model), sparsity, _budget, within: Plan, costModel: _cost);
         SetMasks(model);
         _history.Add(new SgmpPruningEvent(step, sparsity, AchievedSparsity(arch)));
     }
 
-    /// <summary>Fraction of the parameters of <paramref name="arch"/> the current mask removes (0 before any pruning).</summary>
+    /// <summary>
+    /// Fraction of <paramref name="arch"/>'s parameters (of its estimated latency, with a latency cost model) the current mask
+    /// removes (0 before any pruning).
+    /// </summary>
     public double AchievedSparsity(ViTArchitecture arch) =>
-        Plan is null ? 0 : 1.0 - (double)Plan.PrunedArchitecture(arch).ParameterCount / arch.ParameterCount;
+        Plan is null ? 0 : StructuredProjection.RemovedFraction(arch, Plan.PrunedArchitecture(arch), _cost);
 
     private void SetMasks(VisionTransformerModel model)
     {

@@ -135,15 +135,16 @@ public sealed record LatencyModel
     }
 
     // the table layout and measurement method: a cache written by another version is measured again
-    private const int TableVersion = 2;
+    private const int TableVersion = 3;
 
     private static string ConfigOf(ViTArchitecture a, int batch) =>
         $"table v{TableVersion}, embed {a.EmbedDim}, tokens {a.SequenceLength}, depth {a.Depth}, batch {batch}, dense {string.Join(" ", a.Blocks.Distinct().Select(b => $"{b.Heads}x{b.QkDim}/{b.VDim}-{b.MlpHidden}"))}";
 
     /// <summary>
     /// Measures the table for <paramref name="dense"/> (random weights; speed does not depend on them): every part timed
-    /// alone without autograd on warm inputs, in the slices <see cref="VisionTransformerModel.forward"/> runs the dense
-    /// model in, medians of <paramref name="reps"/> rounds.
+    /// alone without autograd on warm inputs as the block runs it, in the slices <see cref="VisionTransformerModel.forward"/>
+    /// runs the dense model in, medians of <paramref name="reps"/> rounds; every entry is then scaled by one factor so that
+    /// the table's estimate of the dense model equals the dense forward timed in the same rounds.
     /// </summary>
     public static LatencyModel Measure(ViTArchitecture dense, int batch, int reps = 5)
     {
@@ -174,32 +175,44 @@ public sealed record LatencyModel
             var m = Keep(new VisionTransformerModel(Single(dense, new ViTBlockSpec(h, w, w, 8)), seed: 0));
             m.eval();
             var attn = m.Blocks[0].attn;
-            return Add(last ? () => attn.ForwardClassToken(x) : () => attn.forward(x));
+            // a full block's attention part as Block runs it in float32: the output projection accumulates into the residual
+            return Add(last ? () => attn.ForwardClassToken(x) : () =>
+            {
+                using var merged = attn.MergedHeadsInference(x);
+                return Block.Accumulate(x.add(attn.proj.bias, Scalars.One), merged, attn.proj.weight);
+            });
         }).ToArray()).ToArray();
-        int[] MlpParts(Tensor input) => mlpWidths.Select(w =>
+        int[] MlpParts(Tensor input, bool last) => mlpWidths.Select(w =>
         {
             var m = Keep(new VisionTransformerModel(Single(dense, new ViTBlockSpec(1, 8, 8, w)), seed: 0));
             m.eval();
             var mlp = m.Blocks[0].mlp;
-            return Add(() => mlp.forward(input));
+            // a full block's MLP as Block runs it in float32: fc2 accumulates into the residual
+            return Add(last ? () => mlp.forward(input) : () =>
+            {
+                using var h = mlp.fc1.forward(input);
+                using var g = nn.functional.gelu(h);
+                return Block.Accumulate(input.add(mlp.fc2.bias, Scalars.One), g, mlp.fc2.weight);
+            });
         }).ToArray();
         var norm = probe.Blocks[0].norm1;
-        // a full block normalises and adds every token twice; the last block normalises every token once (its keys
-        // and values need them) and the class token's row after that
-        int FixedPart(Tensor first, Tensor rest) => Add(() =>
+        // a full block normalises every token twice (its residual adds are inside the products); the last block
+        // normalises every token once (its keys and values need them) and adds and normalises the class token's row
+        int FixedPart(Tensor first, Tensor rest, bool adds) => Add(() =>
         {
             using (norm.forward(first)) { }
-            using (rest.add(rest)) { }
-            using (norm.forward(rest)) { }
-            return rest.add(rest);
+            if (adds) using (rest.add(rest)) { }
+            var n2 = norm.forward(rest);
+            if (!adds) return n2;
+            using (n2) return rest.add(rest);
         });
         try
         {
             var attention = AttentionParts(last: false);
             var lastAttention = AttentionParts(last: true);
-            var mlp = MlpParts(x);
-            var lastMlp = MlpParts(cls);
-            int fixedFull = FixedPart(x, x), fixedLast = FixedPart(x, cls);
+            var mlp = MlpParts(x, last: false);
+            var lastMlp = MlpParts(cls, last: true);
+            int fixedFull = FixedPart(x, x, adds: false), fixedLast = FixedPart(x, cls, adds: true);
             int nonBlock = Add(() =>
             {
                 using var tokens = probe.TokensBeforeBlocks(images);
@@ -207,6 +220,10 @@ public sealed record LatencyModel
                 using var normed = probe.FinalNorm.forward(c);
                 return probe.Head.forward(normed);
             });
+            // the whole dense forward, timed in the same rounds: the entries are scaled so that the table's estimate of
+            // the dense model equals it (parts timed alone run at a slightly different speed than in the chain)
+            var batchImages = randn(batch, dense.Channels, dense.ImageSize, dense.ImageSize);
+            int whole = Add(() => probe.forward(batchImages));
             foreach (var f in parts) for (int i = 0; i < 2; i++) f().Dispose();
             var times = parts.Select(_ => new double[reps]).ToArray();
             for (int r = 0; r < reps; r++)
@@ -217,7 +234,18 @@ public sealed record LatencyModel
                     times[i][r] = sw.Elapsed.TotalMilliseconds / 3;
                 }
             // medians; every slice of the batch runs the same shapes (the last one may be smaller: scale by its rows)
-            double Ms(int i) { var t = times[i].Order().ToArray(); return t[reps / 2] * slices.Sum() / slices[0]; }
+            double Median(int i) { var t = times[i].Order().ToArray(); return t[reps / 2]; }
+            double Raw(int i) => Median(i) * slices.Sum() / slices[0];
+            var raw = new LatencyModel
+            {
+                Device = "", Config = "", Batch = batch, HeadDims = headDims,
+                AttentionMs = attention.Select(r => r.Select(Raw).ToArray()).ToArray(),
+                LastAttentionMs = lastAttention.Select(r => r.Select(Raw).ToArray()).ToArray(),
+                MlpWidths = mlpWidths, MlpMs = mlp.Select(Raw).ToArray(), LastMlpMs = lastMlp.Select(Raw).ToArray(),
+                FixedMs = Raw(fixedFull), LastFixedMs = Raw(fixedLast), NonBlockMs = Raw(nonBlock),
+            };
+            double scale = Median(whole) / raw.ModelMs(dense);
+            double Ms(int i) => Raw(i) * scale;
             double[] Row(int[] ids) => Monotone(ids.Select(Ms).ToArray());
             return new LatencyModel
             {
@@ -240,6 +268,7 @@ public sealed record LatencyModel
             foreach (var m in owned) m.Dispose();
         }
     }
+
 
     private static ViTArchitecture Single(ViTArchitecture dense, ViTBlockSpec spec) =>
         new(dense.ImageSize, dense.PatchSize, dense.Channels, dense.EmbedDim, dense.NumClasses, [spec], dense.LayerNormEps);

@@ -16,7 +16,9 @@ public enum PruningMethod
 /// <summary>
 /// What every structured pruning method shares (<see cref="GohspOptions"/>, <see cref="SompOptions"/>,
 /// <see cref="SgmpOptions"/>): the parameter budget, its floors, the fine-tuning stage and optional distillation from the
-/// dense model. The methods also share the code behind these options (budget allocation, surgery, counting, report).
+/// dense model. The budget is a fraction of the parameters (<see cref="Sparsity"/>) or a latency on this machine
+/// (<see cref="TargetLatencyMs"/>, <see cref="TargetLatencyFraction"/>). The methods also share the code behind these options
+/// (budget allocation, surgery, counting, report).
 /// </summary>
 public abstract class PruningOptions
 {
@@ -26,8 +28,44 @@ public abstract class PruningOptions
     /// <summary>The method these options configure.</summary>
     public abstract PruningMethod Method { get; }
 
-    /// <summary>Fraction of the model's total parameters to remove, in (0, 1). Default 0.4.</summary>
-    public double Sparsity { get; set; } = 0.4;
+    private double? _sparsity;
+
+    /// <summary>
+    /// Fraction of the model's total parameters to remove, in (0, 1). Default 0.4. The budget is either this or a latency
+    /// target (<see cref="TargetLatencyMs"/>, <see cref="TargetLatencyFraction"/>): setting both is an error.
+    /// </summary>
+    public double Sparsity { get => _sparsity ?? 0.4; set => _sparsity = value; }
+
+    /// <summary>
+    /// Prune to a latency instead of a parameter fraction: the pruned model's time for one forward of
+    /// <see cref="LatencyBatchSize"/> images on this machine, in milliseconds, positive and below the dense model's. The
+    /// budget allocation spends the latency of a measured table (<see cref="LatencyTable"/>) instead of parameters. Null
+    /// (default) prunes by <see cref="Sparsity"/>. Set at most one of <see cref="Sparsity"/>, this and
+    /// <see cref="TargetLatencyFraction"/>.
+    /// </summary>
+    public double? TargetLatencyMs { get; set; }
+
+    /// <summary>
+    /// Prune to a latency given as a fraction of the dense model's, in (0, 1): 0.5 asks for a model that runs a batch of
+    /// <see cref="LatencyBatchSize"/> images in half the dense model's time on this machine (about 2× faster). Like
+    /// <see cref="TargetLatencyMs"/> but independent of the machine's speed. Null (default) prunes by <see cref="Sparsity"/>.
+    /// </summary>
+    public double? TargetLatencyFraction { get; set; }
+
+    /// <summary>Images per forward that a latency target is for, ≥ 1. Default 64.</summary>
+    public int LatencyBatchSize { get; set; } = 64;
+
+    /// <summary>
+    /// The latency table that a latency target is spent against. Null (default) measures one on this machine at the first
+    /// run for the dense architecture and <see cref="LatencyBatchSize"/> (a few seconds) and reuses it from its disk cache
+    /// afterwards (<see cref="LatencyModel.LoadOrMeasure"/>, keyed by the CPU, its flags, the torch threads and the
+    /// configuration). Pass a table measured on the machine that will run the model (<see cref="LatencyModel.Measure"/>)
+    /// to prune for that machine elsewhere; its <see cref="LatencyModel.Batch"/> must equal <see cref="LatencyBatchSize"/>.
+    /// </summary>
+    public LatencyModel? LatencyTable { get; set; }
+
+    /// <summary>Whether the budget is a latency (<see cref="TargetLatencyMs"/> or <see cref="TargetLatencyFraction"/>) rather than <see cref="Sparsity"/>.</summary>
+    public bool HasLatencyTarget => TargetLatencyMs is not null || TargetLatencyFraction is not null;
 
     /// <summary>
     /// Training options of the fine-tuning after hard pruning. Default lr 5e-4 with one warm-up epoch (a fresh AdamW
@@ -57,7 +95,23 @@ public abstract class PruningOptions
     /// <summary>Throws naming the first invalid option (training stages are checked against the model when a run starts).</summary>
     public virtual void Validate()
     {
-        if (!(Sparsity > 0 && Sparsity < 1)) throw new ArgumentOutOfRangeException(nameof(Sparsity), Sparsity, "Sparsity (fraction of parameters removed) must be in (0, 1).");
+        if (TargetLatencyMs is not null && TargetLatencyFraction is not null)
+            throw new ArgumentException("Set TargetLatencyMs (milliseconds) or TargetLatencyFraction (a fraction of the dense model's latency), not both.", nameof(TargetLatencyFraction));
+        if (HasLatencyTarget && _sparsity is not null)
+            throw new ArgumentException($"Sparsity (a fraction of the parameters) and {(TargetLatencyMs is null ? nameof(TargetLatencyFraction) : nameof(TargetLatencyMs))} " +
+                "(a latency) are two ways to set the pruning budget: set one of them.", nameof(Sparsity));
+        if (TargetLatencyMs is double ms && !(ms > 0 && double.IsFinite(ms)))
+            throw new ArgumentOutOfRangeException(nameof(TargetLatencyMs), ms, "TargetLatencyMs (milliseconds per forward of LatencyBatchSize images) must be a positive finite number.");
+        if (TargetLatencyFraction is double f && !(f > 0 && f < 1))
+            throw new ArgumentOutOfRangeException(nameof(TargetLatencyFraction), f, "TargetLatencyFraction (the pruned model's latency over the dense model's) must be in (0, 1).");
+        if (LatencyBatchSize < 1)
+            throw new ArgumentOutOfRangeException(nameof(LatencyBatchSize), LatencyBatchSize, "LatencyBatchSize (images per forward of the latency target) must be ≥ 1.");
+        if (LatencyTable is not null && !HasLatencyTarget)
+            throw new ArgumentException("LatencyTable is set but there is no latency target: set TargetLatencyMs or TargetLatencyFraction, or remove LatencyTable.", nameof(LatencyTable));
+        if (LatencyTable is { } table && table.Batch != LatencyBatchSize)
+            throw new ArgumentOutOfRangeException(nameof(LatencyBatchSize), LatencyBatchSize,
+                $"LatencyTable is for batches of {table.Batch} images; LatencyBatchSize is {LatencyBatchSize}. Set LatencyBatchSize = {table.Batch}, or measure a table for {LatencyBatchSize}.");
+        if (!HasLatencyTarget && !(Sparsity > 0 && Sparsity < 1)) throw new ArgumentOutOfRangeException(nameof(Sparsity), Sparsity, "Sparsity (fraction of parameters removed) must be in (0, 1).");
         if (!(DistillationTemperature > 0) || double.IsInfinity(DistillationTemperature))
             throw new ArgumentOutOfRangeException(nameof(DistillationTemperature), DistillationTemperature, "DistillationTemperature must be a positive finite number.");
         if (!(DistillationWeight >= 0) || double.IsInfinity(DistillationWeight))

@@ -39,8 +39,25 @@ public sealed record PruningReport
     /// before = after) and whose <see cref="Blocks"/> say what the final model will keep.
     /// </summary>
     public string Stage { get; init; } = FinalStage;
-    /// <summary>Requested fraction of parameters removed.</summary>
-    public required double RequestedSparsity { get; init; }
+    /// <summary>Requested fraction of parameters removed; null when the budget was a latency target (<see cref="TargetLatencyMs"/>).</summary>
+    public required double? RequestedSparsity { get; init; }
+    /// <summary>
+    /// The latency target in ms per forward of <see cref="LatencyBatchSize"/> images (<see cref="PruningOptions.TargetLatencyMs"/>,
+    /// or <see cref="PruningOptions.TargetLatencyFraction"/> × <see cref="DenseLatencyMs"/>); null for a parameter budget.
+    /// </summary>
+    public double? TargetLatencyMs { get; init; }
+    /// <summary>Images per forward of the latency figures; null for a parameter budget.</summary>
+    public int? LatencyBatchSize { get; init; }
+    /// <summary>The latency table's estimate of the dense model, ms per forward of <see cref="LatencyBatchSize"/> images; null for a parameter budget.</summary>
+    public double? DenseLatencyMs { get; init; }
+    /// <summary>
+    /// The latency table's estimate of the model <see cref="Blocks"/> describe (for an intermediate stage, of the model the
+    /// cut will give), ms per forward of <see cref="LatencyBatchSize"/> images; null for a parameter budget. Timing the
+    /// pruned model on the machine the table was measured on gives its actual latency.
+    /// </summary>
+    public double? EstimatedLatencyMs { get; init; }
+    /// <summary>The machine the latency table was measured on (<see cref="LatencyModel.Device"/>); null for a parameter budget.</summary>
+    public string? LatencyDevice { get; init; }
     /// <summary>Achieved fraction of parameters removed.</summary>
     public double AchievedSparsity => 1.0 - (double)ParametersAfter / ParametersBefore;
     /// <summary>Parameters of the dense model.</summary>

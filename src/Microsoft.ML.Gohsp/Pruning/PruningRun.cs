@@ -65,7 +65,9 @@ internal sealed class PruningRun
         options.Validate();
         options.ValidateStages(dense.Architecture.Channels);
         if (train.Count == 0) throw new ArgumentException("The training data has no rows.", nameof(train));
-        var run = new PruningRun(dense, train, validation, options, log, progress, cancellationToken) { Teacher = teacher ?? dense };
+        var budget = PruningBudget.Resolve(options, dense.Architecture);
+        var run = new PruningRun(dense, train, validation, options, log, progress, cancellationToken) { Teacher = teacher ?? dense, Budget = budget };
+        if (budget.Latency is not null) run.Log(budget.Describe());
         if (previous is null) run.Measure("dense", dense);
         else
         {
@@ -82,6 +84,8 @@ internal sealed class PruningRun
     public VisionTransformerModel Teacher { get; private init; }
     /// <summary>The training data.</summary>
     public ImageTensorData Train { get; }
+    /// <summary>What the run's allocations spend: parameters, or the latency a table estimates.</summary>
+    public PruningBudget Budget { get; private init; } = null!;
     /// <summary>"gohsp", "somp" or "sgmp": report method, log prefix and training-stage prefix.</summary>
     public string Name { get; }
 
@@ -134,7 +138,8 @@ internal sealed class PruningRun
             if (report.CutShockTop1 is double shock)
                 Log($"cut shock ({preCut} → hard-pruned): top-1 −{shock * 100:F2} points, NLL +{report.CutShockNll:F4}");
             Log($"{report.ParametersBefore:N0} → {report.ParametersAfter:N0} parameters ({report.AchievedSparsity:P1} removed), " +
-                $"{report.FlopsBefore / 1e6:F1} → {report.FlopsAfter / 1e6:F1} MFLOPs/image");
+                $"{report.FlopsBefore / 1e6:F1} → {report.FlopsAfter / 1e6:F1} MFLOPs/image" +
+                (report.EstimatedLatencyMs is double ms ? $", estimated {report.DenseLatencyMs:F2} → {ms:F2} ms per batch of {report.LatencyBatchSize} (target {report.TargetLatencyMs:F2})" : ""));
             return new PruningResult(pruned, report);
         }
         catch
@@ -156,7 +161,12 @@ internal sealed class PruningRun
         {
             Method = Name,
             Stage = stage,
-            RequestedSparsity = _options.Sparsity,
+            RequestedSparsity = Budget.Latency is null ? _options.Sparsity : null,
+            TargetLatencyMs = Budget.TargetMs,
+            LatencyBatchSize = Budget.Latency?.Batch,
+            DenseLatencyMs = Budget.DenseMs,
+            EstimatedLatencyMs = Budget.EstimateMs(plan.PrunedArchitecture(arch)),
+            LatencyDevice = Budget.Latency?.Device,
             ParametersBefore = arch.ParameterCount,
             ParametersAfter = after.ParameterCount,
             FlopsBefore = arch.ForwardFlops,

@@ -5,7 +5,7 @@ namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
 /// Options of SGMP (structured gradual magnitude pruning): the shared <see cref="PruningOptions"/> (<see cref="PruningOptions.Sparsity"/>
-/// is the final sparsity s_f), the gradual phase's training options and the cubic schedule (see <see cref="SgmpSchedule"/>).
+/// is the final sparsity s_f; with a latency target, s_f and every s_t are fractions of the estimated latency), the gradual phase's training options and the cubic schedule (see <see cref="SgmpSchedule"/>).
 /// </summary>
 public class SgmpOptions : PruningOptions
 {
@@ -47,8 +47,11 @@ public class SgmpOptions : PruningOptions
     public override void Validate()
     {
         base.Validate();
-        if (!(InitialSparsity >= 0 && InitialSparsity < Sparsity))
-            throw new ArgumentOutOfRangeException(nameof(InitialSparsity), InitialSparsity, $"InitialSparsity must be in [0, Sparsity = {Sparsity}).");
+        // with a latency target, s_f is a fraction of the latency known at run start (SgmpSchedule.For checks it then)
+        if (!(InitialSparsity >= 0 && (HasLatencyTarget ? InitialSparsity < 1 : InitialSparsity < Sparsity)))
+            throw new ArgumentOutOfRangeException(nameof(InitialSparsity), InitialSparsity, HasLatencyTarget
+                ? "InitialSparsity must be in [0, 1) and below the fraction of the latency the target removes."
+                : $"InitialSparsity must be in [0, Sparsity = {Sparsity}).");
         if (StartStep < 0) throw new ArgumentOutOfRangeException(nameof(StartStep), StartStep, "StartStep must be ≥ 0.");
         if (PruningFrequency < 0) throw new ArgumentOutOfRangeException(nameof(PruningFrequency), PruningFrequency, "PruningFrequency must be ≥ 0 steps (0 = automatic).");
         if (!(RampFraction > 0 && RampFraction <= 1)) throw new ArgumentOutOfRangeException(nameof(RampFraction), RampFraction, "RampFraction must be in (0, 1].");
@@ -76,15 +79,15 @@ public static class SgmpPruner
     {
         PruningRun.RequireDense(dense, "SGMP");
         var run = PruningRun.Start(dense, train, validation, options, log, progress, cancellationToken);
-        var schedule = SgmpSchedule.For(options, (long)TrainingLoop.StepsPerEpoch(train.Count, options.Gradual.BatchSize) * options.Gradual.Epochs);
+        var schedule = SgmpSchedule.For(options, (long)TrainingLoop.StepsPerEpoch(train.Count, options.Gradual.BatchSize) * options.Gradual.Epochs, run.Budget.Fraction);
         run.Log($"cubic schedule: s_i {schedule.InitialSparsity:P1} → s_f {schedule.FinalSparsity:P1}, t0 {schedule.StartStep}, " +
                 $"every {schedule.Frequency} steps, {schedule.PruningSteps} pruning steps, ramp ends at step {schedule.EndStep}");
         var model = dense.Clone();
-        using var hook = new GradualMagnitudePruning(schedule, options.Budget);
+        using var hook = new GradualMagnitudePruning(schedule, options.Budget, run.Budget.Cost);
         try
         {
             run.TrainStage(model, options.Gradual, "gradual", hook);
-            hook.PruneTo(model, options.Sparsity); // no-op when the ramp already reached s_f (it does unless training was cut short)
+            hook.PruneTo(model, run.Budget.Fraction); // no-op when the ramp already reached s_f (it does unless training was cut short)
             run.Log($"gradual phase: sparsity after each pruning step {string.Join(", ", hook.History.Select(e => e.AchievedSparsity.ToString("P1")))}");
             run.Measure("gradually-pruned", model);
             return run.Finish(model, hook.Plan!);

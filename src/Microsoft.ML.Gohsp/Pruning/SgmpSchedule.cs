@@ -60,7 +60,24 @@ public sealed class SgmpSchedule
     public static SgmpSchedule For(SgmpOptions options, long totalSteps)
     {
         ArgumentNullException.ThrowIfNull(options);
+        if (options.HasLatencyTarget)
+            throw new ArgumentException("These options have a latency target, whose final sparsity (a fraction of the latency) is known only against a " +
+                "latency table: pass it with For(options, totalSteps, finalSparsity).", nameof(options));
+        return For(options, totalSteps, options.Sparsity);
+    }
+
+    /// <summary>
+    /// As <see cref="For(SgmpOptions, long)"/>, with the final sparsity s_f given: the fraction of the budget's cost (for a latency
+    /// target, of the estimated latency) the ramp ends at.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">As <see cref="For(SgmpOptions, long)"/>, or <see cref="SgmpOptions.InitialSparsity"/> not below <paramref name="finalSparsity"/>.</exception>
+    public static SgmpSchedule For(SgmpOptions options, long totalSteps, double finalSparsity)
+    {
+        ArgumentNullException.ThrowIfNull(options);
         options.Validate();
+        if (!(options.InitialSparsity < finalSparsity))
+            throw new ArgumentOutOfRangeException(nameof(SgmpOptions.InitialSparsity), options.InitialSparsity,
+                $"InitialSparsity must be below the final sparsity ({finalSparsity:G4}{(options.HasLatencyTarget ? ", the fraction of the estimated latency the latency target removes" : "")}).");
         if (totalSteps < 1) throw new ArgumentOutOfRangeException(nameof(totalSteps), totalSteps, "The gradual phase needs at least one step.");
         long rampEnd = Math.Min((long)Math.Floor(options.RampFraction * totalSteps), totalSteps - 1);
         long length = rampEnd - options.StartStep;
@@ -74,6 +91,6 @@ public sealed class SgmpSchedule
             throw new ArgumentOutOfRangeException(nameof(SgmpOptions.PruningFrequency), options.PruningFrequency,
                 $"PruningFrequency ({dt} steps) is longer than the ramp ({length} steps from StartStep {options.StartStep} to step {rampEnd}, " +
                 $"RampFraction {options.RampFraction} of {totalSteps} steps): there would be no pruning step. Lower it (0 = automatic).");
-        return new SgmpSchedule(options.InitialSparsity, options.Sparsity, options.StartStep, dt, (int)Math.Min(n, int.MaxValue));
+        return new SgmpSchedule(options.InitialSparsity, finalSparsity, options.StartStep, dt, (int)Math.Min(n, int.MaxValue));
     }
 }

@@ -41,7 +41,7 @@ public static class SompPruner
     {
         PruningRun.RequireDense(dense, "SOMP");
         var run = PruningRun.Start(dense, train, validation, options, log, progress, cancellationToken);
-        var plan = StructuredProjection.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense), options.Sparsity, options.Budget);
+        var plan = run.Budget.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense));
         run.Log($"kept heads per block {string.Join(" | ", plan.Blocks.Select(b => string.Join(",", b.Heads)))}");
         return run.Finish(dense, plan);
     }

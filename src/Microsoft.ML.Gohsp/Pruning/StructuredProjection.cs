@@ -222,7 +222,7 @@ public static class StructuredProjection
             }
             if (bestApply is null)
                 throw new ArgumentOutOfRangeException(nameof(sparsity), sparsity,
-                    $"Cannot remove {sparsity:P1} of the parameters: the floors (≥{minHeads} head(s), ≥{minDim} dim(s) per head, ≥{minMlp} MLP neuron(s) per block) and the parts that are never pruned (embeddings, norms, head) leave at least {current:N0} of {total:N0}.");
+                    $"Cannot remove {sparsity:P1} of the {(costModel is null ? "parameters" : "cost (latency)")}: the floors (≥{minHeads} head(s), ≥{minDim} dim(s) per head, ≥{minMlp} MLP neuron(s) per block) and the parts that are never pruned (embeddings, norms, head) leave at least {current:N0} of {total:N0}{(costModel is null ? "" : " (ns)")}.");
             bestApply();
             current -= bestCost;
         }
@@ -236,6 +236,19 @@ public static class StructuredProjection
                 s.MlpOrder.Take(s.Mlp).OrderBy(j => j).ToImmutableArray());
         }).ToImmutableArray();
         return new StructurePlan(blocks);
+    }
+
+    /// <summary>
+    /// Fraction of <paramref name="dense"/>'s cost that <paramref name="pruned"/> (the same depth) removes: of the parameters,
+    /// or of <paramref name="costModel"/>'s units when given.
+    /// </summary>
+    public static double RemovedFraction(ViTArchitecture dense, ViTArchitecture pruned, IBlockCost? costModel = null)
+    {
+        ArgumentNullException.ThrowIfNull(dense);
+        ArgumentNullException.ThrowIfNull(pruned);
+        if (costModel is null) return 1.0 - (double)pruned.ParameterCount / dense.ParameterCount;
+        double Total(ViTArchitecture a) => costModel.NonBlock + a.Blocks.Select((s, b) => (double)costModel.Block(b, s.Heads, s.QkDim, s.VDim, s.MlpHidden)).Sum();
+        return 1.0 - Total(pruned) / Total(dense);
     }
 
     /// <summary>

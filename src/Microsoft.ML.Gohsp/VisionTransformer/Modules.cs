@@ -21,6 +21,8 @@ internal sealed class ViTLinear : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>Whether the layer computes in float32 (not on bfloat16 casts).</summary>
+    public bool Float32 => _settings.Precision != ComputePrecision.BFloat16;
     public int InFeatures => (int)weight.shape[1];
     public int OutFeatures => (int)weight.shape[0];
 
@@ -60,6 +62,17 @@ internal sealed class PatchEmbedding : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        if (!is_grad_enabled())
+        {
+            // Without autograd: the patches gathered into rows [B, N, C·p·p] (one copy of the image) and one matrix
+            // product with the kernel as a [D, C·p·p] matrix. The same sums as the convolution, which libtorch's CPU
+            // kernel runs slower for these few input channels, and the result is contiguous [B, N, D] at once.
+            using var scope = NewDisposeScope();
+            long b = x.shape[0], c = x.shape[1], hh = x.shape[2], ww = x.shape[3], p = proj.weight!.shape[2];
+            var patches = x.reshape(b, c, hh / p, p, ww / p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, hh / p * (ww / p), c * p * p);
+            var w = proj.weight.view(proj.weight.shape[0], -1);
+            return nn.functional.linear(patches, w, proj.bias).MoveToOuterDisposeScope();
+        }
         using var y = proj.forward(x);            // [B, D, H/p, W/p]
         return y.flatten(2).transpose(1, 2);      // [B, N, D]
     }
@@ -199,6 +212,16 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
     private Tensor ForwardInference(Tensor x)
     {
         using var scope = NewDisposeScope();
+        return proj.forward(MergedHeadsInference(x)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Without autograd: every head's output (times its mask) side by side, [B, N, heads·vDim], before the output
+    /// projection. <see cref="Block"/> runs the projection itself, accumulating into the residual stream.
+    /// </summary>
+    internal Tensor MergedHeadsInference(Tensor x)
+    {
+        using var scope = NewDisposeScope();
         int h = Spec.Heads, dq = Spec.QkDim, dv = Spec.VDim;
         var t = qkv.forward(x);                                        // [B, N, h·dq | h·dq | h·dv]
         float[]? mask = null;
@@ -221,7 +244,7 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
             }
         }
         var merged = h == 1 ? outputs[0] : cat(outputs, 2);              // [B, N, h·dv]
-        return proj.forward(merged).MoveToOuterDisposeScope();
+        return merged.MoveToOuterDisposeScope();
     }
 }
 
@@ -299,9 +322,40 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
             return x1.add(m, Scalars.One);
     }
 
-    /// <summary>Same maths as <see cref="forward"/> without autograd: residual adds in place, fewer temporaries.</summary>
+    /// <summary>
+    /// <paramref name="into"/> += <paramref name="input"/>·<paramref name="weight"/>ᵀ in place, one matrix product that
+    /// accumulates into the residual stream (<paramref name="into"/> [..., out], <paramref name="input"/> [..., in],
+    /// <paramref name="weight"/> [out, in]); returns <paramref name="into"/>.
+    /// </summary>
+    internal static Tensor Accumulate(Tensor into, Tensor input, Tensor weight)
+    {
+        using var y = into.view(-1, into.shape[^1]);
+        using var i = input.reshape(-1, input.shape[^1]);
+        using var wt = weight.t();
+        y.addmm_(i, wt);
+        return into;
+    }
+
+    /// <summary>
+    /// Same maths as <see cref="forward"/> without autograd: in float32 the output projection and fc2 accumulate into the
+    /// residual stream; otherwise residual adds in place. Fewer temporaries either way.
+    /// </summary>
     private Tensor ForwardInference(Tensor x)
     {
+        // float32: the output projection and fc2 accumulate into the residual stream (x + b, then += input·Wᵀ in the matrix
+        // product, addmm_), instead of writing a fresh output and adding it: one pass over the [B, N, D] stream fewer per
+        // residual, which matters when pruning has made the products narrow (docs/benchmarks.md)
+        if (x.dtype == ScalarType.Float32 && attn.proj.Float32 && mlp.fc1.Float32 && mlp.fc2.Float32)
+        {
+            Tensor y;
+            using (var n1 = norm1.forward(x))
+            using (var merged = attn.MergedHeadsInference(n1))
+                y = Accumulate(x.add(attn.proj.bias, Scalars.One), merged, attn.proj.weight);
+            using (var n2 = norm2.forward(y))
+            using (var hdn = mlp.fc1.forward(n2))
+            using (var g = nn.functional.gelu(hdn))
+                return Accumulate(y.add_(mlp.fc2.bias, Scalars.One), g, mlp.fc2.weight);
+        }
         Tensor x1;
         using (var n1 = norm1.forward(x))
         {
