@@ -49,7 +49,7 @@ public class Cifar10Tests
     // ---------------------------------------------------------------- folder reading
 
     [Fact]
-    public void Subset_files_are_the_real_ones()
+    public void SubsetFilesAreTheRealOnes()
     {
         var expected = new Dictionary<string, string>
         {
@@ -64,7 +64,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Reads_train_and_test_from_folder()
+    public void ReadsTrainAndTestFromFolder()
     {
         var train = Cifar10.Read(SubsetDir, Cifar10Split.Train);
         var test = Cifar10.Read(SubsetDir, Cifar10Split.Test);
@@ -83,7 +83,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Train_is_batches_1_to_5_concatenated_in_order_with_exact_file_bytes()
+    public void TrainIsBatches1To5ConcatenatedInOrderWithExactFileBytes()
     {
         var train = Cifar10.Read(SubsetDir, Cifar10Split.Train);
         for (int b = 0; b < 5; b++)
@@ -99,7 +99,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Reads_parent_folder_with_cifar_10_batches_bin()
+    public void ReadsParentFolderWithCifar10BatchesBin()
     {
         using var tmp = new TempDir();
         var inner = Directory.CreateDirectory(System.IO.Path.Combine(tmp.Path, "cifar-10-batches-bin")).FullName;
@@ -112,7 +112,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void MaxImages_limits_the_count_across_batches()
+    public void MaxImagesLimitsTheCountAcrossBatches()
     {
         var full = Cifar10.Read(SubsetDir, Cifar10Split.Train);
 
@@ -133,7 +133,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Take_returns_prefix()
+    public void TakeReturnsPrefix()
     {
         var test = Cifar10.Read(SubsetDir, Cifar10Split.Test);
         var t = test.Take(3);
@@ -145,7 +145,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void ToTensorData_has_the_exact_pixel_values_and_labels()
+    public void ToTensorDataHasTheExactPixelValuesAndLabels()
     {
         var test = Cifar10.Read(SubsetDir, Cifar10Split.Test, maxImages: 7);
         var t = test.ToTensorData();
@@ -173,7 +173,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Reads_tar_gz_identically_to_folder()
+    public void ReadsTarGzIdenticallyToFolder()
     {
         using var tmp = new TempDir();
         string archive = BuildArchive(tmp.Path);
@@ -196,7 +196,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Archive_missing_a_batch_gives_clear_error()
+    public void ArchiveMissingABatchGivesClearError()
     {
         using var tmp = new TempDir();
         string archive = BuildArchive(tmp.Path, ["test_batch.bin", "batches.meta.txt"]);
@@ -206,7 +206,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Non_gzip_archive_gives_clear_error()
+    public void NonGzipArchiveGivesClearError()
     {
         using var tmp = new TempDir();
         string archive = System.IO.Path.Combine(tmp.Path, "cifar-10-binary.tar.gz");
@@ -218,7 +218,7 @@ public class Cifar10Tests
     // ---------------------------------------------------------------- errors
 
     [Fact]
-    public void Truncated_batch_file_mentions_3073_file_name_and_length()
+    public void TruncatedBatchFileMentions3073FileNameAndLength()
     {
         using var tmp = new TempDir();
         var raw = File.ReadAllBytes(System.IO.Path.Combine(SubsetDir, "test_batch.bin"));
@@ -235,7 +235,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Truncated_entry_in_archive_mentions_3073()
+    public void TruncatedEntryInArchiveMentions3073()
     {
         using var tmp = new TempDir();
         var raw = File.ReadAllBytes(System.IO.Path.Combine(SubsetDir, "test_batch.bin"));
@@ -252,7 +252,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Label_byte_above_9_is_rejected()
+    public void LabelByteAbove9IsRejected()
     {
         using var tmp = new TempDir();
         var raw = File.ReadAllBytes(System.IO.Path.Combine(SubsetDir, "test_batch.bin"));
@@ -265,7 +265,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Empty_folder_gives_clear_error()
+    public void EmptyFolderGivesClearError()
     {
         using var tmp = new TempDir();
         var ex = FluentActions.Invoking(() => Cifar10.Read(tmp.Path, Cifar10Split.Train))
@@ -278,7 +278,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Folder_missing_train_batches_gives_clear_error()
+    public void FolderMissingTrainBatchesGivesClearError()
     {
         using var tmp = new TempDir();
         File.Copy(System.IO.Path.Combine(SubsetDir, "test_batch.bin"), System.IO.Path.Combine(tmp.Path, "test_batch.bin"));
@@ -291,7 +291,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Nonexistent_path_gives_clear_error()
+    public void NonexistentPathGivesClearError()
     {
         string missing = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "no-such-cifar-" + Guid.NewGuid().ToString("N"));
         FluentActions.Invoking(() => Cifar10.Read(missing, Cifar10Split.Test))
@@ -302,7 +302,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void ValidateFolder_resolves_layouts()
+    public void ValidateFolderResolvesLayouts()
     {
         Cifar10.ValidateFolder(SubsetDir, Cifar10Split.Train).Should().Be(SubsetDir);
         using var tmp = new TempDir();
@@ -314,7 +314,7 @@ public class Cifar10Tests
     // ---------------------------------------------------------------- IDataView
 
     [Fact]
-    public void DataView_schema_and_labels()
+    public void DataViewSchemaAndLabels()
     {
         var ml = new MLContext(seed: 1);
         var test = Cifar10.Read(SubsetDir, Cifar10Split.Test, maxImages: 20);
@@ -343,7 +343,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Pixels_column_matches_file_bytes_and_image_column()
+    public void PixelsColumnMatchesFileBytesAndImageColumn()
     {
         var ml = new MLContext(seed: 1);
         var test = Cifar10.Read(SubsetDir, Cifar10Split.Test, maxImages: 8);
@@ -372,7 +372,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void Pixels_column_equals_ExtractPixels_planar_on_Image_column()
+    public void PixelsColumnEqualsExtractPixelsPlanarOnImageColumn()
     {
         var ml = new MLContext(seed: 1);
         var test = Cifar10.Read(SubsetDir, Cifar10Split.Test, maxImages: 6);
@@ -394,7 +394,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public void DataView_shuffles_and_caches()
+    public void DataViewShufflesAndCaches()
     {
         var ml = new MLContext(seed: 1);
         var test = Cifar10.Read(SubsetDir, Cifar10Split.Test, maxImages: 100);
@@ -423,7 +423,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public async Task Download_writes_via_temp_file_and_returns_readable_archive()
+    public async Task DownloadWritesViaTempFileAndReturnsReadableArchive()
     {
         using var tmp = new TempDir();
         using var src = new TempDir();
@@ -443,7 +443,7 @@ public class Cifar10Tests
     }
 
     [Fact]
-    public async Task Download_incomplete_leaves_no_file()
+    public async Task DownloadIncompleteLeavesNoFile()
     {
         using var tmp = new TempDir();
         using var client = new HttpClient(new FakeHandler(new byte[1000], lieAboutLength: true));
@@ -460,7 +460,7 @@ public class Cifar10Tests
     // ---------------------------------------------------------------- performance
 
     [Fact]
-    public void Reads_a_full_batch_fast_from_a_folder_an_archive_and_an_IDataView()
+    public void ReadsAFullBatchFastFromAFolderAnArchiveAndAnIDataView()
     {
         // One full-size test batch (10,000 records, 30 MB) built by repeating subset records. The bounds are 13–56× what the
         // 2-core AMD EPYC of the reference machine takes while other jobs run (154 ms, 203 ms, 71 ms), so they hold on a loaded

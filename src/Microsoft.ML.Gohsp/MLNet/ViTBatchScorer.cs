@@ -315,7 +315,7 @@ internal sealed class ViTBatchScorer : RowToRowScorerBase
         private readonly DataViewRowCursor _cursor;
         private readonly ValueGetter<VBuffer<float>>? _vector;
         private readonly ValueGetter<VBuffer<byte>>? _encoded;
-        private readonly ValueGetter<MLImage>? _image;
+        private readonly ValueGetter<MLImage?>? _image;
         private readonly string _name;
         private readonly int _size;
         private VBuffer<float> _vectorValue;
@@ -327,7 +327,7 @@ internal sealed class ViTBatchScorer : RowToRowScorerBase
             _cursor = cursor;
             _name = column.Name;
             _size = size;
-            if (column.Type is ImageDataViewType) _image = cursor.GetGetter<MLImage>(column);
+            if (column.Type is ImageDataViewType) _image = cursor.GetGetter<MLImage?>(column);
             else if (column.Type is VectorDataViewType { ItemType: var item } && item == NumberDataViewType.Byte) _encoded = cursor.GetGetter<VBuffer<byte>>(column);
             else _vector = cursor.GetGetter<VBuffer<float>>(column);
         }

@@ -43,7 +43,7 @@ public class SgmpOptions : PruningOptions
     internal override IReadOnlyList<(string Name, ViTTrainingOptions Options)> TrainingStages =>
         [(nameof(Gradual), Gradual), (nameof(FineTune), FineTune)];
 
-    /// <summary>Throws naming the first invalid option (<see cref="SgmpSchedule.For"/> checks the ramp against the data).</summary>
+    /// <summary>Throws naming the first invalid option (<see cref="SgmpSchedule.For(SgmpOptions, long)"/> checks the ramp against the data).</summary>
     public override void Validate()
     {
         base.Validate();

@@ -107,6 +107,12 @@ public static class StructuredProjection
     /// plan whose removed structures stay removed (SGMP's monotone masks): the allocation starts from it and only removes
     /// more; if it already removes enough, it is returned unchanged.
     /// </summary>
+    /// <param name="arch">The dense (or partly pruned) architecture the plan applies to.</param>
+    /// <param name="importance">Importance of every prunable structure, one entry per block of <paramref name="arch"/>.</param>
+    /// <param name="sparsity">Fraction of the total budget (parameters, or <paramref name="costModel"/>'s cost) to remove.</param>
+    /// <param name="options">Floors, tolerance and step sizes of the allocation; defaults when null.</param>
+    /// <param name="fixedHeads">Kept head indices per block, or null to allocate heads in the global budget too.</param>
+    /// <param name="within">A plan whose removed structures stay removed, or null to start from the full model.</param>
     /// <param name="costModel">
     /// What the budget counts (default: parameters). With a cost, <paramref name="sparsity"/> is the fraction of that
     /// cost removed, e.g. of the measured latency (<see cref="LatencyModel"/>, <see cref="LatencyBudget"/>).
