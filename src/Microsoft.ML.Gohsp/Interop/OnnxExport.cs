@@ -159,6 +159,7 @@ public static class OnnxExport
     private static string Block(GraphBuilder g, Dictionary<string, Tensor> w, string p, ViTBlockSpec spec, string x, double eps, bool classTokenOnly)
     {
         int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
+        var layout = spec.Qkv;
         // The attention module scales q·kᵀ by 1/√QkDim (QkDim of this block; pruning already folded the dense scale
         // correction into W_q). The same factor is folded into the query rows of the exported qkv projection.
         float qScale = (float)(1.0 / Math.Sqrt(dq));
@@ -166,28 +167,28 @@ public static class OnnxExport
         var qkvB = w[p + "attn.qkv.bias"].clone();
         using (no_grad())
         {
-            qkvW.narrow(0, 0, (long)h * dq).mul_(qScale);
-            qkvB.narrow(0, 0, (long)h * dq).mul_(qScale);
+            qkvW.narrow(0, 0, layout.QRows).mul_(qScale);
+            qkvB.narrow(0, 0, layout.QRows).mul_(qScale);
         }
         var n1 = LayerNorm(g, w, p + "norm1", x, eps);
         string qIn, kIn, vIn;
         if (classTokenOnly)
         {
             // q for the class token only; k and v for every token (the q rows and the k|v rows of the fused projection)
-            long qRows = (long)h * dq, kvRows = (long)h * (dq + dv);
+            long qRows = layout.QRows, kvRows = layout.KRows + layout.VRows;
             var cls = g.Node("Slice", [n1, g.Shape(0), g.Shape(1), g.Shape(1)]);                                        // [B, 1, D]
             using (var wq = qkvW.narrow(0, 0, qRows)) using (var bq = qkvB.narrow(0, 0, qRows))
                 qIn = Affine(g, p + "attn.q", cls, wq, bq);
             string kv;
-            using (var wkv = qkvW.narrow(0, qRows, kvRows)) using (var bkv = qkvB.narrow(0, qRows, kvRows))
+            using (var wkv = qkvW.narrow(0, layout.KStart, kvRows)) using (var bkv = qkvB.narrow(0, layout.KStart, kvRows))
                 kv = Affine(g, p + "attn.kv", n1, wkv, bkv);
-            var kvParts = g.Nodes("Split", [kv, g.Shape((long)h * dq, (long)h * dv)], 2, GraphBuilder.Int("axis", 2));
+            var kvParts = g.Nodes("Split", [kv, g.Shape(layout.KRows, layout.VRows)], 2, GraphBuilder.Int("axis", 2));
             (kIn, vIn) = (kvParts[0], kvParts[1]);
         }
         else
         {
             var qkv = Affine(g, p + "attn.qkv", n1, qkvW, qkvB);
-            var parts = g.Nodes("Split", [qkv, g.Shape((long)h * dq, (long)h * dq, (long)h * dv)], 3, GraphBuilder.Int("axis", 2));
+            var parts = g.Nodes("Split", [qkv, g.Shape(layout.QRows, layout.KRows, layout.VRows)], 3, GraphBuilder.Int("axis", 2));
             (qIn, kIn, vIn) = (parts[0], parts[1], parts[2]);
         }
         qkvW.Dispose(); qkvB.Dispose();
@@ -195,7 +196,7 @@ public static class OnnxExport
         var kT = g.Node("Transpose", [g.Node("Reshape", [kIn, g.Shape(0, 0, h, dq)])], GraphBuilder.Ints("perm", 0, 2, 3, 1));  // [B, h, dq, N]
         var v = g.Node("Transpose", [g.Node("Reshape", [vIn, g.Shape(0, 0, h, dv)])], GraphBuilder.Ints("perm", 0, 2, 1, 3));   // [B, h, N, dv]
         var attn = g.Node("Softmax", [g.Node("MatMul", [q, kT])], GraphBuilder.Int("axis", -1));
-        var heads = g.Node("Reshape", [g.Node("Transpose", [g.Node("MatMul", [attn, v])], GraphBuilder.Ints("perm", 0, 2, 1, 3)), g.Shape(0, 0, (long)h * dv)]);
+        var heads = g.Node("Reshape", [g.Node("Transpose", [g.Node("MatMul", [attn, v])], GraphBuilder.Ints("perm", 0, 2, 1, 3)), g.Shape(0, 0, layout.VRows)]);
         var proj = Linear(g, w, p + "attn.proj", heads);
         var residual = classTokenOnly ? g.Node("Slice", [x, g.Shape(0), g.Shape(1), g.Shape(1)]) : x;                      // [B, 1, D] or [B, N, D]
         var x1 = g.Node("Add", [residual, proj]);
@@ -232,7 +233,7 @@ public static class OnnxExport
                 var spec = model.Architecture.Blocks[b];
                 var proj = result[$"blocks.{b}.attn.proj.weight"];
                 for (int h = 0; h < spec.Heads; h++)
-                    if (!kept[b].Contains(h)) proj.narrow(1, (long)h * spec.VDim, spec.VDim).zero_();
+                    if (!kept[b].Contains(h)) proj.narrow(1, spec.Qkv.ProjColumn(h, 0), spec.VDim).zero_();
             }
         return result;
     }

@@ -35,15 +35,23 @@ public static class HardPruning
         for (int b = 0; b < dense.Depth; b++)
         {
             var spec = dense.Blocks[b]; var p = plan.Blocks[b];
-            int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
+            var layout = spec.Qkv;
             var qRows = new List<long>(); var kRows = new List<long>(); var vRows = new List<long>(); var projCols = new List<long>();
             for (int i = 0; i < p.Heads.Length; i++)
             {
                 int head = p.Heads[i];
-                foreach (int j in p.QkDims[i]) { qRows.Add(head * dq + j); kRows.Add(h * dq + head * dq + j); }
-                foreach (int j in p.VDims[i]) { vRows.Add(2 * h * dq + head * dv + j); projCols.Add(head * dv + j); }
+                foreach (int j in p.QkDims[i])
+                {
+                    qRows.Add(layout.QRow(head, j));
+                    kRows.Add(layout.KRow(head, j));
+                }
+                foreach (int j in p.VDims[i])
+                {
+                    vRows.Add(layout.VRow(head, j));
+                    projCols.Add(layout.ProjColumn(head, j));
+                }
             }
-            double qScale = Math.Sqrt((double)p.QkDims[0].Length / dq);
+            double qScale = Math.Sqrt((double)p.QkDims[0].Length / spec.QkDim);
             string pre = $"blocks.{b}.";
             using var scope = NewDisposeScope();
             var qkvW = src[pre + "attn.qkv.weight"].cpu();

@@ -197,6 +197,7 @@ public static class HeadGraphRanking
                 using var scope = NewDisposeScope();
                 var spec = a.Blocks[b]; var attn = model.Blocks[b].attn;
                 int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
+                var layout = spec.Qkv;
                 var rows = (attn.qkv.weight * attn.qkv.weight.grad!).abs().sum(1).add_((attn.qkv.bias * attn.qkv.bias.grad!).abs());
                 var cols = (attn.proj.weight * attn.proj.weight.grad!).abs().sum(new long[] { 0 });
                 var r = rows.to(ScalarType.Float64).cpu().data<double>().ToArray();
@@ -204,8 +205,8 @@ public static class HeadGraphRanking
                 var imp = new double[h];
                 for (int i = 0; i < h; i++)
                 {
-                    for (int j = 0; j < dq; j++) imp[i] += r[i * dq + j] + r[h * dq + i * dq + j];
-                    for (int j = 0; j < dv; j++) imp[i] += r[2 * h * dq + i * dv + j] + c[i * dv + j];
+                    for (int j = 0; j < dq; j++) imp[i] += r[layout.QRow(i, j)] + r[layout.KRow(i, j)];
+                    for (int j = 0; j < dv; j++) imp[i] += r[layout.VRow(i, j)] + c[layout.ProjColumn(i, j)];
                 }
                 result[b] = imp;
             }

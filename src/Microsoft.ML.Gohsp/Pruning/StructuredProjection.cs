@@ -66,14 +66,24 @@ public static class StructuredProjection
             var fc1Rows = Rows(weightOf(blk.mlp.fc1.weight), weightOf(blk.mlp.fc1.bias));            // [m]
             var fc2Cols = Cols(weightOf(blk.mlp.fc2.weight));                                        // [m]
             int d = a.EmbedDim;
-            var q = qkvRows.AsSpan(0, h * dq); var k = qkvRows.AsSpan(h * dq, h * dq); var v = qkvRows.AsSpan(2 * h * dq, h * dv);
+            var layout = spec.Qkv;
             var heads = new float[h]; var qkd = new float[h][]; var vd = new float[h][];
             for (int i = 0; i < h; i++)
             {
                 qkd[i] = new float[dq]; vd[i] = new float[dv];
                 double sum = 0;
-                for (int j = 0; j < dq; j++) { float s = q[i * dq + j] + k[i * dq + j]; qkd[i][j] = s / (2 * (d + 1)); sum += s; }
-                for (int j = 0; j < dv; j++) { float s = v[i * dv + j] + projCols[i * dv + j]; vd[i][j] = s / (2 * d + 1); sum += s; }
+                for (int j = 0; j < dq; j++)
+                {
+                    float s = qkvRows[layout.QRow(i, j)] + qkvRows[layout.KRow(i, j)];
+                    qkd[i][j] = s / (2 * (d + 1));
+                    sum += s;
+                }
+                for (int j = 0; j < dv; j++)
+                {
+                    float s = qkvRows[layout.VRow(i, j)] + projCols[layout.ProjColumn(i, j)];
+                    vd[i][j] = s / (2 * d + 1);
+                    sum += s;
+                }
                 heads[i] = (float)(sum / ((2 * dq + dv) * (d + 1) + dv * d));
             }
             var mlp = new float[m];
@@ -322,13 +332,21 @@ public static class StructuredProjection
         for (int b = 0; b < arch.Depth; b++)
         {
             var spec = arch.Blocks[b]; var p = plan.Blocks[b];
-            int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
-            var qkv = new float[spec.QkvWidth]; var proj = new float[spec.AttentionOutWidth]; var mlp = new float[spec.MlpHidden];
+            var layout = spec.Qkv;
+            var qkv = new float[layout.Rows]; var proj = new float[layout.VRows]; var mlp = new float[spec.MlpHidden];
             for (int i = 0; i < p.Heads.Length; i++)
             {
                 int head = p.Heads[i];
-                foreach (int j in p.QkDims[i]) { qkv[head * dq + j] = 1; qkv[h * dq + head * dq + j] = 1; }
-                foreach (int j in p.VDims[i]) { qkv[2 * h * dq + head * dv + j] = 1; proj[head * dv + j] = 1; }
+                foreach (int j in p.QkDims[i])
+                {
+                    qkv[layout.QRow(head, j)] = 1;
+                    qkv[layout.KRow(head, j)] = 1;
+                }
+                foreach (int j in p.VDims[i])
+                {
+                    qkv[layout.VRow(head, j)] = 1;
+                    proj[layout.ProjColumn(head, j)] = 1;
+                }
             }
             foreach (int j in p.MlpNeurons) mlp[j] = 1;
             masks[b] = new BlockMasks

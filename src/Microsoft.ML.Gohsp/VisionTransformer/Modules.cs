@@ -107,9 +107,10 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
     {
         long b = x.shape[0], n = x.shape[1];
         int h = Spec.Heads, dq = Spec.QkDim, dv = Spec.VDim;
+        var layout = Spec.Qkv;
         using var t = qkv.forward(x);
         // split (not three narrows): its backward is a single cat instead of three zero-filled full-width buffers.
-        var parts = t.split([(long)h * dq, (long)h * dq, (long)h * dv], -1);
+        var parts = t.split(new long[] { layout.QRows, layout.KRows, layout.VRows }, -1);
         try
         {
             return (parts[0].view(b, n, h, dq).transpose(1, 2),
@@ -194,10 +195,11 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         long b = x.shape[0], n = x.shape[1];
         int h = Spec.Heads, dq = Spec.QkDim, dv = Spec.VDim;
+        var layout = Spec.Qkv;
         var cls = x.narrow(1, 0, 1);
-        var q = qkv.ForwardRows(cls, 0, (long)h * dq).view(b, 1, h, dq).transpose(1, 2);   // [B, h, 1, dq]
-        var kv = qkv.ForwardRows(x, (long)h * dq, (long)h * (dq + dv));                      // [B, N, h·dq | h·dv]
-        var parts = kv.split([(long)h * dq, (long)h * dv], -1);
+        var q = qkv.ForwardRows(cls, 0, layout.QRows).view(b, 1, h, dq).transpose(1, 2);   // [B, h, 1, dq]
+        var kv = qkv.ForwardRows(x, layout.KStart, layout.KRows + layout.VRows);            // [B, N, h·dq | h·dv]
+        var parts = kv.split(new long[] { layout.KRows, layout.VRows }, -1);
         var kT = parts[0].view(b, n, h, dq).permute(0, 2, 3, 1);                            // [B, h, dq, N]
         var v = parts[1].view(b, n, h, dv).transpose(1, 2);                                 // [B, h, N, dv]
         return ProjectHeads(Attend(q, kT, v)).MoveToOuterDisposeScope();                    // Attend: [B, h, 1, dv]
@@ -223,16 +225,17 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         int h = Spec.Heads, dq = Spec.QkDim, dv = Spec.VDim;
+        var layout = Spec.Qkv;
         var t = qkv.forward(x);                                        // [B, N, h·dq | h·dq | h·dv]
         float[]? mask = null;
         if (HeadMask is not null) { using var m = HeadMask.cpu(); mask = m.data<float>().ToArray(); }
         var outputs = new Tensor[h];
         for (int i = 0; i < h; i++)
         {
-            var v = t.narrow(2, 2L * h * dq + (long)i * dv, dv);       // [B, N, dv]
+            var v = t.narrow(2, layout.VRow(i, 0), dv);                  // [B, N, dv]
             if (mask is not null && mask[i] == 0) { outputs[i] = zeros_like(v); continue; }
-            var q = t.narrow(2, (long)i * dq, dq);                       // [B, N, dq]
-            var k = t.narrow(2, (long)(h + i) * dq, dq);                 // [B, N, dq]
+            var q = t.narrow(2, layout.QRow(i, 0), dq);                  // [B, N, dq]
+            var k = t.narrow(2, layout.KRow(i, 0), dq);                  // [B, N, dq]
             using var scale = (1.0 / Math.Sqrt(dq)).ToScalar();   // held across the call (see Scores)
             var s = bmm(q, k.transpose(1, 2)).mul_(scale);
             var p = s.softmax(-1);

@@ -16,10 +16,13 @@ namespace Microsoft.ML.Gohsp.VisionTransformer;
 public sealed record ViTBlockSpec(int Heads, int QkDim, int VDim, int MlpHidden)
 {
     /// <summary>Width of the fused query/key/value projection: <c>Heads·(2·QkDim + VDim)</c>.</summary>
-    public int QkvWidth => Heads * (2 * QkDim + VDim);
+    public int QkvWidth => Qkv.Rows;
 
     /// <summary>Input width of the attention output projection: <c>Heads·VDim</c>.</summary>
-    public int AttentionOutWidth => Heads * VDim;
+    public int AttentionOutWidth => Qkv.VRows;
+
+    /// <summary>Which rows of the fused qkv projection belong to which head.</summary>
+    internal QkvLayout Qkv => new(this);
 
     /// <inheritdoc />
     public override string ToString() =>
