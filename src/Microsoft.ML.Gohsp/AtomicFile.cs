@@ -11,10 +11,7 @@ public static class AtomicFile
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(write);
-        var full = Path.GetFullPath(path);
-        var dir = Path.GetDirectoryName(full) ?? ".";
-        Directory.CreateDirectory(dir);
-        var tmp = Path.Combine(dir, TemporaryPrefix(full) + Guid.NewGuid().ToString("N")[..8] + ".tmp");
+        var (full, tmp) = Temporary(path);
         try
         {
             using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
@@ -26,9 +23,49 @@ public static class AtomicFile
         }
         catch
         {
-            try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            DeleteQuietly(tmp);
             throw;
         }
+    }
+
+    /// <summary>
+    /// Writes <paramref name="path"/> atomically with the content produced asynchronously by <paramref name="write"/>
+    /// (a download, for example): an exception or a cancellation inside it leaves no file behind and the previous one untouched.
+    /// </summary>
+    internal static async Task WriteAsync(string path, Func<Stream, CancellationToken, Task> write, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ArgumentNullException.ThrowIfNull(write);
+        var (full, tmp) = Temporary(path);
+        try
+        {
+            await using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true))
+            {
+                await write(fs, ct).ConfigureAwait(false);
+                await fs.FlushAsync(ct).ConfigureAwait(false);
+                fs.Flush(flushToDisk: true);
+            }
+            File.Move(tmp, full, overwrite: true);
+        }
+        catch
+        {
+            DeleteQuietly(tmp);
+            throw;
+        }
+    }
+
+    /// <summary>The full target path and a fresh temporary file name beside it (the folder is created).</summary>
+    private static (string Full, string Temporary) Temporary(string path)
+    {
+        var full = Path.GetFullPath(path);
+        var dir = Path.GetDirectoryName(full) ?? ".";
+        Directory.CreateDirectory(dir);
+        return (full, Path.Combine(dir, TemporaryPrefix(full) + Guid.NewGuid().ToString("N")[..8] + ".tmp"));
+    }
+
+    private static void DeleteQuietly(string file)
+    {
+        try { File.Delete(file); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
     /// <summary>

@@ -5,6 +5,7 @@ using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp.Interop;
 using Microsoft.ML.Gohsp;
+using Microsoft.ML.Gohsp.Platform;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using TorchSharp;

@@ -166,12 +166,12 @@ public class ViTArchitectureTests
     public void CreatingAModelTunesGlibcMallocOnLinux()
     {
         using var model = new VisionTransformerModel(Heterogeneous(), seed: 1);
-        Training.NativeAllocator.Status.Should().NotBe("not attempted yet");
+        Platform.NativeAllocator.Status.Should().NotBe("not attempted yet");
         bool environmentOptsOut = Environment.GetEnvironmentVariable("GOHSP_TUNE_MALLOC") == "0"
             || new[] { "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_" }.Any(v => Environment.GetEnvironmentVariable(v) is not null)
             || (Environment.GetEnvironmentVariable("LD_PRELOAD") ?? "").Contains("malloc", StringComparison.OrdinalIgnoreCase);
         bool glibc = OperatingSystem.IsLinux() && System.Runtime.InteropServices.NativeLibrary.TryLoad("libc.so.6", out _);
-        Training.NativeAllocator.IsTuned.Should().Be(glibc && !environmentOptsOut, Training.NativeAllocator.Status);
+        Platform.NativeAllocator.IsTuned.Should().Be(glibc && !environmentOptsOut, Platform.NativeAllocator.Status);
     }
 
     [Fact]

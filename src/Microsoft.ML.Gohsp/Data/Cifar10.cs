@@ -753,8 +753,9 @@ public static class Cifar10
     /// <param name="ct">Cancels the download; the partial file is deleted.</param>
     /// <returns>The full path of the archive, which can be passed to <see cref="Read"/>.</returns>
     /// <remarks>
-    /// The data is written to a temporary file in <paramref name="targetFolder"/> and moved into place only after it
-    /// has been completely received (and its size checked), so a half-written archive never appears under the final name.
+    /// The data is written through <see cref="AtomicFile"/>: to a temporary file in <paramref name="targetFolder"/>, moved
+    /// into place only after it has been completely received (and its size checked), so a half-written archive never
+    /// appears under the final name.
     /// If the archive already exists and is not empty it is returned without downloading again.
     /// </remarks>
     /// <exception cref="HttpRequestException">The server could not be reached or returned an error status.</exception>
@@ -781,44 +782,28 @@ public static class Cifar10
         if (File.Exists(destination) && new FileInfo(destination).Length > 0)
             return destination;
 
-        string temp = Path.Combine(folder, $"{ArchiveFileName}.{Guid.NewGuid():N}.part");
-        try
+        await AtomicFile.WriteAsync(destination, async (output, token) =>
         {
-            using (var response = await client.GetAsync(uri, HttpCompletionOption.ResponseHeadersRead, ct).ConfigureAwait(false))
+            using var response = await client.GetAsync(uri, HttpCompletionOption.ResponseHeadersRead, token).ConfigureAwait(false);
+            response.EnsureSuccessStatusCode();
+            long? total = response.Content.Headers.ContentLength;
+            long read = 0;
+            await using var input = await response.Content.ReadAsStreamAsync(token).ConfigureAwait(false);
+            byte[] buffer = new byte[1 << 16];
+            progress?.Report((0, total));
+            int n;
+            while ((n = await input.ReadAsync(buffer, token).ConfigureAwait(false)) > 0)
             {
-                response.EnsureSuccessStatusCode();
-                long? total = response.Content.Headers.ContentLength;
-                long read = 0;
-                await using var input = await response.Content.ReadAsStreamAsync(ct).ConfigureAwait(false);
-                await using (var output = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true))
-                {
-                    byte[] buffer = new byte[1 << 16];
-                    progress?.Report((0, total));
-                    int n;
-                    while ((n = await input.ReadAsync(buffer, ct).ConfigureAwait(false)) > 0)
-                    {
-                        await output.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
-                        read += n;
-                        progress?.Report((read, total));
-                    }
-                    await output.FlushAsync(ct).ConfigureAwait(false);
-                }
-
-                if (read <= 0)
-                    throw new InvalidDataException($"Download of '{uri}' returned no data.");
-                if (total is { } expected && read != expected)
-                    throw new InvalidDataException($"Download of '{uri}' was incomplete: received {read} of {expected} bytes.");
+                await output.WriteAsync(buffer.AsMemory(0, n), token).ConfigureAwait(false);
+                read += n;
+                progress?.Report((read, total));
             }
 
-            File.Move(temp, destination, overwrite: true);
-            return destination;
-        }
-        finally
-        {
-            if (File.Exists(temp))
-            {
-                try { File.Delete(temp); } catch (IOException) { /* best effort */ }
-            }
-        }
+            if (read <= 0)
+                throw new InvalidDataException($"Download of '{uri}' returned no data.");
+            if (total is { } expected && read != expected)
+                throw new InvalidDataException($"Download of '{uri}' was incomplete: received {read} of {expected} bytes.");
+        }, ct).ConfigureAwait(false);
+        return destination;
     }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text;
+using Microsoft.ML.Gohsp.Platform;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using TorchSharp;
 using TorchSharp.Modules;

@@ -31,7 +31,7 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
     {
         ArgumentNullException.ThrowIfNull(architecture);
         architecture.Validate();
-        Training.NativeAllocator.EnsureTuned();
+        Platform.NativeAllocator.EnsureTuned();
         Architecture = architecture;
         _inferenceSliceSize = DefaultInferenceSliceSize(architecture);
         int d = architecture.EmbedDim;

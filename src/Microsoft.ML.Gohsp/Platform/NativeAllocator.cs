@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace Microsoft.ML.Gohsp.Training;
+namespace Microsoft.ML.Gohsp.Platform;
 
 /// <summary>
 /// Keeps freed tensor memory mapped for reuse on Linux with glibc. libtorch allocates CPU tensors with <c>malloc</c>.

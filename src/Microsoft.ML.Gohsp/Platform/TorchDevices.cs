@@ -1,7 +1,8 @@
+using Microsoft.ML.Gohsp.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Microsoft.ML.Gohsp.Training;
+namespace Microsoft.ML.Gohsp.Platform;
 
 /// <summary>Resolves <see cref="ViTDevice"/> to a TorchSharp device and applies thread settings.</summary>
 public static class TorchDevices
