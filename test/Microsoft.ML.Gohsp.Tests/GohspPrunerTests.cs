@@ -109,7 +109,8 @@ public class GohspPrunerTests(ITestOutputHelper output)
         using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 1);
         var data = HeadGraphRankingTests.RandomImages(8);
         ((Action)(() => GohspPruner.Run(dense, data, null, new GohspOptions { Sparsity = 1.2 }))).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*Sparsity*(0, 1)*");
-        ((Action)(() => GohspPruner.Run(dense, data, null, new GohspOptions { HeadBudget = HeadBudget.Fraction, HeadPruningFraction = 0.95 }))).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*would empty a block*");
+        ((Action)(() => GohspPruner.Run(dense, data, null, new GohspOptions { HeadBudget = HeadBudget.Fraction, HeadPruningFraction = 0.95, HeadPruning = HeadPruningMode.Hard }))).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*would empty a block*");
+        ((Action)(() => GohspPruner.Run(dense, data, null, new GohspOptions { HeadBudget = HeadBudget.Fraction }))).Should().Throw<ArgumentException>().WithMessage("*HeadBudget.Fraction*HeadPruning*Hard or Soft*");
         ((Action)(() => GohspPruner.Run(dense, HeadGraphRankingTests.RandomImages(0), null, new GohspOptions()))).Should().Throw<ArgumentException>().WithMessage("*no rows*");
     }
 }

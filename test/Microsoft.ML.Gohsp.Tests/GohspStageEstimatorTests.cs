@@ -14,8 +14,9 @@ namespace Microsoft.ML.Gohsp.Tests;
 /// <summary>GOHSP one stage at a time: head ranking, soft pruning, hard pruning + fine-tuning as separate estimators.</summary>
 public class GohspStageEstimatorTests(ITestOutputHelper output)
 {
-    private static GohspPruningEstimator.Options Options(IDataView? validation = null) => new()
+    private static GohspPruningEstimator.Options Options(IDataView? validation = null, HeadPruningMode heads = HeadPruningMode.Hard) => new()
     {
+        HeadPruning = heads,
         Sparsity = 0.4,
         HeadPruningFraction = 0.25,
         CalibrationImages = 64,
@@ -96,6 +97,47 @@ public class GohspStageEstimatorTests(ITestOutputHelper output)
         using var x = randn(4, 3, 32, 32);
         using (no_grad())
         using (var a = staged.LastTransformer.Model.Model.forward(x))
+        using (var b = whole.Model.Model.forward(x))
+            TensorAssert.MaxAbsDiff(a, b).Should().BeLessThan(1e-4);
+        Directory.Delete(dir, true);
+    }
+
+    [Fact]
+    public void GuidedStagesFixNoHeadCarryTheRankingThroughSaveLoadAndEqualTheWholePipeline()
+    {
+        var ml = new MLContext(1);
+        var train = Cifar10.ToDataView(ml, Cifar10.Read(Cifar10Tests.SubsetDir, Cifar10Split.Train, 512));
+        var vit = TrainedModelFixture.SmallOptions();
+        vit.Epochs = 2;
+        vit.ImageColumnName = "Pixels";
+        var prefix = ml.Transforms.Conversion.MapValueToKey("Label")
+            .Append(ml.Transforms.ExtractPixels("Pixels", "Image", interleavePixelColors: false));
+        var dense = prefix.Append(ml.MulticlassClassification.Trainers.ViTClassification(vit)).Fit(train);
+        var scored = dense.Transform(train);
+        var o = Options(heads: HeadPruningMode.Guided);
+
+        var ranked = ml.Transforms.GohspRankHeads(o, dense).Fit(scored);
+        ranked.Model.Model.KeptHeads.Should().BeNull("guided head pruning masks no head at stage 1");
+        var r1 = ranked.Model.PruningReport!;
+        r1.Blocks.Should().OnlyContain(b => b.KeptHeads.Length == b.DenseHeads && b.StationaryProbabilities.All(p => p > 0),
+            "the stage-1 report ranks every head");
+
+        // the ranking travels in the saved model to stage 2
+        var dir = Directory.CreateTempSubdirectory("gohsp-guided-").FullName;
+        var zip = Path.Combine(dir, "ranked.zip");
+        ml.Model.SaveAtomically(new TransformerChain<ITransformer>(dense.Take(2).Append<ITransformer>(ranked).ToArray()), train.Schema, zip);
+        var loaded = new MLContext(2).Model.Load(zip, out _);
+        DenseViTLocator.FindViT(loaded)!.Model.PruningReport!.Blocks.Select(b => b.StationaryProbabilities)
+            .Should().BeEquivalentTo(r1.Blocks.Select(b => b.StationaryProbabilities));
+        var soft = ml.Transforms.GohspSoftPrune(o, loaded).Fit(loaded.Transform(train));
+        var final = ml.Transforms.GohspHardPrune(o, soft, teacher: dense).Fit(soft.Transform(loaded.Transform(train)));
+        final.Model.PruningReport!.AchievedSparsity.Should().BeApproximately(0.4, 0.01);
+
+        var whole = ml.Transforms.GohspPrune(Options(heads: HeadPruningMode.Guided), dense).Fit(scored);
+        final.Model.Architecture.Should().Be(whole.Model.Architecture, "the staged pipeline and GohspPrune make the same guided choices");
+        using var x = randn(4, 3, 32, 32);
+        using (no_grad())
+        using (var a = final.Model.Model.forward(x))
         using (var b = whole.Model.Model.forward(x))
             TensorAssert.MaxAbsDiff(a, b).Should().BeLessThan(1e-4);
         Directory.Delete(dir, true);

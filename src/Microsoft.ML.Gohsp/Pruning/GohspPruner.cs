@@ -56,6 +56,9 @@ public class GohspOptions : PruningOptions
         base.Validate();
         if (!Enum.IsDefined(HeadBudget)) throw new ArgumentOutOfRangeException(nameof(HeadBudget), HeadBudget, "HeadBudget must be Global or Fraction.");
         if (!Enum.IsDefined(HeadPruning)) throw new ArgumentOutOfRangeException(nameof(HeadPruning), HeadPruning, "HeadPruning must be Soft, Hard or Guided.");
+        if (HeadPruning == HeadPruningMode.Guided && HeadBudget == HeadBudget.Fraction)
+            throw new ArgumentException("HeadBudget.Fraction fixes a fraction of the heads at stage 1, which HeadPruning = Guided does not do " +
+                "(guided heads compete in the global budget at every projection). Set HeadPruning to Hard or Soft to use HeadBudget.Fraction.", nameof(HeadBudget));
         if (!Enum.IsDefined(HeadScore)) throw new ArgumentOutOfRangeException(nameof(HeadScore), HeadScore, "HeadScore must be Graph or SaliencyPersonalizedGraph.");
         if (!(HeadPruningFraction >= 0 && HeadPruningFraction < 1)) throw new ArgumentOutOfRangeException(nameof(HeadPruningFraction), HeadPruningFraction, "HeadPruningFraction must be in [0, 1).");
         if (CalibrationImages <= 0) throw new ArgumentOutOfRangeException(nameof(CalibrationImages), CalibrationImages, "CalibrationImages must be positive.");
