@@ -106,6 +106,8 @@ public class BaselineEstimatorTests(SmallDenseViTFixture f, ITestOutputHelper ou
             {
                 CalibrationImages = 64, SoftPruning = BaselinePrunerTests.Stage(constantRate: true), FineTune = Stage(),
                 HeadBudget = method == "gohsp" ? HeadBudget.Global : HeadBudget.Fraction, HeadPruningFraction = 0.25,
+                // a fixed fraction of heads is cut at stage 1, which Hard (or Soft) head pruning does; Guided refuses it
+                HeadPruning = method == "gohsp" ? HeadPruningMode.Guided : HeadPruningMode.Hard,
             },
             "somp" => new SompPruningEstimator.Options { FineTune = Stage() },
             _ => new SgmpPruningEstimator.Options { Gradual = BaselinePrunerTests.Stage(constantRate: true), FineTune = Stage() },
