@@ -148,12 +148,7 @@ public static class GohspPruner
         else if (options.HeadBudget == HeadBudget.Global)
         {
             // heads compete with every other structure: magnitude score × graph importance (mean 1 per block)
-            var imp = StructuredProjection.Magnitude(dense);
-            var weighted = imp.Select((b, i) => new BlockImportance
-            {
-                Heads = b.Heads.Select((v, h) => (float)(v * graphImportance[i][h])).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
-            }).ToArray();
-            plan = run.Budget.Allocate(dense.Architecture, weighted);
+            plan = run.Budget.Allocate(dense.Architecture, WeightHeads(StructuredProjection.Magnitude(dense), graphImportance));
         }
         else
         {
@@ -304,13 +299,16 @@ public static class GohspPruner
         return (model, weightOf) =>
         {
             var imp = StructuredProjection.Magnitude(model, weightOf);
-            if (imp.Length != graph.Length || imp.Select((b, i) => b.Heads.Length != graph[i].Length).Any(x => x)) return imp;
-            return imp.Select((b, i) => new BlockImportance
-            {
-                Heads = b.Heads.Select((v, h) => (float)(v * graph[i][h])).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
-            }).ToArray();
+            return imp.Length != graph.Length || imp.Select((b, i) => b.Heads.Length != graph[i].Length).Any(x => x) ? imp : WeightHeads(imp, graph);
         };
     }
+
+    /// <summary>Each head's magnitude score times its graph importance (mean 1 per block); the other structures as they are.</summary>
+    private static BlockImportance[] WeightHeads(IReadOnlyList<BlockImportance> magnitude, IReadOnlyList<double[]> graph) =>
+        magnitude.Select((b, i) => new BlockImportance
+        {
+            Heads = b.Heads.Select((v, h) => (float)(v * graph[i][h])).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
+        }).ToArray();
 
     /// <summary>The stationary probability of (block, head) from an earlier stage's report; null when there is none.</summary>
     private static Func<int, int, double>? HeadScores(PruningReport? previous)
