@@ -47,7 +47,8 @@ public class BudgetAllocatorTests
                 var deit = ViTArchitecture.FromPreset("deit-small", 1000);
                 return StructuredProjection.Allocate(deit, Random(deit, 3), 0.5);
             case "hetero-fixed-30":
-                return StructuredProjection.Allocate(hetero, Random(hetero, 5), 0.3, fixedHeads: new[] { new[] { 0, 2 }, new[] { 0 }, new[] { 1, 2 } });
+                var heads = new[] { new[] { 0, 2 }, new[] { 0 }, new[] { 1, 2 } };
+                return StructuredProjection.Allocate(hetero, Random(hetero, 5), 0.3, fixedHeads: heads);
             case "hetero-fine-50": return StructuredProjection.Allocate(hetero, Random(hetero, 6), 0.5, fine);
             case "tiny-fixed-granularity-4":
                 return StructuredProjection.Allocate(tiny, Random(tiny, 8), 0.5, new BudgetOptions { Granularity = 4 },
@@ -65,7 +66,8 @@ public class BudgetAllocatorTests
                 var coarse = StructuredProjection.Allocate(tiny, Random(tiny, 10), 0.4);
                 return StructuredProjection.Allocate(tiny, Random(tiny, 11), 0.65, fine, within: coarse);
             case "micro-latency-30":
-                return StructuredProjection.Allocate(micro, Random(micro, 6), 0.3, costModel: LatencyBudgetTests.SyntheticFor(micro).CostOf(micro));
+                var table = LatencyBudgetTests.SyntheticFor(micro);
+                return StructuredProjection.Allocate(micro, Random(micro, 6), 0.3, costModel: table.CostOf(micro));
             case "tiny-latency-within":
                 var cost = LatencyBudgetTests.SyntheticFor(tiny).CostOf(tiny);
                 var start = StructuredProjection.Allocate(tiny, Random(tiny, 12), 0.2, costModel: cost);

@@ -220,9 +220,9 @@ public class GohspConvergenceTests(ITestOutputHelper output)
             },
         };
         var within = new StructurePlan(ImmutableArray.Create(BlockPlan.KeepAll(arch.Blocks[0]) with { MlpNeurons = ImmutableArray.Create(0, 1, 2, 3) }));
-        var means = StructuredProjection.KindMeans(imp, within);
+        var means = BudgetAllocator.KindMeans(imp, within);
         means.Mlp.Should().BeApproximately(0.6, 1e-6, "the mean of the 4 kept neurons, not of all 8");
-        StructuredProjection.KindMeans(imp, null).Mlp.Should().BeApproximately(0.3, 1e-6);
+        BudgetAllocator.KindMeans(imp, null).Mlp.Should().BeApproximately(0.3, 1e-6);
 
         // The next removal: kept MLP neuron 0.2 normalises to 0.33 (vs 0.67 if the zeros counted); the lowest q/k dim to 0.5.
         long current = within.PrunedArchitecture(arch).ParameterCount;

@@ -10,20 +10,6 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
-/// What <see cref="StructuredProjection.Allocate"/> spends instead of parameters: the cost of the parts it never prunes,
-/// and of one block at given widths, in integer units (parameters, nanoseconds, ...). Costs must not grow when a width
-/// shrinks.
-/// </summary>
-public interface IBlockCost
-{
-    /// <summary>Cost of everything outside the blocks (embeddings, final norm, head).</summary>
-    long NonBlock { get; }
-
-    /// <summary>Cost of block <paramref name="block"/> with these widths.</summary>
-    long Block(int block, int heads, int qkDim, int vDim, int mlpWidth);
-}
-
-/// <summary>
 /// Inference latency of a ViT on this device, as a small table of measured timings: per block, the attention part
 /// (qkv, attention core, output projection) by head count and per-head width, the MLP part by width and the fixed
 /// part (norms, residual adds), for a full block and for the last block (which computes the class token only,
@@ -281,28 +267,5 @@ public sealed record LatencyModel
         var r = (double[])ms.Clone();
         for (int i = r.Length - 2; i >= 0; i--) r[i] = Math.Min(r[i], r[i + 1]);
         return r;
-    }
-}
-
-/// <summary>Pruning to a latency instead of a parameter fraction.</summary>
-public static class LatencyBudget
-{
-    /// <summary>
-    /// The plan that brings <paramref name="arch"/> to <paramref name="targetMs"/> per forward of
-    /// <see cref="LatencyModel.Batch"/> images, by <paramref name="latency"/>'s estimate: the same global allocation as
-    /// <see cref="StructuredProjection.Allocate"/> (importance normalised per kind, granularity, floors), spending
-    /// latency instead of parameters. <see cref="BudgetOptions.Tolerance"/> is a fraction of the dense latency.
-    /// </summary>
-    /// <exception cref="ArgumentOutOfRangeException">The target is not below the dense latency, or not reachable under the floors.</exception>
-    public static StructurePlan Allocate(ViTArchitecture arch, IReadOnlyList<BlockImportance> importance, double targetMs,
-        LatencyModel latency, BudgetOptions? options = null)
-    {
-        ArgumentNullException.ThrowIfNull(arch);
-        ArgumentNullException.ThrowIfNull(latency);
-        double denseMs = latency.ModelMs(arch);
-        if (!(targetMs > 0 && targetMs < denseMs))
-            throw new ArgumentOutOfRangeException(nameof(targetMs), targetMs,
-                $"The target latency must be positive and below the dense model's {denseMs:F2} ms (batch {latency.Batch}).");
-        return StructuredProjection.Allocate(arch, importance, 1 - targetMs / denseMs, options, costModel: latency.CostOf(arch));
     }
 }
