@@ -1,11 +1,8 @@
-using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using Microsoft.ML.Gohsp.Diagnostics;
 using Microsoft.ML.Gohsp.VisionTransformer;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Microsoft.ML.Gohsp.Pruning;
 
@@ -123,7 +120,7 @@ public sealed record LatencyModel
     // the table layout and measurement method: a cache written by another version is measured again
     private const int TableVersion = 3;
 
-    private static string ConfigOf(ViTArchitecture a, int batch) =>
+    internal static string ConfigOf(ViTArchitecture a, int batch) =>
         $"table v{TableVersion}, embed {a.EmbedDim}, tokens {a.SequenceLength}, depth {a.Depth}, batch {batch}, dense {string.Join(" ", a.Blocks.Distinct().Select(b => $"{b.Heads}x{b.QkDim}/{b.VDim}-{b.MlpHidden}"))}";
 
     /// <summary>
@@ -132,140 +129,5 @@ public sealed record LatencyModel
     /// runs the dense model in, medians of <paramref name="reps"/> rounds; every entry is then scaled by one factor so that
     /// the table's estimate of the dense model equals the dense forward timed in the same rounds.
     /// </summary>
-    public static LatencyModel Measure(ViTArchitecture dense, int batch, int reps = 5)
-    {
-        using var scope = NewDisposeScope();
-        using var _ = no_grad();
-        int d = dense.EmbedDim, n = dense.SequenceLength;
-        int maxHeads = dense.Blocks.Max(b => b.Heads), maxDim = dense.Blocks.Max(b => Math.Max(b.QkDim, b.VDim));
-        int maxMlp = dense.Blocks.Max(b => b.MlpHidden);
-        int step = Math.Max(8, maxDim / 8);
-        var headDims = Enumerable.Range(1, maxDim / step).Select(i => i * step).ToArray();
-        int mlpStep = Math.Max(8, maxMlp / 12 / 8 * 8);
-        var mlpWidths = Enumerable.Range(1, maxMlp / mlpStep).Select(i => i * mlpStep).Append(maxMlp).Distinct().ToArray();
-        using var probe = new VisionTransformerModel(dense, seed: 0);
-        probe.eval();
-        long slice = Math.Min(batch, probe.InferenceSliceSize);
-        var slices = VisionTransformerModel.SliceRanges(batch, (int)slice).Select(r => r.Length).ToArray();
-        var x = randn(slices[0], n, d);
-        var cls = randn(slices[0], 1, d);
-        var images = randn(slices[0], dense.Channels, dense.ImageSize, dense.ImageSize);
-        var owned = new List<IDisposable>();
-        // every timing is one entry; all entries are timed once per round, round after round, so that a slow minute of
-        // the machine touches every entry alike instead of a run of neighbouring widths
-        var parts = new List<Func<Tensor>>();
-        int Add(Func<Tensor> f) { parts.Add(f); return parts.Count - 1; }
-        T Keep<T>(T m) where T : IDisposable { owned.Add(m); return m; }
-        int[][] AttentionParts(bool last) => Enumerable.Range(1, maxHeads).Select(h => headDims.Select(w =>
-        {
-            var m = Keep(new VisionTransformerModel(Single(dense, new ViTBlockSpec(h, w, w, 8)), seed: 0));
-            m.eval();
-            var attn = m.Blocks[0].attn;
-            // a full block's attention part as Block runs it in float32: the output projection accumulates into the residual
-            return Add(last ? () => attn.ForwardClassToken(x) : () =>
-            {
-                using var merged = attn.MergedHeadsInference(x);
-                return Block.Accumulate(x.add(attn.proj.bias, Scalars.One), merged, attn.proj.weight);
-            });
-        }).ToArray()).ToArray();
-        int[] MlpParts(Tensor input, bool last) => mlpWidths.Select(w =>
-        {
-            var m = Keep(new VisionTransformerModel(Single(dense, new ViTBlockSpec(1, 8, 8, w)), seed: 0));
-            m.eval();
-            var mlp = m.Blocks[0].mlp;
-            // a full block's MLP as Block runs it in float32: fc2 accumulates into the residual
-            return Add(last ? () => mlp.forward(input) : () =>
-            {
-                using var h = mlp.fc1.forward(input);
-                using var g = nn.functional.gelu(h);
-                return Block.Accumulate(input.add(mlp.fc2.bias, Scalars.One), g, mlp.fc2.weight);
-            });
-        }).ToArray();
-        var norm = probe.Blocks[0].norm1;
-        // a full block normalises every token twice (its residual adds are inside the products); the last block
-        // normalises every token once (its keys and values need them) and adds and normalises the class token's row
-        int FixedPart(Tensor first, Tensor rest, bool adds) => Add(() =>
-        {
-            using (norm.forward(first)) { }
-            if (adds) using (rest.add(rest)) { }
-            var n2 = norm.forward(rest);
-            if (!adds) return n2;
-            using (n2) return rest.add(rest);
-        });
-        try
-        {
-            var attention = AttentionParts(last: false);
-            var lastAttention = AttentionParts(last: true);
-            var mlp = MlpParts(x, last: false);
-            var lastMlp = MlpParts(cls, last: true);
-            int fixedFull = FixedPart(x, x, adds: false), fixedLast = FixedPart(x, cls, adds: true);
-            int nonBlock = Add(() =>
-            {
-                using var tokens = probe.TokensBeforeBlocks(images);
-                using var c = tokens.select(1, 0);
-                using var normed = probe.FinalNorm.forward(c);
-                return probe.Head.forward(normed);
-            });
-            // the whole dense forward, timed in the same rounds: the entries are scaled so that the table's estimate of
-            // the dense model equals it (parts timed alone run at a slightly different speed than in the chain)
-            var batchImages = randn(batch, dense.Channels, dense.ImageSize, dense.ImageSize);
-            int whole = Add(() => probe.forward(batchImages));
-            foreach (var f in parts) for (int i = 0; i < 2; i++) f().Dispose();
-            var times = parts.Select(_ => new double[reps]).ToArray();
-            for (int r = 0; r < reps; r++)
-                for (int i = 0; i < parts.Count; i++)
-                {
-                    var sw = Stopwatch.StartNew();
-                    for (int k = 0; k < 3; k++) parts[i]().Dispose();
-                    times[i][r] = sw.Elapsed.TotalMilliseconds / 3;
-                }
-            // medians; every slice of the batch runs the same shapes (the last one may be smaller: scale by its rows)
-            double Median(int i) { var t = times[i].Order().ToArray(); return t[reps / 2]; }
-            double Raw(int i) => Median(i) * slices.Sum() / slices[0];
-            var raw = new LatencyModel
-            {
-                Device = "", Config = "", Batch = batch, HeadDims = headDims,
-                AttentionMs = attention.Select(r => r.Select(Raw).ToArray()).ToArray(),
-                LastAttentionMs = lastAttention.Select(r => r.Select(Raw).ToArray()).ToArray(),
-                MlpWidths = mlpWidths, MlpMs = mlp.Select(Raw).ToArray(), LastMlpMs = lastMlp.Select(Raw).ToArray(),
-                FixedMs = Raw(fixedFull), LastFixedMs = Raw(fixedLast), NonBlockMs = Raw(nonBlock),
-            };
-            double scale = Median(whole) / raw.ModelMs(dense);
-            double Ms(int i) => Raw(i) * scale;
-            double[] Row(int[] ids) => Monotone(ids.Select(Ms).ToArray());
-            return new LatencyModel
-            {
-                Device = MachineInfo.Probe().ToString(),
-                Config = ConfigOf(dense, batch),
-                Batch = batch,
-                HeadDims = headDims,
-                AttentionMs = attention.Select(Row).ToArray(),
-                LastAttentionMs = lastAttention.Select(Row).ToArray(),
-                MlpWidths = mlpWidths,
-                MlpMs = Row(mlp),
-                LastMlpMs = Row(lastMlp),
-                FixedMs = Ms(fixedFull),
-                LastFixedMs = Ms(fixedLast),
-                NonBlockMs = Ms(nonBlock),
-            };
-        }
-        finally
-        {
-            foreach (var m in owned) m.Dispose();
-        }
-    }
-
-
-    private static ViTArchitecture Single(ViTArchitecture dense, ViTBlockSpec spec) =>
-        new(dense.ImageSize, dense.PatchSize, dense.Channels, dense.EmbedDim, dense.NumClasses, [spec], dense.LayerNormEps);
-
-    // a narrower structure must never cost more (the allocator's step costs stay non-negative): each timing is lowered
-    // to the smallest timing of any wider entry. Noise on a shared machine only ever slows a timing down, so this drops
-    // a slow outlier instead of raising every wider entry to it.
-    private static double[] Monotone(double[] ms)
-    {
-        var r = (double[])ms.Clone();
-        for (int i = r.Length - 2; i >= 0; i--) r[i] = Math.Min(r[i], r[i + 1]);
-        return r;
-    }
+    public static LatencyModel Measure(ViTArchitecture dense, int batch, int reps = 5) => LatencyMeasurement.Measure(dense, batch, reps);
 }

@@ -176,7 +176,7 @@ public static class HeadGraphRanking
     {
         var spec = attn.Spec;
         var o = attn.HeadOutputs(x);                                      // [B, h, N, dv]
-        var w = attn.proj.weight.view(-1, spec.Heads, spec.VDim);         // [D, h, dv]
+        var w = attn.proj.weight.view(-1, spec.Heads, spec.VDim);         // [D, h, dv]: columns head-major (QkvLayout.ProjColumn)
         var contrib = einsum("bhnv,dhv->bhnd", o, w.to(o.dtype)).flatten(2).to(ScalarType.Float32); // [B, h, N·D]
         var unit = nn.functional.normalize(contrib, p: 2, dim: 2);
         return matmul(unit, unit.transpose(1, 2));                         // [B, h, h]
