@@ -4,22 +4,6 @@ using Microsoft.ML.Gohsp.VisionTransformer;
 namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
-/// Options of SOMP (structured one-shot magnitude pruning). Only the shared <see cref="PruningOptions"/>: the budget, its
-/// floors, the fine-tuning stage (default 10 epochs — GOHSP's default 5 soft-pruning + 5 fine-tuning epochs) and
-/// distillation.
-/// </summary>
-public class SompOptions : PruningOptions
-{
-    /// <summary>Creates the default options (10 fine-tuning epochs).</summary>
-    public SompOptions() : base(fineTuneEpochs: 10) { }
-
-    /// <inheritdoc />
-    public override PruningMethod Method => PruningMethod.Somp;
-
-    internal override IReadOnlyList<(string Name, ViTTrainingOptions Options)> TrainingStages => [(nameof(FineTune), FineTune)];
-}
-
-/// <summary>
 /// SOMP, the one-shot baseline: ranks the structures GOHSP prunes (heads, q/k dims, v dims, MLP neurons) once by the ℓ2
 /// magnitude of the dense weights (<see cref="StructuredProjection.Magnitude"/>), allocates the global parameter budget
 /// with <see cref="StructuredProjection.Allocate"/> without fixed heads (so heads compete by magnitude with every other
