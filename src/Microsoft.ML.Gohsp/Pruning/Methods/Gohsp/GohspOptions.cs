@@ -9,7 +9,11 @@ public class GohspOptions : PruningOptions
     public GohspOptions() : base(fineTuneEpochs: 5) { }
 
     /// <inheritdoc />
-    public override PruningMethod Method => PruningMethod.Gohsp;
+    public override PruningMethod? Method => PruningMethod.Gohsp;
+
+    /// <inheritdoc />
+    public override IPruningMethod CreateMethod() => new GohspPruner(this);
+
     /// <summary>
     /// How many heads stage 1 removes. Default <see cref="HeadBudget.Global"/>: heads compete with q/k dims, v dims and MLP
     /// neurons in the global allocation of the parameter budget, so the number removed follows the sparsity.
@@ -43,8 +47,9 @@ public class GohspOptions : PruningOptions
     /// <summary>ADMM penalty schedule of stage 2.</summary>
     public AdmmOptions Admm { get; set; } = new();
 
-    internal override IReadOnlyList<(string Name, ViTTrainingOptions Options)> TrainingStages =>
-        [(nameof(SoftPruning), SoftPruning), (nameof(FineTune), FineTune)];
+    /// <inheritdoc />
+    protected internal override IReadOnlyList<PruningStage> TrainingStages =>
+        [new(nameof(SoftPruning), () => SoftPruning, o => SoftPruning = o), new(nameof(FineTune), () => FineTune, o => FineTune = o)];
 
     /// <summary>Throws naming the first invalid option.</summary>
     public override void Validate()

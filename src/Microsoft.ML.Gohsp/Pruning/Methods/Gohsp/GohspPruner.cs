@@ -7,24 +7,41 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
-/// GOHSP end to end on a trained dense model (<see cref="Run"/>), or one stage at a time so that a user can inspect or
-/// change the model between them: stage 1 <see cref="RankAndMaskHeads"/> (graph-based head ranking and the head mask Mᴴ),
-/// stage 2 <see cref="SoftPrune"/> (ADMM soft structured pruning), stage 3 <see cref="HardPruneAndFineTune"/> (projection,
-/// physical pruning, fine-tuning, optionally distilled). Input models are never modified; every stage returns a new model
-/// and a <see cref="PruningReport"/> that carries the earlier stages' findings forward.
+/// GOHSP as a pruning method: end to end on a trained dense model (<see cref="Run"/>), or one stage at a time so that a
+/// user can inspect or change the model between them: stage 1 <see cref="RankAndMaskHeads"/> (graph-based head ranking and
+/// the head mask Mᴴ), stage 2 <see cref="SoftPrune"/> (ADMM soft structured pruning), stage 3
+/// <see cref="HardPruneAndFineTune"/> (projection, physical pruning, fine-tuning, optionally distilled). Input models are
+/// never modified; every stage returns a new model and a <see cref="PruningReport"/> that carries the earlier stages'
+/// findings forward (the next stage's <see cref="PruningContext.Previous"/>).
 /// </summary>
-public static class GohspPruner
+public sealed class GohspPruner : IPruningMethod
 {
-    /// <summary>Runs the three stages; the fine-tuning distils from <paramref name="dense"/> when distillation is on.</summary>
-    public static PruningResult Run(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, GohspOptions options,
-        Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    /// <summary>The report's <see cref="PruningReport.Method"/> for GOHSP.</summary>
+    public const string MethodName = "gohsp";
+
+    /// <summary>Creates the method with its options.</summary>
+    public GohspPruner(GohspOptions options) => Options = options ?? throw new ArgumentNullException(nameof(options));
+
+    /// <inheritdoc />
+    public string Name => MethodName;
+
+    /// <summary>The GOHSP options every stage reads.</summary>
+    public GohspOptions Options { get; }
+
+    PruningOptions IPruningMethod.Options => Options;
+
+    /// <summary>
+    /// Runs the three stages on <see cref="PruningContext.Model"/>, the dense model; the fine-tuning distils from it (or
+    /// from <see cref="PruningContext.Teacher"/>) when distillation is on.
+    /// </summary>
+    public PruningResult Run(PruningContext context)
     {
-        var masked = RankAndMaskHeads(dense, train, validation, options, log, cancellationToken);
+        var masked = RankAndMaskHeads(context);
         try
         {
             // stage 2 trains the stage-1 copy in place: no third copy of the weights
-            var soft = SoftPruneCore(masked.Model, masked.Report, train, validation, options, log, progress, cancellationToken, inPlace: true);
-            return HardPruneAndFineTune(soft.Model, soft.Report, train, validation, options, dense, log, progress, cancellationToken);
+            var soft = SoftPruneCore(context.With(masked.Model, masked.Report, teacher: null), inPlace: true);
+            return HardPruneAndFineTune(context.With(soft.Model, soft.Report, context.Teacher ?? context.Model));
         }
         finally
         {
@@ -33,20 +50,22 @@ public static class GohspPruner
     }
 
     /// <summary>
-    /// Stage 1: runs <see cref="GohspOptions.CalibrationImages"/> images (the start of <paramref name="train"/>) through the
+    /// Stage 1: runs <see cref="GohspOptions.CalibrationImages"/> images (the start of the training data) through the
     /// model, builds a head graph per block, ranks heads by the stationary distribution of its Markov chain and chooses
     /// the heads to remove (<see cref="GohspOptions.HeadBudget"/>). Returns a copy of the model — with the head mask set
     /// (saved with the model) for <see cref="HeadPruningMode.Hard"/>, unmasked for <see cref="HeadPruningMode.Soft"/> — and a
     /// report (stage "head-masked") whose blocks name the kept heads with their stationary probabilities.
     /// </summary>
-    public static PruningResult RankAndMaskHeads(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation,
-        GohspOptions options, Action<string>? log = null, CancellationToken cancellationToken = default)
+    /// <param name="context">The dense model (without a head mask), data, log and cancellation; its <see cref="PruningContext.Previous"/> is not read.</param>
+    public PruningResult RankAndMaskHeads(PruningContext context)
     {
-        ArgumentNullException.ThrowIfNull(dense);
+        ArgumentNullException.ThrowIfNull(context);
+        var dense = context.Model;
         if (dense.KeptHeads is not null)
             throw new ArgumentException("The model already has a head mask (GOHSP stage 1 already ran); continue with SoftPrune.", nameof(dense));
-        var run = PruningRun.Start(dense, train, validation, options, log, null, cancellationToken);
-        var calibration = train.Take(options.CalibrationImages);
+        var options = Options;
+        var run = PruningRun.Start(context.With(dense, previous: null, teacher: null), this);
+        var calibration = context.Train.Take(options.CalibrationImages);
         var ranking = RankHeads(dense, calibration, options);
         var graphImportance = ranking.Select(r => r.Importance(options.Direction)).ToArray();
         StructurePlan plan;
@@ -103,28 +122,23 @@ public static class GohspPruner
             : null);
 
     /// <summary>
-    /// Stage 2: trains a copy of <paramref name="model"/> for <see cref="GohspOptions.SoftPruning"/> epochs on the task loss
+    /// Stage 2: trains a copy of the context's model for <see cref="GohspOptions.SoftPruning"/> epochs on the task loss
     /// plus the ADMM term ρ/2·Σ‖W − Z + U‖² towards the structured-sparse set of <see cref="PruningOptions.Sparsity"/>. The
     /// heads of the model's head mask (stage 1) are fixed; a model without a head mask has its heads allocated by magnitude
     /// like every other structure. Returns the soft-pruned copy (still dense-shaped, head mask kept) and a report (stage
     /// "soft-pruned") with the primal residual per epoch and, per block, what the final model will keep.
     /// </summary>
-    /// <param name="model">The model to soft-prune, usually the output of <see cref="RankAndMaskHeads"/>.</param>
-    /// <param name="previous">The report of stage 1 (for the head scores and accuracies), or null.</param>
-    /// <param name="train">Training data.</param>
-    /// <param name="validation">Optional validation data.</param>
-    /// <param name="options">GOHSP options (stage 2 reads Sparsity, SoftPruning, Admm and Budget).</param>
-    /// <param name="log">Log sink.</param>
-    /// <param name="progress">Training progress sink.</param>
-    /// <param name="cancellationToken">Cancels training.</param>
-    public static PruningResult SoftPrune(VisionTransformerModel model, PruningReport? previous, ImageTensorData train, ImageTensorData? validation,
-        GohspOptions options, Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
-        => SoftPruneCore(model, previous, train, validation, options, log, progress, cancellationToken, inPlace: false);
+    /// <param name="context">
+    /// The model to soft-prune, usually the output of <see cref="RankAndMaskHeads"/>, with that stage's report as
+    /// <see cref="PruningContext.Previous"/> (for the head scores and accuracies; null when there is none). Stage 2 reads
+    /// Sparsity, SoftPruning, Admm and Budget of the options.
+    /// </param>
+    public PruningResult SoftPrune(PruningContext context) => SoftPruneCore(context, inPlace: false);
 
-    private static PruningResult SoftPruneCore(VisionTransformerModel model, PruningReport? previous, ImageTensorData train, ImageTensorData? validation,
-        GohspOptions options, Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken, bool inPlace)
+    private PruningResult SoftPruneCore(PruningContext context, bool inPlace)
     {
-        var run = PruningRun.Start(model, train, validation, options, log, progress, cancellationToken, previous);
+        var run = PruningRun.Start(context, this);
+        var (model, previous, options) = (context.Model, context.Previous, Options);
         var keptHeads = ChosenHeads(model, previous, options);
         var importance = GuidedImportance(previous, options);
         var soft = inPlace ? model : model.Clone();
@@ -157,23 +171,19 @@ public static class GohspPruner
     /// <summary>
     /// Stage 3: projects the weights onto the structured-sparse set (with the heads of the model's head mask fixed),
     /// physically removes the zero structures — heads, q/k dims, v dims, MLP neurons — giving a smaller heterogeneous ViT,
-    /// and fine-tunes it for <see cref="PruningOptions.FineTune"/> epochs, distilling from <paramref name="teacher"/> when
-    /// <see cref="PruningOptions.Distillation"/> is on. Returns the pruned model and the final report.
+    /// and fine-tunes it for <see cref="PruningOptions.FineTune"/> epochs, distilling from <see cref="PruningContext.Teacher"/>
+    /// when <see cref="PruningOptions.Distillation"/> is on. Returns the pruned model and the final report.
     /// </summary>
-    /// <param name="model">The model to cut, usually the output of <see cref="SoftPrune"/> (not modified).</param>
-    /// <param name="previous">The report of stage 2 (head scores, residuals, accuracies), or null.</param>
-    /// <param name="train">Training data.</param>
-    /// <param name="validation">Optional validation data.</param>
-    /// <param name="options">GOHSP options (stage 3 reads Sparsity, Budget, FineTune and the distillation options).</param>
-    /// <param name="teacher">Distillation teacher, normally the dense model; null uses <paramref name="model"/> itself.</param>
-    /// <param name="log">Log sink.</param>
-    /// <param name="progress">Training progress sink.</param>
-    /// <param name="cancellationToken">Cancels training.</param>
-    public static PruningResult HardPruneAndFineTune(VisionTransformerModel model, PruningReport? previous, ImageTensorData train, ImageTensorData? validation,
-        GohspOptions options, VisionTransformerModel? teacher = null, Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null,
-        CancellationToken cancellationToken = default)
+    /// <param name="context">
+    /// The model to cut, usually the output of <see cref="SoftPrune"/> (not modified), with that stage's report as
+    /// <see cref="PruningContext.Previous"/> (head scores, residuals, accuracies; null when there is none) and the dense model
+    /// as <see cref="PruningContext.Teacher"/> (null uses the model itself). Stage 3 reads Sparsity, Budget, FineTune and the
+    /// distillation options.
+    /// </param>
+    public PruningResult HardPruneAndFineTune(PruningContext context)
     {
-        var run = PruningRun.Start(model, train, validation, options, log, progress, cancellationToken, previous, teacher);
+        var run = PruningRun.Start(context, this);
+        var (model, previous, options) = (context.Model, context.Previous, Options);
         // The support of ADMM's final Z when stage 2 ran (its report carries it), else the projection Π(W) with the stage-1
         // heads; then the shared tail (surgery, fine-tune, report). The surgery copies only the kept structures (head masks
         // are not parameters), so zeroing first is not needed.

@@ -12,7 +12,10 @@ public class SgmpOptions : PruningOptions
     public SgmpOptions() : base(fineTuneEpochs: 5) { }
 
     /// <inheritdoc />
-    public override PruningMethod Method => PruningMethod.Sgmp;
+    public override PruningMethod? Method => PruningMethod.Sgmp;
+
+    /// <inheritdoc />
+    public override IPruningMethod CreateMethod() => new SgmpPruner(this);
 
     /// <summary>
     /// Training options of the gradual phase. Default 5 epochs at a constant lr of 5e-4, no warm-up — the same as GOHSP's
@@ -39,8 +42,9 @@ public class SgmpOptions : PruningOptions
     /// </summary>
     public double RampFraction { get; set; } = 0.75;
 
-    internal override IReadOnlyList<(string Name, ViTTrainingOptions Options)> TrainingStages =>
-        [(nameof(Gradual), Gradual), (nameof(FineTune), FineTune)];
+    /// <inheritdoc />
+    protected internal override IReadOnlyList<PruningStage> TrainingStages =>
+        [new(nameof(Gradual), () => Gradual, o => Gradual = o), new(nameof(FineTune), () => FineTune, o => FineTune = o)];
 
     /// <summary>Throws naming the first invalid option (<see cref="SgmpSchedule.For(SgmpOptions, long)"/> checks the ramp against the data).</summary>
     public override void Validate()

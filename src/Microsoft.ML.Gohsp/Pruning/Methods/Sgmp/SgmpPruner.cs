@@ -9,21 +9,25 @@ namespace Microsoft.ML.Gohsp.Pruning;
 /// the cubic <see cref="SgmpSchedule"/>, re-ranking the kept structures by ℓ2 magnitude at every pruning step and keeping the
 /// pruned ones at zero; then removes them with <see cref="HardPruning"/> and fine-tunes. The dense model is not modified.
 /// </summary>
-public static class SgmpPruner
+public sealed class SgmpPruner : IPruningMethod
 {
-    /// <summary>Runs the gradual phase, the hard pruning and the fine-tuning.</summary>
-    /// <param name="dense">The trained dense model (not modified).</param>
-    /// <param name="train">Training data of both phases.</param>
-    /// <param name="validation">Optional validation data: accuracy after each stage goes into the report.</param>
-    /// <param name="options">Sparsity, schedule, training, budget and distillation options.</param>
-    /// <param name="log">Receives progress lines.</param>
-    /// <param name="progress">Receives training progress.</param>
-    /// <param name="cancellationToken">Cancels training.</param>
-    public static PruningResult Run(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, SgmpOptions options,
-        Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    /// <summary>Creates the method with its options.</summary>
+    public SgmpPruner(SgmpOptions options) => Options = options ?? throw new ArgumentNullException(nameof(options));
+
+    /// <inheritdoc />
+    public string Name => "sgmp";
+
+    /// <summary>Sparsity, schedule, training, budget and distillation options.</summary>
+    public SgmpOptions Options { get; }
+
+    PruningOptions IPruningMethod.Options => Options;
+
+    /// <summary>Runs the gradual phase, the hard pruning and the fine-tuning on <see cref="PruningContext.Model"/>, a dense model (not modified).</summary>
+    public PruningResult Run(PruningContext context)
     {
-        PruningRun.RequireDense(dense, "SGMP");
-        var run = PruningRun.Start(dense, train, validation, options, log, progress, cancellationToken);
+        PruningRun.RequireDense(context, "SGMP");
+        var run = PruningRun.Start(context, this);
+        var (dense, train, options) = (context.Model, context.Train, Options);
         var schedule = SgmpSchedule.For(options, (long)TrainingLoop.StepsPerEpoch(train.Count, options.Gradual.BatchSize) * options.Gradual.Epochs, run.Budget.Fraction);
         run.Log($"cubic schedule: s_i {schedule.InitialSparsity:P1} → s_f {schedule.FinalSparsity:P1}, t0 {schedule.StartStep}, " +
                 $"every {schedule.Frequency} steps, {schedule.PruningSteps} pruning steps, ramp ends at step {schedule.EndStep}");

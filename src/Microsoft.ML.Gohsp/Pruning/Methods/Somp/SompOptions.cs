@@ -13,7 +13,12 @@ public class SompOptions : PruningOptions
     public SompOptions() : base(fineTuneEpochs: 10) { }
 
     /// <inheritdoc />
-    public override PruningMethod Method => PruningMethod.Somp;
+    public override PruningMethod? Method => PruningMethod.Somp;
 
-    internal override IReadOnlyList<(string Name, ViTTrainingOptions Options)> TrainingStages => [(nameof(FineTune), FineTune)];
+    /// <inheritdoc />
+    public override IPruningMethod CreateMethod() => new SompPruner(this);
+
+    /// <inheritdoc />
+    protected internal override IReadOnlyList<PruningStage> TrainingStages =>
+        [new(nameof(FineTune), () => FineTune, o => FineTune = o)];
 }

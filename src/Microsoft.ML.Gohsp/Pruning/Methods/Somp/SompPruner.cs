@@ -10,21 +10,25 @@ namespace Microsoft.ML.Gohsp.Pruning;
 /// structure and whole heads can be dropped, down to <see cref="BudgetOptions.MinHeads"/> per block), removes them with
 /// <see cref="HardPruning"/> and fine-tunes. The dense model is not modified.
 /// </summary>
-public static class SompPruner
+public sealed class SompPruner : IPruningMethod
 {
-    /// <summary>Prunes <paramref name="dense"/> in one shot and fine-tunes the result.</summary>
-    /// <param name="dense">The trained dense model (not modified).</param>
-    /// <param name="train">Fine-tuning data.</param>
-    /// <param name="validation">Optional validation data: accuracy after each stage goes into the report.</param>
-    /// <param name="options">Sparsity, budget, fine-tuning and distillation options.</param>
-    /// <param name="log">Receives progress lines.</param>
-    /// <param name="progress">Receives training progress.</param>
-    /// <param name="cancellationToken">Cancels training.</param>
-    public static PruningResult Run(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, SompOptions options,
-        Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    /// <summary>Creates the method with its options.</summary>
+    public SompPruner(SompOptions options) => Options = options ?? throw new ArgumentNullException(nameof(options));
+
+    /// <inheritdoc />
+    public string Name => "somp";
+
+    /// <summary>Sparsity, budget, fine-tuning and distillation options.</summary>
+    public SompOptions Options { get; }
+
+    PruningOptions IPruningMethod.Options => Options;
+
+    /// <summary>Prunes <see cref="PruningContext.Model"/>, a dense model (not modified), in one shot and fine-tunes the result.</summary>
+    public PruningResult Run(PruningContext context)
     {
-        PruningRun.RequireDense(dense, "SOMP");
-        var run = PruningRun.Start(dense, train, validation, options, log, progress, cancellationToken);
+        PruningRun.RequireDense(context, "SOMP");
+        var run = PruningRun.Start(context, this);
+        var dense = context.Model;
         var plan = run.Budget.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense));
         run.Log($"kept heads per block {string.Join(" | ", plan.Blocks.Select(b => string.Join(",", b.Heads)))}");
         return run.Finish(dense, plan);
