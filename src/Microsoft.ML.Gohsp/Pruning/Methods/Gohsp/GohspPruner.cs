@@ -157,7 +157,9 @@ public sealed class GohspPruner : IPruningMethod
             var residuals = (previous?.ResidualHistory ?? []).Concat(admm.ResidualHistory).ToArray();
             var report = run.Report(PruningReport.SoftPrunedStage, soft.Architecture, cut, HeadScores(previous), residuals) with
             {
-                ResidualStart = admm.ResidualStart, CutPlan = cut, CutPlanOverlap = overlap,
+                ResidualStart = admm.ResidualStart,
+                CutPlan = cut,
+                CutPlanOverlap = overlap,
             };
             return new PruningResult(soft, report);
         }
