@@ -14,8 +14,9 @@ namespace Microsoft.ML.Gohsp.Pruning;
 internal sealed class BudgetAllocator
 {
     /// <summary>
-    /// Added to the score of a step that would take the total below the tolerance band: larger than any normalised
-    /// importance, so such a step is taken only when no step lands in the band (and then the least important of them).
+    /// Added to the score of a step that would take the total below the tolerance band. Normalised importances are about
+    /// 1 (each kind's mean is 1), so such a step is taken only when no step lands in the band, and then the least
+    /// important of them.
     /// </summary>
     private const double OvershootPenalty = 1e9;
 
@@ -45,13 +46,7 @@ internal sealed class BudgetAllocator
             if (fixedHeads is not null) throw new ArgumentException("Pass either fixedHeads or within, not both.", nameof(within));
             within.Validate(arch);
         }
-        var allocator = new BudgetAllocator(arch, importance, sparsity, options, fixedHeads, within, costModel);
-        while (allocator._current > allocator._target + allocator._tolerance / 2)
-        {
-            var step = allocator.NextStep() ?? throw allocator.Unreachable(sparsity);
-            allocator.Take(step);
-        }
-        return allocator.Plan();
+        return new BudgetAllocator(arch, importance, sparsity, options, fixedHeads, within, costModel).Run(sparsity);
     }
 
     private BudgetAllocator(ViTArchitecture arch, IReadOnlyList<BlockImportance> importance, double sparsity, BudgetOptions options,
@@ -76,6 +71,14 @@ internal sealed class BudgetAllocator
         _blocks = Enumerable.Range(0, arch.Depth)
             .Select(b => BlockState.Start(b, arch.Blocks[b], importance[b], fixedHeads?[b], within?.Blocks[b])).ToArray();
         _current = nonBlock + _blocks.Select((s, b) => BlockCost(b, s.Heads.Count, s.Qk, s.V, s.Mlp)).Sum();
+    }
+
+    // takes the next step until the total is inside the tolerance band around the target
+    private StructurePlan Run(double sparsity)
+    {
+        while (_current > _target + _tolerance / 2)
+            Take(NextStep() ?? throw Unreachable(sparsity));
+        return Plan();
     }
 
     /// <summary>What a removal step is of: a head, or one of the three widths of a block.</summary>
