@@ -1,7 +1,7 @@
 // Benchmark of the reference ViT config (embed 192, depth 6, 3 heads, MLP 768, 32×32, patch 4, batch 64, 2 threads).
 // Prints human-readable lines, then ONE JSON object as the last line.
 // Usage: ./build.sh bench [-- --threads N --batch N --reps N --rss-epochs N --max-images N --accuracy-epochs N --seed N]
-// --ablation-epochs N > 0 adds the head-ranking ablation (3 dense seeds trained N epochs in bf16, 2 calibration sets, validation split).
+// --ablation-epochs N > 0: instead, the head-ranking ablation (3 dense seeds trained N epochs in bf16, 2 calibration sets, validation split).
 // --accuracy-epochs N > 0 adds test accuracies on the CIFAR-10 subset: SdcaMaximumEntropy vs the ViT in fp32 and bf16 (long).
 // --breakdown: instead, where one block's inference time goes (linears vs attention core, GELU, norms), medians of --reps rounds.
 // --speed: instead, dense vs pruned 40/50/80% batch speed-ups against executed-FLOP ratios (with an in-chain profile by op
@@ -37,6 +37,14 @@ if (a.ContainsKey("speed"))
     var speed = SpeedBenchmark.Run(threads, batch, reps, a.GetValueOrDefault("latency-epochs", 0));
     foreach (var kv in MachineFields(MachineInfo.Probe())) speed[kv.Key] = kv.Value;
     Console.WriteLine(JsonSerializer.Serialize(speed));
+    return 0;
+}
+int ablationEpochs = a.GetValueOrDefault("ablation-epochs", 0);
+if (ablationEpochs > 0)
+{
+    var ablation = HeadRankingAblation.Run(ablationEpochs, threads, FindSubset());
+    foreach (var kv in MachineFields(MachineInfo.Probe())) ablation[kv.Key] = kv.Value;
+    Console.WriteLine(JsonSerializer.Serialize(ablation));
     return 0;
 }
 if (a.ContainsKey("onnx"))
@@ -159,9 +167,6 @@ if (accuracyEpochs > 0)
 {
     foreach (var kv in AccuracyRuns(accuracyEpochs, threads, a.GetValueOrDefault("seed", 1))) result[kv.Key] = kv.Value;
 }
-int ablationEpochs = a.GetValueOrDefault("ablation-epochs", 0);
-if (ablationEpochs > 0)
-    foreach (var kv in HeadRankingAblation.Run(ablationEpochs, threads, FindSubset())) result[kv.Key] = kv.Value;
 Console.WriteLine(JsonSerializer.Serialize(result));
 return 0;
 
