@@ -129,7 +129,9 @@ internal static partial class PickleScanner
                     break;
                 }
                 case 0x93: StackGlobal(at); break;                                                     // STACK_GLOBAL [module, name] -> [global]
-                case 0x82: case 0x83: case 0x84:                                                       // EXT1, EXT2, EXT4
+                case 0x82:                                                                             // EXT1, EXT2, EXT4
+                case 0x83:
+                case 0x84:
                     throw new UnsafePickleException(
                         $"Refusing to load '{_source}': its pickle uses the copyreg extension registry (opcode EXT at byte {at}), " +
                         "which imports globals indirectly; a plain tensor checkpoint never does.", "<extension>");
