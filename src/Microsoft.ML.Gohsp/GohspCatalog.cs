@@ -114,6 +114,37 @@ public static class GohspCatalog
     }
 
     /// <summary>
+    /// Structured pruning with any method: <c>mlContext.Transforms.Prune(new PruningEstimatorOptions(methodOptions), denseModel)</c>
+    /// runs the method that <see cref="PruningEstimatorOptions.MethodOptions"/> configure (<see cref="PruningOptions.CreateMethod"/>:
+    /// GOHSP, SOMP, SGMP or a method defined elsewhere). Pass the trained or loaded ViT model (or a chain containing it) as
+    /// <paramref name="denseModel"/>, or leave it null and append the estimator right after <c>ViTClassification</c> in the same chain.
+    /// </summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">The method's options and the columns, validation data and progress.</param>
+    /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
+    public static PruningEstimator Prune(this TransformsCatalog catalog, PruningEstimatorOptions options, ITransformer? denseModel = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(options);
+        MLNetInternals.EnsureCompatible();
+        return new PruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
+    }
+
+    /// <summary>Any pruning method after training a dense ViT, as one estimator; see <see cref="GohspPrune(TransformsCatalog, GohspPruningEstimator.Options, ViTClassificationTrainer)"/>.</summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="options">The method's options and the columns, validation data and progress.</param>
+    /// <param name="denseTrainer">The trainer of the dense model.</param>
+    public static ViTTrainAndPruneEstimator Prune(this TransformsCatalog catalog, PruningEstimatorOptions options, ViTClassificationTrainer denseTrainer)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(denseTrainer);
+        MLNetInternals.EnsureCompatible();
+        var env = CatalogUtils.GetEnvironment(catalog);
+        return new ViTTrainAndPruneEstimator(env, denseTrainer, dense => new PruningEstimator(env, options, dense));
+    }
+
+    /// <summary>
     /// GOHSP stage 1 only: graph-based head ranking and the head mask. Chain
     /// <c>GohspRankHeads(o).Append(GohspSoftPrune(o)).Append(GohspHardPrune(o))</c> to run GOHSP one stage at a time and
     /// inspect (or save) the model and its <see cref="ViTModelParameters.PruningReport"/> between stages.

@@ -73,7 +73,7 @@ static void Train(string cifar, string work, string? pauseAt, StreamWriter stdou
         SoftPruning = Stage("soft", 2), FineTune = Stage("fine-tune", 2),
     };
     gohsp.SoftPruning.MinLearningRate = gohsp.SoftPruning.LearningRate;
-    var result = GohspPruner.Run(model, data, null, gohsp, log, progress);
+    var result = new GohspPruner(gohsp).Run(new PruningContext(model, data) { Log = log, Progress = progress });
     using var pruned = result.Model;
     AtomicFile.Write(Path.Combine(work, "final.bin"), s =>
     {

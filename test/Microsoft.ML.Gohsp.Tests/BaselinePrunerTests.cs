@@ -34,8 +34,8 @@ public class BaselinePrunerTests(ITestOutputHelper output)
         var valid = Train.Value.Take(64);
         var log = new List<string>();
         var result = method == PruningMethod.Somp
-            ? SompPruner.Run(dense, Train.Value, valid, new SompOptions { Sparsity = sparsity, FineTune = Stage() }, log.Add)
-            : SgmpPruner.Run(dense, Train.Value, valid, new SgmpOptions { Sparsity = sparsity, Gradual = Stage(constantRate: true), FineTune = Stage() }, log.Add);
+            ? new SompPruner(new SompOptions { Sparsity = sparsity, FineTune = Stage() }).Run(new PruningContext(dense, Train.Value, valid) { Log = log.Add })
+            : new SgmpPruner(new SgmpOptions { Sparsity = sparsity, Gradual = Stage(constantRate: true), FineTune = Stage() }).Run(new PruningContext(dense, Train.Value, valid) { Log = log.Add });
         using var pruned = result.Model;
         var r = result.Report;
         output.WriteLine(string.Join("\n", log));
@@ -75,7 +75,7 @@ public class BaselinePrunerTests(ITestOutputHelper output)
             }
         }
         var fine = Stage(); fine.Epochs = 1;
-        var result = SompPruner.Run(dense, Train.Value.Take(64), null, new SompOptions { Sparsity = 0.3, FineTune = fine });
+        var result = new SompPruner(new SompOptions { Sparsity = 0.3, FineTune = fine }).Run(new PruningContext(dense, Train.Value.Take(64)));
         using var pruned = result.Model;
         result.Report.Blocks[0].KeptHeads.Should().NotContain(2);
         result.Report.Blocks[3].KeptHeads.Should().NotContain(0);
@@ -162,23 +162,23 @@ public class BaselinePrunerTests(ITestOutputHelper output)
         var data = HeadGraphRankingTests.RandomImages(8);
         foreach (double s in new[] { 0, 1, -0.2, double.NaN })
         {
-            ((Action)(() => SompPruner.Run(dense, data, null, new SompOptions { Sparsity = s }))).Should().Throw<ArgumentOutOfRangeException>()
+            ((Action)(() => new SompPruner(new SompOptions { Sparsity = s }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>()
                 .Where(e => e.ParamName == "Sparsity").WithMessage("*Sparsity*(0, 1)*");
-            ((Action)(() => SgmpPruner.Run(dense, data, null, new SgmpOptions { Sparsity = s }))).Should().Throw<ArgumentOutOfRangeException>()
+            ((Action)(() => new SgmpPruner(new SgmpOptions { Sparsity = s }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>()
                 .Where(e => e.ParamName == "Sparsity");
         }
         var badFine = Stage(); badFine.Epochs = 0;
-        ((Action)(() => SompPruner.Run(dense, data, null, new SompOptions { FineTune = badFine }))).Should().Throw<ArgumentException>()
+        ((Action)(() => new SompPruner(new SompOptions { FineTune = badFine }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentException>()
             .Where(e => e.ParamName == "FineTune.Epochs").WithMessage("Invalid FineTune options: Epochs must be positive*");
         var badGradual = Stage(); badGradual.BatchSize = -1;
-        ((Action)(() => SgmpPruner.Run(dense, data, null, new SgmpOptions { Gradual = badGradual }))).Should().Throw<ArgumentException>()
+        ((Action)(() => new SgmpPruner(new SgmpOptions { Gradual = badGradual }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentException>()
             .Where(e => e.ParamName == "Gradual.BatchSize");
-        ((Action)(() => SompPruner.Run(dense, data, null, new SompOptions { DistillationTemperature = 0 }))).Should().Throw<ArgumentOutOfRangeException>()
+        ((Action)(() => new SompPruner(new SompOptions { DistillationTemperature = 0 }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>()
             .Where(e => e.ParamName == "DistillationTemperature");
         // 8 images, batch 64: one step, so a ramp fits nowhere
-        ((Action)(() => SgmpPruner.Run(dense, data, null, new SgmpOptions { Gradual = Stage() }))).Should().Throw<ArgumentOutOfRangeException>()
+        ((Action)(() => new SgmpPruner(new SgmpOptions { Gradual = Stage() }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>()
             .Where(e => e.ParamName == "StartStep").WithMessage("*give the Gradual phase more epochs*");
-        ((Action)(() => SompPruner.Run(dense, HeadGraphRankingTests.RandomImages(0), null, new SompOptions()))).Should().Throw<ArgumentException>().WithMessage("*no rows*");
+        ((Action)(() => new SompPruner(new SompOptions()).Run(new PruningContext(dense, HeadGraphRankingTests.RandomImages(0))))).Should().Throw<ArgumentException>().WithMessage("*no rows*");
     }
 
     /// <summary>A GOHSP stage-1 output (head-masked) is not a dense model: the baselines refuse it instead of dropping the mask.</summary>
@@ -188,9 +188,9 @@ public class BaselinePrunerTests(ITestOutputHelper output)
         using var masked = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 1);
         masked.SetHeadMasks(Enumerable.Range(0, masked.Architecture.Depth).Select(_ => (IReadOnlyList<int>)[0, 1]).ToArray());
         var data = HeadGraphRankingTests.RandomImages(8);
-        ((Action)(() => SompPruner.Run(masked, data, null, new SompOptions { FineTune = Stage() }))).Should().Throw<ArgumentException>()
+        ((Action)(() => new SompPruner(new SompOptions { FineTune = Stage() }).Run(new PruningContext(masked, data)))).Should().Throw<ArgumentException>()
             .Where(e => e.ParamName == "dense").WithMessage("SOMP prunes a dense model, but this one carries a GOHSP head mask*ClearHeadMasks*");
-        ((Action)(() => SgmpPruner.Run(masked, data, null, new SgmpOptions { Gradual = Stage(), FineTune = Stage() }))).Should().Throw<ArgumentException>()
+        ((Action)(() => new SgmpPruner(new SgmpOptions { Gradual = Stage(), FineTune = Stage() }).Run(new PruningContext(masked, data)))).Should().Throw<ArgumentException>()
             .Where(e => e.ParamName == "dense").WithMessage("SGMP prunes a dense model*");
         masked.ClearHeadMasks();
         masked.KeptHeads.Should().BeNull("after ClearHeadMasks the model is dense again and the baselines accept it");

@@ -40,9 +40,9 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         var o = TinyOptions(0.5);   // the default ADMM options: decoupled penalty, ρ 1 → 1000, Z/U every 10 steps, ramp over a quarter of the stage
         o.HeadPruning = HeadPruningMode.Soft;   // the stage-1 heads travel in the report and are zeroed by ADMM
 
-        var masked = GohspPruner.RankAndMaskHeads(dense, train, valid, o);
+        var masked = new GohspPruner(o).RankAndMaskHeads(new PruningContext(dense, train, valid));
         using var stage1 = masked.Model;
-        var soft = GohspPruner.SoftPrune(stage1, masked.Report, train, valid, o);
+        var soft = new GohspPruner(o).SoftPrune(new PruningContext(stage1, train, valid) { Previous = masked.Report });
         using var softModel = soft.Model;
         var r2 = soft.Report;
         output.WriteLine($"residuals {string.Join(", ", r2.ResidualHistory)}; start {r2.ResidualStart}; ratio {r2.ResidualRatio}; overlap {r2.CutPlanOverlap}");
@@ -58,7 +58,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         int block = 0;
         int dropped = Enumerable.Range(0, dense.Architecture.Blocks[block].MlpHidden).First(j => !plan.Blocks[block].MlpNeurons.Contains(j));
         using (no_grad()) softModel.Blocks[block].mlp.fc1.weight[dropped].fill_(10f);
-        var hard = GohspPruner.HardPruneAndFineTune(softModel, r2, train, valid, o, dense);
+        var hard = new GohspPruner(o).HardPruneAndFineTune(new PruningContext(softModel, train, valid) { Previous = r2, Teacher = dense });
         using var pruned = hard.Model;
         hard.Report.CutPlan.Should().BeSameAs(plan);
         hard.Report.Blocks.Select(b => b.KeptHeads).Should().BeEquivalentTo(plan.Blocks.Select(b => b.Heads.ToArray()), c => c.WithStrictOrdering());
@@ -83,7 +83,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         var o = TinyOptions(0.6);
         o.HeadPruning = HeadPruningMode.Guided;
 
-        var stage1 = GohspPruner.RankAndMaskHeads(dense, train, null, o);
+        var stage1 = new GohspPruner(o).RankAndMaskHeads(new PruningContext(dense, train));
         using var ranked = stage1.Model;
         ranked.KeptHeads.Should().BeNull("guided head pruning fixes no head at stage 1");
         stage1.Report.Blocks.Should().OnlyContain(b => b.KeptHeads.Length == b.DenseHeads && b.StationaryProbabilities.Length == b.DenseHeads,
@@ -100,7 +100,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         var magnitudeOnly = StructuredProjection.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense), 0.6, o.Budget);
         magnitudeOnly.Blocks.Should().Contain(b => b.Heads.Contains(0), "without the graph, magnitude alone keeps head 0 somewhere (so the check below can fail)");
 
-        var soft = GohspPruner.SoftPrune(ranked, report, train, null, o);
+        var soft = new GohspPruner(o).SoftPrune(new PruningContext(ranked, train) { Previous = report });
         using var softModel = soft.Model;
         soft.Report.CutPlan!.Blocks.Should().OnlyContain(b => !b.Heads.Contains(0), "a head the graph ranks last is the first head the projection removes");
         (1 - (double)soft.Report.CutPlan.PrunedArchitecture(dense.Architecture).ParameterCount / dense.Architecture.ParameterCount)
@@ -117,12 +117,12 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         using var dense = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 5);
         var o = new GohspOptions { Sparsity = sparsity, CalibrationImages = 16, HeadPruning = HeadPruningMode.Hard };
         o.HeadBudget.Should().Be(HeadBudget.Global);
-        var stage1 = GohspPruner.RankAndMaskHeads(dense, data, null, o);
+        var stage1 = new GohspPruner(o).RankAndMaskHeads(new PruningContext(dense, data));
         var heads = stage1.Report.Blocks.Select(b => (IReadOnlyList<int>)b.KeptHeads).ToArray();
         stage1.Model.KeptHeads.Should().BeEquivalentTo(heads, c => c.WithStrictOrdering(), "hard head pruning masks the chosen heads");
         stage1.Model.Dispose();
         o.HeadPruning = HeadPruningMode.Soft;
-        var soft = GohspPruner.RankAndMaskHeads(dense, data, null, o);
+        var soft = new GohspPruner(o).RankAndMaskHeads(new PruningContext(dense, data));
         soft.Model.KeptHeads.Should().BeNull("soft head pruning leaves the outputs unmasked; ADMM drives the heads' weights to zero");
         soft.Model.Dispose();
         soft.Report.Blocks.Select(b => b.KeptHeads).Should().BeEquivalentTo(heads, c => c.WithStrictOrdering());
@@ -139,7 +139,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         using var dense = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 5);
         int Kept(double s)
         {
-            var r = GohspPruner.RankAndMaskHeads(dense, data, null, new GohspOptions { Sparsity = s, CalibrationImages = 16, HeadPruning = HeadPruningMode.Soft });
+            var r = new GohspPruner(new GohspOptions { Sparsity = s, CalibrationImages = 16, HeadPruning = HeadPruningMode.Soft }).RankAndMaskHeads(new PruningContext(dense, data));
             r.Model.Dispose();
             return r.Report.Blocks.Sum(b => b.KeptHeads.Length);
         }

@@ -44,7 +44,7 @@ public class GohspPrunerTests(ITestOutputHelper output)
             Budget = new BudgetOptions { Granularity = 1 },
         };
         var log = new List<string>();
-        var result = GohspPruner.Run(dense, train, valid, g, log.Add);
+        var result = new GohspPruner(g).Run(new PruningContext(dense, train, valid) { Log = log.Add });
         using var pruned = result.Model;
         var r = result.Report;
         output.WriteLine(string.Join("\n", log));
@@ -108,9 +108,9 @@ public class GohspPrunerTests(ITestOutputHelper output)
     {
         using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 1);
         var data = HeadGraphRankingTests.RandomImages(8);
-        ((Action)(() => GohspPruner.Run(dense, data, null, new GohspOptions { Sparsity = 1.2 }))).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*Sparsity*(0, 1)*");
-        ((Action)(() => GohspPruner.Run(dense, data, null, new GohspOptions { HeadBudget = HeadBudget.Fraction, HeadPruningFraction = 0.95, HeadPruning = HeadPruningMode.Hard }))).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*would empty a block*");
-        ((Action)(() => GohspPruner.Run(dense, data, null, new GohspOptions { HeadBudget = HeadBudget.Fraction }))).Should().Throw<ArgumentException>().WithMessage("*HeadBudget.Fraction*HeadPruning*Hard or Soft*");
-        ((Action)(() => GohspPruner.Run(dense, HeadGraphRankingTests.RandomImages(0), null, new GohspOptions()))).Should().Throw<ArgumentException>().WithMessage("*no rows*");
+        ((Action)(() => new GohspPruner(new GohspOptions { Sparsity = 1.2 }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*Sparsity*(0, 1)*");
+        ((Action)(() => new GohspPruner(new GohspOptions { HeadBudget = HeadBudget.Fraction, HeadPruningFraction = 0.95, HeadPruning = HeadPruningMode.Hard }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*would empty a block*");
+        ((Action)(() => new GohspPruner(new GohspOptions { HeadBudget = HeadBudget.Fraction }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentException>().WithMessage("*HeadBudget.Fraction*HeadPruning*Hard or Soft*");
+        ((Action)(() => new GohspPruner(new GohspOptions()).Run(new PruningContext(dense, HeadGraphRankingTests.RandomImages(0))))).Should().Throw<ArgumentException>().WithMessage("*no rows*");
     }
 }

@@ -17,19 +17,18 @@ public sealed class GohspHardPruningEstimator : PruningEstimatorBase<GohspPrunin
     private readonly ViTModelParameters? _teacher;
 
     internal GohspHardPruningEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model, ITransformer? teacher)
-        : base(env, options, model)
+        : base(env, options, options, "GohspPrune", model)
     {
         if (teacher is not null)
             _teacher = DenseViTLocator.FindViT(teacher)?.Model ?? throw new ArgumentException(
                 $"The teacher passed to GOHSP hard pruning is a {teacher.GetType().Name}, not a ViT from Microsoft.ML.Gohsp.", nameof(teacher));
     }
 
-    private protected override PruningResult Prune(ViTModelParameters input, ImageTensorData train, ImageTensorData? validation,
-        GohspPruningEstimator.Options options, Action<string> log)
+    private protected override PruningResult Prune(ViTModelParameters input, PruningContext context, GohspPruningEstimator.Options options)
     {
         if (_teacher is not null && _teacher.Architecture.NumClasses != input.Architecture.NumClasses)
             throw new ArgumentException($"The teacher has {_teacher.Architecture.NumClasses} classes; the model has {input.Architecture.NumClasses}.", "teacher");
-        return GohspPruner.HardPruneAndFineTune(input.Model, GohspStages.Previous(input, PruningReport.SoftPrunedStage, PruningReport.HeadMaskedStage),
-            train, validation, options, _teacher?.Model, log, options.Progress);
+        var previous = GohspStages.Previous(input, PruningReport.SoftPrunedStage, PruningReport.HeadMaskedStage);
+        return new GohspPruner(options).HardPruneAndFineTune(context.With(context.Model, previous, _teacher?.Model));
     }
 }

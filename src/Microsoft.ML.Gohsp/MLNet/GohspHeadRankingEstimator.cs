@@ -15,9 +15,8 @@ namespace Microsoft.ML.Gohsp;
 /// </summary>
 public sealed class GohspHeadRankingEstimator : PruningEstimatorBase<GohspPruningEstimator.Options>
 {
-    internal GohspHeadRankingEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model) : base(env, options, model) { }
+    internal GohspHeadRankingEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model) : base(env, options, options, "GohspPrune", model) { }
 
-    private protected override PruningResult Prune(ViTModelParameters input, ImageTensorData train, ImageTensorData? validation,
-        GohspPruningEstimator.Options options, Action<string> log)
-        => GohspPruner.RankAndMaskHeads(input.Model, train, validation, options, log);
+    private protected override PruningResult Prune(ViTModelParameters input, PruningContext context, GohspPruningEstimator.Options options)
+        => new GohspPruner(options).RankAndMaskHeads(context);
 }

@@ -29,5 +29,5 @@ public sealed class GohspPruningEstimator : PruningEstimatorBase<GohspPruningEst
         public IProgress<ViTTrainingProgress>? Progress { get; set; }
     }
 
-    internal GohspPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, denseModel) { }
+    internal GohspPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, options, "GohspPrune", denseModel) { }
 }

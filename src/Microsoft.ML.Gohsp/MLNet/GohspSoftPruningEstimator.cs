@@ -14,11 +14,10 @@ namespace Microsoft.ML.Gohsp;
 /// </summary>
 public sealed class GohspSoftPruningEstimator : PruningEstimatorBase<GohspPruningEstimator.Options>
 {
-    internal GohspSoftPruningEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model) : base(env, options, model) { }
+    internal GohspSoftPruningEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model) : base(env, options, options, "GohspPrune", model) { }
 
-    private protected override PruningResult Prune(ViTModelParameters input, ImageTensorData train, ImageTensorData? validation,
-        GohspPruningEstimator.Options options, Action<string> log)
-        => GohspPruner.SoftPrune(input.Model, GohspStages.Previous(input, PruningReport.HeadMaskedStage), train, validation, options, log, options.Progress);
+    private protected override PruningResult Prune(ViTModelParameters input, PruningContext context, GohspPruningEstimator.Options options)
+        => new GohspPruner(options).SoftPrune(context.With(context.Model, GohspStages.Previous(input, PruningReport.HeadMaskedStage), teacher: null));
 }
 
 /// <summary>How the GOHSP stage estimators hand their findings to the next stage.</summary>
@@ -26,5 +25,5 @@ internal static class GohspStages
 {
     /// <summary>The report of the stage that produced <paramref name="input"/> when it is one of <paramref name="stages"/>; otherwise null.</summary>
     public static PruningReport? Previous(ViTModelParameters input, params string[] stages)
-        => input.PruningReport is { Method: "gohsp" } r && stages.Contains(r.Stage) ? r : null;
+        => input.PruningReport is { Method: GohspPruner.MethodName } r && stages.Contains(r.Stage) ? r : null;
 }

@@ -20,27 +20,36 @@ public interface IPruningEstimatorOptions
 }
 
 /// <summary>
-/// What every structured-pruning estimator (<see cref="GohspPruningEstimator"/>, <see cref="SompPruningEstimator"/>,
-/// <see cref="SgmpPruningEstimator"/>) shares: finding the dense ViT (explicit model, or upstream in the chain via
+/// What every structured-pruning estimator (<see cref="PruningEstimator"/> for any method, and
+/// <see cref="GohspPruningEstimator"/>, <see cref="SompPruningEstimator"/>, <see cref="SgmpPruningEstimator"/> and the GOHSP
+/// stage estimators) shares: finding the dense ViT (explicit model, or upstream in the chain via
 /// <see cref="DenseViTLocator"/>), schema checks with the column named, reading the images once, copying the dense model's
-/// pre-processing into every training stage, and wrapping the pruned model in the same kind of transformer
-/// <see cref="ViTClassificationTrainer"/> produces, so Evaluate, Model.Save/Load and PredictionEngine work unchanged.
+/// pre-processing into every training stage, running the method (<see cref="PruningOptions.CreateMethod"/>) and wrapping
+/// the pruned model in the same kind of transformer <see cref="ViTClassificationTrainer"/> produces, so Evaluate,
+/// Model.Save/Load and PredictionEngine work unchanged. An estimator is composed of the ML.NET settings
+/// (<see cref="IPruningEstimatorOptions"/>) and the method's options (<see cref="PruningOptions"/>); the built-in estimators'
+/// <c>Options</c> are both in one object.
 /// </summary>
-/// <typeparam name="TOptions">The method's options with the ML.NET columns.</typeparam>
+/// <typeparam name="TOptions">The estimator's options: the ML.NET settings, holding or being the method's options.</typeparam>
 public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPredictionTransformer<ViTModelParameters>>
-    where TOptions : PruningOptions, IPruningEstimatorOptions
+    where TOptions : class, IPruningEstimatorOptions
 {
     private readonly IHost _host;
     private readonly DenseViT? _dense;
     private readonly string _method;
-    private readonly TOptions _options; // the training stages receive the dense model's pre-processing at Fit
+    private readonly string _catalogEntry;
+    private readonly TOptions _options;
+    private readonly PruningOptions _methodOptions; // the training stages receive the dense model's pre-processing at Fit
 
-    private protected PruningEstimatorBase(IHostEnvironment env, TOptions options, ITransformer? denseModel)
+    private protected PruningEstimatorBase(IHostEnvironment env, TOptions options, PruningOptions methodOptions, string catalogEntry,
+        ITransformer? denseModel)
     {
         _host = Contracts.CheckRef(env, nameof(env)).Register(GetType().Name);
         _options = options ?? throw new ArgumentNullException(nameof(options));
-        _method = options.Method.ToString().ToUpperInvariant();
-        options.Validate();
+        _methodOptions = methodOptions ?? throw new ArgumentNullException(nameof(options), "The pruning method's options must be set.");
+        _method = methodOptions.CreateMethod().Name.ToUpperInvariant();
+        _catalogEntry = catalogEntry;
+        methodOptions.Validate();
         if (denseModel is not null)
             _dense = (DenseViTLocator.FindViT(denseModel) is { } t ? new DenseViT(t.Model, DenseViTLocator.ImageColumnOf(t)) : null) ?? throw new ArgumentException(
                 $"The model passed to {_method} is a {denseModel.GetType().Name}, not a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(denseModel));
@@ -68,7 +77,7 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
     {
         _host.CheckValue(input, nameof(input));
         _host.CheckAlive();
-        _options.Validate(); // options objects are mutable: checked again before any work
+        _methodOptions.Validate(); // options objects are mutable: checked again before any work
         var dense = _dense ?? DenseViTLocator.FindUpstreamViT(input) ?? throw new InvalidOperationException(
             $"{_method} could not find the dense ViT: pass the trained model to the catalog method, or append the pruning estimator " +
             "directly after ViTClassification (an AppendCacheCheckpoint in between hides the upstream model).");
@@ -76,49 +85,56 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         var arch = p.Architecture;
         string image = _options.ImageColumnName ?? dense.FeatureColumnName;
         string labelName = _options.LabelColumnName;
-        GetOutputSchema(SchemaShape.Create(input.Schema));
-        var kind = ImageColumn.Check(input.Schema, image, arch.Channels, arch.ImageSize, nameof(IPruningEstimatorOptions.ImageColumnName));
-        if (kind != p.InputKind || !input.Schema[image].Type.Equals(p.InputType))
-            throw new ArgumentOutOfRangeException(nameof(IPruningEstimatorOptions.ImageColumnName),
-                $"Image column '{image}' has type {input.Schema[image].Type}; the dense model was trained on {p.InputType}.");
-        var labelType = (KeyDataViewType)input.Schema[labelName].Type;
-        if (labelType.GetCountAsInt32(_host) != arch.NumClasses)
-            throw new ArgumentOutOfRangeException(nameof(IPruningEstimatorOptions.LabelColumnName),
-                $"Label column '{labelName}' has {labelType.Count} classes; the dense model has {arch.NumClasses}.");
+        CheckColumns(input.Schema, p, image, labelName);
 
         // a latency target is checked against the dense model's estimate (measuring this machine's table once) before the data is read
-        PruningBudget.Resolve(_options, arch);
+        PruningBudget.Resolve(_methodOptions, arch);
         using var ch = _host.Start(_method);
         if (_dense is null && p.PruningReport is null)
             ch.Warning("{0} prunes the ViT trained upstream in this chain; the chain keeps that dense ViT too, and saves it. " +
                 "To keep only the pruned model, pass the trainer instead: mlContext.Transforms.{1}(options, mlContext.MulticlassClassification.Trainers.ViTClassification(...)).",
-                _method, _method switch { "GOHSP" => "GohspPrune", "SOMP" => "SompPrune", "SGMP" => "SgmpPrune", _ => "GohspPrune" });
+                _method, _catalogEntry);
         var train = ImageColumn.ReadAll(input, image, labelName, arch.Channels, arch.ImageSize, out _);
         if (train.Count == 0) throw new ArgumentException("The calibration/training data has no labelled rows.", nameof(input));
         var valid = _options.ValidationSet is null ? null
             : ImageColumn.ReadAll(_options.ValidationSet, image, labelName, arch.Channels, arch.ImageSize, out _);
-        foreach (var (_, stage) in _options.TrainingStages) CopyPreprocessing(p.Preprocessing, stage);
-        // MLContext.CancelExecution() stops the run within one optimiser step: every stage reports progress through the options.
-        var userProgress = _options.Progress;
+        foreach (var (_, stage) in _methodOptions.TrainingStages) CopyPreprocessing(p.Preprocessing, stage);
+        // MLContext.CancelExecution() stops the run within one optimiser step: every stage reports progress through the context.
         PruningResult result;
-        using (var cancellation = new HostCancellation(_host, userProgress))
+        using (var cancellation = new HostCancellation(_host, _options.Progress))
         {
-            _options.Progress = cancellation;
-            try { result = Prune(p, train, valid, _options, line => ch.Info(line)); }
-            finally { _options.Progress = userProgress; }
+            var context = new PruningContext(p.Model, train, valid)
+            {
+                Log = line => ch.Info(line), Progress = cancellation, CancellationToken = cancellation.Token,
+            };
+            result = Prune(p, context, _options);
         }
         LastReport = result.Report;
         var pruned = p.WithModel(result.Model, result.Report);
         return MLNetInternals.PredictionTransformer(_host, pruned, input.Schema, image, labelName);
     }
 
+    private void CheckColumns(DataViewSchema schema, ViTModelParameters p, string image, string labelName)
+    {
+        var arch = p.Architecture;
+        GetOutputSchema(SchemaShape.Create(schema));
+        var kind = ImageColumn.Check(schema, image, arch.Channels, arch.ImageSize, nameof(IPruningEstimatorOptions.ImageColumnName));
+        if (kind != p.InputKind || !schema[image].Type.Equals(p.InputType))
+            throw new ArgumentOutOfRangeException(nameof(IPruningEstimatorOptions.ImageColumnName),
+                $"Image column '{image}' has type {schema[image].Type}; the dense model was trained on {p.InputType}.");
+        var labelType = (KeyDataViewType)schema[labelName].Type;
+        if (labelType.GetCountAsInt32(_host) != arch.NumClasses)
+            throw new ArgumentOutOfRangeException(nameof(IPruningEstimatorOptions.LabelColumnName),
+                $"Label column '{labelName}' has {labelType.Count} classes; the dense model has {arch.NumClasses}.");
+    }
+
     /// <summary>
-    /// Runs the pruning method on <paramref name="input"/>'s model (not modified) and returns the new model with its report.
-    /// The default runs the whole method the options configure; the GOHSP stage estimators run one stage.
+    /// Runs the pruning method on <paramref name="input"/>'s model (the context's model; not modified) and returns the new
+    /// model with its report. The default runs the whole method of the options (<see cref="PruningOptions.CreateMethod"/>);
+    /// the GOHSP stage estimators run one stage.
     /// </summary>
-    private protected virtual PruningResult Prune(ViTModelParameters input, ImageTensorData train, ImageTensorData? validation, TOptions options,
-        Action<string> log)
-        => PruningProtocol.Run(input.Model, train, validation, options, log, options.Progress);
+    private protected virtual PruningResult Prune(ViTModelParameters input, PruningContext context, TOptions options)
+        => PruningProtocol.Run(context, _methodOptions);
 
     private static void CopyPreprocessing(ViTPreprocessing pre, ViTTrainingOptions? o)
     {

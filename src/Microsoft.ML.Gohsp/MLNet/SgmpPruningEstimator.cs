@@ -27,5 +27,5 @@ public sealed class SgmpPruningEstimator : PruningEstimatorBase<SgmpPruningEstim
         public IProgress<ViTTrainingProgress>? Progress { get; set; }
     }
 
-    internal SgmpPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, denseModel) { }
+    internal SgmpPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, options, "SgmpPrune", denseModel) { }
 }

@@ -27,5 +27,5 @@ public sealed class SompPruningEstimator : PruningEstimatorBase<SompPruningEstim
         public IProgress<ViTTrainingProgress>? Progress { get; set; }
     }
 
-    internal SompPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, denseModel) { }
+    internal SompPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, options, "SompPrune", denseModel) { }
 }

@@ -1,5 +1,4 @@
 using Microsoft.ML.Gohsp.Training;
-using Microsoft.ML.Gohsp.VisionTransformer;
 
 namespace Microsoft.ML.Gohsp.Pruning;
 
@@ -13,7 +12,10 @@ public class SgmpOptions : PruningOptions
     public SgmpOptions() : base(fineTuneEpochs: 5) { }
 
     /// <inheritdoc />
-    public override PruningMethod Method => PruningMethod.Sgmp;
+    public override PruningMethod? Method => PruningMethod.Sgmp;
+
+    /// <inheritdoc />
+    public override IPruningMethod CreateMethod() => new SgmpPruner(this);
 
     /// <summary>
     /// Training options of the gradual phase. Default 5 epochs at a constant lr of 5e-4, no warm-up — the same as GOHSP's
@@ -40,8 +42,9 @@ public class SgmpOptions : PruningOptions
     /// </summary>
     public double RampFraction { get; set; } = 0.75;
 
-    internal override IReadOnlyList<(string Name, ViTTrainingOptions Options)> TrainingStages =>
-        [(nameof(Gradual), Gradual), (nameof(FineTune), FineTune)];
+    /// <inheritdoc />
+    protected internal override IReadOnlyList<PruningStage> TrainingStages =>
+        [new(nameof(Gradual), () => Gradual, o => Gradual = o), new(nameof(FineTune), () => FineTune, o => FineTune = o)];
 
     /// <summary>Throws naming the first invalid option (<see cref="SgmpSchedule.For(SgmpOptions, long)"/> checks the ramp against the data).</summary>
     public override void Validate()
@@ -55,46 +58,5 @@ public class SgmpOptions : PruningOptions
         if (StartStep < 0) throw new ArgumentOutOfRangeException(nameof(StartStep), StartStep, "StartStep must be ≥ 0.");
         if (PruningFrequency < 0) throw new ArgumentOutOfRangeException(nameof(PruningFrequency), PruningFrequency, "PruningFrequency must be ≥ 0 steps (0 = automatic).");
         if (!(RampFraction > 0 && RampFraction <= 1)) throw new ArgumentOutOfRangeException(nameof(RampFraction), RampFraction, "RampFraction must be in (0, 1].");
-    }
-}
-
-/// <summary>
-/// SGMP, the gradual baseline (Zhu &amp; Gupta's gradual magnitude pruning on GOHSP's structures): trains a copy of the dense
-/// model for <see cref="SgmpOptions.Gradual"/> while <see cref="GradualMagnitudePruning"/> raises the structured sparsity on
-/// the cubic <see cref="SgmpSchedule"/>, re-ranking the kept structures by ℓ2 magnitude at every pruning step and keeping the
-/// pruned ones at zero; then removes them with <see cref="HardPruning"/> and fine-tunes. The dense model is not modified.
-/// </summary>
-public static class SgmpPruner
-{
-    /// <summary>Runs the gradual phase, the hard pruning and the fine-tuning.</summary>
-    /// <param name="dense">The trained dense model (not modified).</param>
-    /// <param name="train">Training data of both phases.</param>
-    /// <param name="validation">Optional validation data: accuracy after each stage goes into the report.</param>
-    /// <param name="options">Sparsity, schedule, training, budget and distillation options.</param>
-    /// <param name="log">Receives progress lines.</param>
-    /// <param name="progress">Receives training progress.</param>
-    /// <param name="cancellationToken">Cancels training.</param>
-    public static PruningResult Run(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, SgmpOptions options,
-        Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
-    {
-        PruningRun.RequireDense(dense, "SGMP");
-        var run = PruningRun.Start(dense, train, validation, options, log, progress, cancellationToken);
-        var schedule = SgmpSchedule.For(options, (long)TrainingLoop.StepsPerEpoch(train.Count, options.Gradual.BatchSize) * options.Gradual.Epochs, run.Budget.Fraction);
-        run.Log($"cubic schedule: s_i {schedule.InitialSparsity:P1} → s_f {schedule.FinalSparsity:P1}, t0 {schedule.StartStep}, " +
-                $"every {schedule.Frequency} steps, {schedule.PruningSteps} pruning steps, ramp ends at step {schedule.EndStep}");
-        var model = dense.Clone();
-        using var hook = new GradualMagnitudePruning(schedule, options.Budget, run.Budget.Cost);
-        try
-        {
-            run.TrainStage(model, options.Gradual, "gradual", hook);
-            hook.PruneTo(model, run.Budget.Fraction); // no-op when the ramp already reached s_f (it does unless training was cut short)
-            run.Log($"gradual phase: sparsity after each pruning step {string.Join(", ", hook.History.Select(e => e.AchievedSparsity.ToString("P1")))}");
-            run.Measure("gradually-pruned", model);
-            return run.Finish(model, hook.Plan!);
-        }
-        finally
-        {
-            model.Dispose();
-        }
     }
 }

@@ -4,7 +4,7 @@ using Microsoft.ML.Gohsp.VisionTransformer;
 namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
-/// The fair comparison protocol of GOHSP, SOMP and SGMP: every method starts from the same dense model and gets the same
+/// The fair comparison protocol of GOHSP, SOMP and SGMP (and of any method with one or two training stages): every method starts from the same dense model and gets the same
 /// number of training epochs after it, with the same optimiser, augmentation, pre-processing and seed. The split:
 /// <list type="bullet">
 /// <item>GOHSP: ⌊E/2⌋ soft-pruning epochs, then E − ⌊E/2⌋ fine-tuning epochs;</item>
@@ -33,72 +33,61 @@ public static class PruningProtocol
     /// </param>
     public static PruningOptions ForEpochBudget(PruningMethod method, double sparsity, int totalEpochs, ViTTrainingOptions? baseOptions = null)
     {
-        PruningOptions options = method switch
-        {
-            PruningMethod.Gohsp => new GohspOptions(),
-            PruningMethod.Somp => new SompOptions(),
-            PruningMethod.Sgmp => new SgmpOptions(),
-            _ => throw new ArgumentOutOfRangeException(nameof(method), method, "Unknown pruning method."),
-        };
+        var options = PruningOptions.Create(method);
         options.Sparsity = sparsity;
         return ApplyEpochBudget(options, totalEpochs, baseOptions);
     }
 
     /// <summary>
-    /// Runs the method that <paramref name="options"/> configure (<see cref="GohspPruner.Run"/>, <see cref="SompPruner.Run"/> or
-    /// <see cref="SgmpPruner.Run"/>) — one entry point for comparisons over the options <see cref="ForEpochBudget"/> returns.
+    /// Runs the method that <paramref name="options"/> configure (<see cref="PruningOptions.CreateMethod"/>: GOHSP, SOMP,
+    /// SGMP or any other <see cref="IPruningMethod"/>) — one entry point for comparisons over the options
+    /// <see cref="ForEpochBudget"/> returns.
     /// </summary>
-    /// <param name="dense">The trained dense model (not modified).</param>
-    /// <param name="train">Training data of every stage.</param>
-    /// <param name="validation">Optional validation data: accuracy after each stage goes into the report.</param>
-    /// <param name="options">A <see cref="GohspOptions"/>, <see cref="SompOptions"/> or <see cref="SgmpOptions"/>.</param>
-    /// <param name="log">Receives progress lines.</param>
-    /// <param name="progress">Receives training progress.</param>
-    /// <param name="cancellationToken">Cancels training.</param>
-    public static PruningResult Run(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, PruningOptions options,
-        Action<string>? log = null, IProgress<ViTTrainingProgress>? progress = null, CancellationToken cancellationToken = default) => options switch
+    /// <param name="context">The trained dense model (not modified), the data of every stage, log, progress and cancellation.</param>
+    /// <param name="options">The method's options.</param>
+    public static PruningResult Run(PruningContext context, PruningOptions options)
     {
-        GohspOptions g => GohspPruner.Run(dense, train, validation, g, log, progress, cancellationToken),
-        SompOptions s => SompPruner.Run(dense, train, validation, s, log, progress, cancellationToken),
-        SgmpOptions s => SgmpPruner.Run(dense, train, validation, s, log, progress, cancellationToken),
-        null => throw new ArgumentNullException(nameof(options)),
-        _ => throw new ArgumentException($"Unknown pruning options type {options.GetType().Name}.", nameof(options)),
-    };
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(options);
+        return options.CreateMethod().Run(context);
+    }
 
     /// <summary>
     /// Sets the training stages of existing <paramref name="options"/> (for example an ML.NET estimator's
-    /// <c>Options</c>) to the protocol's split of <paramref name="totalEpochs"/>; other options are left as they are.
+    /// <c>Options</c>) to the protocol's split of <paramref name="totalEpochs"/>; other options are left as they are. A
+    /// method with one training stage gets all of them; a method with two gets ⌊E/2⌋ before the cut and the rest after it.
     /// </summary>
     /// <returns><paramref name="options"/>, validated.</returns>
     public static TOptions ApplyEpochBudget<TOptions>(TOptions options, int totalEpochs, ViTTrainingOptions? baseOptions = null)
         where TOptions : PruningOptions
     {
         ArgumentNullException.ThrowIfNull(options);
-        int minimum = options.Method == PruningMethod.Somp ? 1 : 2;
+        var stages = options.TrainingStages;
+        string name = options.CreateMethod().Name;
+        if (stages.Count is < 1 or > 2)
+            throw new ArgumentException($"The protocol splits an epoch budget over one or two training stages; {name} has {stages.Count}.", nameof(options));
+        int minimum = stages.Count;
         if (totalEpochs < minimum)
             throw new ArgumentOutOfRangeException(nameof(totalEpochs), totalEpochs,
-                $"totalEpochs must be ≥ {minimum} for {options.Method} ({(minimum == 2 ? "one per training stage" : "one fine-tuning epoch")}).");
+                $"totalEpochs must be ≥ {minimum} for {options.Method?.ToString() ?? name} ({(minimum == 2 ? "one per training stage" : "one fine-tuning epoch")}).");
         var b = baseOptions ?? new ViTTrainingOptions { LearningRate = 5e-4, WarmupEpochs = 1 };
-        int first = totalEpochs / 2;
-        // the learning rate the one schedule over all E epochs reaches at the stage boundary
-        double boundary = BoundaryRate(b, first, totalEpochs);
-        switch (options)
+        if (stages.Count == 1)
+            stages[0].Options = Stage(b, totalEpochs, StageFolder(name, stages[0]));
+        else
         {
-            case GohspOptions g:
-                g.SoftPruning = FirstStage(b, first, totalEpochs, boundary, "gohsp-soft-pruning");
-                g.FineTune = SecondStage(b, totalEpochs - first, boundary, "gohsp-fine-tune");
-                break;
-            case SgmpOptions s:
-                s.Gradual = FirstStage(b, first, totalEpochs, boundary, "sgmp-gradual");
-                s.FineTune = SecondStage(b, totalEpochs - first, boundary, "sgmp-fine-tune");
-                break;
-            default:
-                options.FineTune = Stage(b, totalEpochs, "somp-fine-tune");
-                break;
+            int first = totalEpochs / 2;
+            // the learning rate the one schedule over all E epochs reaches at the stage boundary
+            double boundary = BoundaryRate(b, first, totalEpochs);
+            stages[0].Options = FirstStage(b, first, totalEpochs, boundary, StageFolder(name, stages[0]));
+            stages[1].Options = SecondStage(b, totalEpochs - first, boundary, StageFolder(name, stages[1]));
         }
         options.Validate();
         return options;
     }
+
+    // "gohsp" + SoftPruning → "gohsp-soft-pruning": each method and stage checkpoints into its own sub-folder
+    private static string StageFolder(string method, PruningStage stage) =>
+        method + string.Concat(stage.Name.Select(c => char.IsUpper(c) ? "-" + char.ToLowerInvariant(c) : c.ToString()));
 
     /// <summary>
     /// The warm-up of a training stage of <paramref name="epochs"/> epochs: the base warm-up, but at most a quarter of the

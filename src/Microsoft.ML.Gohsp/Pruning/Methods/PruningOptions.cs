@@ -2,7 +2,11 @@ using Microsoft.ML.Gohsp.Training;
 
 namespace Microsoft.ML.Gohsp.Pruning;
 
-/// <summary>The structured pruning methods of this library.</summary>
+/// <summary>
+/// The names of this library's structured pruning methods (for a command line or a configuration file;
+/// <see cref="PruningOptions.Create"/> gives their options). A method is a type (<see cref="IPruningMethod"/>), and a
+/// method defined elsewhere has no name here.
+/// </summary>
 public enum PruningMethod
 {
     /// <summary>GOHSP: graph-based head ranking, ADMM soft pruning, hard pruning and fine-tuning (<see cref="GohspPruner"/>).</summary>
@@ -22,11 +26,26 @@ public enum PruningMethod
 /// </summary>
 public abstract class PruningOptions
 {
-    private protected PruningOptions(int fineTuneEpochs) =>
+    /// <summary>Creates the shared options with a fine-tuning stage of <paramref name="fineTuneEpochs"/> epochs.</summary>
+    /// <param name="fineTuneEpochs">Epochs of <see cref="FineTune"/>.</param>
+    protected PruningOptions(int fineTuneEpochs) =>
         FineTune = new() { Epochs = fineTuneEpochs, LearningRate = 5e-4, WarmupEpochs = 1 };
 
-    /// <summary>The method these options configure.</summary>
-    public abstract PruningMethod Method { get; }
+    /// <summary>New default options of the library's method <paramref name="method"/>.</summary>
+    /// <param name="method">The method's name.</param>
+    public static PruningOptions Create(PruningMethod method) => method switch
+    {
+        PruningMethod.Gohsp => new GohspOptions(),
+        PruningMethod.Somp => new SompOptions(),
+        PruningMethod.Sgmp => new SgmpOptions(),
+        _ => throw new ArgumentOutOfRangeException(nameof(method), method, "Unknown pruning method."),
+    };
+
+    /// <summary>The library's method these options configure; null for a method defined elsewhere.</summary>
+    public virtual PruningMethod? Method => null;
+
+    /// <summary>The method these options configure, holding these options: what <see cref="PruningProtocol.Run"/> and the pruning estimators run.</summary>
+    public abstract IPruningMethod CreateMethod();
 
     private double? _sparsity;
 
@@ -89,8 +108,11 @@ public abstract class PruningOptions
     /// <summary>Training epochs this method spends after the dense model (the sum over its training stages).</summary>
     public int TotalTrainingEpochs => TrainingStages.Sum(s => s.Options?.Epochs ?? 0);
 
-    /// <summary>The training stages in the order they run, with the option names used in error messages.</summary>
-    internal abstract IReadOnlyList<(string Name, ViTTrainingOptions Options)> TrainingStages { get; }
+    /// <summary>
+    /// The training stages in the order they run, with the option names used in error messages; the last is
+    /// <see cref="FineTune"/>. <see cref="PruningProtocol.ApplyEpochBudget"/> splits an epoch budget over them.
+    /// </summary>
+    protected internal abstract IReadOnlyList<PruningStage> TrainingStages { get; }
 
     /// <summary>Throws naming the first invalid option (training stages are checked against the model when a run starts).</summary>
     public virtual void Validate()
@@ -134,4 +156,31 @@ public abstract class PruningOptions
             catch (ArgumentException e) { throw new ArgumentException($"Invalid {name} options: {e.Message}", $"{name}.{e.ParamName}", e); }
         }
     }
+}
+
+/// <summary>One training stage of a pruning method: its option's name (as error messages name it) and that option.</summary>
+public sealed class PruningStage
+{
+    private readonly Func<ViTTrainingOptions> _get;
+    private readonly Action<ViTTrainingOptions> _set;
+
+    /// <summary>Creates a stage that reads and replaces its options through <paramref name="get"/> and <paramref name="set"/>.</summary>
+    /// <param name="name">The option's name, e.g. <c>nameof(FineTune)</c>.</param>
+    /// <param name="get">Reads the option.</param>
+    /// <param name="set">Replaces the option.</param>
+    public PruningStage(string name, Func<ViTTrainingOptions> get, Action<ViTTrainingOptions> set)
+    {
+        Name = name ?? throw new ArgumentNullException(nameof(name));
+        _get = get ?? throw new ArgumentNullException(nameof(get));
+        _set = set ?? throw new ArgumentNullException(nameof(set));
+    }
+
+    /// <summary>The option's name, e.g. "SoftPruning", "FineTune".</summary>
+    public string Name { get; }
+
+    /// <summary>The stage's training options (null when unset; the option checks report it).</summary>
+    public ViTTrainingOptions Options { get => _get(); set => _set(value); }
+
+    /// <summary>Deconstructs into (<see cref="Name"/>, <see cref="Options"/>).</summary>
+    public void Deconstruct(out string name, out ViTTrainingOptions options) => (name, options) = (Name, Options);
 }

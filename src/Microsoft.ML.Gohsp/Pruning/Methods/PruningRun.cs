@@ -6,69 +6,59 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
-/// The part every pruning method shares (GOHSP, SOMP, SGMP): argument and option checks, validation accuracy per stage,
+/// The part every pruning method shares (GOHSP, SOMP, SGMP, and any <see cref="IPruningMethod"/> in this assembly): argument and option checks, validation accuracy per stage,
 /// training stages through the one <see cref="TrainingLoop"/>, and the common tail — physical pruning with
 /// <see cref="HardPruning"/>, fine-tuning (optionally distilled from the dense model), parameter/FLOP counting from the
 /// pruned <see cref="ViTArchitecture"/> and the <see cref="PruningReport"/>.
 /// </summary>
 internal sealed class PruningRun
 {
-    private readonly ImageTensorData? _validation;
+    private readonly PruningContext _context;
     private readonly PruningOptions _options;
-    private readonly Action<string>? _log;
-    private readonly IProgress<ViTTrainingProgress>? _progress;
-    private readonly CancellationToken _cancellationToken;
     private readonly Dictionary<string, double> _accuracy = new();
     private readonly Dictionary<string, double> _nll = new();
     private string? _lastStage;
 
-    private PruningRun(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, PruningOptions options,
-        Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken)
+    private PruningRun(PruningContext context, IPruningMethod method, PruningBudget budget)
     {
-        Dense = dense; Teacher = dense; Train = train; _validation = validation; _options = options;
-        _log = log; _progress = progress; _cancellationToken = cancellationToken;
-        Name = options.Method.ToString().ToLowerInvariant();
+        _context = context; _options = method.Options;
+        Dense = context.Model; Teacher = context.Teacher ?? context.Model; Train = context.Train; Budget = budget;
+        Name = method.Name;
     }
 
     /// <summary>
-    /// Rejects, before any work, a model that carries a GOHSP head mask (the output of GOHSP stage 1) where a baseline
+    /// Rejects, before any work, a model that carries a GOHSP head mask (the output of GOHSP stage 1) where a method
     /// expects a dense model: dropping the mask silently would bring back heads the user had already removed.
     /// </summary>
-    internal static void RequireDense(VisionTransformerModel dense, string method)
+    /// <param name="context">The run's context.</param>
+    /// <param name="method">The method's name in the message ("SOMP", "SGMP").</param>
+    internal static void RequireDense(PruningContext context, string method)
     {
-        ArgumentNullException.ThrowIfNull(dense);
-        if (dense.KeptHeads is not null)
+        ArgumentNullException.ThrowIfNull(context);
+        if (context.Model.KeptHeads is not null)
             throw new ArgumentException($"{method} prunes a dense model, but this one carries a GOHSP head mask (the output of GOHSP stage 1, " +
-                "GohspRankHeads); continue it with GohspSoftPrune / GohspHardPrune, or call ClearHeadMasks() on it first.", nameof(dense));
+                "GohspRankHeads); continue it with GohspSoftPrune / GohspHardPrune, or call ClearHeadMasks() on it first.", "dense");
     }
 
     /// <summary>
-    /// Checks the arguments and options (before any work) and measures the dense model — or, for a later stage of a staged
-    /// run (<paramref name="previous"/> given), carries the earlier stages' accuracies over instead.
+    /// Checks the context and the method's options (before any work) and measures the model the run starts from — or, for
+    /// a later stage of a staged run (<see cref="PruningContext.Previous"/> given), carries the earlier stages' accuracies
+    /// over instead.
     /// </summary>
-    /// <param name="dense">The model this run starts from: the dense model, or the output of the previous GOHSP stage.</param>
-    /// <param name="train">Training data.</param>
-    /// <param name="validation">Optional validation data.</param>
-    /// <param name="options">Method options.</param>
-    /// <param name="log">Log sink.</param>
-    /// <param name="progress">Training progress sink.</param>
-    /// <param name="cancellationToken">Cancels training.</param>
-    /// <param name="previous">The report of the previous stage, when this run continues a staged run.</param>
-    /// <param name="teacher">Distillation teacher; default <paramref name="dense"/>.</param>
-    public static PruningRun Start(VisionTransformerModel dense, ImageTensorData train, ImageTensorData? validation, PruningOptions options,
-        Action<string>? log, IProgress<ViTTrainingProgress>? progress, CancellationToken cancellationToken,
-        PruningReport? previous = null, VisionTransformerModel? teacher = null)
+    /// <param name="context">Model, data, sinks, cancellation; the previous stage's report and the teacher of a staged run.</param>
+    /// <param name="method">The method: its name and options.</param>
+    public static PruningRun Start(PruningContext context, IPruningMethod method)
     {
-        ArgumentNullException.ThrowIfNull(dense);
-        ArgumentNullException.ThrowIfNull(train);
-        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(method);
+        var options = method.Options ?? throw new ArgumentNullException(nameof(method), "The method has no options.");
         options.Validate();
-        options.ValidateStages(dense.Architecture.Channels);
-        if (train.Count == 0) throw new ArgumentException("The training data has no rows.", nameof(train));
-        var budget = PruningBudget.Resolve(options, dense.Architecture);
-        var run = new PruningRun(dense, train, validation, options, log, progress, cancellationToken) { Teacher = teacher ?? dense, Budget = budget };
+        options.ValidateStages(context.Model.Architecture.Channels);
+        if (context.Train.Count == 0) throw new ArgumentException("The training data has no rows.", "train");
+        var budget = PruningBudget.Resolve(options, context.Model.Architecture);
+        var run = new PruningRun(context, method, budget);
         if (budget.Latency is not null) run.Log(budget.Describe());
-        if (previous is null) run.Measure("dense", dense);
+        if (context.Previous is not { } previous) run.Measure("dense", context.Model);
         else
         {
             foreach (var (stage, accuracy) in previous.ValidationAccuracy) run._accuracy[stage] = accuracy;
@@ -81,23 +71,23 @@ internal sealed class PruningRun
     /// <summary>The dense model (never modified).</summary>
     public VisionTransformerModel Dense { get; }
     /// <summary>The distillation teacher of the fine-tuning (the dense model unless a staged run says otherwise).</summary>
-    public VisionTransformerModel Teacher { get; private init; }
+    public VisionTransformerModel Teacher { get; }
     /// <summary>The training data.</summary>
     public ImageTensorData Train { get; }
     /// <summary>What the run's allocations spend: parameters, or the latency a table estimates.</summary>
-    public PruningBudget Budget { get; private init; } = null!;
-    /// <summary>"gohsp", "somp" or "sgmp": report method, log prefix and training-stage prefix.</summary>
+    public PruningBudget Budget { get; }
+    /// <summary>The method's <see cref="IPruningMethod.Name"/>: report method, log prefix and training-stage prefix.</summary>
     public string Name { get; }
 
     /// <summary>Logs one line with the method prefix.</summary>
-    public void Log(string message) => _log?.Invoke($"[{Name}] {message}");
+    public void Log(string message) => _context.Log?.Invoke($"[{Name}] {message}");
 
     /// <summary>Records the validation accuracy of <paramref name="model"/> after <paramref name="stage"/> (when a validation set was given).</summary>
     public void Measure(string stage, VisionTransformerModel model)
     {
         _lastStage = stage;
-        if (_validation is null) return;
-        var m = Fidelity.Measure(model, _validation, _options.FineTune);
+        if (_context.Validation is null) return;
+        var m = Fidelity.Measure(model, _context.Validation, _options.FineTune);
         _accuracy[stage] = m.Top1;
         _nll[stage] = m.Nll;
         Log($"validation {stage}: top-1 {m.Top1:P2}, NLL {m.Nll:F4}");
@@ -105,7 +95,7 @@ internal sealed class PruningRun
 
     /// <summary>Trains <paramref name="model"/> in place on the training data (stage name "<see cref="Name"/>-<paramref name="stage"/>").</summary>
     public void TrainStage(VisionTransformerModel model, ViTTrainingOptions options, string stage, ITrainingHook? hook = null)
-        => new TrainingLoop(options, $"{Name}-{stage}", _log, _progress) { Hook = hook }.Train(model, Train, null, _cancellationToken);
+        => new TrainingLoop(options, $"{Name}-{stage}", _context.Log, _context.Progress) { Hook = hook }.Train(model, Train, null, _context.CancellationToken);
 
     /// <summary>
     /// The common tail: removes what <paramref name="plan"/> drops from <paramref name="model"/> (not modified), fine-tunes
