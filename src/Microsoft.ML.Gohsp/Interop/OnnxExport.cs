@@ -94,8 +94,33 @@ public static class OnnxExport
         CheckSize(a);
         var w = Weights(model);
         var g = new GraphBuilder();
-        int d = a.EmbedDim;
+        var tokens = TokensBeforeBlocks(g, w, a, options);
 
+        // ---- blocks ---------------------------------------------------------------------------------------------
+        // The last block computes the class token's row alone, as VisionTransformerModel.forward does: its other tokens never
+        // reach the head (its output is [B, 1, D]).
+        for (int b = 0; b < a.Depth; b++)
+            tokens = Block(g, w, $"blocks.{b}.", a.Blocks[b], tokens, a.LayerNormEps, classTokenOnly: b == a.Depth - 1);
+
+        // ---- head -----------------------------------------------------------------------------------------------
+        var first = g.Node("Gather", [tokens, g.ScalarLong("cls_index", 0)], GraphBuilder.Int("axis", 1));            // [B, D]
+        var normed = LayerNorm(g, w, "norm", first, a.LayerNormEps);
+        g.Node("Add", [g.Node("MatMul", [normed, g.Const("head.weight_t", Transposed(w["head.weight"]))]), g.Const("head.bias", w["head.bias"])],
+            output: options.LogitsName);
+        g.Node("Softmax", [options.LogitsName], output: options.ProbabilitiesName, attributes: GraphBuilder.Int("axis", -1));
+
+        var proto = Describe(g.Graph, a, options);
+        foreach (var t in w.Values) t.Dispose();
+        return proto;
+    }
+
+    /// <summary>
+    /// The input of block 0, [B, N+1, D]: the optional normalisation of the raw pixels, the patch embedding (a Conv), the
+    /// class token and the position embedding.
+    /// </summary>
+    private static string TokensBeforeBlocks(GraphBuilder g, Dictionary<string, Tensor> w, ViTArchitecture a, OnnxExportOptions options)
+    {
+        int d = a.EmbedDim;
         // ---- input, optional normalisation -----------------------------------------------------------------------
         string x = options.InputName;
         if (options.Normalization is { } n)
@@ -112,22 +137,15 @@ public static class OnnxExport
         var batch = g.Node("Slice", [g.Node("Shape", [options.InputName]), g.Shape(0), g.Shape(1)]);                      // [B]
         var clsShape = g.Node("Concat", [batch, g.Shape(1, d)], GraphBuilder.Int("axis", 0));
         var cls = g.Node("Expand", [g.Const("cls_token", w["cls_token"]), clsShape]);
-        var tokens = g.Node("Add", [g.Node("Concat", [cls, patches], GraphBuilder.Int("axis", 1)), g.Const("pos_embed", w["pos_embed"])]);
+        return g.Node("Add", [g.Node("Concat", [cls, patches], GraphBuilder.Int("axis", 1)), g.Const("pos_embed", w["pos_embed"])]);
+    }
 
-        // ---- blocks ---------------------------------------------------------------------------------------------
-        // The last block computes the class token's row alone, as VisionTransformerModel.forward does: its other tokens never
-        // reach the head (its output is [B, 1, D]).
-        for (int b = 0; b < a.Depth; b++)
-            tokens = Block(g, w, $"blocks.{b}.", a.Blocks[b], tokens, a.LayerNormEps, classTokenOnly: b == a.Depth - 1);
-
-        // ---- head -----------------------------------------------------------------------------------------------
-        var first = g.Node("Gather", [tokens, g.ScalarLong("cls_index", 0)], GraphBuilder.Int("axis", 1));            // [B, D]
-        var normed = LayerNorm(g, w, "norm", first, a.LayerNormEps);
-        g.Node("Add", [g.Node("MatMul", [normed, g.Const("head.weight_t", Transposed(w["head.weight"]))]), g.Const("head.bias", w["head.bias"])],
-            output: options.LogitsName);
-        g.Node("Softmax", [options.LogitsName], output: options.ProbabilitiesName, attributes: GraphBuilder.Int("axis", -1));
-
-        var graph = g.Graph;
+    /// <summary>
+    /// The model around <paramref name="graph"/>: its inputs and outputs with the symbolic batch, the opset, the doc string
+    /// and metadata.
+    /// </summary>
+    private static ModelProto Describe(GraphProto graph, ViTArchitecture a, OnnxExportOptions options)
+    {
         graph.Name = "VisionTransformer";
         graph.Input.Add(TensorValue(options.InputName, "batch", a.Channels, a.ImageSize, a.ImageSize));
         graph.Output.Add(TensorValue(options.LogitsName, "batch", a.NumClasses));
@@ -152,7 +170,6 @@ public static class OnnxExport
         Meta("gohsp.architecture", a.ToString());
         Meta("gohsp.parameters", a.ParameterCount.ToString(CultureInfo.InvariantCulture));
         Meta("gohsp.input", input);
-        foreach (var t in w.Values) t.Dispose();
         return proto;
     }
 

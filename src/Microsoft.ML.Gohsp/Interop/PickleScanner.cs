@@ -27,7 +27,7 @@ public sealed class UnsafePickleException : IOException
 /// <c>('storage', type, key, location, numel)</c>) and the tensors rebuilt over them, so that the caller can check every
 /// declared size against the bytes the file holds before anything is allocated.
 /// </summary>
-internal static class PickleScanner
+internal static partial class PickleScanner
 {
     /// <summary>Most memo entries a pickle may store (a ViT-Huge state dict uses a few thousand).</summary>
     internal const int MaxMemoEntries = 1 << 20;
@@ -65,136 +65,21 @@ internal static class PickleScanner
     /// </summary>
     internal static Result Scan(ReadOnlySpan<byte> data, string source, int start = 0)
     {
-        var globals = new List<string>();
-        var stack = new List<object>();
-        var memo = new Dictionary<long, object>();
-        var storages = new List<Storage>();
-        var tensors = new List<TensorView>();
-        int pos = start;
-
+        var scan = new Scanner(data, source, start);
         while (true)
         {
-            if (pos >= data.Length) throw Malformed(source, pos, "ends without a STOP opcode");
-            if (stack.Count > MaxStackDepth)
-                throw new InvalidDataException($"'{source}': the pickle's stack holds more than {MaxStackDepth:N0} items (byte {pos}); a state dict never needs that many.");
-            if (memo.Count > MaxMemoEntries)
-                throw new InvalidDataException($"'{source}': the pickle's memo holds more than {MaxMemoEntries:N0} entries (byte {pos}); a state dict never needs that many.");
-            int at = pos;
-            byte op = data[pos++];
-            switch (op)
+            scan.CheckBounds();
+            int at = scan.Pos;
+            byte op = data[scan.Pos++];
+            if (op == (byte)'.')                                                                      // STOP
             {
-                // ---- pushes of constants -------------------------------------------------------------------------
-                case (byte)'I': case (byte)'L':                                                       // INT, LONG (text)
-                    stack.Add(TextInteger(Line(data, ref pos, source))); break;
-                case (byte)'F': Line(data, ref pos, source); stack.Add(Unknown); break;               // FLOAT (text)
-                case (byte)'J': stack.Add(Length(data, ref pos, -4, source)); break;                  // BININT
-                case (byte)'K': stack.Add(Length(data, ref pos, 1, source)); break;                   // BININT1
-                case (byte)'M': stack.Add(Length(data, ref pos, 2, source)); break;                   // BININT2
-                case 0x8a: stack.Add(Long1(Bytes(data, ref pos, Length(data, ref pos, 1, source), source))); break; // LONG1
-                case 0x8b: Skip(data, ref pos, Length(data, ref pos, -4, source), source); stack.Add(Unknown); break; // LONG4
-                case (byte)'G': Skip(data, ref pos, 8, source); stack.Add(Unknown); break;            // BINFLOAT
-                case (byte)'S': stack.Add(Latin1(Line(data, ref pos, source)).Trim('\'', '"')); break; // STRING (quoted repr)
-                case (byte)'T': stack.Add(Latin1(Bytes(data, ref pos, Length(data, ref pos, -4, source), source))); break; // BINSTRING
-                case (byte)'U': stack.Add(Latin1(Bytes(data, ref pos, Length(data, ref pos, 1, source), source))); break;  // SHORT_BINSTRING
-                case (byte)'B': Skip(data, ref pos, Length(data, ref pos, 4, source), source); stack.Add(Unknown); break;  // BINBYTES
-                case (byte)'C': Skip(data, ref pos, Length(data, ref pos, 1, source), source); stack.Add(Unknown); break;  // SHORT_BINBYTES
-                case 0x8e: case 0x96: Skip(data, ref pos, Length(data, ref pos, 8, source), source); stack.Add(Unknown); break; // BINBYTES8, BYTEARRAY8
-                case (byte)'V': stack.Add(Utf8(Line(data, ref pos, source))); break;                  // UNICODE (raw-unicode-escaped)
-                case 0x8c: stack.Add(Utf8(Bytes(data, ref pos, Length(data, ref pos, 1, source), source))); break; // SHORT_BINUNICODE
-                case (byte)'X': stack.Add(Utf8(Bytes(data, ref pos, Length(data, ref pos, 4, source), source))); break; // BINUNICODE
-                case 0x8d: stack.Add(Utf8(Bytes(data, ref pos, Length(data, ref pos, 8, source), source))); break; // BINUNICODE8
-                case (byte)'N': case 0x88: case 0x89: stack.Add(Unknown); break;                      // NONE, NEWTRUE, NEWFALSE
-                case (byte)')': stack.Add(Array.Empty<object>()); break;                             // EMPTY_TUPLE
-                case (byte)']': case (byte)'}': case 0x8f: stack.Add(Unknown); break;                 // EMPTY_LIST/DICT/SET
-                case 0x97: stack.Add(Unknown); break;                                                 // NEXT_BUFFER
-                case 0x98: Pop(stack, 1, source, at); stack.Add(Unknown); break;                      // READONLY_BUFFER
-
-                // ---- containers ---------------------------------------------------------------------------------
-                case (byte)'a': Pop(stack, 1, source, at); break;                                     // APPEND [list, x] -> [list]
-                case (byte)'s': Pop(stack, 2, source, at); break;                                     // SETITEM [dict, k, v] -> [dict]
-                case (byte)'e': case (byte)'u': case 0x90: PopToMark(stack, source, at); Peek(stack, source, at); break; // APPENDS, SETITEMS, ADDITEMS
-                case (byte)'t': stack.Add(PopToMark(stack, source, at)); break;                       // TUPLE (its items are tracked)
-                case (byte)'l': case (byte)'d': case 0x91: PopToMark(stack, source, at); stack.Add(Unknown); break; // LIST, DICT, FROZENSET
-                case 0x85: stack.Add(Pop(stack, 1, source, at)); break;                               // TUPLE1
-                case 0x86: stack.Add(Pop(stack, 2, source, at)); break;                               // TUPLE2
-                case 0x87: stack.Add(Pop(stack, 3, source, at)); break;                               // TUPLE3
-
-                // ---- stack and memo -----------------------------------------------------------------------------
-                case (byte)'0':                                                                       // POP (pops a mark when one is on top, as Python does)
-                    Pop(stack, 1, source, at, allowMark: true); break;
-                case (byte)'2': stack.Add(Peek(stack, source, at)); break;                            // DUP
-                case (byte)'(': stack.Add(Mark); break;                                               // MARK
-                case (byte)'1': PopToMark(stack, source, at); break;                                  // POP_MARK
-                case (byte)'g': stack.Add(Get(memo, ParseLong(Line(data, ref pos, source), source, at), source, at)); break; // GET
-                case (byte)'h': stack.Add(Get(memo, Length(data, ref pos, 1, source), source, at)); break;  // BINGET
-                case (byte)'j': stack.Add(Get(memo, Length(data, ref pos, 4, source), source, at)); break;  // LONG_BINGET
-                case (byte)'p': memo[ParseLong(Line(data, ref pos, source), source, at)] = Peek(stack, source, at); break; // PUT
-                case (byte)'q': memo[Length(data, ref pos, 1, source)] = Peek(stack, source, at); break;  // BINPUT
-                case (byte)'r': memo[Length(data, ref pos, 4, source)] = Peek(stack, source, at); break;  // LONG_BINPUT
-                case 0x94: memo[memo.Count] = Peek(stack, source, at); break;                         // MEMOIZE
-
-                // ---- globals and calls --------------------------------------------------------------------------
-                case (byte)'c':                                                                       // GLOBAL module\nname\n
-                {
-                    string module = Ascii(Line(data, ref pos, source)), name = Ascii(Line(data, ref pos, source));
-                    Check(globals, module, name, source);
-                    stack.Add(new GlobalRef(module + "." + name));
-                    break;
-                }
-                case (byte)'i':                                                                       // INST module\nname\n [mark, args] -> [obj]
-                {
-                    string module = Ascii(Line(data, ref pos, source)), name = Ascii(Line(data, ref pos, source));
-                    Check(globals, module, name, source);
-                    PopToMark(stack, source, at);
-                    stack.Add(Unknown);
-                    break;
-                }
-                case 0x93:                                                                            // STACK_GLOBAL [module, name] -> [global]
-                {
-                    var name = Pop(stack, 1, source, at)[0];
-                    var module = Pop(stack, 1, source, at)[0];
-                    if (module is not string m || name is not string n)
-                        throw new UnsafePickleException(
-                            $"Refusing to load '{source}': its pickle imports a global whose module/name are computed at load time " +
-                            $"(STACK_GLOBAL at byte {at} without string constants), which a plain tensor checkpoint never does.", "<dynamic>");
-                    Check(globals, m, n, source);
-                    stack.Add(new GlobalRef(m + "." + n));
-                    break;
-                }
-                case 0x82: case 0x83: case 0x84:                                                      // EXT1, EXT2, EXT4
-                    throw new UnsafePickleException(
-                        $"Refusing to load '{source}': its pickle uses the copyreg extension registry (opcode EXT at byte {at}), " +
-                        "which imports globals indirectly; a plain tensor checkpoint never does.", "<extension>");
-                case (byte)'R':                                                                       // REDUCE [callable, args] -> [obj]
-                {
-                    var call = Pop(stack, 2, source, at);
-                    if (call[0] is GlobalRef { Name: "torch._utils._rebuild_tensor" or "torch._utils._rebuild_tensor_v2" })
-                        tensors.Add(TensorOf(call[1], source, at));
-                    stack.Add(Unknown);
-                    break;
-                }
-                case (byte)'b': Pop(stack, 1, source, at); Peek(stack, source, at); break;            // BUILD [obj, state] -> [obj]
-                case (byte)'o': PopToMark(stack, source, at); stack.Add(Unknown); break;              // OBJ [mark, cls, args] -> [obj]
-                case 0x81: Pop(stack, 2, source, at); stack.Add(Unknown); break;                      // NEWOBJ
-                case 0x92: Pop(stack, 3, source, at); stack.Add(Unknown); break;                      // NEWOBJ_EX
-                case (byte)'P': Line(data, ref pos, source); stack.Add(Unknown); break;               // PERSID
-                case (byte)'Q':                                                                       // BINPERSID [pid] -> [storage]
-                {
-                    var storage = StorageOf(Pop(stack, 1, source, at)[0], source, at);
-                    storages.Add(storage);
-                    stack.Add(storage);
-                    break;
-                }
-
-                // ---- framing ------------------------------------------------------------------------------------
-                case 0x80: Skip(data, ref pos, 1, source); break;                                     // PROTO
-                case 0x95: Skip(data, ref pos, 8, source); break;                                     // FRAME
-                case (byte)'.':                                                                       // STOP
-                    Pop(stack, 1, source, at);
-                    return new Result(globals, pos, storages, tensors);
-                default:
-                    throw Malformed(source, at, $"has an unknown opcode 0x{op:x2}");
+                scan.Pop(1, at);
+                return scan.Result;
             }
+            // every opcode belongs to exactly one group; each group returns false for the opcodes it does not know
+            if (!scan.PushConstant(op, at) && !scan.BuildContainer(op, at) && !scan.StackOrMemo(op, at)
+                && !scan.GlobalOrCall(op, at) && !scan.Framing(op))
+                throw Malformed(source, at, $"has an unknown opcode 0x{op:x2}");
         }
     }
 
@@ -290,7 +175,7 @@ internal static class PickleScanner
         pos += (int)n;
     }
 
-    private static ReadOnlySpan<byte> Bytes(ReadOnlySpan<byte> data, ref int pos, long n, string source)
+    private static ReadOnlySpan<byte> Bytes(ReadOnlySpan<byte> data, scoped ref int pos, long n, string source)
     {
         int start = pos;
         Skip(data, ref pos, n, source);
@@ -312,7 +197,7 @@ internal static class PickleScanner
         };
     }
 
-    private static ReadOnlySpan<byte> Line(ReadOnlySpan<byte> data, ref int pos, string source)
+    private static ReadOnlySpan<byte> Line(ReadOnlySpan<byte> data, scoped ref int pos, string source)
     {
         int n = data[pos..].IndexOf((byte)'\n');
         if (n < 0) throw Malformed(source, pos, "has an unterminated text argument");

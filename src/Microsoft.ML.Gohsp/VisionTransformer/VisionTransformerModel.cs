@@ -11,7 +11,7 @@ namespace Microsoft.ML.Gohsp.VisionTransformer;
 /// (<c>patch_embed.proj.weight</c>, <c>cls_token</c>, <c>pos_embed</c>, <c>blocks.N.attn.qkv.weight</c>, …).
 /// </summary>
 /// <remarks>Input: normalised images [B, C, H, W] float32. Output: logits [B, classes] float32.</remarks>
-public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
+public sealed partial class VisionTransformerModel : nn.Module<Tensor, Tensor>
 {
     private readonly ComputeSettings _settings = new();
 
@@ -141,7 +141,7 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor images)
     {
         long batch = images.dim() == 4 ? images.shape[0] : 0;
-        if (batch > InferenceSliceSize && !is_grad_enabled() && images.device_type == DeviceType.CPU)
+        if (AttentionPaths.SlicesBatch(is_grad_enabled(), images.device_type, batch, InferenceSliceSize))
         {
             using var scope = NewDisposeScope();
             var parts = new List<Tensor>();
@@ -197,10 +197,10 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var x = TokensBeforeBlocks(images);
         // Only the class token of the last block reaches the head: that block computes its row alone
-        // (Block.ForwardClassToken; the same logits and gradients, about 1/depth fewer FLOPs).
-        for (int i = 0; i < blocks.Count - 1; i++) x = blocks[i].forward(x);
-        using var last = blocks[blocks.Count - 1].ForwardClassToken(x);
-        using var c = last.select(1, 0);
+        // (AttentionPath.ClassToken; the same logits and gradients, about 1/depth fewer FLOPs).
+        for (int i = 0; i < blocks.Count; i++)
+            x = blocks[i].Forward(x, blocks[i].PathFor(x, classTokenOnly: i == blocks.Count - 1));
+        using var c = x.select(1, 0);
         using var n = norm.forward(c);
         var logits = head.forward(n);
         if (logits.dtype != ScalarType.Float32) logits = logits.to(ScalarType.Float32);
@@ -217,152 +217,4 @@ public sealed class VisionTransformerModel : nn.Module<Tensor, Tensor>
 
     /// <summary>Number of trainable parameter elements actually held by the module.</summary>
     public long CountParameters() => parameters().Sum(p => p.numel());
-
-    /// <summary>
-    /// Writes the architecture followed by the weights (TorchSharp's <c>Module.save</c> format) to a stream.
-    /// This is the payload stored inside an ML.NET model zip.
-    /// </summary>
-    public void Save(BinaryWriter writer)
-    {
-        ArgumentNullException.ThrowIfNull(writer);
-        Architecture.Write(writer);
-        var kept = KeptHeads;
-        writer.Write((int)Precision | (kept is null ? 0 : HeadMaskFlag));
-        if (kept is not null)
-            foreach (var heads in kept)
-            {
-                writer.Write(heads.Count);
-                foreach (int h in heads) writer.Write(h);
-            }
-        save(writer); // TorchSharp copies device tensors to the CPU as it writes them
-    }
-
-    /// <summary>Reads a model written by <see cref="Save"/>. Throws <see cref="InvalidDataException"/> on corrupted input.</summary>
-    public static VisionTransformerModel Load(BinaryReader reader)
-    {
-        ArgumentNullException.ThrowIfNull(reader);
-        ViTArchitecture arch;
-        int precision;
-        int[][]? kept = null;
-        try
-        {
-            arch = ViTArchitecture.Read(reader);
-            CheckFitsStream(arch, reader.BaseStream);
-            precision = reader.ReadInt32();
-            if ((precision & HeadMaskFlag) != 0)
-            {
-                precision &= ~HeadMaskFlag;
-                kept = new int[arch.Depth][];
-                for (int b = 0; b < arch.Depth; b++)
-                {
-                    int n = reader.ReadInt32();
-                    if (n < 1 || n > arch.Blocks[b].Heads) throw new InvalidDataException($"Block {b} keeps {n} heads of {arch.Blocks[b].Heads}.");
-                    kept[b] = new int[n];
-                    for (int i = 0; i < n; i++)
-                        if ((kept[b][i] = reader.ReadInt32()) is var h && (h < 0 || h >= arch.Blocks[b].Heads))
-                            throw new InvalidDataException($"Block {b} head mask names head {h} of {arch.Blocks[b].Heads}.");
-                }
-            }
-        }
-        catch (EndOfStreamException e)
-        {
-            throw new InvalidDataException("The ViT model data is truncated.", e);
-        }
-        var model = new VisionTransformerModel(arch, seed: 0);
-        try
-        {
-            model.load(reader, strict: true);
-        }
-        catch (Exception e) when (e is not OutOfMemoryException)
-        {
-            model.Dispose();
-            throw new InvalidDataException("The ViT weights are corrupted or do not match the stored architecture: " + e.Message, e);
-        }
-        model.Precision = Enum.IsDefined(typeof(ComputePrecision), precision) ? (ComputePrecision)precision : ComputePrecision.Float32;
-        if (kept is not null) model.SetHeadMasks(kept);
-        return model;
-    }
-
-    /// <summary>
-    /// Before a model is built from a stored architecture: its float32 weights (4 bytes per parameter, counted in floating point so
-    /// that absurd dimensions cannot overflow) must fit in what is left of a seekable stream. A crafted file that claims, say,
-    /// EmbedDim = 2²⁸ is refused here instead of allocating gigabytes.
-    /// </summary>
-    private static void CheckFitsStream(ViTArchitecture a, Stream stream)
-    {
-        if (!stream.CanSeek) return;
-        double d = a.EmbedDim, tokens = (double)(a.ImageSize / a.PatchSize) * (a.ImageSize / a.PatchSize) + 1;
-        double parameters = (double)a.Channels * a.PatchSize * a.PatchSize * d + d * tokens + d * a.NumClasses;
-        foreach (var b in a.Blocks)
-            parameters += d * ((double)b.Heads * (2.0 * b.QkDim + b.VDim)) + (double)b.Heads * b.VDim * d + 2.0 * d * b.MlpHidden;
-        long left = stream.Length - stream.Position;
-        if (parameters * 4 > left)
-            throw new InvalidDataException(
-                $"The stored architecture {a} needs at least {parameters * 4:N0} bytes of weights, but only {left:N0} bytes follow it.");
-    }
-
-    // High bit of the saved precision field: a head-mask section follows (files without it load as before).
-    private const int HeadMaskFlag = 0x100;
-
-    /// <summary>
-    /// The heads each block keeps under the binary head mask Mᴴ (GOHSP stage 1), or null when the model has no mask.
-    /// Masked heads' outputs are multiplied by 0; the mask is saved with the model.
-    /// </summary>
-    public IReadOnlyList<IReadOnlyList<int>>? KeptHeads
-    {
-        get
-        {
-            if (blocks.All(b => b.attn.HeadMask is null)) return null;
-            return blocks.Select(b => (IReadOnlyList<int>)KeptHeadsOf(b.attn)).ToArray();
-        }
-    }
-
-    private static int[] KeptHeadsOf(Attention attn)
-    {
-        if (attn.HeadMask is null) return Enumerable.Range(0, attn.Spec.Heads).ToArray();
-        using var mask = attn.HeadMask.cpu();
-        var values = mask.data<float>().ToArray();
-        return Enumerable.Range(0, values.Length).Where(i => values[i] != 0).ToArray();
-    }
-
-    /// <summary>Applies the binary head mask Mᴴ: in block b only the heads in <paramref name="keptHeads"/>[b] contribute.</summary>
-    /// <exception cref="ArgumentException">The list does not have one non-empty entry of valid head indices per block.</exception>
-    public void SetHeadMasks(IReadOnlyList<IReadOnlyList<int>> keptHeads)
-    {
-        ArgumentNullException.ThrowIfNull(keptHeads);
-        var a = Architecture;
-        if (keptHeads.Count != a.Depth) throw new ArgumentException($"Expected kept heads for {a.Depth} blocks, got {keptHeads.Count}.", nameof(keptHeads));
-        var device = parameters().First().device;
-        for (int b = 0; b < a.Depth; b++)
-        {
-            if (keptHeads[b].Count == 0) throw new ArgumentException($"Block {b} would keep no head.", nameof(keptHeads));
-            var mask = new float[a.Blocks[b].Heads];
-            foreach (int h in keptHeads[b])
-            {
-                if (h < 0 || h >= mask.Length) throw new ArgumentException($"Block {b} has no head {h} (it has {mask.Length}).", nameof(keptHeads));
-                mask[h] = 1;
-            }
-            blocks[b].attn.HeadMask?.Dispose();
-            blocks[b].attn.HeadMask = tensor(mask, device: device).DetachFromDisposeScope();
-        }
-    }
-
-    /// <summary>Removes every head mask (all heads contribute again).</summary>
-    public void ClearHeadMasks()
-    {
-        foreach (var b in blocks) { b.attn.HeadMask?.Dispose(); b.attn.HeadMask = null; }
-    }
-
-    /// <summary>A deep copy (same architecture, copied weights and head masks) on the same device.</summary>
-    public VisionTransformerModel Clone()
-    {
-        using var ms = new MemoryStream();
-        using (var w = new BinaryWriter(ms, System.Text.Encoding.UTF8, leaveOpen: true)) Save(w);
-        ms.Position = 0;
-        using var r = new BinaryReader(ms);
-        var copy = Load(r);
-        var device = parameters().First().device;
-        if (device.type != DeviceType.CPU) copy.to(device);
-        return copy;
-    }
 }
