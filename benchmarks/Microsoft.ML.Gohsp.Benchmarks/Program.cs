@@ -12,10 +12,10 @@
 // --onnx: instead, single-image and batch latency of dense and 50%-pruned cifar-tiny in ONNX Runtime vs TorchSharp (CPU, --threads,
 //         medians of --reps timed runs) and their output agreement; prints one JSON object as the last line (docs/interop.md).
 using System.Diagnostics;
-using Microsoft.ML;
-using Microsoft.ML.Gohsp;
 using System.Globalization;
 using System.Text.Json;
+using Microsoft.ML;
+using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp.Diagnostics;
 using Microsoft.ML.Gohsp.Training;

@@ -1,8 +1,8 @@
 using FluentAssertions;
 using Microsoft.ML;
 using Microsoft.ML.Data;
-using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp;
+using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using Xunit.Abstractions;
@@ -38,10 +38,10 @@ public class BaselineEstimatorTests(SmallDenseViTFixture f, ITestOutputHelper ou
     private IEstimator<MulticlassPredictionTransformer<ViTModelParameters>> Estimator(string method, double sparsity, ITransformer dense) => method switch
     {
         "gohsp" => f.Ml.Transforms.GohspPrune(new GohspPruningEstimator.Options
-            { Sparsity = sparsity, CalibrationImages = 64, SoftPruning = BaselinePrunerTests.Stage(constantRate: true), FineTune = Stage() }, dense),
+        { Sparsity = sparsity, CalibrationImages = 64, SoftPruning = BaselinePrunerTests.Stage(constantRate: true), FineTune = Stage() }, dense),
         "somp" => f.Ml.Transforms.SompPrune(new SompPruningEstimator.Options { Sparsity = sparsity, FineTune = Stage() }, dense),
         "sgmp" => f.Ml.Transforms.SgmpPrune(new SgmpPruningEstimator.Options
-            { Sparsity = sparsity, Gradual = BaselinePrunerTests.Stage(constantRate: true), FineTune = Stage() }, dense),
+        { Sparsity = sparsity, Gradual = BaselinePrunerTests.Stage(constantRate: true), FineTune = Stage() }, dense),
         _ => throw new ArgumentOutOfRangeException(nameof(method)),
     };
 

@@ -3,8 +3,8 @@ using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
-using Xunit.Abstractions;
 using TorchSharp;
+using Xunit.Abstractions;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Gohsp.Tests;

@@ -1,8 +1,8 @@
 using FluentAssertions;
 using Microsoft.ML;
 using Microsoft.ML.Data;
-using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp;
+using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;

@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using FluentAssertions;
 using Microsoft.ML;
-using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp;
+using Microsoft.ML.Gohsp.Data;
 using Xunit.Abstractions;
 
 namespace Microsoft.ML.Gohsp.Tests;

@@ -3,8 +3,8 @@ using System.Text.Json;
 using FluentAssertions;
 using Microsoft.ML;
 using Microsoft.ML.Data;
-using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp;
+using Microsoft.ML.Gohsp.Data;
 
 namespace Microsoft.ML.Gohsp.Tests;
 

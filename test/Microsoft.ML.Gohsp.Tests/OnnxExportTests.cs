@@ -1,9 +1,9 @@
 using FluentAssertions;
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp.Interop;
-using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using Microsoft.ML.OnnxRuntime;

@@ -2,9 +2,9 @@ using System.Collections;
 using FluentAssertions;
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp.Interop;
-using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Platform;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
@@ -154,12 +154,15 @@ public class ReliabilityTests
     {
         var ml = new MLContext(1);
         var steps = new List<int>();
-        var o = Options(o => { o.Epochs = 3; o.Progress = new SyncProgress<ViTTrainingProgress>(p =>
+        var o = Options(o =>
+        {
+            o.Epochs = 3; o.Progress = new SyncProgress<ViTTrainingProgress>(p =>
         {
             if (p.EpochCompleted) return;
             steps.Add(p.Step);
             if (p.Step == 2) Cancel(ml);
-        }); });
+        });
+        });
         var trainer = ml.MulticlassClassification.Trainers.ViTClassification(o);
         trainer.Invoking(t => t.Fit(ml.Data.LoadFromEnumerable(Rows(16)))).Should().Throw<OperationCanceledException>();
         steps.Should().Equal(1, 2);

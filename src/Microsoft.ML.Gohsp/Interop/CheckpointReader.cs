@@ -226,7 +226,10 @@ internal static class CheckpointReader
                     throw new InvalidDataException($"{where} lacks dtype, shape or data_offsets [begin, end].");
                 int size = dtype.GetString() switch
                 {
-                    "F64" or "I64" => 8, "F32" or "I32" => 4, "F16" or "BF16" or "I16" => 2, "I8" or "U8" or "BOOL" => 1,
+                    "F64" or "I64" => 8,
+                    "F32" or "I32" => 4,
+                    "F16" or "BF16" or "I16" => 2,
+                    "I8" or "U8" or "BOOL" => 1,
                     var other => throw new InvalidDataException($"{where} has the unsupported dtype '{other}' (field dtype)."),
                 };
                 long elements = 1;

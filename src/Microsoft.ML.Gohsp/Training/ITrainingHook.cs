@@ -1,6 +1,6 @@
+using Microsoft.ML.Gohsp.VisionTransformer;
 using TorchSharp;
 using static TorchSharp.torch;
-using Microsoft.ML.Gohsp.VisionTransformer;
 
 namespace Microsoft.ML.Gohsp.Training;
 

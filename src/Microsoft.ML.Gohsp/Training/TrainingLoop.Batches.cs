@@ -1,8 +1,8 @@
 // The batches of the training loop and of evaluation: normalisation, random crop and flip on raw pixels (MakeBatch), and
 // the model run over a data set in evaluation batches.
 
-using TorchSharp;
 using Microsoft.ML.Gohsp.VisionTransformer;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.Gohsp.Training;
