@@ -35,7 +35,8 @@ internal static class SpeedBenchmark
     /// <summary>
     /// Prune to milliseconds: dense cifar-tiny trained <paramref name="epochs"/> epochs (bf16 where native), its batch
     /// latency X measured, a plan for 0.5·X from this device's <see cref="LatencyModel"/> (magnitude importance of the
-    /// trained weights), the pruned model fine-tuned epochs/2 and re-timed against the dense one, interleaved.
+    /// trained weights) calibrated by timing (<see cref="LatencyBudget.Calibrate"/>), the pruned model fine-tuned
+    /// epochs/2 and re-timed against the dense one, interleaved.
     /// </summary>
     private static void LatencyBudgetExample(Dictionary<string, object> r, int threads, int batch, int reps, int epochs)
     {
@@ -69,7 +70,13 @@ internal static class SpeedBenchmark
         for (int i = 0; i < 3; i++) Ms(dense);
         double denseMs = Median(Enumerable.Range(0, reps).Select(_ => Ms(dense)).ToList());
         double target = 0.5 * denseMs;
-        var plan = LatencyBudget.Allocate(arch, StructuredProjection.Magnitude(dense), target, latency);
+        var calibration = LatencyBudget.Calibrate(arch, StructuredProjection.Magnitude(dense), latency, targetMs: target);
+        var plan = calibration.Plan;
+        Console.WriteLine($"latency calibration: the table's plan timed at {calibration.TableOnlyRatio:P1} of the dense model (target {calibration.TargetRatio:P1}); " +
+            $"after {calibration.Iterations} plan(s) {calibration.MeasuredRatio:P1}, spending {calibration.TableLatencyFraction:P1} of the table's estimate");
+        r["latency_table_only_ratio"] = Math.Round(calibration.TableOnlyRatio, 3);
+        r["latency_calibrated_ratio"] = Math.Round(calibration.MeasuredRatio, 3);
+        r["latency_calibration_plans"] = calibration.Iterations;
         using var pruned = HardPruning.Prune(dense, plan);
         double prunedTop1NoTune = double.NaN, denseTop1 = double.NaN, prunedTop1 = double.NaN;
         if (train is not null && test is not null)

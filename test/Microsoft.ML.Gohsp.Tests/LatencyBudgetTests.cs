@@ -168,4 +168,50 @@ public class LatencyBudgetTests
         LatencyModel.LoadOrMeasure(arch, batch: 4, dir.Path, reps: 1).Config.Should().Be(first.Config);
         JsonSerializer.Deserialize<LatencyModel>(File.ReadAllText(files[0]))!.Device.Should().Be(first.Device);
     }
+    /// <summary>
+    /// The calibration's closed loop against a deterministic "machine" whose time is not the table's: executed FLOPs plus
+    /// a fixed 20% of the dense time (the synthetic table believes attention dominates; on this machine the MLP does). The
+    /// table's plan misses; the calibrated plan's timed share meets the target within the tolerance.
+    /// </summary>
+    [Theory]
+    [InlineData(0.5, null)]
+    [InlineData(null, 40.0)]
+    public void CalibrationCorrectsThePlanUntilItsTimedShareMeetsTheTarget(double? targetFraction, double? targetMs)
+    {
+        var arch = ViTArchitecture.CifarTiny();
+        var table = Synthetic();
+        var importance = Importance(arch, 1);
+        const double denseMs = 100;
+        double fixedPart = 0.25 * arch.ExecutedForwardFlops;
+        double Time(ViTArchitecture a) => (a.ExecutedForwardFlops + fixedPart) / (arch.ExecutedForwardFlops + fixedPart);
+        int timed = 0;
+        (double, double) Measure(ViTArchitecture a) { timed++; return (Time(a), denseMs); }
+        double target = targetFraction ?? targetMs!.Value / denseMs;
+
+        var c = LatencyCalibration.Run(arch, importance, table, d => targetFraction ?? targetMs!.Value / d, null, maxIterations: 6,
+            tolerance: 0.03, Measure);
+
+        c.TargetRatio.Should().Be(target);
+        Math.Abs(c.TableOnlyRatio - target).Should().BeGreaterThan(0.1 * target, "the table alone misjudges this machine (the test's premise)");
+        c.Iterations.Should().BeGreaterThan(1);
+        timed.Should().Be(c.Iterations + 1, "the dense model once, then every plan");
+        c.MeasuredRatio.Should().BeApproximately(target, 0.03 * target);
+        Time(c.Plan.PrunedArchitecture(arch)).Should().Be(c.MeasuredRatio, "the plan returned is the one that was timed");
+        c.TableLatencyFraction.Should().Be(1 - c.Fraction);
+        table.ModelMs(c.Plan.PrunedArchitecture(arch)).Should().BeApproximately(c.TableLatencyFraction * table.ModelMs(arch), 0.02 * table.ModelMs(arch),
+            "a run given TableLatencyFraction spends what the calibrated plan spends");
+    }
+
+    [Fact]
+    public void CalibrationTargetsAreCheckedNamingTheArgument()
+    {
+        var arch = ViTArchitecture.CifarTiny();
+        var importance = Importance(arch, 1);
+        FluentActions.Invoking(() => LatencyBudget.Calibrate(arch, importance, Synthetic(), targetMs: 50, targetFraction: 0.5))
+            .Should().Throw<ArgumentException>().Where(e => e.Message.Contains("exactly one of targetMs and targetFraction"));
+        FluentActions.Invoking(() => LatencyBudget.Calibrate(arch, importance, Synthetic()))
+            .Should().Throw<ArgumentException>().Where(e => e.Message.Contains("exactly one"));
+        FluentActions.Invoking(() => LatencyBudget.Calibrate(arch, importance, Synthetic(), targetFraction: 1.2))
+            .Should().Throw<ArgumentOutOfRangeException>().Which.ParamName.Should().Be("targetFraction");
+    }
 }

@@ -23,4 +23,37 @@ public static class LatencyBudget
                 $"The target latency must be positive and below the dense model's {denseMs:F2} ms (batch {latency.Batch}).");
         return StructuredProjection.Allocate(arch, importance, 1 - targetMs / denseMs, options, costModel: latency.CostOf(arch));
     }
+
+    /// <summary>
+    /// The plan for a latency target, corrected by timing it on this machine. A table estimates a block from its parts,
+    /// each timed alone, and this machine's speed drifts after the table is cached; the plan the table alone gives can
+    /// miss by 10–20% when re-timed. This allocates as <see cref="Allocate"/> does, times the planned architecture against
+    /// the dense one (random weights, float32 inference, batches of <see cref="LatencyModel.Batch"/>, interleaved
+    /// rounds), and scales the share of the table's latency it keeps by target / measured until the measured share is
+    /// within <paramref name="tolerance"/> of the target (relative) or <paramref name="maxIterations"/> plans were timed;
+    /// it returns the plan closest to the target. Give exactly one of <paramref name="targetMs"/> (ms per forward on this
+    /// machine now) and <paramref name="targetFraction"/> (of the dense model's time). A pruning run spends the calibrated
+    /// budget with <see cref="PruningOptions.TargetLatencyFraction"/> = <see cref="LatencyCalibration.TableLatencyFraction"/>
+    /// and the same table in <see cref="PruningOptions.LatencyTable"/>; the result depends on timing, so a run that must be
+    /// reproducible stores that value rather than calibrating again.
+    /// </summary>
+    /// <exception cref="ArgumentException">Not exactly one target, or a target outside (0, dense).</exception>
+    public static LatencyCalibration Calibrate(ViTArchitecture arch, IReadOnlyList<BlockImportance> importance, LatencyModel latency,
+        double? targetMs = null, double? targetFraction = null, BudgetOptions? options = null, int maxIterations = 3,
+        double tolerance = 0.03, int rounds = 3)
+    {
+        ArgumentNullException.ThrowIfNull(arch);
+        ArgumentNullException.ThrowIfNull(importance);
+        ArgumentNullException.ThrowIfNull(latency);
+        if (targetMs.HasValue == targetFraction.HasValue)
+            throw new ArgumentException("Give exactly one of targetMs and targetFraction.", targetMs.HasValue ? nameof(targetFraction) : nameof(targetMs));
+        if (targetFraction is { } f && !(f > 0 && f < 1))
+            throw new ArgumentOutOfRangeException(nameof(targetFraction), f, "targetFraction must be between 0 and 1 (a share of the dense model's time).");
+        if (targetMs is { } ms && !(ms > 0))
+            throw new ArgumentOutOfRangeException(nameof(targetMs), ms, "targetMs must be positive.");
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxIterations, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(rounds, 1);
+        return LatencyCalibration.Run(arch, importance, latency, denseMs => targetFraction ?? targetMs!.Value / denseMs, options,
+            maxIterations, tolerance, pruned => LatencyCalibration.TimeAgainstDense(arch, pruned, latency.Batch, rounds));
+    }
 }
