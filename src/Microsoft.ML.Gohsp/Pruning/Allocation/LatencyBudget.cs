@@ -28,19 +28,20 @@ public static class LatencyBudget
     /// The plan for a latency target, corrected by timing it on this machine. A table estimates a block from its parts,
     /// each timed alone, and this machine's speed drifts after the table is cached; the plan the table alone gives can
     /// miss by 10–20% when re-timed. This allocates as <see cref="Allocate"/> does, times the planned architecture against
-    /// the dense one (random weights, float32 inference, batches of <see cref="LatencyModel.Batch"/>, interleaved
-    /// rounds), and scales the share of the table's latency it keeps by target / measured until the measured share is
-    /// within <paramref name="tolerance"/> of the target (relative) or <paramref name="maxIterations"/> plans were timed;
-    /// it returns the plan closest to the target. Give exactly one of <paramref name="targetMs"/> (ms per forward on this
-    /// machine now) and <paramref name="targetFraction"/> (of the dense model's time). A pruning run spends the calibrated
-    /// budget with <see cref="PruningOptions.TargetLatencyFraction"/> = <see cref="LatencyCalibration.TableLatencyFraction"/>
-    /// and the same table in <see cref="PruningOptions.LatencyTable"/>; the result depends on timing, so a run that must be
+    /// the dense one (random weights, float32 inference, batches of <see cref="LatencyModel.Batch"/>, 3 forwards of each
+    /// in each of <paramref name="rounds"/> interleaved rounds), and scales the share of the table's latency the plan
+    /// keeps by target / measured until the measured share is within <paramref name="tolerance"/> of the target
+    /// (relative) or <paramref name="maxIterations"/> plans were timed; it returns the plan closest to the target. Give
+    /// exactly one of <paramref name="targetMs"/> (ms per forward on this machine now) and <paramref name="targetFraction"/>
+    /// (of the dense model's time). A pruning run spends the calibrated budget with
+    /// <see cref="PruningOptions.TargetLatencyFraction"/> = <see cref="LatencyCalibration.TableLatencyFraction"/> and the
+    /// same table in <see cref="PruningOptions.LatencyTable"/>; the result depends on timing, so a run that must be
     /// reproducible stores that value rather than calibrating again.
     /// </summary>
     /// <exception cref="ArgumentException">Not exactly one target, or a target outside (0, dense).</exception>
     public static LatencyCalibration Calibrate(ViTArchitecture arch, IReadOnlyList<BlockImportance> importance, LatencyModel latency,
         double? targetMs = null, double? targetFraction = null, BudgetOptions? options = null, int maxIterations = 3,
-        double tolerance = 0.03, int rounds = 3)
+        double tolerance = 0.03, int rounds = 5)
     {
         ArgumentNullException.ThrowIfNull(arch);
         ArgumentNullException.ThrowIfNull(importance);
