@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using static TorchSharp.torch;
 
@@ -61,11 +60,12 @@ public sealed record LatencyCalibration(double Fraction, double TargetRatio, dou
 
     /// <summary>
     /// Times <paramref name="pruned"/> against <paramref name="dense"/> on this machine: random weights (time does not
-    /// depend on them), float32 inference without autograd, batches of <paramref name="batch"/> images, a warm-up of
-    /// each and then <paramref name="rounds"/> rounds that alternate the two, each round timing
-    /// <see cref="ForwardsPerRound"/> forwards of each model; the medians of the per-round ratios and of the dense
-    /// times per forward. One forward a round measured the same plan at 54% and, re-timed over 5 rounds of 6 forwards,
-    /// at 52% of the dense time (cifar-tiny, batch 64, 2 threads): too coarse for a 3% tolerance.
+    /// depend on them), float32 inference without autograd, batches of <paramref name="batch"/> images, in
+    /// <paramref name="rounds"/> interleaved rounds of <see cref="LatencyMeasurement.TimeRounds"/> (the table's own
+    /// timer: warm-ups, then <see cref="LatencyMeasurement.RunsPerRound"/> forwards of each model per round); the medians
+    /// of the per-round ratios and of the dense times per forward. One forward a round measured the same plan at 54% and,
+    /// re-timed over 5 rounds of 6 forwards, at 52% of the dense time (cifar-tiny, batch 64, 2 threads): too coarse for a
+    /// 3% tolerance.
     /// </summary>
     internal static (double Ratio, double DenseMs) TimeAgainstDense(ViTArchitecture dense, ViTArchitecture pruned, int batch, int rounds)
     {
@@ -76,32 +76,8 @@ public sealed record LatencyCalibration(double Fraction, double TargetRatio, dou
         d.eval();
         p.eval();
         var x = randn(batch, dense.Channels, dense.ImageSize, dense.ImageSize);
-        double Ms(VisionTransformerModel m)
-        {
-            using var step = NewDisposeScope();
-            var sw = Stopwatch.StartNew();
-            for (int i = 0; i < ForwardsPerRound; i++) m.forward(x);
-            return sw.Elapsed.TotalMilliseconds / ForwardsPerRound;
-        }
-        Ms(d);
-        Ms(p);
-        var ratios = new List<double>();
-        var denseMs = new List<double>();
-        for (int i = 0; i < rounds; i++)
-        {
-            double dm = Ms(d), pm = Ms(p);
-            denseMs.Add(dm);
-            ratios.Add(pm / dm);
-        }
-        return (Median(ratios), Median(denseMs));
-    }
-
-    /// <summary>Forwards of each model timed together in one round.</summary>
-    internal const int ForwardsPerRound = 3;
-
-    private static double Median(List<double> v)
-    {
-        var s = v.Order().ToArray();
-        return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
+        var times = LatencyMeasurement.TimeRounds([() => d.forward(x), () => p.forward(x)], rounds);
+        var ratios = Enumerable.Range(0, rounds).Select(r => times[1][r] / times[0][r]);
+        return (LatencyMeasurement.Median(ratios), LatencyMeasurement.Median(times[0]));
     }
 }

@@ -53,10 +53,9 @@ internal sealed class LatencyMeasurement : IDisposable
         int whole = m.Add(() => probe.forward(batchImages));
         var times = m.Time(reps);
         // medians; every slice of the batch runs the same shapes (the last one may be smaller: scale by its rows)
-        double Median(int i) { var t = times[i].Order().ToArray(); return t[reps / 2]; }
-        double Raw(int i) => Median(i) * slices.Sum() / slices[0];
+        double Raw(int i) => Median(times[i]) * slices.Sum() / slices[0];
         var raw = Table(entries, ids => ids.Select(Raw).ToArray(), Raw, batch, headDims, mlpWidths, device: "", config: "");
-        double scale = Median(whole) / raw.ModelMs(dense);
+        double scale = Median(times[whole]) / raw.ModelMs(dense);
         double Ms(int i) => Raw(i) * scale;
         return Table(entries, ids => Monotone(ids.Select(Ms).ToArray()), Ms, batch, headDims, mlpWidths,
             MachineInfo.Probe().ToString(), LatencyModel.ConfigOf(dense, batch));
@@ -145,19 +144,34 @@ internal sealed class LatencyMeasurement : IDisposable
         return probe.Head.forward(normed);
     });
 
-    /// <summary>[entry][round]: ms per run of every entry, after two warm-up runs each; each round times every entry (3 runs).</summary>
-    private double[][] Time(int reps)
+    private double[][] Time(int reps) => TimeRounds(_parts, reps);
+
+    /// <summary>
+    /// [part][round]: ms per run of every part, after two warm-up runs each; each round times every part (3 runs), so that
+    /// a slow minute of the machine touches all parts alike.
+    /// </summary>
+    internal static double[][] TimeRounds(IReadOnlyList<Func<Tensor>> parts, int reps)
     {
-        foreach (var f in _parts) for (int i = 0; i < 2; i++) f().Dispose();
-        var times = _parts.Select(_ => new double[reps]).ToArray();
+        foreach (var f in parts) for (int i = 0; i < 2; i++) f().Dispose();
+        var times = parts.Select(_ => new double[reps]).ToArray();
         for (int r = 0; r < reps; r++)
-            for (int i = 0; i < _parts.Count; i++)
+            for (int i = 0; i < parts.Count; i++)
             {
                 var sw = Stopwatch.StartNew();
-                for (int k = 0; k < 3; k++) _parts[i]().Dispose();
-                times[i][r] = sw.Elapsed.TotalMilliseconds / 3;
+                for (int k = 0; k < RunsPerRound; k++) parts[i]().Dispose();
+                times[i][r] = sw.Elapsed.TotalMilliseconds / RunsPerRound;
             }
         return times;
+    }
+
+    /// <summary>Runs of each part timed together in one round of <see cref="TimeRounds"/>.</summary>
+    internal const int RunsPerRound = 3;
+
+    /// <summary>The median of the timings (the upper one of an even count).</summary>
+    internal static double Median(IEnumerable<double> ms)
+    {
+        var t = ms.Order().ToArray();
+        return t[t.Length / 2];
     }
 
     private ViTArchitecture Single(ViTBlockSpec spec) =>
