@@ -6,8 +6,8 @@
 // --breakdown: instead, where one block's inference time goes (linears vs attention core, GELU, norms), medians of --reps rounds.
 // --speed: instead, dense vs pruned 40/50/80% batch speed-ups against executed-FLOP ratios (with an in-chain profile by op
 //          kind), ML.NET Transform + Evaluate vs the raw batched forward, PredictionEngine vs a raw forward; interleaved in
-//          one process, medians of --reps rounds; and a latency budget: 0.5 × the dense batch latency through the device's
-//          LatencyModel, re-timed (--latency-epochs N > 0 trains the dense model N epochs first and reports top-1 before
+//          one process, medians of --reps rounds; and a latency budget: 0.5 × the dense batch latency as SOMP's
+//          TargetLatencyMs (the device's LatencyModel, calibrated by timing in the run), re-timed (--latency-epochs N > 0 trains the dense model N epochs first and reports top-1 before
 //          and after N/2 fine-tune epochs) (docs/benchmarks.md).
 // --onnx: instead, single-image and batch latency of dense and 50%-pruned cifar-tiny in ONNX Runtime vs TorchSharp (CPU, --threads,
 //         medians of --reps timed runs) and their output agreement; prints one JSON object as the last line (docs/interop.md).

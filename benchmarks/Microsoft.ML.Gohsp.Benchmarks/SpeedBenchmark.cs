@@ -34,9 +34,10 @@ internal static class SpeedBenchmark
 
     /// <summary>
     /// Prune to milliseconds: dense cifar-tiny trained <paramref name="epochs"/> epochs (bf16 where native), its batch
-    /// latency X measured, a plan for 0.5·X from this device's <see cref="LatencyModel"/> (magnitude importance of the
-    /// trained weights) calibrated by timing (<see cref="LatencyBudget.Calibrate"/>), the pruned model fine-tuned
-    /// epochs/2 and re-timed against the dense one, interleaved.
+    /// latency X measured, then SOMP with <see cref="PruningOptions.TargetLatencyMs"/> = 0.5·X against this device's
+    /// <see cref="LatencyModel"/>: the run calibrates the table's budget by timing
+    /// (<see cref="PruningOptions.LatencyCalibrationIterations"/>), plans by the magnitude of the trained weights, cuts and
+    /// fine-tunes epochs/2 epochs; the pruned model is re-timed against the dense one, interleaved.
     /// </summary>
     private static void LatencyBudgetExample(Dictionary<string, object> r, int threads, int batch, int reps, int epochs)
     {
@@ -70,23 +71,33 @@ internal static class SpeedBenchmark
         for (int i = 0; i < 3; i++) Ms(dense);
         double denseMs = Median(Enumerable.Range(0, reps).Select(_ => Ms(dense)).ToList());
         double target = 0.5 * denseMs;
-        var calibration = LatencyBudget.Calibrate(arch, StructuredProjection.Magnitude(dense), latency, targetMs: target);
-        var plan = calibration.Plan;
-        Console.WriteLine($"latency calibration: the table's plan timed at {calibration.TableOnlyRatio:P1} of the dense model (target {calibration.TargetRatio:P1}); " +
-            $"after {calibration.Iterations} plan(s) {calibration.MeasuredRatio:P1}, spending {calibration.TableLatencyFraction:P1} of the table's estimate");
+        // the options path: SOMP (the magnitude plan) with the target in ms; the run calibrates the table's budget by timing
+        // before it cuts (PruningOptions.LatencyCalibrationIterations, default 3), then fine-tunes epochs/2 epochs
+        var fineTune = new ViTTrainingOptions
+        {
+            Epochs = Math.Max(1, epochs / 2), WarmupEpochs = 0, NumberOfThreads = threads, Device = ViTDevice.Cpu, Seed = 1,
+            TrainingPrecision = o.TrainingPrecision,
+        };
+        var options = new SompOptions { TargetLatencyMs = target, LatencyBatchSize = batch, LatencyTable = latency, FineTune = fineTune };
+        // without the data set (untrained weights): one fine-tune step on random images, which does not change the speed
+        var rng = new Random(0);
+        var tuneData = train ?? new ImageTensorData(new float[batch * 3 * 32 * 32].Select(_ => rng.NextSingle()).ToArray(),
+            Enumerable.Range(0, batch).Select(i => i % arch.NumClasses).ToArray(), 3, 32);
+        var result = new SompPruner(options).Run(new PruningContext(dense, tuneData, test) { Log = line => Console.WriteLine(line) });
+        using var pruned = result.Model;
+        var report = result.Report;
+        var calibration = report.LatencyCalibration ?? throw new InvalidOperationException("the run did not calibrate its latency target");
         r["latency_table_only_ratio"] = Math.Round(calibration.TableOnlyRatio, 3);
         r["latency_calibrated_ratio"] = Math.Round(calibration.MeasuredRatio, 3);
+        r["latency_calibration_target_ratio"] = Math.Round(calibration.TargetRatio, 3);
         r["latency_calibration_plans"] = calibration.Iterations;
-        using var pruned = HardPruning.Prune(dense, plan);
+        r["latency_calibrated_table_fraction"] = calibration.TableLatencyFraction;
         double prunedTop1NoTune = double.NaN, denseTop1 = double.NaN, prunedTop1 = double.NaN;
         if (train is not null && test is not null)
         {
-            denseTop1 = TrainingLoop.Evaluate(dense, test, o);
-            prunedTop1NoTune = TrainingLoop.Evaluate(pruned, test, o);
-            o.Epochs = Math.Max(1, epochs / 2);
-            o.WarmupEpochs = 0;
-            new TrainingLoop(o, "latency-finetune").Train(pruned, train);
-            prunedTop1 = TrainingLoop.Evaluate(pruned, test, o);
+            denseTop1 = report.ValidationAccuracy["dense"];
+            prunedTop1NoTune = report.ValidationAccuracy[PruningReport.HardPrunedStage];
+            prunedTop1 = report.ValidationAccuracy[PruningReport.FinalStage];
         }
         pruned.eval();
         Ms(pruned);

@@ -53,11 +53,21 @@ public sealed record PruningReport
     /// <summary>
     /// The latency table's estimate of the model <see cref="Blocks"/> describe (for an intermediate stage, of the model the
     /// cut will give), ms per forward of <see cref="LatencyBatchSize"/> images; null for a parameter budget. Timing the
-    /// pruned model on the machine the table was measured on gives its actual latency.
+    /// pruned model on the machine the table was measured on gives its actual latency. With a
+    /// <see cref="LatencyCalibration"/> the estimate differs from the target by what the timing corrected.
     /// </summary>
     public double? EstimatedLatencyMs { get; init; }
     /// <summary>The machine the latency table was measured on (<see cref="LatencyModel.Device"/>); null for a parameter budget.</summary>
     public string? LatencyDevice { get; init; }
+    /// <summary>
+    /// The timing calibration the latency budget was spent with (<see cref="PruningOptions.LatencyCalibrationIterations"/>):
+    /// the share of the table's estimate spent, the timed shares of the calibrated and the table's own plan, and the plans
+    /// timed; a later stage of a staged run carries its earlier stage's. Null for a parameter budget and for a latency
+    /// budget spent against the table alone. Its <see cref="LatencyCalibrationSummary.TableLatencyFraction"/>, passed back
+    /// as <see cref="PruningOptions.TargetLatencyFraction"/> with <see cref="PruningOptions.LatencyCalibrationIterations"/> = 0
+    /// and the same <see cref="PruningOptions.LatencyTable"/>, gives exactly the same budget without timing.
+    /// </summary>
+    public LatencyCalibrationSummary? LatencyCalibration { get; init; }
     /// <summary>Achieved fraction of parameters removed.</summary>
     public double AchievedSparsity => 1.0 - (double)ParametersAfter / ParametersBefore;
     /// <summary>Parameters of the dense model.</summary>

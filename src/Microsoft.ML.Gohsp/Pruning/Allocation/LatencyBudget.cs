@@ -54,7 +54,17 @@ public static class LatencyBudget
             throw new ArgumentOutOfRangeException(nameof(targetMs), ms, "targetMs must be positive.");
         ArgumentOutOfRangeException.ThrowIfLessThan(maxIterations, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(rounds, 1);
-        return LatencyCalibration.Run(arch, importance, latency, denseMs => targetFraction ?? targetMs!.Value / denseMs, options,
-            maxIterations, tolerance, pruned => LatencyCalibration.TimeAgainstDense(arch, pruned, latency.Batch, rounds));
+        return CalibrateWith(arch, importance, latency, targetMs, targetFraction, options, maxIterations, tolerance,
+            pruned => LatencyCalibration.TimeAgainstDense(arch, pruned, latency.Batch, rounds));
     }
+
+    /// <summary>
+    /// <see cref="Calibrate"/> with its timer given (arguments checked by the caller): <paramref name="measureRatio"/> times a pruned architecture
+    /// against <paramref name="arch"/> and returns (pruned / dense, dense ms).
+    /// </summary>
+    internal static LatencyCalibration CalibrateWith(ViTArchitecture arch, IReadOnlyList<BlockImportance> importance, LatencyModel latency,
+        double? targetMs, double? targetFraction, BudgetOptions? options, int maxIterations, double tolerance,
+        Func<ViTArchitecture, (double Ratio, double DenseMs)> measureRatio) =>
+        LatencyCalibration.Run(arch, importance, latency, denseMs => targetFraction ?? targetMs!.Value / denseMs, options,
+            maxIterations, tolerance, measureRatio);
 }

@@ -23,6 +23,9 @@ public sealed record LatencyCalibration(double Fraction, double TargetRatio, dou
     /// </summary>
     public double TableLatencyFraction => 1 - Fraction;
 
+    /// <summary>What a pruning report records of this calibration (<see cref="PruningReport.LatencyCalibration"/>).</summary>
+    public LatencyCalibrationSummary Summary() => new(TableLatencyFraction, TargetRatio, MeasuredRatio, TableOnlyRatio, DenseMs, Iterations);
+
     /// <summary>
     /// The closed loop of <see cref="LatencyBudget.Calibrate"/>. <paramref name="measureRatio"/> times a pruned
     /// architecture against the dense one and returns (pruned / dense, dense ms); tests pass a deterministic one.
@@ -81,3 +84,21 @@ public sealed record LatencyCalibration(double Fraction, double TargetRatio, dou
         return (LatencyMeasurement.Median(ratios), LatencyMeasurement.Median(times[0]));
     }
 }
+
+/// <summary>
+/// The latency calibration of a pruning run (<see cref="PruningOptions.LatencyCalibrationIterations"/>), as its report
+/// records it (<see cref="PruningReport.LatencyCalibration"/>): what <see cref="LatencyBudget.Calibrate"/> found for the
+/// dense model's magnitude importance.
+/// </summary>
+/// <param name="TableLatencyFraction">
+/// The share of the latency table's dense estimate the run spends down to (1 − the share removed). Passed back as
+/// <see cref="PruningOptions.TargetLatencyFraction"/> with <see cref="PruningOptions.LatencyCalibrationIterations"/> = 0
+/// and the same <see cref="PruningOptions.LatencyTable"/>, it gives exactly the same budget and so the same plan, without timing.
+/// </param>
+/// <param name="TargetRatio">The target as a share of the dense model's time on this machine.</param>
+/// <param name="MeasuredRatio">The calibrated plan's time over the dense model's, timed interleaved on this machine.</param>
+/// <param name="TableOnlyRatio">The same for the plan the table alone gives.</param>
+/// <param name="DenseMs">The dense model's time per forward of the table's batch, timed in the same rounds.</param>
+/// <param name="Iterations">Plans timed.</param>
+public sealed record LatencyCalibrationSummary(double TableLatencyFraction, double TargetRatio, double MeasuredRatio, double TableOnlyRatio,
+    double DenseMs, int Iterations);

@@ -50,7 +50,17 @@ public sealed class PruningContext
     /// <summary>The distillation teacher of the fine-tuning; null uses <see cref="Model"/>.</summary>
     public VisionTransformerModel? Teacher { get; init; }
 
+    /// <summary>
+    /// Times a pruned architecture against the dense one for a latency target's calibration
+    /// (<see cref="PruningOptions.LatencyCalibrationIterations"/>): (dense, pruned, batch) → (pruned / dense, dense ms). Null
+    /// times on this machine; tests pass a deterministic one.
+    /// </summary>
+    internal Func<ViTArchitecture, ViTArchitecture, int, (double Ratio, double DenseMs)>? LatencyTimer { get; init; }
+
     /// <summary>The same data, sinks and cancellation for the next stage of a staged run.</summary>
     internal PruningContext With(VisionTransformerModel model, PruningReport? previous, VisionTransformerModel? teacher) =>
-        new(model, Train, Validation) { Log = Log, Progress = Progress, CancellationToken = CancellationToken, Previous = previous, Teacher = teacher };
+        new(model, Train, Validation)
+        {
+            Log = Log, Progress = Progress, CancellationToken = CancellationToken, Previous = previous, Teacher = teacher, LatencyTimer = LatencyTimer,
+        };
 }

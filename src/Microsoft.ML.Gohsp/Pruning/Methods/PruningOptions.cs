@@ -83,6 +83,25 @@ public abstract class PruningOptions
     /// </summary>
     public LatencyModel? LatencyTable { get; set; }
 
+    /// <summary>
+    /// Plans timed on this machine, before any training, to correct a latency target's budget: ≥ 0, default 3. The latency
+    /// table estimates a block from its parts, each timed alone, and a plan spent against the table alone can miss the
+    /// target by 10–20% when the pruned model is re-timed. With a latency target and a value above 0, a run first
+    /// calibrates (<see cref="LatencyBudget.Calibrate"/>): it allocates against the table with the magnitude importance of
+    /// the model's weights, times the planned architecture against the dense one (random weights, float32 inference
+    /// without autograd on the CPU of this process, batches of <see cref="LatencyBatchSize"/>, 5 interleaved rounds, about
+    /// 5 s per plan for cifar-tiny), scales the share of the table's latency it keeps by target / measured until the timed
+    /// share is within 3% of the target or this many plans were timed, and then spends the calibrated share of the table's
+    /// latency in every allocation. 0 spends the table's estimate alone. Ignored for a <see cref="Sparsity"/> budget, and
+    /// for a <see cref="LatencyTable"/> of another machine or thread count (timing here would not say how that machine runs
+    /// the plan). A later stage of a staged GOHSP run whose <see cref="PruningContext.Previous"/> report has the same
+    /// target spends that report's budget and times nothing. The report records the calibration
+    /// (<see cref="PruningReport.LatencyCalibration"/>); because timing varies, a run that must be reproducible passes its
+    /// <see cref="LatencyCalibrationSummary.TableLatencyFraction"/> as <see cref="TargetLatencyFraction"/> with this set to
+    /// 0 and the same table: that allocates exactly the same plan.
+    /// </summary>
+    public int LatencyCalibrationIterations { get; set; } = 3;
+
     /// <summary>Whether the budget is a latency (<see cref="TargetLatencyMs"/> or <see cref="TargetLatencyFraction"/>) rather than <see cref="Sparsity"/>.</summary>
     public bool HasLatencyTarget => TargetLatencyMs is not null || TargetLatencyFraction is not null;
 
@@ -128,6 +147,9 @@ public abstract class PruningOptions
             throw new ArgumentOutOfRangeException(nameof(TargetLatencyFraction), f, "TargetLatencyFraction (the pruned model's latency over the dense model's) must be in (0, 1).");
         if (LatencyBatchSize < 1)
             throw new ArgumentOutOfRangeException(nameof(LatencyBatchSize), LatencyBatchSize, "LatencyBatchSize (images per forward of the latency target) must be ≥ 1.");
+        if (LatencyCalibrationIterations < 0)
+            throw new ArgumentOutOfRangeException(nameof(LatencyCalibrationIterations), LatencyCalibrationIterations,
+                "LatencyCalibrationIterations (plans timed to calibrate a latency target) must be ≥ 0; 0 spends the latency table's estimate alone.");
         if (LatencyTable is not null && !HasLatencyTarget)
             throw new ArgumentException("LatencyTable is set but there is no latency target: set TargetLatencyMs or TargetLatencyFraction, or remove LatencyTable.", nameof(LatencyTable));
         if (LatencyTable is { } table && table.Batch != LatencyBatchSize)

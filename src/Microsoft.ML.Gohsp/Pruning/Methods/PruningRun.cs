@@ -55,8 +55,10 @@ internal sealed class PruningRun
         options.Validate();
         options.ValidateStages(context.Model.Architecture.Channels);
         if (context.Train.Count == 0) throw new ArgumentException("The training data has no rows.", "train");
-        var budget = PruningBudget.Resolve(options, context.Model.Architecture);
+        // the one place a run's budget is built: a latency target is calibrated here, before any training (or carried from the previous stage)
+        var budget = PruningBudget.Resolve(options, context.Model, context.Previous, context.LatencyTimer);
         var run = new PruningRun(context, method, budget);
+        if (budget.CalibrationNote is { } note) run.Log(note);
         if (budget.Latency is not null) run.Log(budget.Describe());
         if (context.Previous is not { } previous) run.Measure("dense", context.Model);
         else
@@ -157,6 +159,7 @@ internal sealed class PruningRun
             DenseLatencyMs = Budget.DenseMs,
             EstimatedLatencyMs = Budget.EstimateMs(plan.PrunedArchitecture(arch)),
             LatencyDevice = Budget.Latency?.Device,
+            LatencyCalibration = Budget.Calibration,
             ParametersBefore = arch.ParameterCount,
             ParametersAfter = after.ParameterCount,
             FlopsBefore = arch.ForwardFlops,
