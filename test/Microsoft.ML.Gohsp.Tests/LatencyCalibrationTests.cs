@@ -78,9 +78,9 @@ public class LatencyCalibrationTests(ITestOutputHelper output)
 
         // reproducible without timing: the recorded share passed back with no calibration gives the same budget and plan
         var replay = PruningBudget.Resolve(new SompOptions
-            {
-                TargetLatencyFraction = c.TableLatencyFraction, LatencyCalibrationIterations = 0, LatencyTable = table, Budget = new BudgetOptions { Granularity = 1 },
-            },
+        {
+            TargetLatencyFraction = c.TableLatencyFraction, LatencyCalibrationIterations = 0, LatencyTable = table, Budget = new BudgetOptions { Granularity = 1 },
+        },
             model, previous: null, NoTiming);
         replay.Fraction.Should().Be(budget.Fraction);
         JsonSerializer.Serialize(replay.Allocate(arch, StructuredProjection.Magnitude(model))).Should().Be(JsonSerializer.Serialize(plan));
@@ -157,9 +157,9 @@ public class LatencyCalibrationTests(ITestOutputHelper output)
 
         // SOMP, one run
         var somp = new SompPruner(new SompOptions
-            {
-                TargetLatencyFraction = 0.5, LatencyTable = table, FineTune = BaselinePrunerTests.Stage(), Budget = new BudgetOptions { Granularity = 1 },
-            })
+        {
+            TargetLatencyFraction = 0.5, LatencyTable = table, FineTune = BaselinePrunerTests.Stage(), Budget = new BudgetOptions { Granularity = 1 },
+        })
             .Run(new PruningContext(dense, train) { Log = log.Add, LatencyTimer = machine.Time });
         somp.Model.Dispose();
         var c = somp.Report.LatencyCalibration;
@@ -189,11 +189,11 @@ public class LatencyCalibrationTests(ITestOutputHelper output)
         first.Calls.Should().Be(stage1!.Iterations + 1);
         var stageLog = new List<string>();
         var soft = pruner.SoftPrune(new PruningContext(maskedModel, train)
-            { Previous = PruningReport.FromJson(masked.Report.ToJson()), LatencyTimer = NoTiming, Log = stageLog.Add });
+        { Previous = PruningReport.FromJson(masked.Report.ToJson()), LatencyTimer = NoTiming, Log = stageLog.Add });
         using var softModel = soft.Model;
         soft.Report.LatencyCalibration.Should().Be(stage1);
         var final = pruner.HardPruneAndFineTune(new PruningContext(softModel, train)
-            { Previous = PruningReport.FromJson(soft.Report.ToJson()), Teacher = dense, LatencyTimer = NoTiming, Log = stageLog.Add });
+        { Previous = PruningReport.FromJson(soft.Report.ToJson()), Teacher = dense, LatencyTimer = NoTiming, Log = stageLog.Add });
         using var finalModel = final.Model;
         final.Report.LatencyCalibration.Should().Be(stage1);
         stageLog.Count(l => l.Contains("latency calibration of the")).Should().Be(2);
