@@ -232,6 +232,61 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         next.Blocks[0].QkDims[0].Should().HaveCount(8);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void AMonotoneSupportOnlyShrinksAlongTheRamp(bool monotone)
+    {
+        // Between Z updates the weights are reshuffled at random, so a projection from all structures keeps different
+        // ones each time; a monotone support may only drop structures.
+        using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
+        var hook = new AdmmSoftPruning(0.6, null, new AdmmOptions { MonotoneSupport = monotone, UpdateEverySteps = 1, SparsityRampFraction = 0.9 },
+            new BudgetOptions { Granularity = 1 }, epochs: 1);
+        const int steps = 10;
+        hook.OnTrainingStart(model, 0, steps);
+        var arch = model.Architecture;
+        var plans = new List<StructurePlan>();
+        var generator = torch.manual_seed(11);
+        for (int step = 0; step < steps; step++)
+        {
+            using (no_grad())
+                foreach (var p in StructuredProjection.Prunable(model))
+                    p.mul_(torch.rand(p.shape, generator: generator).add_(0.5));
+            hook.AfterStep(model, step);
+            plans.Add(hook.Plan!);
+        }
+        var removed = plans.Select(p => 1 - (double)p.PrunedArchitecture(arch).ParameterCount / arch.ParameterCount).ToArray();
+        removed.Should().BeInAscendingOrder("the ramp's target grows");
+        var overlaps = plans.Zip(plans.Skip(1), (before, after) => after.Overlap(before, arch)).ToArray();
+        output.WriteLine($"monotone {monotone}: removed {string.Join(", ", removed.Select(r => r.ToString("F3")))}; overlaps {string.Join(", ", overlaps.Select(o => o.ToString("F3")))}");
+        if (monotone)
+            overlaps.Should().AllSatisfy(o => o.Should().Be(1, "every kept structure was kept by the previous Z"));
+        else
+            overlaps.Should().Contain(o => o < 1, "a projection from all structures brings back some the previous Z removed");
+    }
+
+    [Theory]
+    [InlineData(0.25, 10)]   // ρ_max after a quarter of the 40 steps, while the sparsity ramp runs to step 30
+    [InlineData(0.0, 30)]    // tied to the end of the ramp
+    public void RhoReachesItsMaximumAtTheRhoRampWhateverTheSparsityRamp(double rhoRamp, int maxAt)
+    {
+        using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
+        var admm = new AdmmOptions { UpdateEverySteps = 1, SparsityRampFraction = 0.75, RhoRampFraction = rhoRamp };
+        var hook = new AdmmSoftPruning(0.5, null, admm, new BudgetOptions { Granularity = 1 }, epochs: 1);
+        hook.OnTrainingStart(model, 0, 40);
+        var rho = new List<double>();
+        for (int step = 0; step < 40; step++)
+        {
+            hook.AfterStep(model, step);
+            rho.Add(hook.Rho);
+        }
+        rho[maxAt - 2].Should().BeLessThan(admm.RhoMax * 0.9, "ρ is still growing one update before");
+        rho[maxAt - 1].Should().BeApproximately(admm.RhoMax, admm.RhoMax * 1e-9, $"ρ reaches ρ_max at update {maxAt}");
+        rho.Skip(maxAt).Should().AllSatisfy(r => r.Should().Be(admm.RhoMax));
+        hook.TargetSparsityAt(29).Should().BeLessThan(0.5, "the sparsity ramp is independent of ρ's");
+        hook.TargetSparsityAt(30).Should().Be(0.5);
+    }
+
     [Fact]
     public void AnAdmmStateThatFailsPartWayLeavesTheHookAsItWas()
     {

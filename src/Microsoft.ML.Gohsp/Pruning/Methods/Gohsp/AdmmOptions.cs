@@ -30,6 +30,14 @@ public sealed class AdmmOptions
     /// start; docs/gohsp.md).
     /// </summary>
     public double RhoMax { get; set; } = 1000;
+    /// <summary>
+    /// With the automatic growth (<see cref="RhoGrowth"/> = 0): the fraction of the stage's steps by which ρ reaches
+    /// <see cref="RhoMax"/>, in [0, 1). 0 (default) ties it to the end of the target-sparsity ramp
+    /// (<see cref="SparsityRampFraction"/>), or to the last update when there is no ramp. A value below a long ramp holds
+    /// the structures that leave the support at ρ_max as soon as they leave it, instead of pulling every one of them hard
+    /// only at the end of the ramp.
+    /// </summary>
+    public double RhoRampFraction { get; set; }
     /// <summary>Optimiser steps between Z/U updates; 0 = once per epoch. Default 10.</summary>
     public int UpdateEverySteps { get; set; } = 10;
     /// <summary>
@@ -48,6 +56,14 @@ public sealed class AdmmOptions
     /// </summary>
     public bool PullOutsideSupportOnly { get; set; } = true;
 
+    /// <summary>
+    /// Keeps each projection's support inside the previous one's while the ramp's target sparsity grows, so that a structure
+    /// once outside Z never returns (as SGMP's masks), with every kind's importance normalised over the structures still
+    /// kept. False re-allocates every projection from all structures. Applies to <see cref="HeadPruningMode.Guided"/> heads
+    /// (stage 1 fixes none). Default false.
+    /// </summary>
+    public bool MonotoneSupport { get; set; }
+
     internal void Validate()
     {
         if (!(Rho > 0) || double.IsInfinity(Rho)) throw new ArgumentOutOfRangeException("Admm.Rho", Rho, "Admm.Rho must be a positive finite number.");
@@ -57,6 +73,8 @@ public sealed class AdmmOptions
         if (UpdateEverySteps < 0) throw new ArgumentOutOfRangeException("Admm.UpdateEverySteps", UpdateEverySteps, "Admm.UpdateEverySteps must be ≥ 0 (0 = once per epoch).");
         if (!(SparsityRampFraction >= 0 && SparsityRampFraction < 1))
             throw new ArgumentOutOfRangeException("Admm.SparsityRampFraction", SparsityRampFraction, "Admm.SparsityRampFraction must be in [0, 1).");
+        if (!(RhoRampFraction >= 0 && RhoRampFraction < 1))
+            throw new ArgumentOutOfRangeException("Admm.RhoRampFraction", RhoRampFraction, "Admm.RhoRampFraction must be in [0, 1) (0 = the end of the sparsity ramp).");
         if (!Enum.IsDefined(Penalty)) throw new ArgumentOutOfRangeException("Admm.Penalty", Penalty, "Admm.Penalty must be Decoupled or Gradient.");
     }
 }

@@ -88,8 +88,10 @@ public sealed class AdmmSoftPruning : ITrainingHook
         _updateEvery = _o.UpdateEverySteps > 0 ? _o.UpdateEverySteps : stepsPerEpoch;
         _totalSteps = (long)_epochs * stepsPerEpoch;
         _rampSteps = (long)Math.Floor(_o.SparsityRampFraction * _totalSteps);
-        // the automatic ρ growth reaches RhoMax at the last update of the ramp (or of the stage, without a ramp)
-        long growUntil = _rampSteps > 0 ? _rampSteps : _totalSteps;
+        // the automatic ρ growth reaches RhoMax at RhoRampFraction of the stage, or at the last update of the ramp (or of
+        // the stage, without a ramp)
+        long rhoSteps = (long)Math.Floor(_o.RhoRampFraction * _totalSteps);
+        long growUntil = rhoSteps > 0 ? rhoSteps : _rampSteps > 0 ? _rampSteps : _totalSteps;
         // (a ramp shorter than one update interval reaches RhoMax at the first update)
         long updates = Math.Max(1, growUntil / _updateEvery);
         _growth = _o.RhoGrowth > 0 ? _o.RhoGrowth
@@ -143,13 +145,15 @@ public sealed class AdmmSoftPruning : ITrainingHook
 
     private void UpdateZ(VisionTransformerModel model, double sparsity)
     {
+        // a monotone support: while the ramp's target grows, the new support lies inside the previous one
+        var within = _o.MonotoneSupport && _heads is null && Plan is not null && sparsity >= _planSparsity ? Plan : null;
         _planSparsity = sparsity;
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var uOf = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
         foreach (var (w, _, u) in _vars) uOf[w] = u;
         var imp = _importance(model, p => p.add(uOf[p], Scalars.One));
-        Plan = StructuredProjection.Allocate(model.Architecture, imp, sparsity, _budget, _heads, costModel: _cost);
+        Plan = StructuredProjection.Allocate(model.Architecture, imp, sparsity, _budget, _heads, within, _cost);
         SetSupport(model, Plan);
         for (int i = 0; i < _vars.Count; i++)
         {
