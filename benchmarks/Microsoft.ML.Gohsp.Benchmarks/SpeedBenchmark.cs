@@ -81,8 +81,8 @@ internal static class SpeedBenchmark
         var options = new SompOptions { TargetLatencyMs = target, LatencyBatchSize = batch, LatencyTable = latency, FineTune = fineTune };
         // without the data set (untrained weights): one fine-tune step on random images, which does not change the speed
         var rng = new Random(0);
-        var tuneData = train ?? new ImageTensorData(new float[batch * 3 * 32 * 32].Select(_ => rng.NextSingle()).ToArray(),
-            Enumerable.Range(0, batch).Select(i => i % arch.NumClasses).ToArray(), 3, 32);
+        var tuneData = train ?? new ImageTensorData(new float[batch * arch.Channels * arch.ImageSize * arch.ImageSize].Select(_ => rng.NextSingle()).ToArray(),
+            Enumerable.Range(0, batch).Select(i => i % arch.NumClasses).ToArray(), arch.Channels, arch.ImageSize);
         var result = new SompPruner(options).Run(new PruningContext(dense, tuneData, test) { Log = line => Console.WriteLine(line) });
         using var pruned = result.Model;
         var report = result.Report;

@@ -266,6 +266,20 @@ public class GohspConvergenceTests(ITestOutputHelper output)
     }
 
     [Theory]
+    [InlineData(HeadPruningMode.Hard)]
+    [InlineData(HeadPruningMode.Soft)]
+    public void AMonotoneSupportWithHeadsFixedAtStageOneIsRejectedNamingTheOption(HeadPruningMode mode)
+    {
+        var o = TinyOptions(0.5);
+        o.HeadPruning = mode;
+        o.Admm.MonotoneSupport = true;
+        FluentActions.Invoking(o.Validate).Should().Throw<ArgumentException>()
+            .Where(e => e.ParamName == "Admm.MonotoneSupport").WithMessage($"*HeadPruning = {mode}*");
+        o.HeadPruning = HeadPruningMode.Guided;
+        FluentActions.Invoking(o.Validate).Should().NotThrow();
+    }
+
+    [Theory]
     [InlineData(0.25, 10)]   // ρ_max after a quarter of the 40 steps, while the sparsity ramp runs to step 30
     [InlineData(0.0, 30)]    // tied to the end of the ramp
     public void RhoReachesItsMaximumAtTheRhoRampWhateverTheSparsityRamp(double rhoRamp, int maxAt)

@@ -59,8 +59,8 @@ public sealed class AdmmOptions
     /// <summary>
     /// Keeps each projection's support inside the previous one's while the ramp's target sparsity grows, so that a structure
     /// once outside Z never returns (as SGMP's masks), with every kind's importance normalised over the structures still
-    /// kept. False re-allocates every projection from all structures. Applies to <see cref="HeadPruningMode.Guided"/> heads
-    /// (stage 1 fixes none). Default false.
+    /// kept. False re-allocates every projection from all structures. Needs <see cref="HeadPruningMode.Guided"/> heads
+    /// (stage 1 fixes none; other modes are rejected at validation). Default false.
     /// </summary>
     public bool MonotoneSupport { get; set; }
 

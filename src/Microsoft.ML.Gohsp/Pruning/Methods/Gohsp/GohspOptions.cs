@@ -66,6 +66,9 @@ public class GohspOptions : PruningOptions
         if (!(Damping >= 0 && Damping < 1)) throw new ArgumentOutOfRangeException(nameof(Damping), Damping, "Damping must be in [0, 1).");
         if (Admm is null) throw new ArgumentNullException(nameof(Admm), "Admm must be set.");
         Admm.Validate();
+        if (Admm.MonotoneSupport && HeadPruning != HeadPruningMode.Guided)
+            throw new ArgumentException($"Admm.MonotoneSupport keeps each projection inside the previous one when the projection chooses the heads " +
+                $"(HeadPruning = Guided); with HeadPruning = {HeadPruning} stage 1 fixes the heads. Set HeadPruning = Guided, or Admm.MonotoneSupport = false.", "Admm.MonotoneSupport");
     }
 }
 
