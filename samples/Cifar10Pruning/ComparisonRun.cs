@@ -103,6 +103,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
                 ValidationFraction = validationSplit?.Fraction ?? 0,
                 ValidationSeed = validationSplit?.Seed,
                 ValidationIndicesSha256 = validationSplit?.IndicesHash,
+                Gohsp = options.Methods.Contains(PruningMethod.Gohsp) ? GohspSettings.Of(options.ApplyGohspFlags(new GohspOptions())) : null,
             },
             Dense = entries[0],
             Entries = entries.Skip(1).ToArray(),
@@ -158,7 +159,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         switch (method)
         {
             case PruningMethod.Gohsp:
-                var g = PruningProtocol.ApplyEpochBudget(new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }, epochs, recipe);
+                var g = PruningProtocol.ApplyEpochBudget(options.ApplyGohspFlags(new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }), epochs, recipe);
                 return (ml.Transforms.GohspPrune(g, dense).Fit(prepared), $"soft pruning {g.SoftPruning.Epochs} + fine-tune {g.FineTune.Epochs}");
             case PruningMethod.Sgmp:
                 var s = PruningProtocol.ApplyEpochBudget(new SgmpPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }, epochs, recipe);

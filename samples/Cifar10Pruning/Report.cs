@@ -110,6 +110,8 @@ internal sealed record RunConfig
     public int? ValidationSeed { get; init; }
     /// <summary>SHA-256 of the held-out indices (comma-separated, ascending), so two reports can be checked for the same split.</summary>
     public string? ValidationIndicesSha256 { get; init; }
+    /// <summary>The GOHSP settings the run's GOHSP entries used (absent when no GOHSP ran, and in older reports).</summary>
+    public GohspSettings? Gohsp { get; init; }
 
     /// <summary>"CIFAR-10", or the image folder's name.</summary>
     [JsonIgnore]
@@ -121,6 +123,12 @@ internal sealed record RunConfig
     /// <summary>The speed notes that describe this run's columns.</summary>
     [JsonIgnore]
     public string SpeedColumns => SpeedMethod ?? SampleReport.LegacySpeedNotes;
+}
+
+/// <summary>The GOHSP options that the sample's flags can change, as the run used them.</summary>
+internal sealed record GohspSettings(double HeadGraphWeight, double SparsityRamp, bool MonotoneSupport)
+{
+    public static GohspSettings Of(Microsoft.ML.Gohsp.Pruning.GohspOptions o) => new(o.HeadGraphWeight, o.Admm.SparsityRampFraction, o.Admm.MonotoneSupport);
 }
 
 /// <summary>report.json: <c>{"config": {...}, "dense": {...}, "entries": [{...}, ...]}</c>.</summary>

@@ -35,6 +35,11 @@ internal sealed record SampleOptions
                                split: pruning stages are measured on it (cut shock, per-stage NLL); 0 = none. Default 0.1
           --validation-seed N  seed of that split (the same split for every --seed; with --images also of the test
                                split and of the file order). Default 1
+          --head-graph-weight G   GOHSP: exponent of the head graph's importance in each head's score (magnitude ×
+                               importance^G); 0 scores heads by magnitude alone. Default 1
+          --sparsity-ramp F    GOHSP: fraction of stage 2 over which ADMM's projection ramps to the target sparsity,
+                               in [0, 1). Default 0.25
+          --monotone-support   GOHSP: each ADMM projection stays inside the previous one's support (as SGMP's masks)
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
@@ -66,14 +71,30 @@ internal sealed record SampleOptions
     public bool Plain { get; init; }
     public bool NoSpeed { get; init; }
     public bool Help { get; init; }
+    /// <summary>GOHSP's <see cref="GohspOptions.HeadGraphWeight"/> (<c>--head-graph-weight</c>); null keeps the default.</summary>
+    public double? HeadGraphWeight { get; init; }
+    /// <summary>GOHSP's <see cref="AdmmOptions.SparsityRampFraction"/> (<c>--sparsity-ramp</c>); null keeps the default.</summary>
+    public double? SparsityRamp { get; init; }
+    /// <summary>GOHSP's <see cref="AdmmOptions.MonotoneSupport"/> (<c>--monotone-support</c>).</summary>
+    public bool MonotoneSupport { get; init; }
+
+    /// <summary>Applies the GOHSP flags to <paramref name="gohsp"/> (the defaults stay where a flag is absent).</summary>
+    public T ApplyGohspFlags<T>(T gohsp) where T : GohspOptions
+    {
+        if (HeadGraphWeight is double g) gohsp.HeadGraphWeight = g;
+        if (SparsityRamp is double r) gohsp.Admm.SparsityRampFraction = r;
+        if (MonotoneSupport) gohsp.Admm.MonotoneSupport = true;
+        return gohsp;
+    }
 
     /// <summary>The command line, for the reports.</summary>
     public string CommandLine { get; init; } = "";
 
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
-         "validation", "validation-seed", "results-md", "aggregate"];
-    private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
+         "validation", "validation-seed", "results-md", "aggregate", "head-graph-weight", "sparsity-ramp"];
+    private static readonly string[] SwitchFlags = ["plain", "no-speed", "help", "monotone-support"];
+    private static readonly string[] GohspFlags = ["head-graph-weight", "sparsity-ramp", "monotone-support"];
 
     /// <summary>Parses the flags; every problem is an <see cref="ArgumentException"/> with a one-line message naming the flag.</summary>
     public static SampleOptions Parse(string[] args)
@@ -121,10 +142,15 @@ internal sealed record SampleOptions
             Plain = switches.Contains("plain"),
             NoSpeed = switches.Contains("no-speed"),
             Help = switches.Contains("help"),
+            HeadGraphWeight = values.TryGetValue("head-graph-weight", out var hg) ? ParseFraction(hg, "head-graph-weight", 0, double.PositiveInfinity, upperOpen: true) : null,
+            SparsityRamp = values.TryGetValue("sparsity-ramp", out var sr) ? ParseFraction(sr, "sparsity-ramp", 0, 1, upperOpen: true) : null,
+            MonotoneSupport = switches.Contains("monotone-support"),
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
         if (o.PostEpochs < 2 && o.Methods.Any(m => m != PruningMethod.Somp))
             throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", o.Methods.Where(m => m != PruningMethod.Somp).Select(m => m.ToString().ToUpperInvariant()))} need at least 2 epochs after the dense model (one per training stage), got {o.PostEpochs}.");
+        if (GohspFlags.FirstOrDefault(f => values.ContainsKey(f) || switches.Contains(f)) is string gohspFlag && !o.Methods.Contains(PruningMethod.Gohsp))
+            throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {string.Join(",", o.Methods).ToLowerInvariant()} runs no GOHSP.");
         if (!ViTArchitecture.PresetNames.Contains(o.Arch, StringComparer.OrdinalIgnoreCase))
             throw new ArgumentException($"Option '--arch': unknown preset '{o.Arch}'. Known: {string.Join(", ", ViTArchitecture.PresetNames)}.");
         if (o.Images is null && ViTArchitecture.FromPreset(o.Arch, 10).ImageSize is int size && size != 32)
@@ -148,6 +174,11 @@ internal sealed record SampleOptions
     private static double ParseSparsity(string v, string flag) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double s) && s > 0 && s < 1 ? s
         : throw new ArgumentException($"Option '--{flag}': '{v}' is not a fraction in (0, 1) (e.g. 0.4 removes 40% of the parameters).");
+
+    private static double ParseFraction(string v, string flag, double min, double max, bool upperOpen) =>
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= min && (upperOpen ? f < max : f <= max) ? f
+        : throw new ArgumentException($"Option '--{flag}': '{v}' is not a number in [{min.ToString(CultureInfo.InvariantCulture)}, " +
+            $"{(double.IsPositiveInfinity(max) ? "∞" : max.ToString(CultureInfo.InvariantCulture))}{(upperOpen ? ")" : "]")}.");
 
     private static double ParseValidation(string v) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= 0 && f < 1 ? f

@@ -149,6 +149,44 @@ public class GohspConvergenceTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void HeadGraphWeightIsTheExponentOfTheGraphImportanceInEachHeadsScore()
+    {
+        const double sparsity = 0.6;
+        var data = HeadGraphRankingTests.RandomImages(16);
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 5);
+        var o = new GohspOptions { Sparsity = sparsity, CalibrationImages = 16, HeadPruning = HeadPruningMode.Soft };
+        var graph = GohspPruner.RankHeads(dense, data, o).Select(r => r.Importance(o.Direction)).ToArray();
+        graph.SelectMany(g => g).Distinct().Count().Should().BeGreaterThan(1, "the graph must rank the heads unequally for the exponent to matter");
+        var magnitude = StructuredProjection.Magnitude(dense);
+        int[][] Expected(double gamma) => StructuredProjection.Allocate(dense.Architecture, magnitude.Select((b, i) => new BlockImportance
+        {
+            Heads = b.Heads.Select((v, h) => (float)(v * Math.Pow(graph[i][h], gamma))).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
+        }).ToArray(), sparsity, o.Budget).Blocks.Select(b => b.Heads.ToArray()).ToArray();
+        int[][] Chosen(double gamma)
+        {
+            o.HeadGraphWeight = gamma;
+            var r = new GohspPruner(o).RankAndMaskHeads(new PruningContext(dense, data));
+            r.Model.Dispose();
+            return r.Report.Blocks.Select(b => b.KeptHeads.ToArray()).ToArray();
+        }
+        var magnitudeOnly = StructuredProjection.Allocate(dense.Architecture, magnitude, sparsity, o.Budget).Blocks.Select(b => b.Heads.ToArray()).ToArray();
+        Chosen(0).Should().BeEquivalentTo(magnitudeOnly, c => c.WithStrictOrdering(), "γ = 0 scores heads by magnitude alone");
+        foreach (double gamma in new[] { 0.5, 1.0, 3.0 })
+            Chosen(gamma).Should().BeEquivalentTo(Expected(gamma), c => c.WithStrictOrdering(), $"γ = {gamma} scores a head by magnitude × importance^γ");
+        Expected(3).Should().NotBeEquivalentTo(magnitudeOnly, c => c.WithStrictOrdering(), "a strong graph weight must change which heads are kept here");
+    }
+
+    [Theory]
+    [InlineData(-0.5)]
+    [InlineData(double.NaN)]
+    [InlineData(double.PositiveInfinity)]
+    public void AHeadGraphWeightThatIsNotAFiniteNonNegativeNumberIsRejectedNamingTheOption(double gamma)
+    {
+        var o = new GohspOptions { HeadGraphWeight = gamma };
+        o.Invoking(x => x.Validate()).Should().Throw<ArgumentOutOfRangeException>().Where(e => e.ParamName == nameof(GohspOptions.HeadGraphWeight));
+    }
+
+    [Fact]
     public void DistillationAddsTheHandComputedKlAndChangesTheGradients()
     {
         using var student = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 1);

@@ -75,6 +75,9 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         var config = root.GetProperty("config");
         (config.GetProperty("dense_epochs").GetInt32(), config.GetProperty("post_epochs").GetInt32(), config.GetProperty("test_images").GetInt32())
             .Should().Be((1, 2, 300));
+        var gohspSettings = config.GetProperty("gohsp");
+        (gohspSettings.GetProperty("head_graph_weight").GetDouble(), gohspSettings.GetProperty("sparsity_ramp").GetDouble(), gohspSettings.GetProperty("monotone_support").GetBoolean())
+            .Should().Be((new Pruning.GohspOptions().HeadGraphWeight, new Pruning.GohspOptions().Admm.SparsityRampFraction, new Pruning.GohspOptions().Admm.MonotoneSupport), "without flags GOHSP runs its defaults");
         // the validation split (10%, stratified per class) is held out of the 256 training images and recorded
         int validation = config.GetProperty("validation_images").GetInt32();
         (config.GetProperty("train_images").GetInt32() + validation).Should().Be(256);
@@ -200,7 +203,8 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         string outDir = Path.Combine(tmp.Path, "out");
 
         var (exit, stdout, stderr) = RunSample("--images", images, "--test-fraction", "0.25", "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "2",
-            "--sparsity", "0.5", "--method", "gohsp", "--precision", "fp32", "--threads", "1", "--out", outDir);
+            "--sparsity", "0.5", "--method", "gohsp", "--precision", "fp32", "--threads", "1", "--out", outDir,
+            "--head-graph-weight", "0", "--sparsity-ramp", "0.5", "--monotone-support");
 
         exit.Should().Be(0, stderr);
         stdout.Should().Contain("Predictions of gohsp-50.zip, loaded in a fresh MLContext");
@@ -209,6 +213,9 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         config.GetProperty("data").GetString().Should().Be(images);
         config.GetProperty("classes").GetInt32().Should().Be(4);
         config.GetProperty("test_images").GetInt32().Should().Be(8, "25% of the 8 images of each of 4 classes");
+        var gohspSettings = config.GetProperty("gohsp");
+        (gohspSettings.GetProperty("head_graph_weight").GetDouble(), gohspSettings.GetProperty("sparsity_ramp").GetDouble(), gohspSettings.GetProperty("monotone_support").GetBoolean())
+            .Should().Be((0.0, 0.5, true), "the GOHSP flags reach the options the run used");
         config.GetProperty("test_split").GetString().Should().Be("25% of each class (seed 1)");
         int validation = config.GetProperty("validation_images").GetInt32();
         validation.Should().Be(4, "10% of each class's 6 training images rounds to 1");
@@ -237,6 +244,9 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "unknown method", ["--method", "magnitude"], "unknown method 'magnitude'" },
         { "sparsity 1.5", ["--sparsity", "0.4,1.5"], "'1.5' is not a fraction in (0, 1)" },
         { "sparsity 0", ["--sparsity", "0"], "'0' is not a fraction in (0, 1)" },
+        { "head graph weight negative", ["--head-graph-weight", "-1"], "Option '--head-graph-weight': '-1' is not a number in [0, ∞)" },
+        { "sparsity ramp 1", ["--sparsity-ramp", "1"], "Option '--sparsity-ramp': '1' is not a number in [0, 1)" },
+        { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };
 
     [Theory]

@@ -27,6 +27,13 @@ public class GohspOptions : PruningOptions
     /// the lowest NLL of the three modes on average (docs/gohsp.md).
     /// </summary>
     public HeadPruningMode HeadPruning { get; set; } = HeadPruningMode.Guided;
+    /// <summary>
+    /// Exponent γ of the graph importance in a head's score: magnitude × importance^γ, wherever heads compete in the global
+    /// allocation (<see cref="HeadPruningMode.Guided"/> projections, <see cref="HeadBudget.Global"/> at stage 1). Default 1;
+    /// 0.5 tempers the graph's say, 0 scores heads by magnitude alone (the graph is still ranked and reported). Must be
+    /// finite and ≥ 0.
+    /// </summary>
+    public double HeadGraphWeight { get; set; } = 1;
     /// <summary>What the head chains' stationary distribution is computed from. Default <see cref="Pruning.HeadScore.Graph"/>.</summary>
     public HeadScore HeadScore { get; set; } = HeadScore.Graph;
     /// <summary>Calibration images (taken from the start of the training data) for the head graphs. Default 256.</summary>
@@ -62,6 +69,8 @@ public class GohspOptions : PruningOptions
                 "(guided heads compete in the global budget at every projection). Set HeadPruning to Hard or Soft to use HeadBudget.Fraction.", nameof(HeadBudget));
         if (!Enum.IsDefined(HeadScore)) throw new ArgumentOutOfRangeException(nameof(HeadScore), HeadScore, "HeadScore must be Graph or SaliencyPersonalizedGraph.");
         if (!(HeadPruningFraction >= 0 && HeadPruningFraction < 1)) throw new ArgumentOutOfRangeException(nameof(HeadPruningFraction), HeadPruningFraction, "HeadPruningFraction must be in [0, 1).");
+        if (!(HeadGraphWeight >= 0 && double.IsFinite(HeadGraphWeight)))
+            throw new ArgumentOutOfRangeException(nameof(HeadGraphWeight), HeadGraphWeight, "HeadGraphWeight must be a finite number ≥ 0 (1: magnitude × graph importance; 0: magnitude alone).");
         if (CalibrationImages <= 0) throw new ArgumentOutOfRangeException(nameof(CalibrationImages), CalibrationImages, "CalibrationImages must be positive.");
         if (!(Damping >= 0 && Damping < 1)) throw new ArgumentOutOfRangeException(nameof(Damping), Damping, "Damping must be in [0, 1).");
         if (Admm is null) throw new ArgumentNullException(nameof(Admm), "Admm must be set.");

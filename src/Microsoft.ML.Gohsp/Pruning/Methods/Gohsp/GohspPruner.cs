@@ -77,7 +77,7 @@ public sealed class GohspPruner : IPruningMethod
         else if (options.HeadBudget == HeadBudget.Global)
         {
             // heads compete with every other structure: magnitude score × graph importance (mean 1 per block)
-            plan = run.Budget.Allocate(dense.Architecture, WeightHeads(StructuredProjection.Magnitude(dense), graphImportance));
+            plan = run.Budget.Allocate(dense.Architecture, WeightHeads(StructuredProjection.Magnitude(dense), graphImportance, options.HeadGraphWeight));
         }
         else
         {
@@ -221,15 +221,18 @@ public sealed class GohspPruner : IPruningMethod
         return (model, weightOf) =>
         {
             var imp = StructuredProjection.Magnitude(model, weightOf);
-            return imp.Length != graph.Length || imp.Select((b, i) => b.Heads.Length != graph[i].Length).Any(x => x) ? imp : WeightHeads(imp, graph);
+            return imp.Length != graph.Length || imp.Select((b, i) => b.Heads.Length != graph[i].Length).Any(x => x) ? imp : WeightHeads(imp, graph, options.HeadGraphWeight);
         };
     }
 
-    /// <summary>Each head's magnitude score times its graph importance (mean 1 per block); the other structures as they are.</summary>
-    private static BlockImportance[] WeightHeads(IReadOnlyList<BlockImportance> magnitude, IReadOnlyList<double[]> graph) =>
+    /// <summary>
+    /// Each head's magnitude score times its graph importance (mean 1 per block) to the power <paramref name="exponent"/>
+    /// (<see cref="GohspOptions.HeadGraphWeight"/>); the other structures as they are.
+    /// </summary>
+    private static BlockImportance[] WeightHeads(IReadOnlyList<BlockImportance> magnitude, IReadOnlyList<double[]> graph, double exponent) =>
         magnitude.Select((b, i) => new BlockImportance
         {
-            Heads = b.Heads.Select((v, h) => (float)(v * graph[i][h])).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
+            Heads = b.Heads.Select((v, h) => (float)(v * Math.Pow(Math.Max(graph[i][h], 0), exponent))).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
         }).ToArray();
 
     /// <summary>The stationary probability of (block, head) from an earlier stage's report; null when there is none.</summary>
