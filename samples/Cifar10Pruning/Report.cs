@@ -126,9 +126,11 @@ internal sealed record RunConfig
 }
 
 /// <summary>The GOHSP options that the sample's flags can change, as the run used them.</summary>
-internal sealed record GohspSettings(double HeadGraphWeight, double SparsityRamp, bool MonotoneSupport)
+internal sealed record GohspSettings(double HeadGraphWeight, string HeadGraphScoring, double SparsityRamp, bool MonotoneSupport)
 {
-    public static GohspSettings Of(Microsoft.ML.Gohsp.Pruning.GohspOptions o) => new(o.HeadGraphWeight, o.Admm.SparsityRampFraction, o.Admm.MonotoneSupport);
+    public static GohspSettings Of(Microsoft.ML.Gohsp.Pruning.GohspOptions o) =>
+        new(o.HeadGraphWeight, o.HeadGraphScoring == Microsoft.ML.Gohsp.Pruning.HeadGraphScoring.RankWithinBlock ? "rank-within-block" : "scaled",
+            o.Admm.SparsityRampFraction, o.Admm.MonotoneSupport);
 }
 
 /// <summary>report.json: <c>{"config": {...}, "dense": {...}, "entries": [{...}, ...]}</c>.</summary>

@@ -37,6 +37,8 @@ internal sealed record SampleOptions
                                split and of the file order). Default 1
           --head-graph-weight G   GOHSP: exponent of the head graph's importance in each head's score (magnitude ×
                                importance^G); 0 scores heads by magnitude alone. Default 1
+          --head-graph-scoring S   GOHSP: scaled (the graph-weighted scores compete as they are) or rank-within-block
+                               (they only order each block's heads; magnitudes decide how many). Default scaled
           --sparsity-ramp F    GOHSP: fraction of stage 2 over which ADMM's projection ramps to the target sparsity,
                                in [0, 1). Default 0.25
           --monotone-support   GOHSP: each ADMM projection stays inside the previous one's support (as SGMP's masks)
@@ -73,6 +75,8 @@ internal sealed record SampleOptions
     public bool Help { get; init; }
     /// <summary>GOHSP's <see cref="GohspOptions.HeadGraphWeight"/> (<c>--head-graph-weight</c>); null keeps the default.</summary>
     public double? HeadGraphWeight { get; init; }
+    /// <summary>GOHSP's <see cref="GohspOptions.HeadGraphScoring"/> (<c>--head-graph-scoring</c>); null keeps the default.</summary>
+    public HeadGraphScoring? HeadGraphScoring { get; init; }
     /// <summary>GOHSP's <see cref="AdmmOptions.SparsityRampFraction"/> (<c>--sparsity-ramp</c>); null keeps the default.</summary>
     public double? SparsityRamp { get; init; }
     /// <summary>GOHSP's <see cref="AdmmOptions.MonotoneSupport"/> (<c>--monotone-support</c>).</summary>
@@ -82,6 +86,7 @@ internal sealed record SampleOptions
     public T ApplyGohspFlags<T>(T gohsp) where T : GohspOptions
     {
         if (HeadGraphWeight is double g) gohsp.HeadGraphWeight = g;
+        if (HeadGraphScoring is HeadGraphScoring hs) gohsp.HeadGraphScoring = hs;
         if (SparsityRamp is double r) gohsp.Admm.SparsityRampFraction = r;
         if (MonotoneSupport) gohsp.Admm.MonotoneSupport = true;
         return gohsp;
@@ -92,9 +97,9 @@ internal sealed record SampleOptions
 
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
-         "validation", "validation-seed", "results-md", "aggregate", "head-graph-weight", "sparsity-ramp"];
+         "validation", "validation-seed", "results-md", "aggregate", "head-graph-weight", "head-graph-scoring", "sparsity-ramp"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help", "monotone-support"];
-    private static readonly string[] GohspFlags = ["head-graph-weight", "sparsity-ramp", "monotone-support"];
+    private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support"];
 
     /// <summary>Parses the flags; every problem is an <see cref="ArgumentException"/> with a one-line message naming the flag.</summary>
     public static SampleOptions Parse(string[] args)
@@ -143,6 +148,7 @@ internal sealed record SampleOptions
             NoSpeed = switches.Contains("no-speed"),
             Help = switches.Contains("help"),
             HeadGraphWeight = values.TryGetValue("head-graph-weight", out var hg) ? ParseFraction(hg, "head-graph-weight", 0, double.PositiveInfinity, upperOpen: true) : null,
+            HeadGraphScoring = values.TryGetValue("head-graph-scoring", out var hs) ? ParseHeadGraphScoring(hs) : null,
             SparsityRamp = values.TryGetValue("sparsity-ramp", out var sr) ? ParseFraction(sr, "sparsity-ramp", 0, 1, upperOpen: true) : null,
             MonotoneSupport = switches.Contains("monotone-support"),
             CommandLine = string.Join(" ", args.Select(Quote)),
@@ -179,6 +185,13 @@ internal sealed record SampleOptions
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= min && (upperOpen ? f < max : f <= max) ? f
         : throw new ArgumentException($"Option '--{flag}': '{v}' is not a number in [{min.ToString(CultureInfo.InvariantCulture)}, " +
             $"{(double.IsPositiveInfinity(max) ? "∞" : max.ToString(CultureInfo.InvariantCulture))}{(upperOpen ? ")" : "]")}.");
+
+    private static HeadGraphScoring ParseHeadGraphScoring(string v) => v.ToLowerInvariant() switch
+    {
+        "scaled" => Microsoft.ML.Gohsp.Pruning.HeadGraphScoring.Scaled,
+        "rank-within-block" => Microsoft.ML.Gohsp.Pruning.HeadGraphScoring.RankWithinBlock,
+        _ => throw new ArgumentException($"Option '--head-graph-scoring': unknown value '{v}'. Known: scaled, rank-within-block."),
+    };
 
     private static double ParseValidation(string v) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= 0 && f < 1 ? f

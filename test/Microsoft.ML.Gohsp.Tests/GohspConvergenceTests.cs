@@ -176,6 +176,38 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         Expected(3).Should().NotBeEquivalentTo(magnitudeOnly, c => c.WithStrictOrdering(), "a strong graph weight must change which heads are kept here");
     }
 
+    [Fact]
+    public void RankWithinBlockKeepsAsManyHeadsPerBlockAsMagnitudeAndTheGraphsBestOfEach()
+    {
+        const double sparsity = 0.6;
+        var data = HeadGraphRankingTests.RandomImages(16);
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 5);
+        var o = new GohspOptions
+        {
+            Sparsity = sparsity, CalibrationImages = 16, HeadPruning = HeadPruningMode.Soft, HeadGraphWeight = 3,
+            HeadGraphScoring = HeadGraphScoring.RankWithinBlock,
+        };
+        var graph = GohspPruner.RankHeads(dense, data, o).Select(r => r.Importance(o.Direction)).ToArray();
+        var magnitude = StructuredProjection.Magnitude(dense);
+        var magnitudeOnly = StructuredProjection.Allocate(dense.Architecture, magnitude, sparsity, o.Budget).Blocks.Select(b => b.Heads.ToArray()).ToArray();
+        var r = new GohspPruner(o).RankAndMaskHeads(new PruningContext(dense, data));
+        r.Model.Dispose();
+        var kept = r.Report.Blocks.Select(b => b.KeptHeads.ToArray()).ToArray();
+        for (int b = 0; b < kept.Length; b++)
+        {
+            kept[b].Length.Should().Be(magnitudeOnly[b].Length, $"block {b} keeps as many heads as magnitude alone would");
+            var byGraph = Enumerable.Range(0, graph[b].Length).OrderByDescending(h => magnitude[b].Heads[h] * Math.Pow(graph[b][h], 3)).ThenBy(h => h)
+                .Take(kept[b].Length).Order().ToArray();
+            kept[b].Should().Equal(byGraph, $"block {b} keeps its best heads by magnitude × importance³");
+        }
+        kept.Should().NotBeEquivalentTo(magnitudeOnly, c => c.WithStrictOrdering(), "the graph must change which heads are kept here, or the test shows nothing");
+        o.HeadGraphScoring = HeadGraphScoring.Scaled;
+        var scaled = new GohspPruner(o).RankAndMaskHeads(new PruningContext(dense, data));
+        scaled.Model.Dispose();
+        scaled.Report.Blocks.Sum(b => b.KeptHeads.Length).Should().NotBe(kept.Sum(k => k.Length),
+            "scaled scores let the graph change how many heads are kept as well, which RankWithinBlock does not");
+    }
+
     [Theory]
     [InlineData(-0.5)]
     [InlineData(double.NaN)]

@@ -204,7 +204,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
 
         var (exit, stdout, stderr) = RunSample("--images", images, "--test-fraction", "0.25", "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "2",
             "--sparsity", "0.5", "--method", "gohsp", "--precision", "fp32", "--threads", "1", "--out", outDir,
-            "--head-graph-weight", "0", "--sparsity-ramp", "0.5", "--monotone-support");
+            "--head-graph-weight", "0", "--head-graph-scoring", "rank-within-block", "--sparsity-ramp", "0.5", "--monotone-support");
 
         exit.Should().Be(0, stderr);
         stdout.Should().Contain("Predictions of gohsp-50.zip, loaded in a fresh MLContext");
@@ -216,6 +216,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         var gohspSettings = config.GetProperty("gohsp");
         (gohspSettings.GetProperty("head_graph_weight").GetDouble(), gohspSettings.GetProperty("sparsity_ramp").GetDouble(), gohspSettings.GetProperty("monotone_support").GetBoolean())
             .Should().Be((0.0, 0.5, true), "the GOHSP flags reach the options the run used");
+        gohspSettings.GetProperty("head_graph_scoring").GetString().Should().Be("rank-within-block");
         config.GetProperty("test_split").GetString().Should().Be("25% of each class (seed 1)");
         int validation = config.GetProperty("validation_images").GetInt32();
         validation.Should().Be(4, "10% of each class's 6 training images rounds to 1");
@@ -246,6 +247,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "sparsity 0", ["--sparsity", "0"], "'0' is not a fraction in (0, 1)" },
         { "head graph weight negative", ["--head-graph-weight", "-1"], "Option '--head-graph-weight': '-1' is not a number in [0, ∞)" },
         { "sparsity ramp 1", ["--sparsity-ramp", "1"], "Option '--sparsity-ramp': '1' is not a number in [0, 1)" },
+        { "head graph scoring unknown", ["--head-graph-scoring", "sorted"], "Option '--head-graph-scoring': unknown value 'sorted'. Known: scaled, rank-within-block." },
         { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };
 

@@ -34,6 +34,14 @@ public class GohspOptions : PruningOptions
     /// finite and ≥ 0.
     /// </summary>
     public double HeadGraphWeight { get; set; } = 1;
+    /// <summary>
+    /// What the graph-weighted head scores decide wherever heads compete in the global allocation. Default
+    /// <see cref="HeadGraphScoring.Scaled"/>: a head's score is magnitude × importance^<see cref="HeadGraphWeight"/>, so the
+    /// graph decides both which heads a block keeps and how many. <see cref="HeadGraphScoring.RankWithinBlock"/>: the
+    /// graph-weighted score only orders the heads of each block, and each block's magnitude scores are handed out in that
+    /// order, so the magnitudes decide how many heads a block keeps and the graph which ones.
+    /// </summary>
+    public HeadGraphScoring HeadGraphScoring { get; set; } = HeadGraphScoring.Scaled;
     /// <summary>What the head chains' stationary distribution is computed from. Default <see cref="Pruning.HeadScore.Graph"/>.</summary>
     public HeadScore HeadScore { get; set; } = HeadScore.Graph;
     /// <summary>Calibration images (taken from the start of the training data) for the head graphs. Default 256.</summary>
@@ -71,6 +79,7 @@ public class GohspOptions : PruningOptions
         if (!(HeadPruningFraction >= 0 && HeadPruningFraction < 1)) throw new ArgumentOutOfRangeException(nameof(HeadPruningFraction), HeadPruningFraction, "HeadPruningFraction must be in [0, 1).");
         if (!(HeadGraphWeight >= 0 && double.IsFinite(HeadGraphWeight)))
             throw new ArgumentOutOfRangeException(nameof(HeadGraphWeight), HeadGraphWeight, "HeadGraphWeight must be a finite number ≥ 0 (1: magnitude × graph importance; 0: magnitude alone).");
+        if (!Enum.IsDefined(HeadGraphScoring)) throw new ArgumentOutOfRangeException(nameof(HeadGraphScoring), HeadGraphScoring, "HeadGraphScoring must be Scaled or RankWithinBlock.");
         if (CalibrationImages <= 0) throw new ArgumentOutOfRangeException(nameof(CalibrationImages), CalibrationImages, "CalibrationImages must be positive.");
         if (!(Damping >= 0 && Damping < 1)) throw new ArgumentOutOfRangeException(nameof(Damping), Damping, "Damping must be in [0, 1).");
         if (Admm is null) throw new ArgumentNullException(nameof(Admm), "Admm must be set.");
@@ -79,6 +88,19 @@ public class GohspOptions : PruningOptions
             throw new ArgumentException($"Admm.MonotoneSupport keeps each projection inside the previous one when the projection chooses the heads " +
                 $"(HeadPruning = Guided); with HeadPruning = {HeadPruning} stage 1 fixes the heads. Set HeadPruning = Guided, or Admm.MonotoneSupport = false.", "Admm.MonotoneSupport");
     }
+}
+
+/// <summary>What the graph-weighted head scores decide in the global allocation (<see cref="GohspOptions.HeadGraphScoring"/>).</summary>
+public enum HeadGraphScoring
+{
+    /// <summary>A head's score is its magnitude score × graph importance^<see cref="GohspOptions.HeadGraphWeight"/>.</summary>
+    Scaled = 0,
+    /// <summary>
+    /// Per block, the heads are ordered by magnitude × graph importance^<see cref="GohspOptions.HeadGraphWeight"/>, and the
+    /// block's magnitude scores, sorted, are given to the heads in that order: the block's scores as a set are its
+    /// magnitudes (which decide how many heads it keeps against the other structures), the graph decides which.
+    /// </summary>
+    RankWithinBlock = 1,
 }
 
 /// <summary>How many heads GOHSP stage 1 removes.</summary>

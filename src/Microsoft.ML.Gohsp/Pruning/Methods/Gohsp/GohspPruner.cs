@@ -77,7 +77,7 @@ public sealed class GohspPruner : IPruningMethod
         else if (options.HeadBudget == HeadBudget.Global)
         {
             // heads compete with every other structure: magnitude score × graph importance (mean 1 per block)
-            plan = run.Budget.Allocate(dense.Architecture, WeightHeads(StructuredProjection.Magnitude(dense), graphImportance, options.HeadGraphWeight));
+            plan = run.Budget.Allocate(dense.Architecture, WeightHeads(StructuredProjection.Magnitude(dense), graphImportance, options));
         }
         else
         {
@@ -221,18 +221,27 @@ public sealed class GohspPruner : IPruningMethod
         return (model, weightOf) =>
         {
             var imp = StructuredProjection.Magnitude(model, weightOf);
-            return imp.Length != graph.Length || imp.Select((b, i) => b.Heads.Length != graph[i].Length).Any(x => x) ? imp : WeightHeads(imp, graph, options.HeadGraphWeight);
+            return imp.Length != graph.Length || imp.Select((b, i) => b.Heads.Length != graph[i].Length).Any(x => x) ? imp : WeightHeads(imp, graph, options);
         };
     }
 
     /// <summary>
-    /// Each head's magnitude score times its graph importance (mean 1 per block) to the power <paramref name="exponent"/>
-    /// (<see cref="GohspOptions.HeadGraphWeight"/>); the other structures as they are.
+    /// Each head's magnitude score times its graph importance (mean 1 per block) to the power
+    /// <see cref="GohspOptions.HeadGraphWeight"/>; with <see cref="HeadGraphScoring.RankWithinBlock"/> that product only orders
+    /// each block's heads, which receive the block's magnitude scores in that order. The other structures as they are.
     /// </summary>
-    private static BlockImportance[] WeightHeads(IReadOnlyList<BlockImportance> magnitude, IReadOnlyList<double[]> graph, double exponent) =>
-        magnitude.Select((b, i) => new BlockImportance
+    private static BlockImportance[] WeightHeads(IReadOnlyList<BlockImportance> magnitude, IReadOnlyList<double[]> graph, GohspOptions options) =>
+        magnitude.Select((b, i) =>
         {
-            Heads = b.Heads.Select((v, h) => (float)(v * Math.Pow(Math.Max(graph[i][h], 0), exponent))).ToArray(), QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp,
+            var weighted = b.Heads.Select((v, h) => (float)(v * Math.Pow(Math.Max(graph[i][h], 0), options.HeadGraphWeight))).ToArray();
+            if (options.HeadGraphScoring == HeadGraphScoring.RankWithinBlock)
+            {
+                var sorted = b.Heads.OrderByDescending(v => v).ToArray();
+                var order = Enumerable.Range(0, weighted.Length).OrderByDescending(h => weighted[h]).ThenBy(h => h).ToArray();
+                weighted = new float[weighted.Length];
+                for (int k = 0; k < order.Length; k++) weighted[order[k]] = sorted[k];
+            }
+            return new BlockImportance { Heads = weighted, QkDims = b.QkDims, VDims = b.VDims, Mlp = b.Mlp };
         }).ToArray();
 
     /// <summary>The stationary probability of (block, head) from an earlier stage's report; null when there is none.</summary>
