@@ -54,7 +54,9 @@ internal static class Sample
         var ui = new ConsoleUi(options.Plain);
         if (options.Aggregate is { } folder)
         {
-            var written = Results.Write(Results.Collect(folder), options.ResultsMarkdown ?? Path.Combine(folder, "results.md"));
+            var collected = Results.Collect(folder);
+            if (options.Baselines is { } baselines) collected = Results.WithBaselines(collected, baselines);
+            var written = Results.Write(collected, options.ResultsMarkdown ?? Path.Combine(folder, "results.md"));
             foreach (var f in written) ui.Line($"Wrote {f}");
             return 0;
         }

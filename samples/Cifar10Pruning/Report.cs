@@ -110,6 +110,12 @@ internal sealed record RunConfig
     public int? ValidationSeed { get; init; }
     /// <summary>SHA-256 of the held-out indices (comma-separated, ascending), so two reports can be checked for the same split.</summary>
     public string? ValidationIndicesSha256 { get; init; }
+    /// <summary>
+    /// With <c>--aggregate --baselines</c>: the command of the stored run whose other methods this run is paired with (set
+    /// when aggregating, never written by a run).
+    /// </summary>
+    [JsonIgnore]
+    public string? BaselineCommand { get; init; }
     /// <summary>The GOHSP settings the run's GOHSP entries used (absent when no GOHSP ran, and in older reports).</summary>
     public GohspSettings? Gohsp { get; init; }
 

@@ -45,6 +45,8 @@ internal sealed record SampleOptions
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
+          --baselines DIR      with --aggregate: pair each run with the other methods of the same seed's report under DIR
+                               (which must start from the same dense model), e.g. GOHSP rerun with new settings
           --no-speed           skip the speed columns (accuracy comparisons; timings taken beside other work are wrong anyway)
           --plain              plain log lines instead of live progress bars (automatic when output is redirected)
           --help               this text
@@ -70,6 +72,8 @@ internal sealed record SampleOptions
     public int ValidationSeed { get; init; } = 1;
     public string? ResultsMarkdown { get; init; }
     public string? Aggregate { get; init; }
+    /// <summary>With <see cref="Aggregate"/>: stored runs whose other methods each aggregated run is paired with (<c>--baselines</c>).</summary>
+    public string? Baselines { get; init; }
     public bool Plain { get; init; }
     public bool NoSpeed { get; init; }
     public bool Help { get; init; }
@@ -97,7 +101,7 @@ internal sealed record SampleOptions
 
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
-         "validation", "validation-seed", "results-md", "aggregate", "head-graph-weight", "head-graph-scoring", "sparsity-ramp"];
+         "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help", "monotone-support"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support"];
 
@@ -144,6 +148,7 @@ internal sealed record SampleOptions
             ValidationSeed = values.TryGetValue("validation-seed", out var vs) ? ParseSeed(vs, "validation-seed") : 1,
             ResultsMarkdown = values.GetValueOrDefault("results-md"),
             Aggregate = values.GetValueOrDefault("aggregate"),
+            Baselines = values.GetValueOrDefault("baselines"),
             Plain = switches.Contains("plain"),
             NoSpeed = switches.Contains("no-speed"),
             Help = switches.Contains("help"),
@@ -155,6 +160,7 @@ internal sealed record SampleOptions
         };
         if (o.PostEpochs < 2 && o.Methods.Any(m => m != PruningMethod.Somp))
             throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", o.Methods.Where(m => m != PruningMethod.Somp).Select(m => m.ToString().ToUpperInvariant()))} need at least 2 epochs after the dense model (one per training stage), got {o.PostEpochs}.");
+        if (o.Baselines is not null && o.Aggregate is null) throw new ArgumentException("Option '--baselines' applies to --aggregate only (it pairs stored runs).");
         if (GohspFlags.FirstOrDefault(f => values.ContainsKey(f) || switches.Contains(f)) is string gohspFlag && !o.Methods.Contains(PruningMethod.Gohsp))
             throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {string.Join(",", o.Methods).ToLowerInvariant()} runs no GOHSP.");
         if (!ViTArchitecture.PresetNames.Contains(o.Arch, StringComparer.OrdinalIgnoreCase))

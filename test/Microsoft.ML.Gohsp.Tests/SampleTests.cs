@@ -171,6 +171,41 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         File.Exists(Path.Combine(tmp.Path, "results-paired-differences.png")).Should().BeTrue();
     }
 
+    [Fact]
+    public void AggregatePairsARerunMethodWithTheStoredBaselinesOfTheSameDenseModels()
+    {
+        run.Result.ExitCode.Should().Be(0, run.Result.StdErr);
+        using var tmp = new TempDir();
+        var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(run.OutDir, "report.json")))!;
+        string runs = Directory.CreateDirectory(Path.Combine(tmp.Path, "runs", "seed-3")).FullName;
+        File.WriteAllText(Path.Combine(runs, "report.json"), report.ToJsonString());
+        // the stored run of the same seed: the same dense model, a SOMP entry 2 points below this GOHSP, and a GOHSP entry that must not be used
+        var baseline = report.DeepClone();
+        var somp = baseline["entries"]![0]!.DeepClone();
+        somp["method"] = "somp";
+        somp["top1"] = somp["top1"]!.GetValue<double>() - 0.02;
+        baseline["entries"]![0]!["top1"] = 0.0;
+        baseline["entries"]!.AsArray().Add(somp);
+        string stored = Directory.CreateDirectory(Path.Combine(tmp.Path, "stored", "seed-3")).FullName;
+        File.WriteAllText(Path.Combine(stored, "report.json"), baseline.ToJsonString());
+        string page = Path.Combine(tmp.Path, "results.md");
+
+        var (exit, _, stderr) = RunSample("--aggregate", Path.Combine(tmp.Path, "runs"), "--baselines", Path.Combine(tmp.Path, "stored"), "--results-md", page);
+
+        exit.Should().Be(0, stderr);
+        var lines = File.ReadAllText(page).Split('\n');
+        lines.Should().Contain(l => l.StartsWith("| 50% | GOHSP − SOMP | 1 | +2.00 |"), "GOHSP of the run paired with SOMP of the stored report");
+        lines.Should().ContainSingle(l => l.StartsWith("| gohsp | 50% ") && l.Contains("| 1 |"), "the stored report's own GOHSP entry is not used");
+        lines.Should().Contain(l => l.StartsWith("| somp | 50% "));
+
+        // a stored run of the same seed from another dense model is refused, naming what differs
+        baseline["config"]!["dense_start_top1"] = baseline["config"]!["dense_start_top1"]!.GetValue<double>() + 0.01;
+        File.WriteAllText(Path.Combine(stored, "report.json"), baseline.ToJsonString());
+        var (exit2, _, stderr2) = RunSample("--aggregate", Path.Combine(tmp.Path, "runs"), "--baselines", Path.Combine(tmp.Path, "stored"), "--results-md", page);
+        exit2.Should().NotBe(0);
+        stderr2.Should().Contain("Option '--baselines'").And.Contain("(seed 3) starts from another dense model").And.Contain("dense top-1");
+    }
+
     /// <summary>
     /// Writes a folder per class of PNG files from real CIFAR-10 images (<paramref name="perClass"/> of each of the first
     /// <paramref name="classes"/> classes; some grayscale, some RGBA, some 48×48) and returns the folder.
@@ -248,6 +283,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "head graph weight negative", ["--head-graph-weight", "-1"], "Option '--head-graph-weight': '-1' is not a number in [0, ∞)" },
         { "sparsity ramp 1", ["--sparsity-ramp", "1"], "Option '--sparsity-ramp': '1' is not a number in [0, 1)" },
         { "head graph scoring unknown", ["--head-graph-scoring", "sorted"], "Option '--head-graph-scoring': unknown value 'sorted'. Known: scaled, rank-within-block." },
+        { "baselines without aggregate", ["--baselines", "{empty}"], "Option '--baselines' applies to --aggregate only" },
         { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };
 
