@@ -37,11 +37,12 @@ internal sealed record SampleOptions
                                split and of the file order). Default 1
           --head-graph-weight G   GOHSP: exponent of the head graph's importance in each head's score (magnitude ×
                                importance^G); 0 scores heads by magnitude alone. Default 1
-          --head-graph-scoring S   GOHSP: scaled (the graph-weighted scores compete as they are) or rank-within-block
-                               (they only order each block's heads; magnitudes decide how many). Default scaled
+          --head-graph-scoring S   GOHSP: rank-within-block (the graph-weighted scores only order each block's heads;
+                               magnitudes decide how many) or scaled (they compete as they are). Default rank-within-block
           --sparsity-ramp F    GOHSP: fraction of stage 2 over which ADMM's projection ramps to the target sparsity,
-                               in [0, 1). Default 0.25
-          --monotone-support   GOHSP: each ADMM projection stays inside the previous one's support (as SGMP's masks)
+                               in [0, 1). Default 0.5
+          --monotone-support on|off   GOHSP: each ADMM projection stays inside the previous one's support (as SGMP's
+                               masks). Default on
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
@@ -83,8 +84,8 @@ internal sealed record SampleOptions
     public HeadGraphScoring? HeadGraphScoring { get; init; }
     /// <summary>GOHSP's <see cref="AdmmOptions.SparsityRampFraction"/> (<c>--sparsity-ramp</c>); null keeps the default.</summary>
     public double? SparsityRamp { get; init; }
-    /// <summary>GOHSP's <see cref="AdmmOptions.MonotoneSupport"/> (<c>--monotone-support</c>).</summary>
-    public bool MonotoneSupport { get; init; }
+    /// <summary>GOHSP's <see cref="AdmmOptions.MonotoneSupport"/> (<c>--monotone-support on|off</c>); null keeps the default.</summary>
+    public bool? MonotoneSupport { get; init; }
 
     /// <summary>Applies the GOHSP flags to <paramref name="gohsp"/> (the defaults stay where a flag is absent).</summary>
     public T ApplyGohspFlags<T>(T gohsp) where T : GohspOptions
@@ -92,7 +93,7 @@ internal sealed record SampleOptions
         if (HeadGraphWeight is double g) gohsp.HeadGraphWeight = g;
         if (HeadGraphScoring is HeadGraphScoring hs) gohsp.HeadGraphScoring = hs;
         if (SparsityRamp is double r) gohsp.Admm.SparsityRampFraction = r;
-        if (MonotoneSupport) gohsp.Admm.MonotoneSupport = true;
+        if (MonotoneSupport is bool m) gohsp.Admm.MonotoneSupport = m;
         return gohsp;
     }
 
@@ -101,8 +102,8 @@ internal sealed record SampleOptions
 
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
-         "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp"];
-    private static readonly string[] SwitchFlags = ["plain", "no-speed", "help", "monotone-support"];
+         "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support"];
+    private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support"];
 
     /// <summary>Parses the flags; every problem is an <see cref="ArgumentException"/> with a one-line message naming the flag.</summary>
@@ -155,7 +156,7 @@ internal sealed record SampleOptions
             HeadGraphWeight = values.TryGetValue("head-graph-weight", out var hg) ? ParseFraction(hg, "head-graph-weight", 0, double.PositiveInfinity, upperOpen: true) : null,
             HeadGraphScoring = values.TryGetValue("head-graph-scoring", out var hs) ? ParseHeadGraphScoring(hs) : null,
             SparsityRamp = values.TryGetValue("sparsity-ramp", out var sr) ? ParseFraction(sr, "sparsity-ramp", 0, 1, upperOpen: true) : null,
-            MonotoneSupport = switches.Contains("monotone-support"),
+            MonotoneSupport = values.TryGetValue("monotone-support", out var ms) ? ParseOnOff(ms, "monotone-support") : null,
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
         if (o.PostEpochs < 2 && o.Methods.Any(m => m != PruningMethod.Somp))
@@ -191,6 +192,13 @@ internal sealed record SampleOptions
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= min && (upperOpen ? f < max : f <= max) ? f
         : throw new ArgumentException($"Option '--{flag}': '{v}' is not a number in [{min.ToString(CultureInfo.InvariantCulture)}, " +
             $"{(double.IsPositiveInfinity(max) ? "∞" : max.ToString(CultureInfo.InvariantCulture))}{(upperOpen ? ")" : "]")}.");
+
+    private static bool ParseOnOff(string v, string flag) => v.ToLowerInvariant() switch
+    {
+        "on" => true,
+        "off" => false,
+        _ => throw new ArgumentException($"Option '--{flag}': unknown value '{v}'. Known: on, off."),
+    };
 
     private static HeadGraphScoring ParseHeadGraphScoring(string v) => v.ToLowerInvariant() switch
     {

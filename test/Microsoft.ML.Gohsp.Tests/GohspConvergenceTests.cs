@@ -154,7 +154,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         const double sparsity = 0.6;
         var data = HeadGraphRankingTests.RandomImages(16);
         using var dense = new VisionTransformerModel(ViTArchitecture.CifarTiny(), seed: 5);
-        var o = new GohspOptions { Sparsity = sparsity, CalibrationImages = 16, HeadPruning = HeadPruningMode.Soft };
+        var o = new GohspOptions { Sparsity = sparsity, CalibrationImages = 16, HeadPruning = HeadPruningMode.Soft, HeadGraphScoring = HeadGraphScoring.Scaled };
         var graph = GohspPruner.RankHeads(dense, data, o).Select(r => r.Importance(o.Direction)).ToArray();
         graph.SelectMany(g => g).Distinct().Count().Should().BeGreaterThan(1, "the graph must rank the heads unequally for the exponent to matter");
         var magnitude = StructuredProjection.Magnitude(dense);
@@ -335,18 +335,31 @@ public class GohspConvergenceTests(ITestOutputHelper output)
             overlaps.Should().Contain(o => o < 1, "a projection from all structures brings back some the previous Z removed");
     }
 
-    [Theory]
-    [InlineData(HeadPruningMode.Hard)]
-    [InlineData(HeadPruningMode.Soft)]
-    public void AMonotoneSupportWithHeadsFixedAtStageOneIsRejectedNamingTheOption(HeadPruningMode mode)
+    [Fact]
+    public void AMonotoneSupportWithHeadsFixedAtStageOneKeepsThoseHeadsAndOnlyShrinksTheRest()
     {
-        var o = TinyOptions(0.5);
-        o.HeadPruning = mode;
-        o.Admm.MonotoneSupport = true;
-        FluentActions.Invoking(o.Validate).Should().Throw<ArgumentException>()
-            .Where(e => e.ParamName == "Admm.MonotoneSupport").WithMessage($"*HeadPruning = {mode}*");
-        o.HeadPruning = HeadPruningMode.Guided;
-        FluentActions.Invoking(o.Validate).Should().NotThrow();
+        using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
+        var arch = model.Architecture;
+        var fixedHeads = arch.Blocks.Select(b => (IReadOnlyList<int>)Enumerable.Range(1, b.Heads - 1).ToArray()).ToArray();
+        var hook = new AdmmSoftPruning(0.6, fixedHeads, new AdmmOptions { MonotoneSupport = true, UpdateEverySteps = 1, SparsityRampFraction = 0.9 },
+            new BudgetOptions { Granularity = 1 }, epochs: 1);
+        const int steps = 10;
+        hook.OnTrainingStart(model, 0, steps);
+        var plans = new List<StructurePlan>();
+        var generator = torch.manual_seed(11);
+        for (int step = 0; step < steps; step++)
+        {
+            using (no_grad())
+                foreach (var p in StructuredProjection.Prunable(model))
+                    p.mul_(torch.rand(p.shape, generator: generator).add_(0.5));
+            hook.AfterStep(model, step);
+            plans.Add(hook.Plan!);
+        }
+        plans.Should().AllSatisfy(p => p.Blocks.Select(b => b.Heads.ToArray()).Should().BeEquivalentTo(fixedHeads, c => c.WithStrictOrdering(),
+            "the heads stage 1 fixed are kept in every projection"));
+        plans.Zip(plans.Skip(1), (before, after) => after.Overlap(before, arch)).Should().AllSatisfy(o => o.Should().Be(1, "every kept structure was kept by the previous Z"));
+        var removed = plans.Select(p => 1 - (double)p.PrunedArchitecture(arch).ParameterCount / arch.ParameterCount).ToArray();
+        removed[^1].Should().BeGreaterThan(removed[0] + 0.1, "the ramp removes more structures as it goes");
     }
 
     [Theory]

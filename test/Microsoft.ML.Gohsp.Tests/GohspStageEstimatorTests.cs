@@ -18,6 +18,8 @@ public class GohspStageEstimatorTests(ITestOutputHelper output)
     private static GohspPruningEstimator.Options Options(IDataView? validation = null, HeadPruningMode heads = HeadPruningMode.Hard) => new()
     {
         HeadPruning = heads,
+        // the graph's scores compete as they are, so that stage 1 removes heads at this light sparsity
+        HeadGraphScoring = HeadGraphScoring.Scaled,
         Sparsity = 0.4,
         HeadPruningFraction = 0.25,
         CalibrationImages = 64,

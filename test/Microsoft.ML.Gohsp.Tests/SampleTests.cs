@@ -239,7 +239,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
 
         var (exit, stdout, stderr) = RunSample("--images", images, "--test-fraction", "0.25", "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "2",
             "--sparsity", "0.5", "--method", "gohsp", "--precision", "fp32", "--threads", "1", "--out", outDir,
-            "--head-graph-weight", "0", "--head-graph-scoring", "rank-within-block", "--sparsity-ramp", "0.5", "--monotone-support");
+            "--head-graph-weight", "0", "--head-graph-scoring", "scaled", "--sparsity-ramp", "0.3", "--monotone-support", "off");
 
         exit.Should().Be(0, stderr);
         stdout.Should().Contain("Predictions of gohsp-50.zip, loaded in a fresh MLContext");
@@ -250,8 +250,8 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         config.GetProperty("test_images").GetInt32().Should().Be(8, "25% of the 8 images of each of 4 classes");
         var gohspSettings = config.GetProperty("gohsp");
         (gohspSettings.GetProperty("head_graph_weight").GetDouble(), gohspSettings.GetProperty("sparsity_ramp").GetDouble(), gohspSettings.GetProperty("monotone_support").GetBoolean())
-            .Should().Be((0.0, 0.5, true), "the GOHSP flags reach the options the run used");
-        gohspSettings.GetProperty("head_graph_scoring").GetString().Should().Be("rank-within-block");
+            .Should().Be((0.0, 0.3, false), "the GOHSP flags reach the options the run used");
+        gohspSettings.GetProperty("head_graph_scoring").GetString().Should().Be("scaled");
         config.GetProperty("test_split").GetString().Should().Be("25% of each class (seed 1)");
         int validation = config.GetProperty("validation_images").GetInt32();
         validation.Should().Be(4, "10% of each class's 6 training images rounds to 1");
@@ -281,10 +281,11 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "sparsity 1.5", ["--sparsity", "0.4,1.5"], "'1.5' is not a fraction in (0, 1)" },
         { "sparsity 0", ["--sparsity", "0"], "'0' is not a fraction in (0, 1)" },
         { "head graph weight negative", ["--head-graph-weight", "-1"], "Option '--head-graph-weight': '-1' is not a number in [0, ∞)" },
+        { "monotone support yes", ["--monotone-support", "yes"], "Option '--monotone-support': unknown value 'yes'. Known: on, off." },
         { "sparsity ramp 1", ["--sparsity-ramp", "1"], "Option '--sparsity-ramp': '1' is not a number in [0, 1)" },
         { "head graph scoring unknown", ["--head-graph-scoring", "sorted"], "Option '--head-graph-scoring': unknown value 'sorted'. Known: scaled, rank-within-block." },
         { "baselines without aggregate", ["--baselines", "{empty}"], "Option '--baselines' applies to --aggregate only" },
-        { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
+        { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support", "on"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };
 
     [Theory]

@@ -171,8 +171,15 @@ public class StructuredPruningTests
         Kept(fresh).Should().NotBeSubsetOf(Kept(first), "without the previous plan the new importances would revive structures");
         // a target the previous plan already meets leaves it unchanged
         Kept(StructuredProjection.Allocate(arch, RandomImportance(arch, seed: 3), 0.2, within: first)).Should().BeEquivalentTo(Kept(first));
-        var both = () => StructuredProjection.Allocate(arch, RandomImportance(arch, 1), 0.5, fixedHeads: first.Blocks.Select(b => (IReadOnlyList<int>)b.Heads).ToArray(), within: first);
-        both.Should().Throw<ArgumentException>().WithMessage("*either fixedHeads or within*");
+        // fixed heads and a previous plan together: the heads stay exactly the fixed ones, the rest only shrinks
+        var fixedHeads = first.Blocks.Select(b => (IReadOnlyList<int>)b.Heads).ToArray();
+        var both = StructuredProjection.Allocate(arch, RandomImportance(arch, 2), 0.5, fixedHeads: fixedHeads, within: first);
+        both.Blocks.Select(b => b.Heads.ToArray()).Should().BeEquivalentTo(fixedHeads, c => c.WithStrictOrdering());
+        Kept(both).Should().BeSubsetOf(Kept(first));
+        var otherHeads = arch.Blocks.Select(b => (IReadOnlyList<int>)new[] { 0 }).ToArray();
+        var mismatch = () => StructuredProjection.Allocate(arch, RandomImportance(arch, 1), 0.5, fixedHeads: otherHeads, within: first);
+        first.Blocks.Should().Contain(b => b.Heads.Length > 1, "the previous plan keeps more than head 0 somewhere");
+        mismatch.Should().Throw<ArgumentException>().WithMessage("*within must keep exactly the fixed heads*");
     }
 
     /// <summary>Every kept structure of a plan as a string (heads, per-head q/k and v dims, MLP neurons).</summary>

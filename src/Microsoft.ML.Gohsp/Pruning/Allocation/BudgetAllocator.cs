@@ -43,8 +43,12 @@ internal sealed class BudgetAllocator
             throw new ArgumentException("fixedHeads needs one entry per block.", nameof(fixedHeads));
         if (within is not null)
         {
-            if (fixedHeads is not null) throw new ArgumentException("Pass either fixedHeads or within, not both.", nameof(within));
             within.Validate(arch);
+            if (fixedHeads is not null)
+                for (int b = 0; b < arch.Depth; b++)
+                    if (!within.Blocks[b].Heads.Order().SequenceEqual(fixedHeads[b].Distinct().Order()))
+                        throw new ArgumentException($"Block {b}: within keeps heads {string.Join(",", within.Blocks[b].Heads.Order())}, but the fixed heads are " +
+                            $"{string.Join(",", fixedHeads[b].Distinct().Order())}; with both, within must keep exactly the fixed heads.", nameof(within));
         }
         return new BudgetAllocator(arch, importance, sparsity, options, fixedHeads, within, costModel).Run(sparsity);
     }

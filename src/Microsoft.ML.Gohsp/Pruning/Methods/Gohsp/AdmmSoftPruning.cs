@@ -146,7 +146,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
     private void UpdateZ(VisionTransformerModel model, double sparsity)
     {
         // a monotone support: while the ramp's target grows, the new support lies inside the previous one
-        var within = _o.MonotoneSupport && _heads is null && Plan is not null && sparsity >= _planSparsity ? Plan : null;
+        var within = _o.MonotoneSupport && Plan is not null && sparsity >= _planSparsity ? Plan : null;
         _planSparsity = sparsity;
         using var _ = no_grad();
         using var scope = NewDisposeScope();
