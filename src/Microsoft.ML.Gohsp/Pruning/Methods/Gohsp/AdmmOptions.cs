@@ -45,7 +45,7 @@ public sealed class AdmmOptions
     /// along SGMP's cubic schedule over this fraction of the stage's steps, then stays there; 0 projects onto the full
     /// target from the first step. In [0, 1). Default 0.5, with <see cref="MonotoneSupport"/>: chosen on the validation
     /// split from dense models trained 16 epochs, where it lowered the NLL against a ramp of 0.25 without a monotone support
-    /// in all 6 runs at 70% and 90%; from dense models trained only 4 epochs 0.25 is better (docs/gohsp.md).
+    /// in 5 of 6 runs at 70% and 90%; from dense models trained only 4 epochs 0.25 is better (docs/gohsp.md).
     /// </summary>
     public double SparsityRampFraction { get; set; } = 0.5;
     /// <summary>How the penalty enters the W-subproblem. Default <see cref="AdmmPenalty.Decoupled"/>.</summary>
