@@ -41,8 +41,8 @@ internal sealed record SampleOptions
                                magnitudes decide how many) or scaled (they compete as they are). Default rank-within-block
           --sparsity-ramp F    GOHSP: fraction of stage 2 over which ADMM's projection ramps to the target sparsity,
                                in [0, 1). Default 0.5
-          --monotone-support on|off   GOHSP: each ADMM projection stays inside the previous one's support (as SGMP's
-                               masks). Default on
+          --monotone-support [on|off]   GOHSP: each ADMM projection stays inside the previous one's support (as
+                               SGMP's masks); bare: on. Default on
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
@@ -118,6 +118,12 @@ internal sealed record SampleOptions
             if (!a.StartsWith("--", StringComparison.Ordinal)) throw new ArgumentException($"Unexpected argument '{a}' (flags start with --; see --help).");
             string key = a[2..];
             if (SwitchFlags.Contains(key)) { switches.Add(key); continue; }
+            if (key == "monotone-support" && (i + 1 >= args.Length || args[i + 1].StartsWith("--", StringComparison.Ordinal)))
+            {
+                // a bare --monotone-support means on
+                if (!values.TryAdd(key, "on")) throw new ArgumentException($"Option '--{key}' is given twice.");
+                continue;
+            }
             if (!ValueFlags.Contains(key)) throw new ArgumentException($"Unknown option '--{key}'. Known: {string.Join(", ", ValueFlags.Concat(SwitchFlags).Select(k => "--" + k))}.");
             if (i + 1 >= args.Length || args[i + 1].StartsWith("--", StringComparison.Ordinal)) throw new ArgumentException($"Option '--{key}' needs a value.");
             if (!values.TryAdd(key, args[++i])) throw new ArgumentException($"Option '--{key}' is given twice.");

@@ -285,7 +285,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "sparsity ramp 1", ["--sparsity-ramp", "1"], "Option '--sparsity-ramp': '1' is not a number in [0, 1)" },
         { "head graph scoring unknown", ["--head-graph-scoring", "sorted"], "Option '--head-graph-scoring': unknown value 'sorted'. Known: scaled, rank-within-block." },
         { "baselines without aggregate", ["--baselines", "{empty}"], "Option '--baselines' applies to --aggregate only" },
-        { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support", "on"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
+        { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };
 
     [Theory]
