@@ -135,7 +135,7 @@ internal sealed record RunConfig
 internal sealed record GohspSettings(double HeadGraphWeight, string HeadGraphScoring, double SparsityRamp, bool MonotoneSupport)
 {
     public static GohspSettings Of(Microsoft.ML.Gohsp.Pruning.GohspOptions o) =>
-        new(o.HeadGraphWeight, o.HeadGraphScoring == Microsoft.ML.Gohsp.Pruning.HeadGraphScoring.RankWithinBlock ? "rank-within-block" : "scaled",
+        new(o.HeadGraphWeight, SampleOptions.HeadGraphScoringNames.Single(n => n.Value == o.HeadGraphScoring).Key,
             o.Admm.SparsityRampFraction, o.Admm.MonotoneSupport);
 }
 

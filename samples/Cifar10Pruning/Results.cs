@@ -11,12 +11,15 @@ internal static class Results
     private sealed record Group(string Method, double Sparsity, IReadOnlyList<ModelEntry> Runs);
 
     /// <summary>Reads every report.json under <paramref name="folder"/> (recursively).</summary>
-    public static IReadOnlyList<SampleReport> Collect(string folder)
+    public static IReadOnlyList<SampleReport> Collect(string folder) => Read(folder, "aggregate").Select(r => r.Report).ToArray();
+
+    /// <summary>Every report.json under <paramref name="folder"/> with its path; errors name the option <paramref name="flag"/>.</summary>
+    private static (string File, SampleReport Report)[] Read(string folder, string flag)
     {
-        if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"Option '--aggregate': folder '{folder}' does not exist.");
+        if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"Option '--{flag}': folder '{folder}' does not exist.");
         var files = Directory.GetFiles(folder, "report.json", SearchOption.AllDirectories).Order(StringComparer.Ordinal).ToArray();
-        if (files.Length == 0) throw new FileNotFoundException($"Option '--aggregate': no report.json under '{folder}'.");
-        return files.Select(SampleReport.ReadJson).ToArray();
+        if (files.Length == 0) throw new FileNotFoundException($"Option '--{flag}': no report.json under '{folder}'.");
+        return files.Select(f => (f, SampleReport.ReadJson(f))).ToArray();
     }
 
     /// <summary>
@@ -27,10 +30,7 @@ internal static class Results
     /// </summary>
     public static IReadOnlyList<SampleReport> WithBaselines(IReadOnlyList<SampleReport> runs, string folder)
     {
-        if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"Option '--baselines': folder '{folder}' does not exist.");
-        var files = Directory.GetFiles(folder, "report.json", SearchOption.AllDirectories).Order(StringComparer.Ordinal).ToArray();
-        if (files.Length == 0) throw new FileNotFoundException($"Option '--baselines': no report.json under '{folder}'.");
-        var baselines = files.Select(f => (File: f, Report: SampleReport.ReadJson(f))).ToArray();
+        var baselines = Read(folder, "baselines");
         return runs.Select(run =>
         {
             var c = run.Config;

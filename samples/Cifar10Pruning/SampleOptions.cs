@@ -159,16 +159,16 @@ internal sealed record SampleOptions
             Plain = switches.Contains("plain"),
             NoSpeed = switches.Contains("no-speed"),
             Help = switches.Contains("help"),
-            HeadGraphWeight = values.TryGetValue("head-graph-weight", out var hg) ? ParseFraction(hg, "head-graph-weight", 0, double.PositiveInfinity, upperOpen: true) : null,
+            HeadGraphWeight = values.TryGetValue("head-graph-weight", out var hg) ? ParseNumber(hg, "head-graph-weight", 0, double.PositiveInfinity) : null,
             HeadGraphScoring = values.TryGetValue("head-graph-scoring", out var hs) ? ParseHeadGraphScoring(hs) : null,
-            SparsityRamp = values.TryGetValue("sparsity-ramp", out var sr) ? ParseFraction(sr, "sparsity-ramp", 0, 1, upperOpen: true) : null,
+            SparsityRamp = values.TryGetValue("sparsity-ramp", out var sr) ? ParseNumber(sr, "sparsity-ramp", 0, 1) : null,
             MonotoneSupport = values.TryGetValue("monotone-support", out var ms) ? ParseOnOff(ms, "monotone-support") : null,
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
         if (o.PostEpochs < 2 && o.Methods.Any(m => m != PruningMethod.Somp))
             throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", o.Methods.Where(m => m != PruningMethod.Somp).Select(m => m.ToString().ToUpperInvariant()))} need at least 2 epochs after the dense model (one per training stage), got {o.PostEpochs}.");
         if (o.Baselines is not null && o.Aggregate is null) throw new ArgumentException("Option '--baselines' applies to --aggregate only (it pairs stored runs).");
-        if (GohspFlags.FirstOrDefault(f => values.ContainsKey(f) || switches.Contains(f)) is string gohspFlag && !o.Methods.Contains(PruningMethod.Gohsp))
+        if (GohspFlags.FirstOrDefault(values.ContainsKey) is string gohspFlag && !o.Methods.Contains(PruningMethod.Gohsp))
             throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {string.Join(",", o.Methods).ToLowerInvariant()} runs no GOHSP.");
         if (!ViTArchitecture.PresetNames.Contains(o.Arch, StringComparer.OrdinalIgnoreCase))
             throw new ArgumentException($"Option '--arch': unknown preset '{o.Arch}'. Known: {string.Join(", ", ViTArchitecture.PresetNames)}.");
@@ -194,10 +194,11 @@ internal sealed record SampleOptions
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double s) && s > 0 && s < 1 ? s
         : throw new ArgumentException($"Option '--{flag}': '{v}' is not a fraction in (0, 1) (e.g. 0.4 removes 40% of the parameters).");
 
-    private static double ParseFraction(string v, string flag, double min, double max, bool upperOpen) =>
-        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= min && (upperOpen ? f < max : f <= max) ? f
+    /// <summary>A number in [min, max).</summary>
+    private static double ParseNumber(string v, string flag, double min, double max) =>
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= min && f < max ? f
         : throw new ArgumentException($"Option '--{flag}': '{v}' is not a number in [{min.ToString(CultureInfo.InvariantCulture)}, " +
-            $"{(double.IsPositiveInfinity(max) ? "∞" : max.ToString(CultureInfo.InvariantCulture))}{(upperOpen ? ")" : "]")}.");
+            $"{(double.IsPositiveInfinity(max) ? "∞" : max.ToString(CultureInfo.InvariantCulture))}).");
 
     private static bool ParseOnOff(string v, string flag) => v.ToLowerInvariant() switch
     {
@@ -206,12 +207,16 @@ internal sealed record SampleOptions
         _ => throw new ArgumentException($"Option '--{flag}': unknown value '{v}'. Known: on, off."),
     };
 
-    private static HeadGraphScoring ParseHeadGraphScoring(string v) => v.ToLowerInvariant() switch
+    /// <summary>The <c>--head-graph-scoring</c> values, as report.json also names them.</summary>
+    public static readonly IReadOnlyDictionary<string, HeadGraphScoring> HeadGraphScoringNames = new Dictionary<string, HeadGraphScoring>
     {
-        "scaled" => Microsoft.ML.Gohsp.Pruning.HeadGraphScoring.Scaled,
-        "rank-within-block" => Microsoft.ML.Gohsp.Pruning.HeadGraphScoring.RankWithinBlock,
-        _ => throw new ArgumentException($"Option '--head-graph-scoring': unknown value '{v}'. Known: scaled, rank-within-block."),
+        ["scaled"] = Microsoft.ML.Gohsp.Pruning.HeadGraphScoring.Scaled,
+        ["rank-within-block"] = Microsoft.ML.Gohsp.Pruning.HeadGraphScoring.RankWithinBlock,
     };
+
+    private static HeadGraphScoring ParseHeadGraphScoring(string v) =>
+        HeadGraphScoringNames.TryGetValue(v.ToLowerInvariant(), out var s) ? s
+        : throw new ArgumentException($"Option '--head-graph-scoring': unknown value '{v}'. Known: {string.Join(", ", HeadGraphScoringNames.Keys)}.");
 
     private static double ParseValidation(string v) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= 0 && f < 1 ? f

@@ -302,19 +302,16 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         next.Blocks[0].QkDims[0].Should().HaveCount(8);
     }
 
-    [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public void AMonotoneSupportOnlyShrinksAlongTheRamp(bool monotone)
+    /// <summary>
+    /// The plans of 10 Z updates along a ramp to 60% over 90% of the steps, the weights reshuffled at random between
+    /// updates so that a projection from all structures keeps different ones each time.
+    /// </summary>
+    private static List<StructurePlan> RampPlans(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>>? fixedHeads, bool monotone)
     {
-        // Between Z updates the weights are reshuffled at random, so a projection from all structures keeps different
-        // ones each time; a monotone support may only drop structures.
-        using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
-        var hook = new AdmmSoftPruning(0.6, null, new AdmmOptions { MonotoneSupport = monotone, UpdateEverySteps = 1, SparsityRampFraction = 0.9 },
+        var hook = new AdmmSoftPruning(0.6, fixedHeads, new AdmmOptions { MonotoneSupport = monotone, UpdateEverySteps = 1, SparsityRampFraction = 0.9 },
             new BudgetOptions { Granularity = 1 }, epochs: 1);
         const int steps = 10;
         hook.OnTrainingStart(model, 0, steps);
-        var arch = model.Architecture;
         var plans = new List<StructurePlan>();
         var generator = torch.manual_seed(11);
         for (int step = 0; step < steps; step++)
@@ -325,6 +322,19 @@ public class GohspConvergenceTests(ITestOutputHelper output)
             hook.AfterStep(model, step);
             plans.Add(hook.Plan!);
         }
+        return plans;
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void AMonotoneSupportOnlyShrinksAlongTheRamp(bool monotone)
+    {
+        // Between Z updates the weights are reshuffled at random, so a projection from all structures keeps different
+        // ones each time; a monotone support may only drop structures.
+        using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
+        var arch = model.Architecture;
+        var plans = RampPlans(model, null, monotone);
         var removed = plans.Select(p => 1 - (double)p.PrunedArchitecture(arch).ParameterCount / arch.ParameterCount).ToArray();
         removed.Should().BeInAscendingOrder("the ramp's target grows");
         var overlaps = plans.Zip(plans.Skip(1), (before, after) => after.Overlap(before, arch)).ToArray();
@@ -341,20 +351,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
         var arch = model.Architecture;
         var fixedHeads = arch.Blocks.Select(b => (IReadOnlyList<int>)Enumerable.Range(1, b.Heads - 1).ToArray()).ToArray();
-        var hook = new AdmmSoftPruning(0.6, fixedHeads, new AdmmOptions { MonotoneSupport = true, UpdateEverySteps = 1, SparsityRampFraction = 0.9 },
-            new BudgetOptions { Granularity = 1 }, epochs: 1);
-        const int steps = 10;
-        hook.OnTrainingStart(model, 0, steps);
-        var plans = new List<StructurePlan>();
-        var generator = torch.manual_seed(11);
-        for (int step = 0; step < steps; step++)
-        {
-            using (no_grad())
-                foreach (var p in StructuredProjection.Prunable(model))
-                    p.mul_(torch.rand(p.shape, generator: generator).add_(0.5));
-            hook.AfterStep(model, step);
-            plans.Add(hook.Plan!);
-        }
+        var plans = RampPlans(model, fixedHeads, monotone: true);
         plans.Should().AllSatisfy(p => p.Blocks.Select(b => b.Heads.ToArray()).Should().BeEquivalentTo(fixedHeads, c => c.WithStrictOrdering(),
             "the heads stage 1 fixed are kept in every projection"));
         plans.Zip(plans.Skip(1), (before, after) => after.Overlap(before, arch)).Should().AllSatisfy(o => o.Should().Be(1, "every kept structure was kept by the previous Z"));
