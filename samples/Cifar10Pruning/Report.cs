@@ -132,11 +132,16 @@ internal sealed record RunConfig
 }
 
 /// <summary>The GOHSP options that the sample's flags can change, as the run used them.</summary>
-internal sealed record GohspSettings(double HeadGraphWeight, string HeadGraphScoring, double SparsityRamp, bool MonotoneSupport)
+/// <remarks><see cref="ProjectionMetric"/> is null in reports written before the option existed, whose runs used the Euclidean metric.</remarks>
+internal sealed record GohspSettings(double HeadGraphWeight, string HeadGraphScoring, double SparsityRamp, bool MonotoneSupport, string? ProjectionMetric = null)
 {
     public static GohspSettings Of(Microsoft.ML.Gohsp.Pruning.GohspOptions o) =>
         new(o.HeadGraphWeight, SampleOptions.HeadGraphScoringNames.Single(n => n.Value == o.HeadGraphScoring).Key,
-            o.Admm.SparsityRampFraction, o.Admm.MonotoneSupport);
+            o.Admm.SparsityRampFraction, o.Admm.MonotoneSupport, SampleOptions.ProjectionMetricNames.Single(n => n.Value == o.Admm.Metric).Key);
+
+    /// <summary>The projection metric's name; "euclidean" for reports written before the option existed.</summary>
+    [JsonIgnore]
+    public string Metric => ProjectionMetric ?? "euclidean";
 }
 
 /// <summary>report.json: <c>{"config": {...}, "dense": {...}, "entries": [{...}, ...]}</c>.</summary>

@@ -43,6 +43,8 @@ internal sealed record SampleOptions
                                in [0, 1). Default 0.5
           --monotone-support [on|off]   GOHSP: each ADMM projection stays inside the previous one's support (as
                                SGMP's masks); bare: on. Default on
+          --projection-metric M   GOHSP: metric of ADMM's projection: fisher (structures weighted by the running mean
+                               of their squared gradients) or euclidean (magnitude). Default fisher
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
@@ -86,6 +88,8 @@ internal sealed record SampleOptions
     public double? SparsityRamp { get; init; }
     /// <summary>GOHSP's <see cref="AdmmOptions.MonotoneSupport"/> (<c>--monotone-support on|off</c>); null keeps the default.</summary>
     public bool? MonotoneSupport { get; init; }
+    /// <summary>GOHSP's <see cref="AdmmOptions.Metric"/> (<c>--projection-metric</c>); null keeps the default.</summary>
+    public ProjectionMetric? ProjectionMetric { get; init; }
 
     /// <summary>Applies the GOHSP flags to <paramref name="gohsp"/> (the defaults stay where a flag is absent).</summary>
     public T ApplyGohspFlags<T>(T gohsp) where T : GohspOptions
@@ -94,6 +98,7 @@ internal sealed record SampleOptions
         if (HeadGraphScoring is HeadGraphScoring hs) gohsp.HeadGraphScoring = hs;
         if (SparsityRamp is double r) gohsp.Admm.SparsityRampFraction = r;
         if (MonotoneSupport is bool m) gohsp.Admm.MonotoneSupport = m;
+        if (ProjectionMetric is ProjectionMetric pm) gohsp.Admm.Metric = pm;
         return gohsp;
     }
 
@@ -102,9 +107,10 @@ internal sealed record SampleOptions
 
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
-         "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support"];
+         "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
+         "projection-metric"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
-    private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support"];
+    private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric"];
 
     /// <summary>Parses the flags; every problem is an <see cref="ArgumentException"/> with a one-line message naming the flag.</summary>
     public static SampleOptions Parse(string[] args)
@@ -163,6 +169,7 @@ internal sealed record SampleOptions
             HeadGraphScoring = values.TryGetValue("head-graph-scoring", out var hs) ? ParseHeadGraphScoring(hs) : null,
             SparsityRamp = values.TryGetValue("sparsity-ramp", out var sr) ? ParseNumber(sr, "sparsity-ramp", 0, 1) : null,
             MonotoneSupport = values.TryGetValue("monotone-support", out var ms) ? ParseOnOff(ms, "monotone-support") : null,
+            ProjectionMetric = values.TryGetValue("projection-metric", out var pm) ? ParseProjectionMetric(pm) : null,
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
         if (o.PostEpochs < 2 && o.Methods.Any(m => m != PruningMethod.Somp))
@@ -217,6 +224,17 @@ internal sealed record SampleOptions
     private static HeadGraphScoring ParseHeadGraphScoring(string v) =>
         HeadGraphScoringNames.TryGetValue(v.ToLowerInvariant(), out var s) ? s
         : throw new ArgumentException($"Option '--head-graph-scoring': unknown value '{v}'. Known: {string.Join(", ", HeadGraphScoringNames.Keys)}.");
+
+    /// <summary>The <c>--projection-metric</c> values, as report.json also names them.</summary>
+    public static readonly IReadOnlyDictionary<string, ProjectionMetric> ProjectionMetricNames = new Dictionary<string, ProjectionMetric>
+    {
+        ["euclidean"] = Microsoft.ML.Gohsp.Pruning.ProjectionMetric.Euclidean,
+        ["fisher"] = Microsoft.ML.Gohsp.Pruning.ProjectionMetric.Fisher,
+    };
+
+    private static ProjectionMetric ParseProjectionMetric(string v) =>
+        ProjectionMetricNames.TryGetValue(v.ToLowerInvariant(), out var m) ? m
+        : throw new ArgumentException($"Option '--projection-metric': unknown value '{v}'. Known: {string.Join(", ", ProjectionMetricNames.Keys)}.");
 
     private static double ParseValidation(string v) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= 0 && f < 1 ? f

@@ -82,6 +82,9 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         new TrainingLoop(Stage(1, 1e-3, 1e-5, 0.25)).Train(dense, train);
         var o = TinyOptions(0.6);
         o.HeadPruning = HeadPruningMode.Guided;
+        // the Euclidean metric, so that the magnitude-only plan below is what the projections would keep without the graph
+        // (the Fisher metric's weighting is tested on its own)
+        o.Admm.Metric = ProjectionMetric.Euclidean;
 
         var stage1 = new GohspPruner(o).RankAndMaskHeads(new PruningContext(dense, train));
         using var ranked = stage1.Model;
@@ -379,6 +382,42 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         rho.Skip(maxAt).Should().AllSatisfy(r => r.Should().Be(admm.RhoMax));
         hook.TargetSparsityAt(29).Should().BeLessThan(0.5, "the sparsity ramp is independent of ρ's");
         hook.TargetSparsityAt(30).Should().Be(0.5);
+    }
+
+    [Theory]
+    [InlineData(ProjectionMetric.Fisher)]
+    [InlineData(ProjectionMetric.Euclidean)]
+    public void TheFisherMetricWeightsEachStructureByItsRunningMeanSquaredGradient(ProjectionMetric metric)
+    {
+        using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
+        var hook = new AdmmSoftPruning(0.5, null, new AdmmOptions { Metric = metric }, new BudgetOptions { Granularity = 1 }, epochs: 1);
+        hook.OnTrainingStart(model, 0, 10);
+        var magnitude = StructuredProjection.Magnitude(model);
+        hook.Importance(model, p => p).Should().BeEquivalentTo(magnitude, "before the first gradient every metric is the Euclidean one");
+
+        // one backward pass whose gradient is 1 on MLP neuron 2 of block 0 (its fc1 row, bias and fc2 column) and 0 elsewhere
+        const int neuron = 2;
+        var mlp = model.Blocks[0].mlp;
+        model.zero_grad();
+        (mlp.fc1.weight[neuron].sum() + mlp.fc1.bias[neuron] + mlp.fc2.weight.select(1, neuron).sum()).backward();
+        ((ITrainingHook)hook).AfterBackward(model, 0);
+        model.zero_grad();
+
+        var weighted = hook.Importance(model, p => p);
+        if (metric == ProjectionMetric.Euclidean)
+            weighted.Should().BeEquivalentTo(magnitude, "the Euclidean metric ignores the gradients");
+        else
+        {
+            // F = (1 − 0.95)·1² on that neuron, 0 elsewhere: its importance is 0.05 × its magnitude, every other structure's is 0
+            weighted[0].Mlp[neuron].Should().BeApproximately(0.05f * magnitude[0].Mlp[neuron], 1e-6f * magnitude[0].Mlp[neuron]);
+            weighted[0].Mlp.Where((_, j) => j != neuron).Should().OnlyContain(v => v == 0);
+            weighted.Skip(1).SelectMany(b => b.Mlp.Concat(b.Heads)).Should().OnlyContain(v => v == 0);
+            weighted[0].Heads.Should().OnlyContain(v => v == 0, "no gradient reached the attention");
+
+            // the next projection keeps that neuron, the only structure of its kind with a non-zero importance
+            hook.AfterStep(model, 9);
+            hook.Plan!.Blocks[0].MlpNeurons.Should().Contain(neuron);
+        }
     }
 
     [Fact]

@@ -239,7 +239,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
 
         var (exit, stdout, stderr) = RunSample("--images", images, "--test-fraction", "0.25", "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "2",
             "--sparsity", "0.5", "--method", "gohsp", "--precision", "fp32", "--threads", "1", "--out", outDir,
-            "--head-graph-weight", "0", "--head-graph-scoring", "scaled", "--sparsity-ramp", "0.3", "--monotone-support", "off");
+            "--head-graph-weight", "0", "--head-graph-scoring", "scaled", "--sparsity-ramp", "0.3", "--monotone-support", "off", "--projection-metric", "euclidean");
 
         exit.Should().Be(0, stderr);
         stdout.Should().Contain("Predictions of gohsp-50.zip, loaded in a fresh MLContext");
@@ -252,6 +252,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         (gohspSettings.GetProperty("head_graph_weight").GetDouble(), gohspSettings.GetProperty("sparsity_ramp").GetDouble(), gohspSettings.GetProperty("monotone_support").GetBoolean())
             .Should().Be((0.0, 0.3, false), "the GOHSP flags reach the options the run used");
         gohspSettings.GetProperty("head_graph_scoring").GetString().Should().Be("scaled");
+        gohspSettings.GetProperty("projection_metric").GetString().Should().Be("euclidean", "the default is fisher; the flag reaches the run");
         config.GetProperty("test_split").GetString().Should().Be("25% of each class (seed 1)");
         int validation = config.GetProperty("validation_images").GetInt32();
         validation.Should().Be(4, "10% of each class's 6 training images rounds to 1");
@@ -284,6 +285,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "monotone support yes", ["--monotone-support", "yes"], "Option '--monotone-support': unknown value 'yes'. Known: on, off." },
         { "sparsity ramp 1", ["--sparsity-ramp", "1"], "Option '--sparsity-ramp': '1' is not a number in [0, 1)" },
         { "head graph scoring unknown", ["--head-graph-scoring", "sorted"], "Option '--head-graph-scoring': unknown value 'sorted'. Known: scaled, rank-within-block." },
+        { "projection metric unknown", ["--projection-metric", "mahalanobis"], "Option '--projection-metric': unknown value 'mahalanobis'. Known: euclidean, fisher." },
         { "baselines without aggregate", ["--baselines", "{empty}"], "Option '--baselines' applies to --aggregate only" },
         { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };

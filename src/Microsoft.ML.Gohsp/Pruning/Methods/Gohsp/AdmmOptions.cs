@@ -13,6 +13,19 @@ public enum AdmmPenalty
     Gradient = 1,
 }
 
+/// <summary>The metric of ADMM's projection Z = Π(W + U) onto the structured-sparse set.</summary>
+public enum ProjectionMetric
+{
+    /// <summary>Euclidean: a structure's importance is the squared norm of its weights (magnitude).</summary>
+    Euclidean = 0,
+    /// <summary>
+    /// Fisher-weighted: Σ F·(W + U)² with F a running mean of the squared task gradients (a diagonal Fisher estimate), so a
+    /// structure's importance is the loss increase its removal costs to second order (Optimal Brain Damage), measured on
+    /// the training batches of the stage. Until the first gradient, Euclidean.
+    /// </summary>
+    Fisher = 1,
+}
+
 /// <summary>Options of GOHSP stage 2 (ADMM-style soft structured pruning).</summary>
 public sealed class AdmmOptions
 {
@@ -65,6 +78,13 @@ public sealed class AdmmOptions
     /// </summary>
     public bool MonotoneSupport { get; set; } = true;
 
+    /// <summary>
+    /// The metric of the projection that chooses Z's support. Default <see cref="ProjectionMetric.Fisher"/>: chosen on the
+    /// validation split, where it lowered GOHSP's NLL against the Euclidean projection on every seed from dense models trained
+    /// 16 epochs (70% and 90%), and at the default sample's short budget (docs/gohsp.md).
+    /// </summary>
+    public ProjectionMetric Metric { get; set; } = ProjectionMetric.Fisher;
+
     internal void Validate()
     {
         if (!(Rho > 0) || double.IsInfinity(Rho)) throw new ArgumentOutOfRangeException("Admm.Rho", Rho, "Admm.Rho must be a positive finite number.");
@@ -76,6 +96,7 @@ public sealed class AdmmOptions
             throw new ArgumentOutOfRangeException("Admm.SparsityRampFraction", SparsityRampFraction, "Admm.SparsityRampFraction must be in [0, 1).");
         if (!(RhoRampFraction >= 0 && RhoRampFraction < 1))
             throw new ArgumentOutOfRangeException("Admm.RhoRampFraction", RhoRampFraction, "Admm.RhoRampFraction must be in [0, 1) (0 = the end of the sparsity ramp).");
+        if (!Enum.IsDefined(Metric)) throw new ArgumentOutOfRangeException("Admm.Metric", Metric, "Admm.Metric must be Euclidean or Fisher.");
         if (!Enum.IsDefined(Penalty)) throw new ArgumentOutOfRangeException("Admm.Penalty", Penalty, "Admm.Penalty must be Decoupled or Gradient.");
     }
 }

@@ -27,6 +27,10 @@ public sealed class AdmmSoftPruning : ITrainingHook
     private readonly List<(Parameter W, Tensor Z, Tensor U)> _vars = new();
     // per matrix: 1 outside the current support of Z, 0 on it (a broadcastable row or column vector)
     private readonly List<Tensor> _outside = new();
+    // per matrix (ProjectionMetric.Fisher): running mean of the squared task gradients, and the steps it has seen
+    private readonly List<Tensor> _fisher = new();
+    private long _fisherSteps;
+    private const double FisherDecay = 0.95;
     private int _updateEvery;
     private long _rampSteps, _totalSteps;
     private double _rho, _growth;
@@ -100,7 +104,10 @@ public sealed class AdmmSoftPruning : ITrainingHook
         {
             using var _ = no_grad();
             foreach (var p in StructuredProjection.Prunable(model))
+            {
                 _vars.Add((p, zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope()));
+                if (_o.Metric == ProjectionMetric.Fisher) _fisher.Add(zeros_like(p, dtype: ScalarType.Float32).DetachFromDisposeScope());
+            }
             if (_restored is null)
             {
                 UpdateZ(model, _sparsity);
@@ -124,6 +131,16 @@ public sealed class AdmmSoftPruning : ITrainingHook
                     _vars[i].Z.copy_(z);
                     _vars[i].U.copy_(u);
                 }
+            var fisher = _restoredFisher ?? [];
+            _restoredFisher = null;
+            try
+            {
+                if (fisher.Count != _fisher.Count)
+                    throw new InvalidDataException($"The checkpoint has Fisher state for {fisher.Count} matrices; this run's metric ({_o.Metric}) needs {_fisher.Count}.");
+                for (int i = 0; i < _fisher.Count; i++) _fisher[i].copy_(fisher[i]);
+                _fisherSteps = _restoredFisherSteps;
+            }
+            finally { foreach (var f in fisher) f.Dispose(); }
             Plan = _restoredPlan;
             _planSparsity = _restoredPlanSparsity;
             if (Plan is not null) SetSupport(model, Plan);
@@ -152,7 +169,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
         using var scope = NewDisposeScope();
         var uOf = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
         foreach (var (w, _, u) in _vars) uOf[w] = u;
-        var imp = _importance(model, p => p.add(uOf[p], Scalars.One));
+        var imp = Importance(model, p => p.add(uOf[p], Scalars.One));
         Plan = StructuredProjection.Allocate(model.Architecture, imp, sparsity, _budget, _heads, within, _cost);
         SetSupport(model, Plan);
         for (int i = 0; i < _vars.Count; i++)
@@ -161,6 +178,22 @@ public sealed class AdmmSoftPruning : ITrainingHook
             using var keep = ones_like(_outside[i]).sub_(_outside[i]);
             z.copy_(w.add(u, Scalars.One).mul_(keep));
         }
+    }
+
+    /// <summary>
+    /// The importance of every structure of <paramref name="model"/> in the projection's metric
+    /// (<see cref="AdmmOptions.Metric"/>), measured on the tensors <paramref name="weightOf"/> gives (W + U for Z, W for a
+    /// fresh plan).
+    /// </summary>
+    public BlockImportance[] Importance(VisionTransformerModel model, Func<Parameter, Tensor> weightOf)
+    {
+        if (_o.Metric != ProjectionMetric.Fisher || _fisherSteps == 0 || _fisher.Count != _vars.Count) return _importance(model, weightOf);
+        var fisherOf = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < _vars.Count; i++) fisherOf[_vars[i].W] = _fisher[i];
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        // Σ F·t² is the squared norm of t·√F: the magnitude importance of the weighted tensor
+        return _importance(model, p => weightOf(p).mul(fisherOf[p].sqrt().to(p.dtype)));
     }
 
     private void SetSupport(VisionTransformerModel model, StructurePlan plan)
@@ -180,6 +213,17 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// <inheritdoc />
     public void AfterBackward(VisionTransformerModel model, long globalStep)
     {
+        if (_fisher.Count == _vars.Count && _fisher.Count > 0)
+        {
+            using var g0 = no_grad();
+            using var keep = FisherDecay.ToScalar();
+            using var add = (1 - FisherDecay).ToScalar();
+            for (int i = 0; i < _vars.Count; i++)
+                if (_vars[i].W.grad is { } grad)
+                    using (var g = grad.to(ScalarType.Float32))
+                        _fisher[i].mul_(keep).addcmul_(g, g, add);
+            _fisherSteps++;
+        }
         if (_o.Penalty != AdmmPenalty.Gradient) return;
         using var _ = no_grad();
         using var rho = _rho.ToScalar();
@@ -264,6 +308,9 @@ public sealed class AdmmSoftPruning : ITrainingHook
         writer.Write(Plan is not null);
         Plan?.Write(writer);
         writer.Write(_planSparsity);
+        writer.Write(_fisherSteps);
+        writer.Write(_fisher.Count);
+        foreach (var f in _fisher) f.Save(writer);
     }
 
     /// <inheritdoc />
@@ -272,6 +319,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
         if (_vars.Count > 0) throw new InvalidOperationException("ADMM state must be loaded before training starts.");
         // everything is read into locals first: a checkpoint that fails part-way leaves the hook as it was
         var restored = new List<(Tensor Z, Tensor U)>();
+        var fisher = new List<Tensor>();
         try
         {
             double rho = reader.ReadDouble();
@@ -285,6 +333,10 @@ public sealed class AdmmSoftPruning : ITrainingHook
             double start = reader.ReadDouble();
             var plan = reader.ReadBoolean() ? StructurePlan.Read(reader) : null;
             double planSparsity = reader.ReadDouble();
+            long fisherSteps = reader.ReadInt64();
+            int nf = reader.ReadInt32();
+            if (nf < 0) throw new InvalidDataException($"Corrupted ADMM state ({nf} Fisher matrices).");
+            for (int i = 0; i < nf; i++) fisher.Add(Tensor.Load(reader).DetachFromDisposeScope());
 
             _rho = rho;
             ResidualHistory.Clear();
@@ -293,17 +345,23 @@ public sealed class AdmmSoftPruning : ITrainingHook
             _restoredPlan = plan;
             _restoredPlanSparsity = planSparsity;
             foreach (var (z, u) in _restored ?? []) { z.Dispose(); u.Dispose(); }
+            foreach (var f in _restoredFisher ?? []) f.Dispose();
             _restored = restored;
+            _restoredFisher = fisher;
+            _restoredFisherSteps = fisherSteps;
         }
         catch
         {
             foreach (var (z, u) in restored) { z.Dispose(); u.Dispose(); }
+            foreach (var f in fisher) f.Dispose();
             throw;
         }
     }
 
     // Z, U and the plan read from a checkpoint, applied by OnTrainingStart once the model's matrices are known.
     private List<(Tensor Z, Tensor U)>? _restored;
+    private List<Tensor>? _restoredFisher;
+    private long _restoredFisherSteps;
     private StructurePlan? _restoredPlan;
     private double _restoredPlanSparsity;
 }

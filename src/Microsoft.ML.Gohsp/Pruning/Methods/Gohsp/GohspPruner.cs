@@ -151,7 +151,7 @@ public sealed class GohspPruner : IPruningMethod
             soft.eval();
             run.Measure(PruningReport.SoftPrunedStage, soft);
             var cut = admm.FinalPlan(soft);                       // the support of ADMM's final Z: what stage 3 keeps
-            double overlap = cut.Overlap(Projection(soft, keptHeads, run.Budget, importance), soft.Architecture);
+            double overlap = cut.Overlap(Projection(soft, keptHeads, run.Budget, admm.Importance), soft.Architecture);
             run.Log($"soft pruning: residual {admm.ResidualHistory.LastOrDefault():G4} = {admm.ResidualRatio:P1} of its start {admm.ResidualStart:G4}; " +
                     $"Z's support overlaps a fresh projection of W by {overlap:P1}");
             var residuals = (previous?.ResidualHistory ?? []).Concat(admm.ResidualHistory).ToArray();
