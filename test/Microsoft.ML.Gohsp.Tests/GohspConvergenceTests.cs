@@ -316,7 +316,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         const int steps = 10;
         hook.OnTrainingStart(model, 0, steps);
         var plans = new List<StructurePlan>();
-        var generator = torch.manual_seed(11);
+        using var generator = new Generator(11);   // its own generator: tests running beside it draw from the global one
         for (int step = 0; step < steps; step++)
         {
             using (no_grad())
@@ -339,7 +339,10 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         var arch = model.Architecture;
         var plans = RampPlans(model, null, monotone);
         var removed = plans.Select(p => 1 - (double)p.PrunedArchitecture(arch).ParameterCount / arch.ParameterCount).ToArray();
-        removed.Should().BeInAscendingOrder("the ramp's target grows");
+        // the target grows to 60% by update 9 and stays there; each plan lands within the allocator's ±1% band of it
+        removed.Zip(removed.Skip(1)).Should().OnlyContain(t => t.Second >= t.First - 0.01, "the ramp's target never shrinks");
+        removed[^1].Should().BeApproximately(0.6, 0.01);
+        removed[0].Should().BeLessThan(0.3, "the ramp starts low");
         var overlaps = plans.Zip(plans.Skip(1), (before, after) => after.Overlap(before, arch)).ToArray();
         output.WriteLine($"monotone {monotone}: removed {string.Join(", ", removed.Select(r => r.ToString("F3")))}; overlaps {string.Join(", ", overlaps.Select(o => o.ToString("F3")))}");
         if (monotone)
