@@ -136,8 +136,8 @@ internal sealed record RunConfig
 internal sealed record GohspSettings(double HeadGraphWeight, string HeadGraphScoring, double SparsityRamp, bool MonotoneSupport, string? ProjectionMetric = null)
 {
     public static GohspSettings Of(Microsoft.ML.Gohsp.Pruning.GohspOptions o) =>
-        new(o.HeadGraphWeight, SampleOptions.HeadGraphScoringNames.Single(n => n.Value == o.HeadGraphScoring).Key,
-            o.Admm.SparsityRampFraction, o.Admm.MonotoneSupport, SampleOptions.ProjectionMetricNames.Single(n => n.Value == o.Admm.Metric).Key);
+        new(o.HeadGraphWeight, SampleOptions.NameOf(SampleOptions.HeadGraphScoringNames, o.HeadGraphScoring),
+            o.Admm.SparsityRampFraction, o.Admm.MonotoneSupport, SampleOptions.NameOf(SampleOptions.ProjectionMetricNames, o.Admm.Metric));
 
     /// <summary>The projection metric's name; "euclidean" for reports written before the option existed.</summary>
     [JsonIgnore]

@@ -166,10 +166,10 @@ internal sealed record SampleOptions
             NoSpeed = switches.Contains("no-speed"),
             Help = switches.Contains("help"),
             HeadGraphWeight = values.TryGetValue("head-graph-weight", out var hg) ? ParseNumber(hg, "head-graph-weight", 0, double.PositiveInfinity) : null,
-            HeadGraphScoring = values.TryGetValue("head-graph-scoring", out var hs) ? ParseHeadGraphScoring(hs) : null,
+            HeadGraphScoring = values.TryGetValue("head-graph-scoring", out var hs) ? ParseChoice(hs, "head-graph-scoring", HeadGraphScoringNames) : null,
             SparsityRamp = values.TryGetValue("sparsity-ramp", out var sr) ? ParseNumber(sr, "sparsity-ramp", 0, 1) : null,
-            MonotoneSupport = values.TryGetValue("monotone-support", out var ms) ? ParseOnOff(ms, "monotone-support") : null,
-            ProjectionMetric = values.TryGetValue("projection-metric", out var pm) ? ParseProjectionMetric(pm) : null,
+            MonotoneSupport = values.TryGetValue("monotone-support", out var ms) ? ParseChoice(ms, "monotone-support", OnOffNames) : null,
+            ProjectionMetric = values.TryGetValue("projection-metric", out var pm) ? ParseChoice(pm, "projection-metric", ProjectionMetricNames) : null,
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
         if (o.PostEpochs < 2 && o.Methods.Any(m => m != PruningMethod.Somp))
@@ -207,12 +207,7 @@ internal sealed record SampleOptions
         : throw new ArgumentException($"Option '--{flag}': '{v}' is not a number in [{min.ToString(CultureInfo.InvariantCulture)}, " +
             $"{(double.IsPositiveInfinity(max) ? "∞" : max.ToString(CultureInfo.InvariantCulture))}).");
 
-    private static bool ParseOnOff(string v, string flag) => v.ToLowerInvariant() switch
-    {
-        "on" => true,
-        "off" => false,
-        _ => throw new ArgumentException($"Option '--{flag}': unknown value '{v}'. Known: on, off."),
-    };
+    private static readonly IReadOnlyDictionary<string, bool> OnOffNames = new Dictionary<string, bool> { ["on"] = true, ["off"] = false };
 
     /// <summary>The <c>--head-graph-scoring</c> values, as report.json also names them.</summary>
     public static readonly IReadOnlyDictionary<string, HeadGraphScoring> HeadGraphScoringNames = new Dictionary<string, HeadGraphScoring>
@@ -221,10 +216,6 @@ internal sealed record SampleOptions
         ["rank-within-block"] = Microsoft.ML.Gohsp.Pruning.HeadGraphScoring.RankWithinBlock,
     };
 
-    private static HeadGraphScoring ParseHeadGraphScoring(string v) =>
-        HeadGraphScoringNames.TryGetValue(v.ToLowerInvariant(), out var s) ? s
-        : throw new ArgumentException($"Option '--head-graph-scoring': unknown value '{v}'. Known: {string.Join(", ", HeadGraphScoringNames.Keys)}.");
-
     /// <summary>The <c>--projection-metric</c> values, as report.json also names them.</summary>
     public static readonly IReadOnlyDictionary<string, ProjectionMetric> ProjectionMetricNames = new Dictionary<string, ProjectionMetric>
     {
@@ -232,9 +223,14 @@ internal sealed record SampleOptions
         ["fisher"] = Microsoft.ML.Gohsp.Pruning.ProjectionMetric.Fisher,
     };
 
-    private static ProjectionMetric ParseProjectionMetric(string v) =>
-        ProjectionMetricNames.TryGetValue(v.ToLowerInvariant(), out var m) ? m
-        : throw new ArgumentException($"Option '--projection-metric': unknown value '{v}'. Known: {string.Join(", ", ProjectionMetricNames.Keys)}.");
+    /// <summary>The value <paramref name="names"/> gives <paramref name="v"/> (case-insensitive); the error lists the known names.</summary>
+    private static T ParseChoice<T>(string v, string flag, IReadOnlyDictionary<string, T> names) =>
+        names.TryGetValue(v.ToLowerInvariant(), out var value) ? value
+        : throw new ArgumentException($"Option '--{flag}': unknown value '{v}'. Known: {string.Join(", ", names.Keys)}.");
+
+    /// <summary>The name <paramref name="names"/> gives <paramref name="value"/>, as report.json records it.</summary>
+    public static string NameOf<T>(IReadOnlyDictionary<string, T> names, T value) =>
+        names.Single(n => EqualityComparer<T>.Default.Equals(n.Value, value)).Key;
 
     private static double ParseValidation(string v) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= 0 && f < 1 ? f
