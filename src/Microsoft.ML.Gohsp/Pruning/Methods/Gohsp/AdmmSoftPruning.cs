@@ -187,7 +187,8 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// </summary>
     public BlockImportance[] Importance(VisionTransformerModel model, Func<Parameter, Tensor> weightOf)
     {
-        if (_o.Metric != ProjectionMetric.Fisher || _fisherSteps == 0 || _fisher.Count != _vars.Count) return _importance(model, weightOf);
+        // no gradient seen yet (or the Euclidean metric, which keeps no F): the Euclidean importance
+        if (_fisherSteps == 0) return _importance(model, weightOf);
         var fisherOf = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
         for (int i = 0; i < _vars.Count; i++) fisherOf[_vars[i].W] = _fisher[i];
         using var _ = no_grad();
@@ -213,7 +214,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// <inheritdoc />
     public void AfterBackward(VisionTransformerModel model, long globalStep)
     {
-        if (_fisher.Count == _vars.Count && _fisher.Count > 0)
+        if (_fisher.Count > 0)   // the Fisher metric: one F per matrix of _vars
         {
             using var g0 = no_grad();
             using var keep = FisherDecay.ToScalar();
