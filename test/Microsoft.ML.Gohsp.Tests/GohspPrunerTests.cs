@@ -103,6 +103,25 @@ public class GohspPrunerTests(ITestOutputHelper output)
         finally { Directory.Delete(dir, true); }
     }
 
+    public static TheoryData<string, Action<AdmmOptions>, string> BadAdmmOptions => new()
+    {
+        { "metric out of range", a => a.Metric = (ProjectionMetric)7, "*Admm.Metric*Euclidean or Fisher*" },
+        { "penalty out of range", a => a.Penalty = (AdmmPenalty)5, "*Admm.Penalty*Decoupled or Gradient*" },
+        { "ramp 1", a => a.SparsityRampFraction = 1, "*Admm.SparsityRampFraction*[0, 1)*" },
+        { "rho 0", a => a.Rho = 0, "*Admm.Rho*positive finite*" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadAdmmOptions))]
+    public void BadAdmmOptionsAreRejectedBeforeAnyWorkNamingTheOption(string name, Action<AdmmOptions> spoil, string message)
+    {
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 1);
+        var o = new GohspOptions();
+        spoil(o.Admm);
+        ((Action)(() => new GohspPruner(o).Run(new PruningContext(dense, HeadGraphRankingTests.RandomImages(8)))))
+            .Should().Throw<ArgumentOutOfRangeException>(name).WithMessage(message);
+    }
+
     [Fact]
     public void BadOptionsAreRejectedBeforeAnyWork()
     {
