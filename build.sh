@@ -75,7 +75,8 @@ readme_snippet_check() {
   cp test/consumer/Directory.Build.props test/consumer/Directory.Build.targets "$dir/"
   sed 's#"../../artifacts/feed"#"../feed"#' test/consumer/nuget.config > "$dir/nuget.config"
   echo "README snippet check: building the 'Using it' program against Microsoft.ML.Gohsp $1"
-  dotnet build "$dir/ReadmeSnippet.csproj" -c "$CONFIGURATION" -p:GohspPackageVersion="$1" -nologo -clp:"ErrorsOnly;Summary"
+  # Built, never run: its package files may be hard links into the NuGet cache (the consumer check copies, as an app does).
+  dotnet build "$dir/ReadmeSnippet.csproj" -c "$CONFIGURATION" -p:GohspPackageVersion="$1" -p:CreateHardLinksForCopyLocalIfPossible=true -nologo -clp:"ErrorsOnly;Summary"
 }
 
 build() { dotnet build Microsoft.ML.Gohsp.sln -c "$CONFIGURATION" -p:TorchBackend="$TORCH_BACKEND" -nologo -clp:"ErrorsOnly;Summary"; }

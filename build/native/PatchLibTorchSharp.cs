@@ -60,6 +60,7 @@ public class GohspPatchLibTorchSharp : Microsoft.Build.Utilities.Task
         Log.LogMessage(Microsoft.Build.Framework.MessageImportance.High,
             "TorchSharp native compat: {0} lacks {1}; patching {2}", hostLib, Version, lib);
 
+        BreakHardLink(lib);
         if (!File.Exists(shim))
         {
             if (!File.Exists(ShimSource)) { Log.LogError("TorchSharp native compat: shim source not found: {0}", ShimSource); return false; }
@@ -88,6 +89,16 @@ public class GohspPatchLibTorchSharp : Microsoft.Build.Utilities.Task
             }
         }
         return true;
+    }
+
+    // The build may hard-link package files into the output (CreateHardLinksForCopyLocalIfPossible); patchelf and the
+    // flag write below change the file in place, which would change the NuGet cache's copy too. Give the output its own
+    // copy first: write it beside the file, then rename it over the link.
+    static void BreakHardLink(string path)
+    {
+        string copy = path + ".gohsp-unlink";
+        File.Copy(path, copy, true);
+        File.Replace(copy, path, null);
     }
 
     const string PatchelfHint = "'patchelf' is needed to make TorchSharp load on this host's libstdc++ (install it: sudo apt-get install patchelf, or dnf/yum install patchelf)";
