@@ -116,8 +116,10 @@ public class BaselinePrunerTests(ITestOutputHelper output)
         CheckingHook.NonZeroOutside(fresh, restored.Plan!).Should().Be(0);
     }
 
-    [Fact]
-    public void AnInterruptedGradualPhaseResumesFromItsCheckpointWithTheMask()
+    [Theory]
+    [InlineData(ProjectionMetric.Euclidean)]
+    [InlineData(ProjectionMetric.Fisher)]
+    public void AnInterruptedGradualPhaseResumesFromItsCheckpointWithTheMask(ProjectionMetric metric)
     {
         var data = Train.Value.Take(128);
         // 4 steps per epoch; prune after steps 1 (20%) and 6 (50%): the resumed epoch starts with two steps under the restored mask
@@ -127,13 +129,13 @@ public class BaselinePrunerTests(ITestOutputHelper output)
         {
             ViTTrainingOptions Options(string folder) { var o = Stage(constantRate: true); o.Epochs = 2; o.BatchSize = 32; o.CheckpointFolder = folder; return o; }
             using var straight = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 4);
-            using var straightHook = new GradualMagnitudePruning(schedule);
+            using var straightHook = new GradualMagnitudePruning(schedule, metric: metric);
             new TrainingLoop(Options(null), "sgmp-gradual") { Hook = straightHook }.Train(straight, data);
 
             // cancelled after the first epoch (its checkpoint is written before the epoch is reported) …
             using var cts = new CancellationTokenSource();
             using var first = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 4);
-            using var firstHook = new GradualMagnitudePruning(schedule);
+            using var firstHook = new GradualMagnitudePruning(schedule, metric: metric);
             var stop = new SyncProgress<ViTTrainingProgress>(p => { if (p.EpochCompleted) cts.Cancel(); });
             var cut = () => new TrainingLoop(Options(dir), "sgmp-gradual", null, stop) { Hook = firstHook }.Train(first, data, null, cts.Token);
             cut.Should().Throw<OperationCanceledException>();
@@ -141,7 +143,8 @@ public class BaselinePrunerTests(ITestOutputHelper output)
 
             // … and resumed by a new loop and a new hook from the checkpoint: same mask history, same weights
             using var resumed = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 4);
-            using var resumedHook = new GradualMagnitudePruning(schedule);
+            // (with the Fisher metric the second pruning step ranks by the estimate of all 6 steps, so the checkpoint must carry it)
+            using var resumedHook = new GradualMagnitudePruning(schedule, metric: metric);
             var checker = new CheckingHook(resumedHook);
             var loop = new TrainingLoop(Options(dir), "sgmp-gradual") { Hook = checker };
             loop.Train(resumed, data);
@@ -179,6 +182,35 @@ public class BaselinePrunerTests(ITestOutputHelper output)
         ((Action)(() => new SgmpPruner(new SgmpOptions { Gradual = Stage() }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>()
             .Where(e => e.ParamName == "StartStep").WithMessage("*give the Gradual phase more epochs*");
         ((Action)(() => new SompPruner(new SompOptions()).Run(new PruningContext(dense, HeadGraphRankingTests.RandomImages(0))))).Should().Throw<ArgumentException>().WithMessage("*no rows*");
+        ((Action)(() => new SgmpPruner(new SgmpOptions { Metric = (ProjectionMetric)7 }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>()
+            .Where(e => e.ParamName == "Metric").WithMessage("*Metric must be Euclidean or Fisher*");
+    }
+
+    [Theory]
+    [InlineData(ProjectionMetric.Euclidean)]
+    [InlineData(ProjectionMetric.Fisher)]
+    public void SgmpInTheFisherMetricRanksByTheRunningMeanSquaredGradient(ProjectionMetric metric)
+    {
+        using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
+        var schedule = new SgmpSchedule(0, 0.5, startStep: 0, frequency: 1, pruningSteps: 1);
+        using var sgmp = new GradualMagnitudePruning(schedule, new BudgetOptions { Granularity = 1 }, metric: metric);
+        sgmp.OnTrainingStart(model, 0, 10);
+
+        // the MLP neuron of block 0 with the smallest magnitude, the first the magnitude ranking gives up
+        var magnitude = StructuredProjection.Magnitude(model)[0].Mlp;
+        int neuron = Array.IndexOf(magnitude, magnitude.Min());
+        // one backward pass whose gradient is 1 on that neuron (its fc1 row, bias and fc2 column) and 0 elsewhere
+        var mlp = model.Blocks[0].mlp;
+        model.zero_grad();
+        (mlp.fc1.weight[neuron].sum() + mlp.fc1.bias[neuron] + mlp.fc2.weight.select(1, neuron).sum()).backward();
+        sgmp.AfterBackward(model, 0);
+        model.zero_grad();
+
+        sgmp.PruneTo(model, 0.5);
+        if (metric == ProjectionMetric.Fisher)
+            sgmp.Plan!.Blocks[0].MlpNeurons.Should().Contain(neuron, "in the Fisher metric it is the only MLP neuron with a loss cost");
+        else
+            sgmp.Plan!.Blocks[0].MlpNeurons.Should().NotContain(neuron, "the magnitude ranking ignores gradients");
     }
 
     /// <summary>A GOHSP stage-1 output (head-masked) is not a dense model: the baselines refuse it instead of dropping the mask.</summary>
@@ -208,6 +240,8 @@ public class BaselinePrunerTests(ITestOutputHelper output)
         public List<string> Revived { get; } = new();
 
         public void OnTrainingStart(VisionTransformerModel model, int startEpoch, int stepsPerEpoch) => inner.OnTrainingStart(model, startEpoch, stepsPerEpoch);
+
+        public void AfterBackward(VisionTransformerModel model, long globalStep) => inner.AfterBackward(model, globalStep);
 
         public void AfterStep(VisionTransformerModel model, long globalStep)
         {

@@ -27,10 +27,8 @@ public sealed class AdmmSoftPruning : ITrainingHook
     private readonly List<(Parameter W, Tensor Z, Tensor U)> _vars = new();
     // per matrix: 1 outside the current support of Z, 0 on it (a broadcastable row or column vector)
     private readonly List<Tensor> _outside = new();
-    // per matrix (ProjectionMetric.Fisher): running mean of the squared task gradients, and the steps it has seen
-    private readonly List<Tensor> _fisher = new();
-    private long _fisherSteps;
-    private const double FisherDecay = 0.95;
+    // the Fisher metric's estimate (null with the Euclidean metric)
+    private FisherImportance? _fisher;
     private int _updateEvery;
     private long _rampSteps, _totalSteps;
     private double _rho, _growth;
@@ -104,10 +102,8 @@ public sealed class AdmmSoftPruning : ITrainingHook
         {
             using var _ = no_grad();
             foreach (var p in StructuredProjection.Prunable(model))
-            {
                 _vars.Add((p, zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope()));
-                if (_o.Metric == ProjectionMetric.Fisher) _fisher.Add(zeros_like(p, dtype: ScalarType.Float32).DetachFromDisposeScope());
-            }
+            if (_o.Metric == ProjectionMetric.Fisher) _fisher = new FisherImportance(model);
             if (_restored is null)
             {
                 UpdateZ(model, _sparsity);
@@ -135,10 +131,9 @@ public sealed class AdmmSoftPruning : ITrainingHook
             _restoredFisher = null;
             try
             {
-                if (fisher.Count != _fisher.Count)
-                    throw new InvalidDataException($"The checkpoint has Fisher state for {fisher.Count} matrices; this run's metric ({_o.Metric}) needs {_fisher.Count}.");
-                for (int i = 0; i < _fisher.Count; i++) _fisher[i].copy_(fisher[i]);
-                _fisherSteps = _restoredFisherSteps;
+                if (_fisher is not null) _fisher.Restore(_restoredFisherSteps, fisher, "ADMM");
+                else if (fisher.Count != 0)
+                    throw new InvalidDataException($"The checkpoint has Fisher state for {fisher.Count} matrices; this run's metric ({_o.Metric}) keeps none.");
             }
             finally { foreach (var f in fisher) f.Dispose(); }
             Plan = _restoredPlan;
@@ -185,17 +180,8 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// (<see cref="AdmmOptions.Metric"/>), measured on the tensors <paramref name="weightOf"/> gives (W + U for Z, W for a
     /// fresh plan).
     /// </summary>
-    public BlockImportance[] Importance(VisionTransformerModel model, Func<Parameter, Tensor> weightOf)
-    {
-        // no gradient seen yet (or the Euclidean metric, which keeps no F): the Euclidean importance
-        if (_fisherSteps == 0) return _importance(model, weightOf);
-        var fisherOf = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
-        for (int i = 0; i < _vars.Count; i++) fisherOf[_vars[i].W] = _fisher[i];
-        using var _ = no_grad();
-        using var scope = NewDisposeScope();
-        // Σ F·t² is the squared norm of t·√F: the magnitude importance of the weighted tensor
-        return _importance(model, p => weightOf(p).mul(fisherOf[p].sqrt().to(p.dtype)));
-    }
+    public BlockImportance[] Importance(VisionTransformerModel model, Func<Parameter, Tensor> weightOf) =>
+        _fisher is null ? _importance(model, weightOf) : _fisher.Measure(model, weightOf, _importance);
 
     private void SetSupport(VisionTransformerModel model, StructurePlan plan)
     {
@@ -214,17 +200,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// <inheritdoc />
     public void AfterBackward(VisionTransformerModel model, long globalStep)
     {
-        if (_fisher.Count > 0)   // the Fisher metric: one F per matrix of _vars
-        {
-            using var g0 = no_grad();
-            using var keep = FisherDecay.ToScalar();
-            using var add = (1 - FisherDecay).ToScalar();
-            for (int i = 0; i < _vars.Count; i++)
-                if (_vars[i].W.grad is { } grad)
-                    using (var g = grad.to(ScalarType.Float32))
-                        _fisher[i].mul_(keep).addcmul_(g, g, add);
-            _fisherSteps++;
-        }
+        _fisher?.Accumulate();
         if (_o.Penalty != AdmmPenalty.Gradient) return;
         using var _ = no_grad();
         using var rho = _rho.ToScalar();
@@ -309,9 +285,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
         writer.Write(Plan is not null);
         Plan?.Write(writer);
         writer.Write(_planSparsity);
-        writer.Write(_fisherSteps);
-        writer.Write(_fisher.Count);
-        foreach (var f in _fisher) f.Save(writer);
+        FisherImportance.Write(writer, _fisher);
     }
 
     /// <inheritdoc />
@@ -334,10 +308,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
             double start = reader.ReadDouble();
             var plan = reader.ReadBoolean() ? StructurePlan.Read(reader) : null;
             double planSparsity = reader.ReadDouble();
-            long fisherSteps = reader.ReadInt64();
-            int nf = reader.ReadInt32();
-            if (nf < 0) throw new InvalidDataException($"Corrupted ADMM state ({nf} Fisher matrices).");
-            for (int i = 0; i < nf; i++) fisher.Add(Tensor.Load(reader).DetachFromDisposeScope());
+            (long fisherSteps, fisher) = FisherImportance.Read(reader, "ADMM");
 
             _rho = rho;
             ResidualHistory.Clear();

@@ -1,5 +1,6 @@
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
+using static TorchSharp.torch;
 
 namespace Microsoft.ML.Gohsp.Pruning;
 
@@ -11,7 +12,8 @@ public sealed record SgmpPruningEvent(long Step, double TargetSparsity, double A
 
 /// <summary>
 /// SGMP's training hook: after the optimiser step of every pruning step of an <see cref="SgmpSchedule"/>, re-ranks the
-/// structures that are still kept (heads, q/k dims, v dims, MLP neurons) by the ℓ2 magnitude of the current weights and
+/// structures that are still kept (heads, q/k dims, v dims, MLP neurons) by the ℓ2 magnitude of the current weights (or in
+/// the Fisher metric, whose estimate the hook accumulates after every backward pass) and
 /// extends the mask until s_t of the parameters is removed (<see cref="StructuredProjection.Allocate"/> with the previous
 /// plan as <c>within</c>: pruned structures never come back). After every optimiser step the mask is re-applied, so the
 /// pruned structures stay exactly zero. The plan and the event history are part of training checkpoints.
@@ -22,6 +24,10 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
     private readonly IBlockCost? _cost;
     private readonly List<SgmpPruningEvent> _history = new();
     private StructuredProjection.BlockMasks[]? _masks;
+    private readonly ProjectionMetric _metric;
+    private FisherImportance? _fisher;
+    // the Fisher state of a checkpoint, restored once the model's matrices are known
+    private (long Steps, List<Tensor> F)? _restoredFisher;
 
     /// <summary>Creates the hook.</summary>
     /// <param name="schedule">When and how far to prune.</param>
@@ -30,8 +36,12 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
     /// What the sparsities count (default parameters); with a latency table (<see cref="LatencyModel.CostOf"/>), every s_t is a
     /// fraction of the estimated latency.
     /// </param>
-    public GradualMagnitudePruning(SgmpSchedule schedule, BudgetOptions? budget = null, IBlockCost? costModel = null)
+    /// <param name="metric">The ranking's metric (default <see cref="ProjectionMetric.Euclidean"/>, the magnitude).</param>
+    public GradualMagnitudePruning(SgmpSchedule schedule, BudgetOptions? budget = null, IBlockCost? costModel = null,
+        ProjectionMetric metric = ProjectionMetric.Euclidean)
     {
+        if (!Enum.IsDefined(metric)) throw new ArgumentOutOfRangeException(nameof(metric), metric, "The metric must be Euclidean or Fisher.");
+        _metric = metric;
         _cost = costModel;
         Schedule = schedule ?? throw new ArgumentNullException(nameof(schedule));
         _budget = budget ?? new BudgetOptions();
@@ -49,8 +59,18 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
     /// <inheritdoc />
     public void OnTrainingStart(VisionTransformerModel model, int startEpoch, int stepsPerEpoch)
     {
+        if (_metric == ProjectionMetric.Fisher) _fisher ??= new FisherImportance(model);
+        if (_restoredFisher is { } restored)
+        {
+            _restoredFisher = null;
+            try { _fisher!.Restore(restored.Steps, restored.F, "SGMP"); }
+            finally { foreach (var t in restored.F) t.Dispose(); }
+        }
         if (Plan is not null) SetMasks(model); // resumed from a checkpoint (or reused): restore the mask on the model's device
     }
+
+    /// <inheritdoc />
+    public void AfterBackward(VisionTransformerModel model, long globalStep) => _fisher?.Accumulate();
 
     /// <inheritdoc />
     public void AfterStep(VisionTransformerModel model, long globalStep)
@@ -61,15 +81,16 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
 
     /// <summary>
     /// Raises the mask to <paramref name="sparsity"/> of the parameters (nothing happens when it already removes that
-    /// much, or when <paramref name="sparsity"/> ≤ 0): re-ranks the kept structures by magnitude, extends the plan and
-    /// zeroes the newly pruned structures in place.
+    /// much, or when <paramref name="sparsity"/> ≤ 0): re-ranks the kept structures by magnitude (in the Fisher metric once
+    /// it has seen a gradient), extends the plan and zeroes the newly pruned structures in place.
     /// </summary>
     public void PruneTo(VisionTransformerModel model, double sparsity, long step = -1)
     {
         ArgumentNullException.ThrowIfNull(model);
         if (sparsity <= 0) return;
         var arch = model.Architecture;
-        Plan = StructuredProjection.Allocate(arch, StructuredProjection.Magnitude(model), sparsity, _budget, within: Plan, costModel: _cost);
+        var importance = _fisher is null ? StructuredProjection.Magnitude(model) : _fisher.Measure(model);
+        Plan = StructuredProjection.Allocate(arch, importance, sparsity, _budget, within: Plan, costModel: _cost);
         SetMasks(model);
         _history.Add(new SgmpPruningEvent(step, sparsity, AchievedSparsity(arch)));
     }
@@ -101,6 +122,8 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
         Plan?.Write(writer);
         writer.Write(_history.Count);
         foreach (var e in _history) { writer.Write(e.Step); writer.Write(e.TargetSparsity); writer.Write(e.AchievedSparsity); }
+        // the Euclidean metric's state is what it always was; the Fisher metric's adds its estimate
+        if (_metric == ProjectionMetric.Fisher) FisherImportance.Write(writer, _fisher);
     }
 
     /// <inheritdoc />
@@ -112,6 +135,9 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
         if (n < 0) throw new InvalidDataException($"Corrupted SGMP state (history length {n}).");
         var history = new SgmpPruningEvent[n];
         for (int i = 0; i < n; i++) history[i] = new SgmpPruningEvent(reader.ReadInt64(), reader.ReadDouble(), reader.ReadDouble());
+        (long, List<Tensor>)? fisher = _metric == ProjectionMetric.Fisher ? FisherImportance.Read(reader, "SGMP") : null;
+        foreach (var t in _restoredFisher?.F ?? []) t.Dispose();
+        _restoredFisher = fisher;
         DisposeMasks();
         Plan = plan;
         _history.Clear();
@@ -125,6 +151,13 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
         _masks = null;
     }
 
-    /// <summary>Releases the mask tensors.</summary>
-    public void Dispose() => DisposeMasks();
+    /// <summary>Releases the mask tensors and the Fisher estimate.</summary>
+    public void Dispose()
+    {
+        DisposeMasks();
+        _fisher?.Dispose();
+        _fisher = null;
+        foreach (var t in _restoredFisher?.F ?? []) t.Dispose();
+        _restoredFisher = null;
+    }
 }

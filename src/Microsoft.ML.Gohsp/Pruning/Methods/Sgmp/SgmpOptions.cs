@@ -42,6 +42,14 @@ public class SgmpOptions : PruningOptions
     /// </summary>
     public double RampFraction { get; set; } = 0.75;
 
+    /// <summary>
+    /// The metric of the ranking at every pruning step. Default <see cref="ProjectionMetric.Euclidean"/>: the ℓ2 magnitude,
+    /// which makes SGMP the gradual magnitude baseline. <see cref="ProjectionMetric.Fisher"/> ranks by GOHSP's Fisher-weighted
+    /// importance (the same estimate its ADMM projection uses, accumulated over the gradual phase's batches): SGMP then
+    /// differs from GOHSP only in how it trains toward the support, which is the ablation docs/gohsp.md reports.
+    /// </summary>
+    public ProjectionMetric Metric { get; set; } = ProjectionMetric.Euclidean;
+
     /// <inheritdoc />
     protected internal override IReadOnlyList<PruningStage> TrainingStages =>
         [new(nameof(Gradual), () => Gradual, o => Gradual = o), new(nameof(FineTune), () => FineTune, o => FineTune = o)];
@@ -58,5 +66,6 @@ public class SgmpOptions : PruningOptions
         if (StartStep < 0) throw new ArgumentOutOfRangeException(nameof(StartStep), StartStep, "StartStep must be ≥ 0.");
         if (PruningFrequency < 0) throw new ArgumentOutOfRangeException(nameof(PruningFrequency), PruningFrequency, "PruningFrequency must be ≥ 0 steps (0 = automatic).");
         if (!(RampFraction > 0 && RampFraction <= 1)) throw new ArgumentOutOfRangeException(nameof(RampFraction), RampFraction, "RampFraction must be in (0, 1].");
+        if (!Enum.IsDefined(Metric)) throw new ArgumentOutOfRangeException(nameof(Metric), Metric, "Metric must be Euclidean or Fisher.");
     }
 }

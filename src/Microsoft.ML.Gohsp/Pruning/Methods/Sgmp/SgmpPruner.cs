@@ -6,7 +6,8 @@ namespace Microsoft.ML.Gohsp.Pruning;
 /// <summary>
 /// SGMP, the gradual baseline (Zhu &amp; Gupta's gradual magnitude pruning on GOHSP's structures): trains a copy of the dense
 /// model for <see cref="SgmpOptions.Gradual"/> while <see cref="GradualMagnitudePruning"/> raises the structured sparsity on
-/// the cubic <see cref="SgmpSchedule"/>, re-ranking the kept structures by ℓ2 magnitude at every pruning step and keeping the
+/// the cubic <see cref="SgmpSchedule"/>, re-ranking the kept structures by ℓ2 magnitude (or in the Fisher metric,
+/// <see cref="SgmpOptions.Metric"/>) at every pruning step and keeping the
 /// pruned ones at zero; then removes them with <see cref="HardPruning"/> and fine-tunes. The dense model is not modified.
 /// </summary>
 public sealed class SgmpPruner : IPruningMethod
@@ -32,7 +33,7 @@ public sealed class SgmpPruner : IPruningMethod
         run.Log($"cubic schedule: s_i {schedule.InitialSparsity:P1} → s_f {schedule.FinalSparsity:P1}, t0 {schedule.StartStep}, " +
                 $"every {schedule.Frequency} steps, {schedule.PruningSteps} pruning steps, ramp ends at step {schedule.EndStep}");
         var model = dense.Clone();
-        using var hook = new GradualMagnitudePruning(schedule, options.Budget, run.Budget.Cost);
+        using var hook = new GradualMagnitudePruning(schedule, options.Budget, run.Budget.Cost, options.Metric);
         try
         {
             run.TrainStage(model, options.Gradual, "gradual", hook);
