@@ -56,11 +56,12 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         foreach (var method in options.Methods)
             foreach (double sparsity in options.Sparsities)
             {
-                string name = Text.Invariant($"{method.ToString().ToLowerInvariant()}-{sparsity * 100:0}");
+                string entry = options.EntryName(method);
+                string name = Text.Invariant($"{entry}-{sparsity * 100:0}");
                 sw.Restart();
                 var (pruned, split) = ui.Train(Text.Invariant($"{method.ToString().ToUpperInvariant()} to {sparsity:P0} sparsity, {Text.Count(options.PostEpochs, "epoch")}"),
                     p => Prune(ml, method, sparsity, seed, dense, prepared, validation, p));
-                models.Add((Template(method.ToString().ToLowerInvariant(), sparsity, seed, split, sw.Elapsed.TotalSeconds, name + ".zip"), pruned));
+                models.Add((Template(entry, sparsity, seed, split, sw.Elapsed.TotalSeconds, name + ".zip"), pruned));
             }
 
         // 4. Save, reload in a fresh MLContext, evaluate, time.
@@ -162,7 +163,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
                 var g = PruningProtocol.ApplyEpochBudget(options.ApplyGohspFlags(new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }), epochs, recipe);
                 return (ml.Transforms.GohspPrune(g, dense).Fit(prepared), $"soft pruning {g.SoftPruning.Epochs} + fine-tune {g.FineTune.Epochs}");
             case PruningMethod.Sgmp:
-                var s = PruningProtocol.ApplyEpochBudget(new SgmpPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }, epochs, recipe);
+                var s = PruningProtocol.ApplyEpochBudget(options.ApplySgmpFlags(new SgmpPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }), epochs, recipe);
                 return (ml.Transforms.SgmpPrune(s, dense).Fit(prepared), $"gradual pruning {s.Gradual.Epochs} + fine-tune {s.FineTune.Epochs}");
             case PruningMethod.Somp:
                 var o = PruningProtocol.ApplyEpochBudget(new SompPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }, epochs, recipe);

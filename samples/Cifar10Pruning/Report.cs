@@ -13,7 +13,7 @@ internal sealed record BlockShape(int Heads, int QkDim, int VDim, int MlpWidth, 
 /// <summary>One model of the comparison: the dense reference or one (method, sparsity) pruned model.</summary>
 internal sealed record ModelEntry
 {
-    /// <summary>"dense", "gohsp", "sgmp" or "somp".</summary>
+    /// <summary>"dense", "gohsp", "sgmp", "sgmp-fisher" (SGMP in the Fisher metric, <c>--sgmp-metric fisher</c>) or "somp".</summary>
     public required string Method { get; init; }
     /// <summary>Requested fraction of parameters removed (0 for dense).</summary>
     public required double Sparsity { get; init; }

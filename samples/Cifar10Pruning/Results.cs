@@ -174,14 +174,15 @@ internal static class Results
     internal sealed record PairedRow(double Sparsity, string Label, PairedDifference Top1, PairedDifference? Nll);
 
     /// <summary>
-    /// GOHSP − SOMP, GOHSP − SGMP and GOHSP − dense reference at every sparsity, paired by seed (only seeds that have both).
+    /// GOHSP − SOMP, GOHSP − SGMP, GOHSP − SGMP in the Fisher metric and GOHSP − dense reference at every sparsity, paired
+    /// by seed (only seeds that have both).
     /// </summary>
     internal static IReadOnlyList<PairedRow> PairedRows(IReadOnlyList<SampleReport> reports)
     {
         var rows = new List<PairedRow>();
         var sparsities = reports.SelectMany(r => r.Entries).Where(e => e.Method == "gohsp").Select(e => e.Sparsity).Distinct().Order();
         foreach (double sparsity in sparsities)
-            foreach (var (other, label) in new[] { ("somp", "GOHSP − SOMP"), ("sgmp", "GOHSP − SGMP"), ("dense", "GOHSP − dense reference") })
+            foreach (var (other, label) in new[] { ("somp", "GOHSP − SOMP"), ("sgmp", "GOHSP − SGMP"), ("sgmp-fisher", "GOHSP − SGMP (Fisher metric)"), ("dense", "GOHSP − dense reference") })
             {
                 var pairs = reports.Select(r => (
                         G: r.Entries.FirstOrDefault(e => e.Method == "gohsp" && e.Sparsity == sparsity),

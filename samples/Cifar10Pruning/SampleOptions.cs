@@ -45,6 +45,8 @@ internal sealed record SampleOptions
                                SGMP's masks); bare: on. Default on
           --projection-metric M   GOHSP: metric of ADMM's projection: fisher (structures weighted by the running mean
                                of their squared gradients) or euclidean (magnitude). Default fisher
+          --sgmp-metric M      SGMP: metric of its ranking: euclidean (magnitude: the gradual magnitude baseline) or
+                               fisher (GOHSP's projection metric; its entries are named sgmp-fisher). Default euclidean
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
@@ -91,6 +93,24 @@ internal sealed record SampleOptions
     /// <summary>GOHSP's <see cref="AdmmOptions.Metric"/> (<c>--projection-metric</c>); null keeps the default.</summary>
     public ProjectionMetric? ProjectionMetric { get; init; }
 
+    /// <summary>SGMP's <see cref="SgmpOptions.Metric"/> (<c>--sgmp-metric</c>); null keeps the default.</summary>
+    public ProjectionMetric? SgmpMetric { get; init; }
+
+    /// <summary>Applies the SGMP flags to <paramref name="sgmp"/> (the defaults stay where a flag is absent).</summary>
+    public T ApplySgmpFlags<T>(T sgmp) where T : SgmpOptions
+    {
+        if (SgmpMetric is ProjectionMetric m) sgmp.Metric = m;
+        return sgmp;
+    }
+
+    /// <summary>
+    /// The name a method's entries have in report.json: the method's, and "sgmp-fisher" for SGMP in the Fisher metric, which
+    /// is not the magnitude baseline.
+    /// </summary>
+    public string EntryName(PruningMethod method) =>
+        method == PruningMethod.Sgmp && ApplySgmpFlags(new SgmpOptions()).Metric == Microsoft.ML.Gohsp.Pruning.ProjectionMetric.Fisher
+            ? "sgmp-fisher" : method.ToString().ToLowerInvariant();
+
     /// <summary>Applies the GOHSP flags to <paramref name="gohsp"/> (the defaults stay where a flag is absent).</summary>
     public T ApplyGohspFlags<T>(T gohsp) where T : GohspOptions
     {
@@ -108,7 +128,7 @@ internal sealed record SampleOptions
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
-         "projection-metric"];
+         "projection-metric", "sgmp-metric"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric"];
 
@@ -170,6 +190,7 @@ internal sealed record SampleOptions
             SparsityRamp = values.TryGetValue("sparsity-ramp", out var sr) ? ParseNumber(sr, "sparsity-ramp", 0, 1) : null,
             MonotoneSupport = values.TryGetValue("monotone-support", out var ms) ? ParseChoice(ms, "monotone-support", OnOffNames) : null,
             ProjectionMetric = values.TryGetValue("projection-metric", out var pm) ? ParseChoice(pm, "projection-metric", ProjectionMetricNames) : null,
+            SgmpMetric = values.TryGetValue("sgmp-metric", out var sm) ? ParseChoice(sm, "sgmp-metric", ProjectionMetricNames) : null,
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
         if (o.PostEpochs < 2 && o.Methods.Any(m => m != PruningMethod.Somp))
@@ -177,6 +198,8 @@ internal sealed record SampleOptions
         if (o.Baselines is not null && o.Aggregate is null) throw new ArgumentException("Option '--baselines' applies to --aggregate only (it pairs stored runs).");
         if (GohspFlags.FirstOrDefault(values.ContainsKey) is string gohspFlag && !o.Methods.Contains(PruningMethod.Gohsp))
             throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {string.Join(",", o.Methods).ToLowerInvariant()} runs no GOHSP.");
+        if (values.ContainsKey("sgmp-metric") && !o.Methods.Contains(PruningMethod.Sgmp))
+            throw new ArgumentException($"Option '--sgmp-metric' sets an SGMP option, but --method {string.Join(",", o.Methods).ToLowerInvariant()} runs no SGMP.");
         if (!ViTArchitecture.PresetNames.Contains(o.Arch, StringComparer.OrdinalIgnoreCase))
             throw new ArgumentException($"Option '--arch': unknown preset '{o.Arch}'. Known: {string.Join(", ", ViTArchitecture.PresetNames)}.");
         if (o.Images is null && ViTArchitecture.FromPreset(o.Arch, 10).ImageSize is int size && size != 32)
@@ -216,7 +239,7 @@ internal sealed record SampleOptions
         ["rank-within-block"] = Microsoft.ML.Gohsp.Pruning.HeadGraphScoring.RankWithinBlock,
     };
 
-    /// <summary>The <c>--projection-metric</c> values, as report.json also names them.</summary>
+    /// <summary>The <c>--projection-metric</c> and <c>--sgmp-metric</c> values, as report.json also names them.</summary>
     public static readonly IReadOnlyDictionary<string, ProjectionMetric> ProjectionMetricNames = new Dictionary<string, ProjectionMetric>
     {
         ["euclidean"] = Microsoft.ML.Gohsp.Pruning.ProjectionMetric.Euclidean,

@@ -186,6 +186,11 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         somp["top1"] = somp["top1"]!.GetValue<double>() - 0.02;
         baseline["entries"]![0]!["top1"] = 0.0;
         baseline["entries"]!.AsArray().Add(somp);
+        // and an SGMP entry in the Fisher metric 1 point above it: its own row, not the magnitude baseline's
+        var sgmpFisher = somp.DeepClone();
+        sgmpFisher["method"] = "sgmp-fisher";
+        sgmpFisher["top1"] = somp["top1"]!.GetValue<double>() + 0.03;
+        baseline["entries"]!.AsArray().Add(sgmpFisher);
         string stored = Directory.CreateDirectory(Path.Combine(tmp.Path, "stored", "seed-3")).FullName;
         File.WriteAllText(Path.Combine(stored, "report.json"), baseline.ToJsonString());
         string page = Path.Combine(tmp.Path, "results.md");
@@ -197,6 +202,8 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         lines.Should().Contain(l => l.StartsWith("| 50% | GOHSP − SOMP | 1 | +2.00 |"), "GOHSP of the run paired with SOMP of the stored report");
         lines.Should().ContainSingle(l => l.StartsWith("| gohsp | 50% ") && l.Contains("| 1 |"), "the stored report's own GOHSP entry is not used");
         lines.Should().Contain(l => l.StartsWith("| somp | 50% "));
+        lines.Should().Contain(l => l.StartsWith("| 50% | GOHSP − SGMP (Fisher metric) | 1 | −1.00 |"), "SGMP in the Fisher metric is paired under its own label");
+        lines.Should().NotContain(l => l.StartsWith("| 50% | GOHSP − SGMP |"), "the stored report has no magnitude SGMP");
 
         // a stored run of the same seed from another dense model is refused, naming what differs
         baseline["config"]!["dense_start_top1"] = baseline["config"]!["dense_start_top1"]!.GetValue<double>() + 0.01;
@@ -267,6 +274,23 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
             File.Exists(Path.Combine(outDir, f)).Should().BeTrue(f);
     }
 
+    /// <summary>--sgmp-metric fisher runs SGMP in GOHSP's Fisher metric, and its entries are named apart from the magnitude baseline's.</summary>
+    [Fact]
+    public void SgmpInTheFisherMetricIsItsOwnEntry()
+    {
+        using var tmp = new TempDir();
+        string outDir = Path.Combine(tmp.Path, "out");
+        var (exit, _, stderr) = RunSample("--data", Cifar10Tests.SubsetDir, "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "2", "--max-train", "320",
+            "--max-test", "64", "--sparsity", "0.5", "--method", "sgmp", "--sgmp-metric", "fisher", "--precision", "fp32", "--threads", "1", "--no-speed", "--out", outDir);
+
+        exit.Should().Be(0, stderr);
+        using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "report.json")));
+        var entry = json.RootElement.GetProperty("entries").EnumerateArray().Should().ContainSingle().Subject;
+        entry.GetProperty("method").GetString().Should().Be("sgmp-fisher");
+        entry.GetProperty("achieved_sparsity").GetDouble().Should().BeApproximately(0.5, 0.01);
+        File.Exists(Path.Combine(outDir, "sgmp-fisher-50.zip")).Should().BeTrue();
+    }
+
     public static TheoryData<string, string[], string> BadInputs => new()
     {
         { "--images missing", ["--images", "{tmp}/nothing"], "Option '--images': folder '{tmp}/nothing' does not exist" },
@@ -286,6 +310,8 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "sparsity ramp 1", ["--sparsity-ramp", "1"], "Option '--sparsity-ramp': '1' is not a number in [0, 1)" },
         { "head graph scoring unknown", ["--head-graph-scoring", "sorted"], "Option '--head-graph-scoring': unknown value 'sorted'. Known: scaled, rank-within-block." },
         { "projection metric unknown", ["--projection-metric", "mahalanobis"], "Option '--projection-metric': unknown value 'mahalanobis'. Known: euclidean, fisher." },
+        { "SGMP metric unknown", ["--method", "sgmp", "--sgmp-metric", "taylor"], "Option '--sgmp-metric': unknown value 'taylor'. Known: euclidean, fisher." },
+        { "SGMP metric without SGMP", ["--method", "gohsp", "--sgmp-metric", "fisher"], "Option '--sgmp-metric' sets an SGMP option, but --method gohsp runs no SGMP" },
         { "baselines without aggregate", ["--baselines", "{empty}"], "Option '--baselines' applies to --aggregate only" },
         { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };
