@@ -424,6 +424,19 @@ public class GohspConvergenceTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void ADisposedAdmmHookRefusesFurtherUse()
+    {
+        using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 5);
+        var hook = new AdmmSoftPruning(0.5, null, new AdmmOptions(), new BudgetOptions { Granularity = 1 }, epochs: 1);
+        hook.OnTrainingStart(model, 0, 10);
+        hook.FinalPlan(model).Blocks.Should().HaveCount(model.Architecture.Depth);
+        hook.Dispose();
+        hook.Invoking(h => h.FinalPlan(model)).Should().Throw<ObjectDisposedException>("Z and U are released");
+        hook.Invoking(h => h.OnTrainingStart(model, 0, 10)).Should().Throw<ObjectDisposedException>();
+        hook.Invoking(h => h.Dispose()).Should().NotThrow("disposing twice is harmless");
+    }
+
+    [Fact]
     public void AnAdmmStateThatFailsPartWayLeavesTheHookAsItWas()
     {
         var hook = new AdmmSoftPruning(0.5, null, new AdmmOptions());

@@ -14,8 +14,9 @@ namespace Microsoft.ML.Gohsp.Pruning;
 /// sparsity s of the progressive ramp, with the fixed heads), U ← (U + W − Z)·ρ/ρ′ with ρ′ = min(ρ·growth, ρ_max) (the scaled
 /// dual follows ρ), ρ ← ρ′. The primal
 /// residual ‖W − Z‖ is recorded per epoch and compared with its start, ‖W₀ − Π(W₀)‖ at the full target.
+/// Z, U and the Fisher estimate are three model-sized sets of tensors: dispose the hook when the stage is over.
 /// </summary>
-public sealed class AdmmSoftPruning : ITrainingHook
+public sealed class AdmmSoftPruning : ITrainingHook, IDisposable
 {
     private readonly AdmmOptions _o;
     private readonly double _sparsity;
@@ -87,6 +88,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// <inheritdoc />
     public void OnTrainingStart(VisionTransformerModel model, int startEpoch, int stepsPerEpoch)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         _updateEvery = _o.UpdateEverySteps > 0 ? _o.UpdateEverySteps : stepsPerEpoch;
         _totalSteps = (long)_epochs * stepsPerEpoch;
         _rampSteps = (long)Math.Floor(_o.SparsityRampFraction * _totalSteps);
@@ -148,6 +150,7 @@ public sealed class AdmmSoftPruning : ITrainingHook
     /// </summary>
     public StructurePlan FinalPlan(VisionTransformerModel model)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         if (_vars.Count == 0) throw new InvalidOperationException("Soft pruning has not started.");
         if (Plan is null || _planSparsity < _sparsity) UpdateZ(model, _sparsity);
         return Plan!;
@@ -328,6 +331,25 @@ public sealed class AdmmSoftPruning : ITrainingHook
             foreach (var f in fisher) f.Dispose();
             throw;
         }
+    }
+
+    private bool _disposed;
+
+    /// <summary>Releases Z, U, the support masks and the Fisher estimate (and a checkpoint's state not yet applied).</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var (_, z, u) in _vars) { z.Dispose(); u.Dispose(); }
+        _vars.Clear();
+        foreach (var t in _outside) t.Dispose();
+        _outside.Clear();
+        _fisher?.Dispose();
+        _fisher = null;
+        foreach (var (z, u) in _restored ?? []) { z.Dispose(); u.Dispose(); }
+        _restored = null;
+        foreach (var f in _restoredFisher ?? []) f.Dispose();
+        _restoredFisher = null;
     }
 
     // Z, U and the plan read from a checkpoint, applied by OnTrainingStart once the model's matrices are known.

@@ -144,7 +144,7 @@ public sealed class GohspPruner : IPruningMethod
         var soft = inPlace ? model : model.Clone();
         try
         {
-            var admm = new AdmmSoftPruning(run.Budget.Fraction, keptHeads, options.Admm, options.Budget, options.SoftPruning.Epochs, importance,
+            using var admm = new AdmmSoftPruning(run.Budget.Fraction, keptHeads, options.Admm, options.Budget, options.SoftPruning.Epochs, importance,
                 costModel: run.Budget.Cost);
             run.TrainStage(soft, options.SoftPruning, "soft-pruning", admm);
             soft.to(CPU);
