@@ -85,8 +85,19 @@ internal sealed class FisherImportance : IDisposable
         foreach (var (_, f) in fisher?._f ?? []) f.Save(writer);
     }
 
-    /// <summary>Reads what <see cref="Write"/> wrote; the caller owns the tensors until it passes them to <see cref="Restore"/>.</summary>
-    public static (long Steps, List<Tensor> F) Read(BinaryReader reader, string owner)
+    /// <summary>An estimate read from a checkpoint, kept until the model's matrices are known (<see cref="Restore"/>).</summary>
+    internal sealed class Saved(long steps, IReadOnlyList<Tensor> f) : IDisposable
+    {
+        /// <summary>The backward passes the estimate had seen.</summary>
+        public long Steps { get; } = steps;
+        /// <summary>One F per matrix.</summary>
+        public IReadOnlyList<Tensor> F { get; } = f;
+        /// <summary>Releases the tensors.</summary>
+        public void Dispose() { foreach (var t in F) t.Dispose(); }
+    }
+
+    /// <summary>Reads what <see cref="Write"/> wrote; the caller owns the result (dispose it after <see cref="Restore"/>).</summary>
+    public static Saved Read(BinaryReader reader, string owner)
     {
         long steps = reader.ReadInt64();
         int n = reader.ReadInt32();
@@ -101,12 +112,13 @@ internal sealed class FisherImportance : IDisposable
             foreach (var t in f) t.Dispose();
             throw;
         }
-        return (steps, f);
+        return new Saved(steps, f);
     }
 
     /// <summary>Copies a state <see cref="Read"/> returned into this estimate, checking its matrix count and shapes.</summary>
-    public void Restore(long steps, IReadOnlyList<Tensor> f, string owner)
+    public void Restore(Saved saved, string owner)
     {
+        var f = saved.F;
         if (f.Count != _f.Count)
             throw new InvalidDataException($"The checkpoint has Fisher state for {f.Count} matrices; this run's Fisher metric needs {_f.Count} ({owner}).");
         using var _ = no_grad();
@@ -116,7 +128,7 @@ internal sealed class FisherImportance : IDisposable
                 throw new InvalidDataException($"The checkpoint's Fisher state for matrix {i} has shape [{string.Join(", ", f[i].shape)}]; the model's is [{string.Join(", ", _f[i].F.shape)}] ({owner}).");
             _f[i].F.copy_(f[i]);
         }
-        Steps = steps;
+        Steps = saved.Steps;
     }
 
     /// <summary>Releases the estimates.</summary>

@@ -129,15 +129,13 @@ public sealed class AdmmSoftPruning : ITrainingHook, IDisposable
                     _vars[i].Z.copy_(z);
                     _vars[i].U.copy_(u);
                 }
-            var fisher = _restoredFisher ?? [];
-            _restoredFisher = null;
-            try
+            using (var fisher = _restoredFisher!)   // LoadState sets it with Z and U
             {
-                if (_fisher is not null) _fisher.Restore(_restoredFisherSteps, fisher, "ADMM");
-                else if (fisher.Count != 0)
-                    throw new InvalidDataException($"The checkpoint has Fisher state for {fisher.Count} matrices; this run's metric ({_o.Metric}) keeps none.");
+                _restoredFisher = null;
+                if (_fisher is not null) _fisher.Restore(fisher, "ADMM");
+                else if (fisher.F.Count != 0)
+                    throw new InvalidDataException($"The checkpoint has Fisher state for {fisher.F.Count} matrices; this run's metric ({_o.Metric}) keeps none.");
             }
-            finally { foreach (var f in fisher) f.Dispose(); }
             Plan = _restoredPlan;
             _planSparsity = _restoredPlanSparsity;
             if (Plan is not null) SetSupport(model, Plan);
@@ -297,7 +295,7 @@ public sealed class AdmmSoftPruning : ITrainingHook, IDisposable
         if (_vars.Count > 0) throw new InvalidOperationException("ADMM state must be loaded before training starts.");
         // everything is read into locals first: a checkpoint that fails part-way leaves the hook as it was
         var restored = new List<(Tensor Z, Tensor U)>();
-        var fisher = new List<Tensor>();
+        FisherImportance.Saved? fisher = null;
         try
         {
             double rho = reader.ReadDouble();
@@ -311,7 +309,7 @@ public sealed class AdmmSoftPruning : ITrainingHook, IDisposable
             double start = reader.ReadDouble();
             var plan = reader.ReadBoolean() ? StructurePlan.Read(reader) : null;
             double planSparsity = reader.ReadDouble();
-            (long fisherSteps, fisher) = FisherImportance.Read(reader, "ADMM");
+            fisher = FisherImportance.Read(reader, "ADMM");
 
             _rho = rho;
             ResidualHistory.Clear();
@@ -320,15 +318,14 @@ public sealed class AdmmSoftPruning : ITrainingHook, IDisposable
             _restoredPlan = plan;
             _restoredPlanSparsity = planSparsity;
             foreach (var (z, u) in _restored ?? []) { z.Dispose(); u.Dispose(); }
-            foreach (var f in _restoredFisher ?? []) f.Dispose();
+            _restoredFisher?.Dispose();
             _restored = restored;
             _restoredFisher = fisher;
-            _restoredFisherSteps = fisherSteps;
         }
         catch
         {
             foreach (var (z, u) in restored) { z.Dispose(); u.Dispose(); }
-            foreach (var f in fisher) f.Dispose();
+            fisher?.Dispose();
             throw;
         }
     }
@@ -348,14 +345,13 @@ public sealed class AdmmSoftPruning : ITrainingHook, IDisposable
         _fisher = null;
         foreach (var (z, u) in _restored ?? []) { z.Dispose(); u.Dispose(); }
         _restored = null;
-        foreach (var f in _restoredFisher ?? []) f.Dispose();
+        _restoredFisher?.Dispose();
         _restoredFisher = null;
     }
 
     // Z, U and the plan read from a checkpoint, applied by OnTrainingStart once the model's matrices are known.
     private List<(Tensor Z, Tensor U)>? _restored;
-    private List<Tensor>? _restoredFisher;
-    private long _restoredFisherSteps;
+    private FisherImportance.Saved? _restoredFisher;
     private StructurePlan? _restoredPlan;
     private double _restoredPlanSparsity;
 }

@@ -1,6 +1,5 @@
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
-using static TorchSharp.torch;
 
 namespace Microsoft.ML.Gohsp.Pruning;
 
@@ -27,7 +26,7 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
     private readonly ProjectionMetric _metric;
     private FisherImportance? _fisher;
     // the Fisher state of a checkpoint, restored once the model's matrices are known
-    private (long Steps, List<Tensor> F)? _restoredFisher;
+    private FisherImportance.Saved? _restoredFisher;
 
     /// <summary>Creates the hook.</summary>
     /// <param name="schedule">When and how far to prune.</param>
@@ -63,8 +62,7 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
         if (_restoredFisher is { } restored)
         {
             _restoredFisher = null;
-            try { _fisher!.Restore(restored.Steps, restored.F, "SGMP"); }
-            finally { foreach (var t in restored.F) t.Dispose(); }
+            using (restored) _fisher!.Restore(restored, "SGMP");
         }
         if (Plan is not null) SetMasks(model); // resumed from a checkpoint (or reused): restore the mask on the model's device
     }
@@ -135,8 +133,8 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
         if (n < 0) throw new InvalidDataException($"Corrupted SGMP state (history length {n}).");
         var history = new SgmpPruningEvent[n];
         for (int i = 0; i < n; i++) history[i] = new SgmpPruningEvent(reader.ReadInt64(), reader.ReadDouble(), reader.ReadDouble());
-        (long, List<Tensor>)? fisher = _metric == ProjectionMetric.Fisher ? FisherImportance.Read(reader, "SGMP") : null;
-        foreach (var t in _restoredFisher?.F ?? []) t.Dispose();
+        var fisher = _metric == ProjectionMetric.Fisher ? FisherImportance.Read(reader, "SGMP") : null;
+        _restoredFisher?.Dispose();
         _restoredFisher = fisher;
         DisposeMasks();
         Plan = plan;
@@ -157,7 +155,7 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
         DisposeMasks();
         _fisher?.Dispose();
         _fisher = null;
-        foreach (var t in _restoredFisher?.F ?? []) t.Dispose();
+        _restoredFisher?.Dispose();
         _restoredFisher = null;
     }
 }
