@@ -32,8 +32,7 @@ public class BuildOutputTests
         File.Exists(cached).Should().BeTrue($"the restore puts TorchSharp's natives at {cached}");
 
         byte[] cachedBytes = File.ReadAllBytes(cached);
-        bool shimNeeded = Contains(cachedBytes, "libstdcxx_compat.so");
-        shimNeeded.Should().BeFalse("the NuGet cache holds TorchSharp's file as published, never a patched one");
+        Contains(cachedBytes, "libstdcxx_compat.so").Should().BeFalse("the NuGet cache holds TorchSharp's file as published, never a patched one");
 
         if (File.Exists(Path.Combine(NativeDir, "libstdcxx_compat.so")))
         {
