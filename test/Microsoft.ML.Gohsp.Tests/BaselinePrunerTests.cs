@@ -184,6 +184,90 @@ public class BaselinePrunerTests(ITestOutputHelper output)
         ((Action)(() => new SompPruner(new SompOptions()).Run(new PruningContext(dense, HeadGraphRankingTests.RandomImages(0))))).Should().Throw<ArgumentException>().WithMessage("*no rows*");
         ((Action)(() => new SgmpPruner(new SgmpOptions { Metric = (ProjectionMetric)7 }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>()
             .Where(e => e.ParamName == "Metric").WithMessage("*Metric must be Euclidean or Fisher*");
+        ((Action)(() => new SompPruner(new SompOptions { Importance = (SompImportance)5 }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>()
+            .Where(e => e.ParamName == "Importance").WithMessage("*Importance must be Magnitude, Fisher or Taylor*");
+        ((Action)(() => new SompPruner(new SompOptions { Importance = SompImportance.Taylor, CalibrationImages = 0 }).Run(new PruningContext(dense, data)))).Should().Throw<ArgumentOutOfRangeException>()
+            .Where(e => e.ParamName == "CalibrationImages").WithMessage("*CalibrationImages*≥ 1*");
+    }
+
+    /// <summary>
+    /// SOMP's Taylor criterion is Σ|w·∂L/∂w| per structure with the gradient of the mean loss over the calibration images,
+    /// normalised per parameter as the magnitude is; its Fisher criterion is Σ F·w² with F the squared gradient of each
+    /// training-size batch. Both are checked by hand for every MLP neuron of block 0, with the gradients taken here.
+    /// </summary>
+    [Fact]
+    public void SompGradientCriteriaEqualTheirHandComputedSums()
+    {
+        using var model = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 4);
+        var calibration = Train.Value.Take(96);
+        var o = Stage(); o.BatchSize = 64; o.EvaluationBatchSize = 32;
+        var before = ModelChecks.Snapshot(model);
+        var taylor = TaylorImportance.Structures(model, calibration, o)[0].Mlp;
+        var fisher = FisherImportance.OneShot(model, calibration, o)[0].Mlp;
+        foreach (var p in model.parameters())
+            if (p.grad is { } g) g.abs().max().item<float>().Should().Be(0, "the gradients are cleared afterwards");
+        foreach (var (k, v) in model.state_dict()) TensorAssert.Same(v, before[k]).Should().BeTrue($"the weights are not changed ({k})");
+
+        var mlp = model.Blocks[0].mlp;
+        int d = model.Architecture.EmbedDim;
+        var all = Enumerable.Range(0, calibration.Count).ToArray();
+        float[] Neurons(Func<Tensor, Tensor, Tensor> perElement, Func<Tensor, Tensor> w1, Func<Tensor, Tensor> b1, Func<Tensor, Tensor> w2)
+        {
+            using var _ = no_grad();
+            var rows = perElement(mlp.fc1.weight, w1(mlp.fc1.weight)).sum(1) + perElement(mlp.fc1.bias, b1(mlp.fc1.bias));
+            var cols = perElement(mlp.fc2.weight, w2(mlp.fc2.weight)).sum(new long[] { 0 });
+            return ((rows + cols) / (2 * d + 1)).data<float>().ToArray();
+        }
+        Tensor Loss(int start, int count)
+        {
+            var (x, y) = TrainingLoop.MakeBatch(calibration, all.AsSpan(start, count), o, null, CPU);
+            model.eval();
+            return nn.functional.cross_entropy(model.forward(x), y);
+        }
+
+        // Taylor: one backward of the mean loss over all 96 images
+        model.zero_grad();
+        Loss(0, calibration.Count).backward();
+        var expectedTaylor = Neurons((w, g) => (w * g).abs(), w => w.grad!, b => b.grad!, w => w.grad!);
+        taylor.Should().Equal(expectedTaylor, (a, b) => Math.Abs(a - b) <= 1e-4f * Math.Max(1e-6f, Math.Abs(b)) + 1e-9f);
+
+        // Fisher: F = running mean (decay 0.95) of the squared gradients of the batches [0, 64) and [64, 96)
+        var f = new Dictionary<string, Tensor>();
+        foreach (var (start, count) in new[] { (0, 64), (64, 32) })
+        {
+            model.zero_grad();
+            Loss(start, count).backward();
+            using var _ = no_grad();
+            foreach (var (name, p) in new[] { ("w1", mlp.fc1.weight), ("b1", mlp.fc1.bias), ("w2", mlp.fc2.weight) })
+                f[name] = (f.TryGetValue(name, out var prev) ? prev * FisherImportance.Decay : zeros_like(p)) + (1 - FisherImportance.Decay) * p.grad!.square();
+        }
+        model.zero_grad();
+        var expectedFisher = Neurons((w, fw) => w.square() * fw, _ => f["w1"], _ => f["b1"], _ => f["w2"]);
+        fisher.Should().Equal(expectedFisher, (a, b) => Math.Abs(a - b) <= 1e-4f * Math.Max(1e-6f, Math.Abs(b)) + 1e-12f);
+        taylor.Should().NotEqual(StructuredProjection.Magnitude(model)[0].Mlp, "the criterion is not the magnitude");
+    }
+
+    /// <summary>SOMP cuts the plan of the criterion it is given: Taylor and Fisher plans differ from the magnitude plan at the same budget.</summary>
+    [Fact]
+    public void SompCutsThePlanOfItsCriterion()
+    {
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 3);
+        var plans = new Dictionary<SompImportance, string>();
+        foreach (var importance in new[] { SompImportance.Magnitude, SompImportance.Taylor, SompImportance.Fisher })
+        {
+            var log = new List<string>();
+            var result = new SompPruner(new SompOptions { Sparsity = 0.5, FineTune = Stage(), Importance = importance, CalibrationImages = 128 })
+                .Run(new PruningContext(dense, Train.Value) { Log = log.Add });
+            using var pruned = result.Model;
+            result.Report.AchievedSparsity.Should().BeApproximately(0.5, 0.01);
+            plans[importance] = string.Join(" | ", result.Report.Blocks.Select(b => $"{string.Join(",", b.KeptHeads)} {b.QkDim}/{b.VDim}-{b.MlpWidth}"));
+            if (importance != SompImportance.Magnitude)
+                log.Should().Contain(l => l.Contains($"ranked by the {importance} criterion on 128 calibration images"));
+        }
+        var magnitudePlan = StructuredProjection.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense), 0.5);
+        var taylorPlan = StructuredProjection.Allocate(dense.Architecture, TaylorImportance.Structures(dense, Train.Value.Take(128), Stage()), 0.5);
+        StructuredPruningTests.Kept(taylorPlan).Should().NotBeEquivalentTo(StructuredPruningTests.Kept(magnitudePlan), "Taylor importance ranks by the loss, not the weights");
+        output.WriteLine(string.Join("\n", plans.Select(p => $"{p.Key}: {p.Value}")));
     }
 
     [Theory]

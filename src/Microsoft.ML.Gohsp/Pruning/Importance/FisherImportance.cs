@@ -1,3 +1,4 @@
+using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -75,6 +76,18 @@ internal sealed class FisherImportance : IDisposable
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         return importance(model, p => weightOf(p).mul(_of[p].sqrt().to(p.dtype)));
+    }
+
+    /// <summary>
+    /// The importance of every structure in the Fisher metric of <paramref name="model"/>'s gradients on calibration
+    /// images, before any training (SOMP's <see cref="SompImportance.Fisher"/>): F accumulates the squared gradient of
+    /// each training-size batch as in a training stage, and Σ F·W² is measured on the weights. The model's weights are
+    /// not changed; its gradients are cleared afterwards.
+    /// </summary>
+    public static BlockImportance[] OneShot(VisionTransformerModel model, ImageTensorData calibration, ViTTrainingOptions preprocessing)
+    {
+        using var fisher = new FisherImportance(model);
+        return TaylorImportance.Backward(model, calibration, preprocessing, accumulate: false, fisher.Accumulate, () => fisher.Measure(model));
     }
 
     /// <summary>Writes <see cref="Steps"/> and every F (the format <see cref="Read"/> reads; a null estimate writes none).</summary>

@@ -4,8 +4,9 @@ using Microsoft.ML.Gohsp.VisionTransformer;
 namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
-/// SOMP, the one-shot baseline: ranks the structures GOHSP prunes (heads, q/k dims, v dims, MLP neurons) once by the ℓ2
-/// magnitude of the dense weights (<see cref="StructuredProjection.Magnitude"/>), allocates the global parameter budget
+/// SOMP, the one-shot baseline: ranks the structures GOHSP prunes (heads, q/k dims, v dims, MLP neurons) once — by the ℓ2
+/// magnitude of the dense weights (<see cref="StructuredProjection.Magnitude"/>), or by the Fisher or Taylor criterion on
+/// calibration images (<see cref="SompOptions.Importance"/>) — allocates the global parameter budget
 /// with <see cref="StructuredProjection.Allocate"/> without fixed heads (so heads compete by magnitude with every other
 /// structure and whole heads can be dropped, down to <see cref="BudgetOptions.MinHeads"/> per block), removes them with
 /// <see cref="HardPruning"/> and fine-tunes. The dense model is not modified.
@@ -29,7 +30,15 @@ public sealed class SompPruner : IPruningMethod
         PruningRun.RequireDense(context, "SOMP");
         var run = PruningRun.Start(context, this);
         var dense = context.Model;
-        var plan = run.Budget.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense));
+        var calibration = Options.Importance == SompImportance.Magnitude ? null : context.Train.Take(Options.CalibrationImages);
+        var importance = Options.Importance switch
+        {
+            SompImportance.Fisher => FisherImportance.OneShot(dense, calibration!, Options.FineTune),
+            SompImportance.Taylor => TaylorImportance.Structures(dense, calibration!, Options.FineTune),
+            _ => StructuredProjection.Magnitude(dense),
+        };
+        if (calibration is not null) run.Log($"ranked by the {Options.Importance} criterion on {calibration.Count} calibration images");
+        var plan = run.Budget.Allocate(dense.Architecture, importance);
         run.Log($"kept heads per block {string.Join(" | ", plan.Blocks.Select(b => string.Join(",", b.Heads)))}");
         return run.Finish(dense, plan);
     }
