@@ -50,18 +50,18 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         sw.Restart();
         var reference = ui.Train($"Dense reference: {Text.Count(options.PostEpochs, "more epoch")}",
             p => ml.MulticlassClassification.Trainers.ViTClassification(ReferenceOptions(seed, p)).Fit(prepared, dense.Model));
-        models.Add((Template("dense", 0, seed, $"continued training {options.PostEpochs}", sw.Elapsed.TotalSeconds, "dense-reference.zip"), reference));
+        models.Add((Template("dense", PruningBudgetSpec.Parameters(0), seed, $"continued training {options.PostEpochs}", sw.Elapsed.TotalSeconds, "dense-reference.zip"), reference));
 
-        // 3. Every method prunes the same dense model to every sparsity.
-        foreach (var method in options.Methods)
-            foreach (double sparsity in options.Sparsities)
+        // 3. Every method prunes the same dense model to every budget (a parameter sparsity or a latency target).
+        foreach (var variant in options.Variants)
+            foreach (var budget in options.Budgets)
             {
-                string entry = options.EntryName(method);
-                string name = Text.Invariant($"{entry}-{sparsity * 100:0}");
+                string entry = options.EntryName(variant);
+                string name = $"{entry}-{budget.Suffix}";
                 sw.Restart();
-                var (pruned, split) = ui.Train(Text.Invariant($"{method.ToString().ToUpperInvariant()} to {sparsity:P0} sparsity, {Text.Count(options.PostEpochs, "epoch")}"),
-                    p => Prune(ml, method, sparsity, seed, dense, prepared, validation, p));
-                models.Add((Template(entry, sparsity, seed, split, sw.Elapsed.TotalSeconds, name + ".zip"), pruned));
+                var (pruned, split) = ui.Train($"{variant.Label} {budget.Describe}, {Text.Count(options.PostEpochs, "epoch")}",
+                    p => Prune(ml, variant, budget, seed, dense, prepared, validation, p));
+                models.Add((Template(entry, budget, seed, split, sw.Elapsed.TotalSeconds, name + ".zip"), pruned));
             }
 
         // 4. Save, reload in a fresh MLContext, evaluate, time.
@@ -75,7 +75,8 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         {
             string zip = Path.Combine(outDir, template.Model);
             ml.Model.SaveAtomically(Full(predictor), train.Schema, zip);
-            entries.Add(Measure(template, zip, predictor.Model.PruningReport, testTensor, testLabels, denseLogProbabilities, showPredictions: template == models[^1].Template));
+            entries.Add(Measure(template, zip, predictor.Model.PruningReport, testTensor, testLabels, denseLogProbabilities, dense.Model,
+                showPredictions: template == models[^1].Template));
         }
 
         return new SampleReport
@@ -152,24 +153,25 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
     /// Prunes <paramref name="dense"/> with one method, its post-dense epochs split by <see cref="PruningProtocol"/>; returns the
     /// pruned transformer and how the epochs were used.
     /// </summary>
-    private (MulticlassPredictionTransformer<ViTModelParameters>, string) Prune(MLContext ml, PruningMethod method, double sparsity, int seed,
+    private (MulticlassPredictionTransformer<ViTModelParameters>, string) Prune(MLContext ml, MethodVariant variant, PruningBudgetSpec budget, int seed,
         MulticlassPredictionTransformer<ViTModelParameters> dense, IDataView prepared, IDataView? validation, IProgress<ViTTrainingProgress> progress)
     {
         var recipe = PostDenseRecipe(seed);
         int epochs = options.PostEpochs;
-        switch (method)
+        T Configure<T>(T o) where T : PruningOptions => PruningProtocol.ApplyEpochBudget(variant.Configure(budget.Apply(o)), epochs, recipe);
+        switch (variant.Method)
         {
             case PruningMethod.Gohsp:
-                var g = PruningProtocol.ApplyEpochBudget(options.ApplyGohspFlags(new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }), epochs, recipe);
+                var g = Configure(options.ApplyGohspFlags(new GohspPruningEstimator.Options { Progress = progress, ValidationSet = validation }));
                 return (ml.Transforms.GohspPrune(g, dense).Fit(prepared), $"soft pruning {g.SoftPruning.Epochs} + fine-tune {g.FineTune.Epochs}");
             case PruningMethod.Sgmp:
-                var s = PruningProtocol.ApplyEpochBudget(options.ApplySgmpFlags(new SgmpPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }), epochs, recipe);
+                var s = Configure(options.ApplySgmpFlags(new SgmpPruningEstimator.Options { Progress = progress, ValidationSet = validation }));
                 return (ml.Transforms.SgmpPrune(s, dense).Fit(prepared), $"gradual pruning {s.Gradual.Epochs} + fine-tune {s.FineTune.Epochs}");
             case PruningMethod.Somp:
-                var o = PruningProtocol.ApplyEpochBudget(new SompPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }, epochs, recipe);
+                var o = Configure(new SompPruningEstimator.Options { Progress = progress, ValidationSet = validation });
                 return (ml.Transforms.SompPrune(o, dense).Fit(prepared), $"one-shot pruning + fine-tune {o.FineTune.Epochs}");
             default:
-                throw new ArgumentOutOfRangeException(nameof(method), method, "Unknown pruning method.");
+                throw new ArgumentOutOfRangeException(nameof(variant), variant, "Unknown pruning method.");
         }
     }
 
@@ -190,16 +192,16 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
             : throw new InvalidDataException($"Test class '{data.GetClassName(i)}' is not among the training labels.")).ToArray();
     }
 
-    private static ModelEntry Template(string method, double sparsity, int seed, string split, double seconds, string zip) => new()
+    private static ModelEntry Template(string method, PruningBudgetSpec budget, int seed, string split, double seconds, string zip) => new()
     {
-        Method = method, Sparsity = sparsity, Seed = seed, EpochSplit = split, TrainSeconds = seconds, Model = zip,
+        Method = method, Sparsity = budget.Sparsity, TargetLatency = budget.LatencyFraction, Seed = seed, EpochSplit = split, TrainSeconds = seconds, Model = zip,
         AchievedSparsity = 0, Params = 0, Flops = 0, Top1 = 0, BatchImagesPerS = 0, SingleLatencyMs = 0, RawForwardLatencyMs = 0,
         MlnetTransformImagesPerS = 0, PostDenseEpochs = 0, Blocks = [],
     };
 
     /// <summary>Loads the saved zip in a fresh MLContext (what an app does) and measures accuracy and speed on it.</summary>
     private ModelEntry Measure(ModelEntry template, string zip, PruningReport? pruning, ImageTensorData testTensor, int[] testLabels, float[] denseLogProbabilities,
-        bool showPredictions)
+        ViTModelParameters dense, bool showPredictions)
     {
         var fresh = new MLContext(template.Seed);
         var loaded = fresh.Model.Load(zip, out _).UseBatchScoring(); // Model.Load rebuilds ML.NET's row-by-row scorer
@@ -211,6 +213,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         var fidelity = Fidelity.Compute(LogProbabilities(vit, testTensor), denseLogProbabilities, testLabels, vit.Architecture.NumClasses);
         double batchRate = options.NoSpeed ? double.NaN : Speed.BatchImagesPerSecond(vit, testTensor);
         var (engineMs, rawMs) = options.NoSpeed ? (double.NaN, double.NaN) : Speed.SingleImageLatency(fresh, loaded, vit, testSet);
+        double? latency = options.NoSpeed || pruning is null ? null : Speed.LatencyFraction(dense, vit);
 
         if (showPredictions)
         {
@@ -244,6 +247,8 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
             ValidationNll = pruning?.ValidationNll.GetValueOrDefault(PruningReport.FinalStage),
             ResidualRatio = pruning?.ResidualRatio,
             CutPlanOverlap = pruning?.CutPlanOverlap,
+            LatencyFraction = latency,
+            CalibratedLatencyFraction = pruning?.LatencyCalibration?.MeasuredRatio,
             BatchImagesPerS = batchRate,
             SingleLatencyMs = engineMs,
             RawForwardLatencyMs = rawMs,

@@ -50,11 +50,11 @@ internal static class Plots
     /// Paired differences (points of top-1) against sparsity: one series per comparison, each point the mean over seeds with
     /// its 95% confidence interval as the error bar, and a zero line.
     /// </summary>
-    public static string PairedDifferences(string path, string title, IEnumerable<(string Label, IReadOnlyList<(double Sparsity, PairedDifference Difference)> Points)> series)
+    public static string PairedDifferences(string path, string title, string axisTitle, IEnumerable<(string Label, IReadOnlyList<(double Sparsity, PairedDifference Difference)> Points)> series)
     {
         var model = NewModel(title);
         var all = series.ToArray();
-        model.Axes.Add(new LinearAxis { Position = AxisPosition.Bottom, Title = "sparsity (% of parameters removed)", MajorGridlineStyle = LineStyle.Dot, MinimumPadding = 0.1, MaximumPadding = 0.1 });
+        model.Axes.Add(new LinearAxis { Position = AxisPosition.Bottom, Title = axisTitle, MajorGridlineStyle = LineStyle.Dot, MinimumPadding = 0.1, MaximumPadding = 0.1 });
         // the axis spans the intervals and zero (OxyPlot's automatic range ignores error bars)
         var ds = all.SelectMany(s => s.Points.Select(p => p.Difference)).ToArray();
         double lo = Math.Min(0, ds.Select(d => d.Low).Where(double.IsFinite).DefaultIfEmpty(0).Min()) * 100;
@@ -88,7 +88,8 @@ internal static class Plots
     {
         var d = entry.Blocks.FirstOrDefault();
         string dense = d is null ? "" : Text.Invariant($"\ndense block: {d.DenseHeads} heads, q/k {d.DenseQkDim}, v {d.DenseVDim}, MLP {d.DenseMlpWidth}");
-        var model = NewModel(Text.Invariant($"{entry.Method} at {entry.Sparsity * 100:0}% sparsity: {entry.Params:N0} parameters{dense}"));
+        string budget = entry.TargetLatency is double f ? Text.Invariant($"{f * 100:0}% of the dense latency") : Text.Invariant($"{entry.Sparsity * 100:0}% sparsity");
+        var model = NewModel(Text.Invariant($"{entry.Method} at {budget}: {entry.Params:N0} parameters{dense}"));
         model.Axes.Add(new CategoryAxis
         {
             Position = AxisPosition.Left, StartPosition = 1, EndPosition = 0, // block 0 on top

@@ -13,10 +13,20 @@ internal sealed record BlockShape(int Heads, int QkDim, int VDim, int MlpWidth, 
 /// <summary>One model of the comparison: the dense reference or one (method, sparsity) pruned model.</summary>
 internal sealed record ModelEntry
 {
-    /// <summary>"dense", "gohsp", "sgmp", "sgmp-fisher" (SGMP in the Fisher metric, <c>--sgmp-metric fisher</c>) or "somp".</summary>
+    /// <summary>"dense" or a <see cref="MethodVariant"/>'s name: "gohsp", "sgmp", "somp", "sgmp-fisher", "somp-fisher", "somp-taylor".</summary>
     public required string Method { get; init; }
-    /// <summary>Requested fraction of parameters removed (0 for dense).</summary>
+    /// <summary>Requested fraction of parameters removed (0 for dense and for a latency target).</summary>
     public required double Sparsity { get; init; }
+    /// <summary>With <c>--target-latency</c>: the requested batch latency as a fraction of the dense model's; null for a parameter budget.</summary>
+    public double? TargetLatency { get; init; }
+    /// <summary>
+    /// This model's batch latency over the dense model's (the one every method starts from), timed interleaved on random
+    /// images, batches of 64, median of the rounds' ratios (<see cref="Speed.LatencyFraction"/>); null for dense or with
+    /// <c>--no-speed</c>.
+    /// </summary>
+    public double? LatencyFraction { get; init; }
+    /// <summary>With a latency target: the share of the dense time the run's calibration timed for its plan before training.</summary>
+    public double? CalibratedLatencyFraction { get; init; }
     /// <summary>Achieved fraction of parameters removed (0 for dense).</summary>
     public required double AchievedSparsity { get; init; }
     public required long Params { get; init; }
@@ -206,10 +216,10 @@ internal sealed record SampleReport
     public static string MarkdownTable(IEnumerable<ModelEntry> entries)
     {
         var sb = new StringBuilder();
-        sb.AppendLine("| method | sparsity (requested → achieved) | params | MFLOPs/image | top-1 | NLL | agreement | KL(dense‖·) | cut shock (val top-1, pts) | batch img/s | PredictionEngine ms | raw forward ms | engine / raw | train s |");
-        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        sb.AppendLine("| method | budget (requested → achieved sparsity) | params | MFLOPs/image | latency / dense (target) | top-1 | NLL | agreement | KL(dense‖·) | cut shock (val top-1, pts) | batch img/s | PredictionEngine ms | raw forward ms | engine / raw | train s |");
+        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var e in entries)
-            sb.AppendLine(Text.Invariant($"| {e.Method} | {SparsityText(e)} | {e.Params:N0} | {e.Flops / 1e6:F1} | {e.Top1:P2} | {Opt(e.Nll, "F4")} | {Opt(e.Agreement * 100, "F1")} | {Opt(e.KlFromDense, "F4")} | {Opt(e.CutShockTop1 * 100, "F2")} | {e.BatchImagesPerS:F0} | {e.SingleLatencyMs:F3} | {e.RawForwardLatencyMs:F3} | {e.SingleOverRaw:F3} | {e.TrainSeconds:F0} |"));
+            sb.AppendLine(Text.Invariant($"| {e.Method} | {SparsityText(e)} | {e.Params:N0} | {e.Flops / 1e6:F1} | {LatencyText(e)} | {e.Top1:P2} | {Opt(e.Nll, "F4")} | {Opt(e.Agreement * 100, "F1")} | {Opt(e.KlFromDense, "F4")} | {Opt(e.CutShockTop1 * 100, "F2")} | {e.BatchImagesPerS:F0} | {e.SingleLatencyMs:F3} | {e.RawForwardLatencyMs:F3} | {e.SingleOverRaw:F3} | {e.TrainSeconds:F0} |"));
         return sb.ToString().TrimEnd();
     }
 
@@ -233,9 +243,13 @@ internal sealed record SampleReport
     /// <summary>A value or "—" when it was not measured.</summary>
     public static string Opt(double? v, string format) => v is double x && double.IsFinite(x) ? x.ToString(format, Text.Culture) : "—";
 
-    public static string Label(ModelEntry e) => e.Method == "dense" ? "dense" : Text.Invariant($"{e.Method} {e.Sparsity:P0}");
+    public static string Label(ModelEntry e) => e.Method == "dense" ? "dense" : $"{e.Method} {PruningBudgetSpec.Of(e).Short}";
 
-    private static string SparsityText(ModelEntry e) => e.Method == "dense" ? "—" : Text.Invariant($"{e.Sparsity:P0} → {e.AchievedSparsity:P1}");
+    private static string SparsityText(ModelEntry e) => e.Method == "dense" ? "—"
+        : e.TargetLatency is null ? Text.Invariant($"{e.Sparsity:P0} → {e.AchievedSparsity:P1}") : Text.Invariant($"latency {e.TargetLatency:P0} → {e.AchievedSparsity:P1}");
+
+    /// <summary>The measured latency over the dense model's, with the target when there is one.</summary>
+    public static string LatencyText(ModelEntry e) => e.Method == "dense" ? "1" : Opt(e.LatencyFraction, "F3") + (e.TargetLatency is double t ? Text.Invariant($" ({t:F2})") : "");
 
 }
 

@@ -8,7 +8,7 @@ namespace Cifar10Pruning;
 /// </summary>
 internal static class Results
 {
-    private sealed record Group(string Method, double Sparsity, IReadOnlyList<ModelEntry> Runs);
+    private sealed record Group(string Method, PruningBudgetSpec Budget, IReadOnlyList<ModelEntry> Runs);
 
     /// <summary>Reads every report.json under <paramref name="folder"/> (recursively).</summary>
     public static IReadOnlyList<SampleReport> Collect(string folder) => Read(folder, "aggregate").Select(r => r.Report).ToArray();
@@ -73,9 +73,10 @@ internal static class Results
     public static IReadOnlyList<string> Write(IReadOnlyList<SampleReport> reports, string markdownPath, string? plotPath = null)
     {
         var groups = reports.SelectMany(r => r.All)
-            .GroupBy(e => (e.Method, e.Sparsity))
-            .OrderBy(g => g.Key.Method == "dense" ? 0 : 1).ThenBy(g => g.Key.Method, StringComparer.Ordinal).ThenBy(g => g.Key.Sparsity)
-            .Select(g => new Group(g.Key.Method, g.Key.Sparsity, g.OrderBy(e => e.Seed).ToArray()))
+            .GroupBy(e => (e.Method, Budget: PruningBudgetSpec.Of(e)))
+            .OrderBy(g => g.Key.Method == "dense" ? 0 : 1).ThenBy(g => g.Key.Budget, Comparer<PruningBudgetSpec>.Create(PruningBudgetSpec.Order))
+            .ThenBy(g => MethodOrder(g.Key.Method))
+            .Select(g => new Group(g.Key.Method, g.Key.Budget, g.OrderBy(e => e.Seed).ToArray()))
             .ToArray();
         var configs = reports.Select(r => r.Config).ToArray();
         var c = configs[0];
@@ -115,14 +116,15 @@ internal static class Results
         sb.AppendLine(Text.Invariant($"- dense model the methods start from: top-1 {Stat(configs.Select(x => x.DenseStartTop1), 100, "F2")}%"));
         sb.AppendLine(Text.Invariant($"- runs: {string.Join("; ", configs.Select(x => $"seed {x.Seed} {x.Date}"))}; {c.Machine}"));
         sb.AppendLine();
-        sb.AppendLine("| method | sparsity | n | params | MFLOPs/image | top-1 (%) | NLL | agreement (%) | KL(dense‖·) | cut shock (val top-1, pts) | residual ratio | batch img/s | PredictionEngine ms | train s |");
-        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        sb.AppendLine("| method | budget | n | params | MFLOPs/image | latency / dense | top-1 (%) | NLL | agreement (%) | KL(dense‖·) | cut shock (val top-1, pts) | residual ratio | batch img/s | PredictionEngine ms | train s |");
+        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var g in groups)
         {
             var r = g.Runs;
-            string sparsity = g.Method == "dense" ? "—" : Text.Invariant($"{g.Sparsity:P0} (achieved {Stat(r.Select(e => e.AchievedSparsity), 100, "F1")}%)");
+            string sparsity = g.Method == "dense" ? "—" : Text.Invariant($"{g.Budget.Short} (achieved sparsity {Stat(r.Select(e => e.AchievedSparsity), 100, "F1")}%)");
+            string latency = g.Method == "dense" ? "1" : OptStat(r.Select(e => e.LatencyFraction), 1, "F3");
             sb.AppendLine(Text.Invariant(
-                $"| {g.Method} | {sparsity} | {r.Count} | {r.Average(e => e.Params):N0} | {r.Average(e => e.Flops) / 1e6:F1} | {Stat(r.Select(e => e.Top1), 100, "F2")} | {OptStat(r.Select(e => e.Nll), 1, "F4")} | {OptStat(r.Select(e => e.Agreement), 100, "F1")} | {OptStat(r.Select(e => e.KlFromDense), 1, "F4")} | {OptStat(r.Select(e => e.CutShockTop1), 100, "F2")} | {OptStat(r.Select(e => e.ResidualRatio), 100, "F1", "%")} | {Stat(r.Select(e => e.BatchImagesPerS), 1, "F0")} | {Stat(r.Select(e => e.SingleLatencyMs), 1, "F3")} | {Stat(r.Select(e => e.TrainSeconds), 1, "F0")} |"));
+                $"| {g.Method} | {sparsity} | {r.Count} | {r.Average(e => e.Params):N0} | {r.Average(e => e.Flops) / 1e6:F1} | {latency} | {Stat(r.Select(e => e.Top1), 100, "F2")} | {OptStat(r.Select(e => e.Nll), 1, "F4")} | {OptStat(r.Select(e => e.Agreement), 100, "F1")} | {OptStat(r.Select(e => e.KlFromDense), 1, "F4")} | {OptStat(r.Select(e => e.CutShockTop1), 100, "F2")} | {OptStat(r.Select(e => e.ResidualRatio), 100, "F1", "%")} | {Stat(r.Select(e => e.BatchImagesPerS), 1, "F0")} | {Stat(r.Select(e => e.SingleLatencyMs), 1, "F3")} | {Stat(r.Select(e => e.TrainSeconds), 1, "F0")} |"));
         }
         var paired = PairedRows(reports);
         if (paired.Count > 0)
@@ -130,11 +132,11 @@ internal static class Results
             sb.AppendLine();
             sb.AppendLine(Text.Invariant($"Paired differences over seeds (each seed's models share one dense model), mean and 95% Student-t interval; top-1 in points (positive: GOHSP ahead), NLL in nats (negative: GOHSP ahead):"));
             sb.AppendLine();
-            sb.AppendLine("| sparsity | difference | n | Δ top-1 (pts) | 95% CI | Δ NLL | 95% CI | reading |");
+            sb.AppendLine("| budget | difference | n | Δ top-1 (pts) | 95% CI | Δ NLL | 95% CI | reading |");
             sb.AppendLine("| --- | --- | ---: | ---: | --- | ---: | --- | --- |");
             foreach (var row in paired)
                 sb.AppendLine(Text.Invariant(
-                    $"| {row.Sparsity:P0} | {row.Label} | {row.Top1.N} | {row.Top1.Mean * 100:+0.00;−0.00} | {Ci(row.Top1, 100, "F2")} | {Opt(row.Nll?.Mean, "+0.0000;−0.0000")} | {(row.Nll is null ? "—" : Ci(row.Nll, 1, "F4"))} | {Reading(row)} |"));
+                    $"| {row.Budget.Short} | {row.Label} | {row.Top1.N} | {row.Top1.Mean * 100:+0.00;−0.00} | {Ci(row.Top1, 100, "F2")} | {Opt(row.Nll?.Mean, "+0.0000;−0.0000")} | {(row.Nll is null ? "—" : Ci(row.Nll, 1, "F4"))} | {Reading(row)} |"));
         }
         sb.AppendLine();
         sb.AppendLine("Epochs after the dense model (train s: their wall-clock seconds; equal epochs are not equal compute): " + string.Join("; ", groups.Select(g => $"{g.Method}: {g.Runs[0].EpochSplit}").Distinct()) + ".");
@@ -153,11 +155,15 @@ internal static class Results
             sb.AppendLine($"![top-1 vs parameters]({Path.GetRelativePath(Path.GetDirectoryName(Path.GetFullPath(markdownPath))!, plotPath)})");
             written.Add(plotPath);
         }
-        if (paired.Any(r => r.Top1.N >= 2))
+        foreach (bool latencyBudget in new[] { false, true })
         {
-            string diffPath = Path.Combine(Path.GetDirectoryName(plotPath)!, "results-paired-differences.png");
+            var rows = paired.Where(r => r.Top1.N >= 2 && r.Budget.LatencyFraction is not null == latencyBudget).ToArray();
+            if (rows.Length == 0) continue;
+            string diffPath = Path.Combine(Path.GetDirectoryName(plotPath)!, latencyBudget ? "results-paired-differences-latency.png" : "results-paired-differences.png");
             Plots.PairedDifferences(diffPath, Text.Invariant($"Paired top-1 differences, mean and 95% CI over {seeds.Length} seeds"),
-                paired.Where(r => r.Top1.N >= 2).GroupBy(r => r.Label).Select(g => (g.Key, (IReadOnlyList<(double, PairedDifference)>)g.Select(r => (r.Sparsity, r.Top1)).ToArray())));
+                latencyBudget ? "target latency (% of the dense model's)" : "sparsity (% of parameters removed)",
+                rows.GroupBy(r => r.Label).Select(g => (g.Key, (IReadOnlyList<(double, PairedDifference)>)g
+                    .Select(r => (r.Budget.LatencyFraction ?? r.Budget.Sparsity, r.Top1)).ToArray())));
             sb.AppendLine();
             sb.AppendLine($"![paired differences]({Path.GetRelativePath(Path.GetDirectoryName(Path.GetFullPath(markdownPath))!, diffPath)})");
             written.Add(diffPath);
@@ -170,29 +176,31 @@ internal static class Results
         return written;
     }
 
-    /// <summary>One paired comparison at one sparsity: GOHSP minus another model of the same seeds.</summary>
-    internal sealed record PairedRow(double Sparsity, string Label, PairedDifference Top1, PairedDifference? Nll);
+    /// <summary>One paired comparison at one budget: GOHSP minus another model of the same seeds.</summary>
+    internal sealed record PairedRow(PruningBudgetSpec Budget, string Label, PairedDifference Top1, PairedDifference? Nll);
 
     /// <summary>
-    /// GOHSP − SOMP, GOHSP − SGMP, GOHSP − SGMP in the Fisher metric and GOHSP − dense reference at every sparsity, paired
-    /// by seed (only seeds that have both).
+    /// GOHSP minus every other method variant (<see cref="MethodVariant.All"/>: the magnitude baselines and the controls)
+    /// and minus the dense reference at every budget, paired by seed (only seeds that have both).
     /// </summary>
     internal static IReadOnlyList<PairedRow> PairedRows(IReadOnlyList<SampleReport> reports)
     {
         var rows = new List<PairedRow>();
-        var sparsities = reports.SelectMany(r => r.Entries).Where(e => e.Method == "gohsp").Select(e => e.Sparsity).Distinct().Order();
-        foreach (double sparsity in sparsities)
-            foreach (var (other, label) in new[] { ("somp", "GOHSP − SOMP"), ("sgmp", "GOHSP − SGMP"), ("sgmp-fisher", "GOHSP − SGMP (Fisher metric)"), ("dense", "GOHSP − dense reference") })
+        var budgets = reports.SelectMany(r => r.Entries).Where(e => e.Method == "gohsp").Select(PruningBudgetSpec.Of).Distinct()
+            .Order(Comparer<PruningBudgetSpec>.Create(PruningBudgetSpec.Order));
+        var others = MethodVariant.All.Where(v => v != MethodVariant.Gohsp).Select(v => (v.Name, $"GOHSP − {v.Label}")).Append(("dense", "GOHSP − dense reference"));
+        foreach (var budget in budgets)
+            foreach (var (other, label) in others)
             {
                 var pairs = reports.Select(r => (
-                        G: r.Entries.FirstOrDefault(e => e.Method == "gohsp" && e.Sparsity == sparsity),
-                        O: other == "dense" ? r.Dense : r.Entries.FirstOrDefault(e => e.Method == other && e.Sparsity == sparsity)))
+                        G: r.Entries.FirstOrDefault(e => e.Method == "gohsp" && PruningBudgetSpec.Of(e) == budget),
+                        O: other == "dense" ? r.Dense : r.Entries.FirstOrDefault(e => e.Method == other && PruningBudgetSpec.Of(e) == budget)))
                     .Where(p => p.G is not null && p.O is not null).ToArray();
                 if (pairs.Length == 0) continue;
                 var top1 = PairedDifference.Of(pairs.Select(p => p.G!.Top1 - p.O!.Top1).ToArray());
                 var nll = pairs.All(p => p.G!.Nll is not null && p.O!.Nll is not null)
                     ? PairedDifference.Of(pairs.Select(p => p.G!.Nll!.Value - p.O!.Nll!.Value).ToArray()) : null;
-                rows.Add(new PairedRow(sparsity, label, top1, nll));
+                rows.Add(new PairedRow(budget, label, top1, nll));
             }
         return rows;
     }
@@ -225,6 +233,10 @@ internal static class Results
         var v = values.Where(x => x is double d && double.IsFinite(d)).Select(x => x!.Value).ToArray();
         return v.Length == 0 ? "—" : Stat(v, scale, format) + suffix;
     }
+
+    /// <summary>Reports list the method variants in <see cref="MethodVariant.All"/>'s order, unknown names last.</summary>
+    private static int MethodOrder(string method) =>
+        MethodVariant.ByName(method) is { } v ? MethodVariant.All.ToList().IndexOf(v) : MethodVariant.All.Count;
 
     private static Plots.Point Point(Group g) =>
         new(g.Runs.Average(e => e.Params), g.Runs.Average(e => e.Top1), Std(g.Runs.Select(e => e.Top1).ToArray()), g.Method);

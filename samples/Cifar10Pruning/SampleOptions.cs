@@ -24,8 +24,15 @@ internal sealed record SampleOptions
           --epochs N           dense training epochs before pruning. Default 4
           --post-epochs N      epoch budget after the dense model, the same for every method and for the dense
                                reference (which is trained N more epochs). Default 2
-          --sparsity S[,S...]  fraction(s) of the parameters to remove, each in (0, 1). Default 0.5
-          --method M           gohsp | sgmp | somp | all, or a comma list. Default gohsp
+          --sparsity S[,S...]  fraction(s) of the parameters to remove, each in (0, 1). Default 0.5 (none when only
+                               --target-latency is given)
+          --target-latency F[,F...]   prune to F of the dense model's measured batch latency instead (0.5: 2× faster),
+                               each in (0, 1); every method spends its own calibrated latency budget, and every entry
+                               reports its measured latency next to the target. With --sparsity, both kinds of entries
+          --method M           gohsp | sgmp | somp | sgmp-fisher | somp-fisher | somp-taylor, or a comma list;
+                               all = gohsp,sgmp,somp; controls = sgmp-fisher,somp-fisher,somp-taylor (SGMP in the Fisher
+                               metric, SOMP ranked by the Fisher metric, SOMP ranked by first-order Taylor importance).
+                               Default gohsp
           --seed N | --seeds N[,N...]   one or more seeds; each seed is a full run (dense + every method). Default 1
           --out DIR            output folder (models, report.json, report.md, plots). Default out
           --threads N          TorchSharp intra-op threads (0: all cores). Default 0
@@ -66,7 +73,12 @@ internal sealed record SampleOptions
     public int Epochs { get; init; } = 4;
     public int PostEpochs { get; init; } = 2;
     public IReadOnlyList<double> Sparsities { get; init; } = [0.5];
-    public IReadOnlyList<PruningMethod> Methods { get; init; } = [PruningMethod.Gohsp];
+    /// <summary>Latency targets as fractions of the dense model's batch latency (<c>--target-latency</c>).</summary>
+    public IReadOnlyList<double> TargetLatencies { get; init; } = [];
+    /// <summary>The library methods the run uses (distinct, in the order of <see cref="Variants"/>).</summary>
+    public IReadOnlyList<PruningMethod> Methods => Variants.Select(v => v.Method).Distinct().ToArray();
+    /// <summary>The methods and their named variants, in the order they run (<c>--method</c>).</summary>
+    public IReadOnlyList<MethodVariant> Variants { get; init; } = [MethodVariant.Gohsp];
     public IReadOnlyList<int> Seeds { get; init; } = [1];
     public string Out { get; init; } = "out";
     public int Threads { get; init; }
@@ -104,12 +116,16 @@ internal sealed record SampleOptions
     }
 
     /// <summary>
-    /// The name a method's entries have in report.json: the method's, and "sgmp-fisher" for SGMP in the Fisher metric, which
-    /// is not the magnitude baseline.
+    /// The name a variant's entries have in report.json: the variant's, and "sgmp-fisher" for plain SGMP run in the Fisher
+    /// metric through <c>--sgmp-metric fisher</c>, which is not the magnitude baseline.
     /// </summary>
-    public string EntryName(PruningMethod method) =>
-        method == PruningMethod.Sgmp && ApplySgmpFlags(new SgmpOptions()).Metric == Microsoft.ML.Gohsp.Pruning.ProjectionMetric.Fisher
-            ? "sgmp-fisher" : method.ToString().ToLowerInvariant();
+    public string EntryName(MethodVariant variant) =>
+        variant == MethodVariant.Sgmp && ApplySgmpFlags(new SgmpOptions()).Metric == Microsoft.ML.Gohsp.Pruning.ProjectionMetric.Fisher
+            ? MethodVariant.SgmpFisher.Name : variant.Name;
+
+    /// <summary>Every pruning budget of the run: each parameter sparsity, then each latency target.</summary>
+    public IReadOnlyList<PruningBudgetSpec> Budgets =>
+        [.. Sparsities.Select(PruningBudgetSpec.Parameters), .. TargetLatencies.Select(PruningBudgetSpec.Latency)];
 
     /// <summary>Applies the GOHSP flags to <paramref name="gohsp"/> (the defaults stay where a flag is absent).</summary>
     public T ApplyGohspFlags<T>(T gohsp) where T : GohspOptions
@@ -126,7 +142,7 @@ internal sealed record SampleOptions
     public string CommandLine { get; init; } = "";
 
     private static readonly string[] ValueFlags =
-        ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
+        ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "target-latency", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
          "projection-metric", "sgmp-metric"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
@@ -168,8 +184,10 @@ internal sealed record SampleOptions
             Arch = values.GetValueOrDefault("arch") ?? "cifar-tiny",
             Epochs = Int(values, "epochs", 4, min: 1),
             PostEpochs = Int(values, "post-epochs", 2, min: 1),
-            Sparsities = values.TryGetValue("sparsity", out var sp) ? List(sp, "sparsity", ParseSparsity) : [0.5],
-            Methods = values.TryGetValue("method", out var m) ? ParseMethods(m) : [PruningMethod.Gohsp],
+            Sparsities = values.TryGetValue("sparsity", out var sp) ? List(sp, "sparsity", ParseSparsity)
+                       : values.ContainsKey("target-latency") ? [] : [0.5],
+            TargetLatencies = values.TryGetValue("target-latency", out var tl) ? List(tl, "target-latency", ParseLatency) : [],
+            Variants = values.TryGetValue("method", out var m) ? ParseMethods(m) : [MethodVariant.Gohsp],
             Seeds = values.TryGetValue("seeds", out var ss) ? List(ss, "seeds", ParseSeed)
                   : values.TryGetValue("seed", out var s1) ? [ParseSeed(s1, "seed")] : [1],
             Out = values.GetValueOrDefault("out") ?? "out",
@@ -193,13 +211,14 @@ internal sealed record SampleOptions
             SgmpMetric = values.TryGetValue("sgmp-metric", out var sm) ? ParseChoice(sm, "sgmp-metric", ProjectionMetricNames) : null,
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
+        string methods = string.Join(",", o.Variants.Select(v => v.Name));
         if (o.PostEpochs < 2 && o.Methods.Any(m => m != PruningMethod.Somp))
             throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", o.Methods.Where(m => m != PruningMethod.Somp).Select(m => m.ToString().ToUpperInvariant()))} need at least 2 epochs after the dense model (one per training stage), got {o.PostEpochs}.");
         if (o.Baselines is not null && o.Aggregate is null) throw new ArgumentException("Option '--baselines' applies to --aggregate only (it pairs stored runs).");
         if (GohspFlags.FirstOrDefault(values.ContainsKey) is string gohspFlag && !o.Methods.Contains(PruningMethod.Gohsp))
-            throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {string.Join(",", o.Methods).ToLowerInvariant()} runs no GOHSP.");
-        if (values.ContainsKey("sgmp-metric") && !o.Methods.Contains(PruningMethod.Sgmp))
-            throw new ArgumentException($"Option '--sgmp-metric' sets an SGMP option, but --method {string.Join(",", o.Methods).ToLowerInvariant()} runs no SGMP.");
+            throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {methods} runs no GOHSP.");
+        if (values.ContainsKey("sgmp-metric") && !o.Variants.Contains(MethodVariant.Sgmp))
+            throw new ArgumentException($"Option '--sgmp-metric' sets an SGMP option, but --method {methods} runs no SGMP (sgmp-fisher names its metric itself).");
         if (!ViTArchitecture.PresetNames.Contains(o.Arch, StringComparer.OrdinalIgnoreCase))
             throw new ArgumentException($"Option '--arch': unknown preset '{o.Arch}'. Known: {string.Join(", ", ViTArchitecture.PresetNames)}.");
         if (o.Images is null && ViTArchitecture.FromPreset(o.Arch, 10).ImageSize is int size && size != 32)
@@ -219,6 +238,10 @@ internal sealed record SampleOptions
     };
 
     private static bool HasNativeBf16() => Microsoft.ML.Gohsp.Diagnostics.MachineInfo.Probe().NativeBf16;
+
+    private static double ParseLatency(string v, string flag) =>
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f > 0 && f < 1 ? f
+        : throw new ArgumentException($"Option '--{flag}': '{v}' is not a fraction in (0, 1) of the dense model's latency (e.g. 0.5 asks for 2× faster).");
 
     private static double ParseSparsity(string v, string flag) =>
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double s) && s > 0 && s < 1 ? s
@@ -267,11 +290,11 @@ internal sealed record SampleOptions
         int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int s) ? s
         : throw new ArgumentException($"Option '--{flag}' expects integers, got '{v}'.");
 
-    private static IReadOnlyList<PruningMethod> ParseMethods(string v)
+    private static IReadOnlyList<MethodVariant> ParseMethods(string v)
     {
-        if (v.Trim().Equals("all", StringComparison.OrdinalIgnoreCase)) return [PruningMethod.Gohsp, PruningMethod.Sgmp, PruningMethod.Somp];
-        return List(v, "method", (s, flag) => Enum.TryParse<PruningMethod>(s, ignoreCase: true, out var m) && Enum.IsDefined(m) && !int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out _) ? m
-            : throw new ArgumentException($"Option '--{flag}': unknown method '{s}'. Known: gohsp, sgmp, somp, all."));
+        var names = List(v, "method", (s, flag) => s.ToLowerInvariant() is var n && (MethodVariant.Groups.ContainsKey(n) || MethodVariant.ByName(n) is not null) ? n
+            : throw new ArgumentException($"Option '--{flag}': unknown method '{s}'. Known: {string.Join(", ", MethodVariant.All.Select(a => a.Name).Concat(MethodVariant.Groups.Keys))}."));
+        return names.SelectMany(n => MethodVariant.Groups.TryGetValue(n, out var group) ? group : [MethodVariant.ByName(n)!]).Distinct().ToArray();
     }
 
     private static string ParsePrecision(string v) => v.ToLowerInvariant() is "auto" or "fp32" or "bf16"

@@ -73,6 +73,36 @@ internal static class Speed
         return tensor(x, new long[] { 1, a.Channels, a.ImageSize, a.ImageSize });
     }
 
+    /// <summary>
+    /// <paramref name="pruned"/>'s batch latency over <paramref name="dense"/>'s: both raw models forward the same
+    /// <see cref="BatchSize"/> random images without autograd, alternating within every round (<paramref name="forwards"/>
+    /// of each per round, after a warm-up), so that load changes hit both alike; the median of the rounds' ratios.
+    /// </summary>
+    public static double LatencyFraction(ViTModelParameters dense, ViTModelParameters pruned, int rounds = 7, int forwards = 3)
+    {
+        var a = dense.Architecture;
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var x = randn(BatchSize, a.Channels, a.ImageSize, a.ImageSize);
+        var (d, p) = (dense.Model, pruned.Model);
+        d.eval(); p.eval();
+        double Time(Microsoft.ML.Gohsp.VisionTransformer.VisionTransformerModel m)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            for (int i = 0; i < forwards; i++)
+                using (NewDisposeScope()) m.forward(x);
+            return Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+        }
+        Time(d); Time(p); // warm-up
+        var ratios = new double[rounds];
+        for (int r = 0; r < rounds; r++)
+        {
+            double td = Time(d), tp = Time(p);
+            ratios[r] = tp / td;
+        }
+        return Median(ratios);
+    }
+
     public static double Median(IEnumerable<double> values)
     {
         var v = values.Order().ToArray();

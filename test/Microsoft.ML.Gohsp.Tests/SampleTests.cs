@@ -291,6 +291,46 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         File.Exists(Path.Combine(outDir, "sgmp-fisher-50.zip")).Should().BeTrue();
     }
 
+    /// <summary>
+    /// --target-latency: every method prunes to a share of the dense model's latency, the controls run beside GOHSP under
+    /// their own names, and every pruned entry reports its target and its measured latency; the aggregation pairs GOHSP with
+    /// each control at that budget.
+    /// </summary>
+    [Fact]
+    public void ALatencyTargetPrunesEveryMethodToItAndReportsTheMeasuredLatency()
+    {
+        using var tmp = new TempDir();
+        string outDir = Path.Combine(tmp.Path, "out");
+        var (exit, stdout, stderr) = RunSample("--data", Cifar10Tests.SubsetDir, "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "2", "--max-train", "320",
+            "--max-test", "64", "--target-latency", "0.6", "--method", "gohsp,somp-taylor,somp-fisher", "--precision", "fp32", "--threads", "1", "--out", outDir);
+
+        exit.Should().Be(0, stderr);
+        stdout.Should().Contain("SOMP (Taylor importance) to 60% of the dense latency");
+        using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "report.json")));
+        var entries = json.RootElement.GetProperty("entries").EnumerateArray().ToArray();
+        entries.Select(e => e.GetProperty("method").GetString()).Should().Equal("gohsp", "somp-taylor", "somp-fisher");
+        foreach (var e in entries)
+        {
+            e.GetProperty("target_latency").GetDouble().Should().Be(0.6);
+            e.GetProperty("sparsity").GetDouble().Should().Be(0);
+            e.GetProperty("latency_fraction").GetDouble().Should().BeInRange(0.05, 0.99, "a pruned model measured against the dense one");
+            e.GetProperty("calibrated_latency_fraction").GetDouble().Should().BeInRange(0.05, 0.99);
+            e.GetProperty("achieved_sparsity").GetDouble().Should().BePositive();
+        }
+        foreach (var f in new[] { "gohsp-lat60.zip", "somp-taylor-lat60.zip", "somp-fisher-lat60.zip", "somp-taylor-lat60-architecture.png" })
+            File.Exists(Path.Combine(outDir, f)).Should().BeTrue(f);
+        File.ReadAllText(Path.Combine(outDir, "report.md")).Should().Contain("| somp-taylor | latency 60% → ");
+
+        string page = Path.Combine(tmp.Path, "results.md");
+        var (exit2, _, stderr2) = RunSample("--aggregate", outDir, "--results-md", page);
+        exit2.Should().Be(0, stderr2);
+        var lines = File.ReadAllText(page).Split('\n');
+        lines.Should().Contain(l => l.StartsWith("| somp-taylor | latency 60% (achieved sparsity "));
+        lines.Should().Contain(l => l.StartsWith("| latency 60% | GOHSP − SOMP (Taylor importance) | 1 |"));
+        lines.Should().Contain(l => l.StartsWith("| latency 60% | GOHSP − SOMP (Fisher metric) | 1 |"));
+        lines.Should().NotContain(l => l.StartsWith("| latency 60% | GOHSP − SOMP |"), "no magnitude SOMP ran");
+    }
+
     public static TheoryData<string, string[], string> BadInputs => new()
     {
         { "--images missing", ["--images", "{tmp}/nothing"], "Option '--images': folder '{tmp}/nothing' does not exist" },
@@ -302,7 +342,9 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "--arch 224 for CIFAR", ["--arch", "vit-tiny"], "preset 'vit-tiny' is for 224×224 images; CIFAR-10 is 32×32" },
         { "no CIFAR files", ["--data", "{empty}"], "contains no CIFAR-10 binary batches" },
         { "truncated batch", ["--data", "{truncated}"], "not a multiple of 3073" },
-        { "unknown method", ["--method", "magnitude"], "unknown method 'magnitude'" },
+        { "unknown method", ["--method", "magnitude"], "unknown method 'magnitude'. Known: gohsp, sgmp, somp, sgmp-fisher, somp-fisher, somp-taylor, all, controls." },
+        { "target latency 1", ["--target-latency", "0.5,1"], "Option '--target-latency': '1' is not a fraction in (0, 1) of the dense model's latency" },
+        { "SGMP metric with sgmp-fisher only", ["--method", "sgmp-fisher", "--sgmp-metric", "fisher"], "Option '--sgmp-metric' sets an SGMP option, but --method sgmp-fisher runs no SGMP" },
         { "sparsity 1.5", ["--sparsity", "0.4,1.5"], "'1.5' is not a fraction in (0, 1)" },
         { "sparsity 0", ["--sparsity", "0"], "'0' is not a fraction in (0, 1)" },
         { "head graph weight negative", ["--head-graph-weight", "-1"], "Option '--head-graph-weight': '-1' is not a number in [0, ∞)" },
