@@ -9,6 +9,8 @@
 //          one process, medians of --reps rounds; and a latency budget: 0.5 × the dense batch latency as SOMP's
 //          TargetLatencyMs (the device's LatencyModel, calibrated by timing in the run), re-timed (--latency-epochs N > 0 trains the dense model N epochs first and reports top-1 before
 //          and after N/2 fine-tune epochs) (docs/benchmarks.md).
+// --shapes PATH: instead, the shapes of a sample run's report.json (every entry's blocks) timed against its dense preset,
+//          interleaved, with the in-chain profile by op kind (docs/benchmarks.md).
 // --onnx: instead, single-image and batch latency of dense and 50%-pruned cifar-tiny in ONNX Runtime vs TorchSharp (CPU, --threads,
 //         medians of --reps timed runs) and their output agreement; prints one JSON object as the last line (docs/interop.md).
 using System.Diagnostics;
@@ -23,6 +25,19 @@ using Microsoft.ML.Gohsp.VisionTransformer;
 using TorchSharp;
 using static TorchSharp.torch;
 
+// --shapes REPORT: the pruned shapes of a sample run's report.json timed against its dense preset, with the profile by op kind.
+int shapesAt = Array.IndexOf(args, "--shapes");
+if (shapesAt >= 0)
+{
+    if (shapesAt + 1 >= args.Length) throw new ArgumentException("--shapes needs the path of a sample report.json.");
+    string report = args[shapesAt + 1];
+    args = [.. args[..shapesAt], .. args[(shapesAt + 2)..]];
+    var sa = ParseArgs(args);
+    var shapes = SpeedBenchmark.Shapes(report, sa.GetValueOrDefault("threads", 2), sa.GetValueOrDefault("batch", 64), sa.GetValueOrDefault("reps", 5));
+    foreach (var kv in MachineFields(MachineInfo.Probe())) shapes[kv.Key] = kv.Value;
+    Console.WriteLine(JsonSerializer.Serialize(shapes));
+    return 0;
+}
 var a = ParseArgs(args);
 int threads = a.GetValueOrDefault("threads", 2), batch = a.GetValueOrDefault("batch", 64), reps = a.GetValueOrDefault("reps", 5);
 if (a.ContainsKey("breakdown"))

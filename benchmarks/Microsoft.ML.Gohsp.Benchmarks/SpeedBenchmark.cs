@@ -138,6 +138,110 @@ internal static class SpeedBenchmark
             var plan = StructuredProjection.Allocate(arch, StructuredProjection.Magnitude(dense), sp);
             models.Add(($"pruned{(int)Math.Round(sp * 100)}", HardPruning.Prune(dense, plan)));
         }
+        try { CompareWithDense(r, models, batch, reps); }
+        finally { foreach (var (name, m) in models) if (name != "dense") m.Dispose(); }
+    }
+
+    /// <summary>
+    /// <c>--shapes report.json</c>: the pruned shapes of a sample run (each entry's heads, q/k dim, v dim and MLP width per
+    /// block), rebuilt with random weights (speed does not depend on them) and timed against the dense preset of that run,
+    /// interleaved, with the in-chain profile by op kind: where each method's model spends the time its FLOPs promise to save.
+    /// </summary>
+    public static Dictionary<string, object> Shapes(string reportPath, int threads, int batch, int reps)
+    {
+        torch.set_num_threads(threads);
+        manual_seed(0);
+        using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(reportPath));
+        var config = doc.RootElement.GetProperty("config");
+        var arch = ViTArchitecture.FromPreset(config.GetProperty("arch").GetString()!, config.TryGetProperty("classes", out var c) ? c.GetInt32() : 10);
+        var r = new Dictionary<string, object> { ["mode"] = "shapes", ["report"] = reportPath, ["threads"] = threads, ["batch"] = batch, ["reps"] = reps };
+        using var dense = new VisionTransformerModel(arch, seed: 0);
+        var models = new List<(string Name, VisionTransformerModel Model)> { ("dense", dense) };
+        foreach (var e in doc.RootElement.GetProperty("entries").EnumerateArray())
+        {
+            string name = Path.GetFileNameWithoutExtension(e.GetProperty("model").GetString()!);
+            var blocks = e.GetProperty("blocks").EnumerateArray().Select(b => new ViTBlockSpec(
+                b.GetProperty("heads").GetInt32(), b.GetProperty("qk_dim").GetInt32(), b.GetProperty("v_dim").GetInt32(), b.GetProperty("mlp_width").GetInt32()));
+            models.Add((name, new VisionTransformerModel(arch.WithBlocks(blocks), seed: 0)));
+        }
+        try
+        {
+            CompareWithDense(r, models, batch, reps);
+            AttentionCores(r, models, batch, reps);
+        }
+        finally { foreach (var (name, m) in models) if (name != "dense") m.Dispose(); }
+        return r;
+    }
+
+    /// <summary>
+    /// The attention core of every distinct block shape (after qkv, before the output projection), timed three ways on the
+    /// same qkv output, interleaved: one <c>bmm</c> → softmax → <c>bmm</c> per head on strided views (what the inference
+    /// path runs), the same on [B·heads] batches (one 4-D product for all heads), and
+    /// <c>scaled_dot_product_attention</c>. ms per batch, medians of <paramref name="reps"/> rounds of 10 calls.
+    /// </summary>
+    private static void AttentionCores(Dictionary<string, object> r, List<(string Name, VisionTransformerModel Model)> models, int batch, int reps)
+    {
+        var a = models[0].Model.Architecture;
+        using var _ = no_grad();
+        foreach (var spec in models.SelectMany(m => m.Model.Architecture.Blocks).Distinct().OrderByDescending(s => s.Heads * (2 * s.QkDim + s.VDim)))
+        {
+            int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
+            long n = a.SequenceLength;
+            using var scope = NewDisposeScope();
+            var t = randn(batch, n, spec.QkvWidth);
+            Tensor PerHead()
+            {
+                var outs = new Tensor[h];
+                for (int i = 0; i < h; i++)
+                {
+                    var q = t.narrow(2, (long)i * dq, dq);
+                    var k = t.narrow(2, (long)(h + i) * dq, dq);
+                    var v = t.narrow(2, 2L * h * dq + (long)i * dv, dv);
+                    outs[i] = bmm(bmm(q, k.transpose(1, 2)).mul_(1.0 / Math.Sqrt(dq)).softmax(-1), v);
+                }
+                return h == 1 ? outs[0] : cat(outs, 2);
+            }
+            (Tensor Q, Tensor K, Tensor V) Split()
+            {
+                var parts = t.split(new long[] { (long)h * dq, (long)h * dq, (long)h * dv }, -1);
+                return (parts[0].view(batch, n, h, dq).transpose(1, 2), parts[1].view(batch, n, h, dq).transpose(1, 2), parts[2].view(batch, n, h, dv).transpose(1, 2));
+            }
+            Tensor Batched()
+            {
+                var (q, k, v) = Split();
+                var o = matmul(matmul(q, k.transpose(2, 3)).mul_(1.0 / Math.Sqrt(dq)).softmax(-1), v);
+                return o.transpose(1, 2).reshape(batch, n, (long)h * dv);
+            }
+            Tensor Sdpa()
+            {
+                var (q, k, v) = Split();
+                return nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, n, (long)h * dv);
+            }
+            var variants = new (string Name, Func<Tensor> F)[] { ("per_head_bmm", PerHead), ("batched_matmul", Batched), ("sdpa", Sdpa) };
+            var maxDiff = variants.Skip(1).Select(v => (v.F() - PerHead()).abs().max().item<float>()).Max();
+            var times = variants.ToDictionary(v => v.Name, _ => new List<double>());
+            foreach (var (_, f) in variants) for (int i = 0; i < 3; i++) using (NewDisposeScope()) f();
+            for (int round = 0; round < reps; round++)
+                foreach (var (name, f) in variants)
+                {
+                    var sw = Stopwatch.StartNew();
+                    for (int i = 0; i < 10; i++) using (NewDisposeScope()) f();
+                    times[name].Add(sw.Elapsed.TotalMilliseconds / 10);
+                }
+            string key = $"core_{h}x{dq}/{dv}";
+            foreach (var (name, list) in times) r[$"{key}_{name}_ms"] = Math.Round(Median(list), 3);
+            r[$"{key}_max_abs_difference"] = maxDiff;
+            Console.WriteLine($"attention core {h}x{dq}/{dv}: " + string.Join(", ", times.Select(kv => $"{kv.Key} {Median(kv.Value):F3} ms")) + $" (max |Δ| {maxDiff:G2})");
+        }
+    }
+
+    /// <summary>
+    /// Times every model against <paramref name="models"/>[0] (the dense one), interleaved: per round 6 forwards of each,
+    /// and the in-chain profile by op kind; speed-ups against executed-FLOP ratios, medians of <paramref name="reps"/> rounds.
+    /// </summary>
+    private static void CompareWithDense(Dictionary<string, object> r, List<(string Name, VisionTransformerModel Model)> models, int batch, int reps)
+    {
+        var arch = models[0].Model.Architecture;
         foreach (var (_, m) in models) m.eval();
         using var _ = no_grad();
         using var x = randn(batch, 3, 32, 32);
@@ -182,7 +286,6 @@ internal static class SpeedBenchmark
                 $"{kv.Key} {kv.Value:F2}" + (name == "dense" ? "" : $" (×{denseProfile[kv.Key] / kv.Value:F2})")));
             Console.WriteLine(line);
         }
-        foreach (var (name, m) in models) if (name != "dense") m.Dispose();
     }
 
     /// <summary>
