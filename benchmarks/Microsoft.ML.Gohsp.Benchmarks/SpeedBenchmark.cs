@@ -183,12 +183,12 @@ internal static class SpeedBenchmark
     {
         var a = models[0].Model.Architecture;
         using var _ = no_grad();
-        foreach (var spec in models.SelectMany(m => m.Model.Architecture.Blocks).Distinct().OrderByDescending(s => s.Heads * (2 * s.QkDim + s.VDim)))
+        foreach (var (h, dq, dv) in models.SelectMany(m => m.Model.Architecture.Blocks).Select(s => (s.Heads, s.QkDim, s.VDim)).Distinct()
+            .OrderByDescending(s => s.Heads * (2 * s.QkDim + s.VDim)))
         {
-            int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
             long n = a.SequenceLength;
             using var scope = NewDisposeScope();
-            var t = randn(batch, n, spec.QkvWidth);
+            var t = randn(batch, n, (long)h * (2 * dq + dv));
             Tensor PerHead()
             {
                 var outs = new Tensor[h];

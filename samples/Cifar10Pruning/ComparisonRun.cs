@@ -233,6 +233,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         {
             Params = arch.ParameterCount,
             Flops = arch.ForwardFlops,
+            ExecutedFlops = arch.ExecutedForwardFlops,
             AchievedSparsity = pruning?.AchievedSparsity ?? 0,
             Top1 = metrics.MicroAccuracy,
             RawTop1 = fidelity.Top1,

@@ -30,8 +30,14 @@ internal sealed record ModelEntry
     /// <summary>Achieved fraction of parameters removed (0 for dense).</summary>
     public required double AchievedSparsity { get; init; }
     public required long Params { get; init; }
-    /// <summary>Forward FLOPs per image.</summary>
+    /// <summary>Forward FLOPs per image, every block over every token.</summary>
     public required long Flops { get; init; }
+    /// <summary>
+    /// FLOPs per image the inference forward executes (<see cref="Microsoft.ML.Gohsp.VisionTransformer.ViTArchitecture.ExecutedForwardFlops"/>):
+    /// the last block computes the class token alone, so its parameters cost about 1/tokens of another block's. The
+    /// figure speed-ups are compared with.
+    /// </summary>
+    public long? ExecutedFlops { get; init; }
     /// <summary>Top-1 accuracy on the test split, 0–1 (ML.NET Evaluate of the reloaded zip).</summary>
     public required double Top1 { get; init; }
     /// <summary>Raw-model batch inference over the test split: ViTModelParameters.PredictProbabilities, batches of 64.</summary>
