@@ -110,7 +110,7 @@ namespace Microsoft.ML.Gohsp
         /// <summary>
         /// Called by every catalog entry point: throws, naming the members, when the Microsoft.ML loaded at run time lacks
         /// something this library was compiled against (a Microsoft.ML outside the declared range). Checked once per
-        /// process (217 references in about 8 ms).
+        /// process.
         /// </summary>
         internal static void EnsureCompatible()
         {

@@ -16,8 +16,8 @@ internal enum AttentionPath
     /// With autograd, every token: q, kᵀ and v are strided views of one <c>split</c> of the fused qkv output (its backward
     /// is a single cat instead of three zero-filled full-width buffers), 4-D <c>matmul</c> → softmax → <c>matmul</c>, the
     /// head mask as a multiplier, out-of-place residual adds (the backward needs their inputs). Explicit attention
-    /// rather than <c>scaled_dot_product_attention</c>, whose CPU backward took 27–29 ms per block in bfloat16 against
-    /// ~5 ms explicit.
+    /// rather than <c>scaled_dot_product_attention</c>, whose CPU backward in bfloat16 measured several times slower than
+    /// the explicit form (docs/benchmarks.md).
     /// </summary>
     Autograd,
 

@@ -185,10 +185,9 @@ public sealed partial class VisionTransformerModel : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
-    /// Activation budget of one inference slice (8 MiB). Measured on the reference config (batch 64, 12.8 MB MLP hidden
-    /// output): whole batches page-fault about 10,000 times per forward as glibc hands large freed blocks back to the
-    /// kernel; slices of 32 images (6.4 MB) or 16 fault about 20 times and run 3–5 points of the GEMM rate faster;
-    /// slices of 8 lose GEMM efficiency.
+    /// Activation budget of one inference slice (8 MiB): slices small enough that glibc reuses freed activations instead
+    /// of handing them back to the kernel, and large enough to keep the matrix products efficient (the measurements:
+    /// docs/benchmarks.md, "Where inference time goes").
     /// </summary>
     internal const long InferenceSliceBytes = 8L << 20;
 

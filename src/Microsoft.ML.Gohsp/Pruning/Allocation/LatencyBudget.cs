@@ -27,7 +27,7 @@ public static class LatencyBudget
     /// <summary>
     /// The plan for a latency target, corrected by timing it on this machine. A table estimates a block from its parts,
     /// each timed alone, and this machine's speed drifts after the table is cached; the plan the table alone gives can
-    /// miss by 10–20% when re-timed. This allocates as <see cref="Allocate"/> does, times the planned architecture against
+    /// miss its target when re-timed (docs/benchmarks.md). This allocates as <see cref="Allocate"/> does, times the planned architecture against
     /// the dense one (random weights, float32 inference, batches of <see cref="LatencyModel.Batch"/>, 3 forwards of each
     /// in each of <paramref name="rounds"/> interleaved rounds), and scales the share of the table's latency the plan
     /// keeps by target / measured until the measured share is within <paramref name="tolerance"/> of the target

@@ -66,9 +66,8 @@ public sealed record LatencyCalibration(double Fraction, double TargetRatio, dou
     /// depend on them), float32 inference without autograd, batches of <paramref name="batch"/> images, in
     /// <paramref name="rounds"/> interleaved rounds of <see cref="LatencyMeasurement.TimeRounds"/> (the table's own
     /// timer: warm-ups, then <see cref="LatencyMeasurement.RunsPerRound"/> forwards of each model per round); the medians
-    /// of the per-round ratios and of the dense times per forward. One forward a round measured the same plan at 54% and,
-    /// re-timed over 5 rounds of 6 forwards, at 52% of the dense time (cifar-tiny, batch 64, 2 threads): too coarse for a
-    /// 3% tolerance.
+    /// of the per-round ratios and of the dense times per forward (several forwards a round: one is too coarse for the
+    /// calibration's 3% tolerance, docs/benchmarks.md).
     /// </summary>
     internal static (double Ratio, double DenseMs) TimeAgainstDense(ViTArchitecture dense, ViTArchitecture pruned, int batch, int rounds)
     {

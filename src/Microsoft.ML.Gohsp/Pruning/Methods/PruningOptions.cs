@@ -85,20 +85,19 @@ public abstract class PruningOptions
 
     /// <summary>
     /// Plans timed on this machine, before any training, to correct a latency target's budget: ≥ 0, default 3. The latency
-    /// table estimates a block from its parts, each timed alone, and a plan spent against the table alone can miss the
-    /// target by 10–20% when the pruned model is re-timed. With a latency target and a value above 0, a run first
-    /// calibrates (<see cref="LatencyBudget.Calibrate"/>): it allocates against the table with the magnitude importance of
-    /// the model's weights, times the planned architecture against the dense one (random weights, float32 inference
-    /// without autograd on the CPU of this process, batches of <see cref="LatencyBatchSize"/>, 5 interleaved rounds, about
-    /// 5 s per plan for cifar-tiny), scales the share of the table's latency it keeps by target / measured until the timed
-    /// share is within 3% of the target or this many plans were timed, and then spends the calibrated share of the table's
-    /// latency in every allocation. 0 spends the table's estimate alone. Ignored for a <see cref="Sparsity"/> budget, and
-    /// for a <see cref="LatencyTable"/> of another machine or thread count (timing here would not say how that machine runs
-    /// the plan). A later stage of a staged GOHSP run whose <see cref="PruningContext.Previous"/> report has the same
-    /// target spends that report's budget and times nothing. The report records the calibration
-    /// (<see cref="PruningReport.LatencyCalibration"/>); because timing varies, a run that must be reproducible passes its
+    /// table estimates a block from its parts, each timed alone, so a plan spent against the table alone can miss the
+    /// target when the pruned model is re-timed. With a latency target and a value above 0, a run first calibrates
+    /// (<see cref="LatencyBudget.Calibrate"/>): it allocates against the table with the magnitude importance of the
+    /// model's weights, times the planned architecture against the dense one (random weights, float32 inference without
+    /// autograd on the CPU of this process, batches of <see cref="LatencyBatchSize"/>, 5 interleaved rounds), scales the
+    /// share of the table's latency it keeps by target / measured until the timed share is within 3% of the target or this
+    /// many plans were timed, and then spends the calibrated share of the table's latency in every allocation. 0 spends the
+    /// table's estimate alone. Ignored for a <see cref="Sparsity"/> budget, and for a <see cref="LatencyTable"/> of another
+    /// machine or thread count. A later stage of a staged GOHSP run whose <see cref="PruningContext.Previous"/> report has
+    /// the same target spends that report's budget and times nothing. The report records the calibration
+    /// (<see cref="PruningReport.LatencyCalibration"/>); a run that must be reproducible passes its
     /// <see cref="LatencyCalibrationSummary.TableLatencyFraction"/> as <see cref="TargetLatencyFraction"/> with this set to
-    /// 0 and the same table: that allocates exactly the same plan.
+    /// 0 and the same table, which allocates exactly the same plan. docs/benchmarks.md ("Latency budget") has the measurements.
     /// </summary>
     public int LatencyCalibrationIterations { get; set; } = 3;
 
