@@ -106,7 +106,9 @@ public sealed class OnnxExportOptions
 /// (Conv, LayerNormalization, MatMul, Softmax, Erf; opset 17+), using the generated onnx.proto classes of OnnxSharp.
 /// Contract (also stored in the model's doc string and metadata): input float32 [batch, C, H, W] (NCHW, planar RGB; raw
 /// pixels when <see cref="OnnxExportOptions.Normalization"/> is set, else normalised), outputs logits and softmax
-/// probabilities, float32 [batch, classes]. The batch dimension is symbolic ("batch").
+/// probabilities, float32 [batch, classes]. The batch dimension is symbolic ("batch"). With
+/// <see cref="OnnxExportOptions.Quantization"/> = <see cref="OnnxQuantization.Int8Dynamic"/> the blocks' linear layers hold
+/// int8 weights and quantize their input per batch (DynamicQuantizeLinear, MatMulInteger); the contract is the same.
 /// </summary>
 public static class OnnxExport
 {
