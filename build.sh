@@ -79,12 +79,25 @@ readme_snippet_check() {
   dotnet build "$dir/ReadmeSnippet.csproj" -c "$CONFIGURATION" -p:GohspPackageVersion="$1" -p:CreateHardLinksForCopyLocalIfPossible=true -nologo -clp:"ErrorsOnly;Summary"
 }
 
+# The ONNX export tests run python3-onnx's checker (onnx.checker.check_model(full_check=True)); install it when no Python has
+# the onnx module and apt-get is there (Debian/Ubuntu). Elsewhere those tests fail, saying what to install.
+ensure_onnx_checker() {
+  for py in "${GOHSP_PYTHON:-}" python3 /usr/bin/python3; do
+    [ -n "$py" ] && command -v "$py" >/dev/null && "$py" -c 'import onnx' 2>/dev/null && return
+  done
+  if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null; then
+    echo "Installing python3-onnx (the ONNX export tests run its checker)..."
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-onnx >/dev/null
+  fi
+}
+
 build() { dotnet build Microsoft.ML.Gohsp.sln -c "$CONFIGURATION" -p:TorchBackend="$TORCH_BACKEND" -nologo -clp:"ErrorsOnly;Summary"; }
 
 case "$verb" in
   build) ensure_prerequisites; build ;;
   test)
-    ensure_prerequisites; build
+    ensure_prerequisites; ensure_onnx_checker; build
     dotnet test test/Microsoft.ML.Gohsp.Tests/Microsoft.ML.Gohsp.Tests.csproj -c "$CONFIGURATION" --no-build \
       -p:TorchBackend="$TORCH_BACKEND" --logger "console;verbosity=normal" "$@"
     consumer_check ;;

@@ -11,8 +11,11 @@
 //          and after N/2 fine-tune epochs) (docs/benchmarks.md).
 // --shapes PATH: instead, the shapes of a sample run's report.json (every entry's blocks) timed against its dense preset,
 //          interleaved, with the in-chain profile by op kind (docs/benchmarks.md).
-// --onnx: instead, single-image and batch latency of dense and 50%-pruned cifar-tiny in ONNX Runtime vs TorchSharp (CPU, --threads,
-//         medians of --reps timed runs) and their output agreement; prints one JSON object as the last line (docs/interop.md).
+// --onnx: instead, single-image and batch latency of dense and 50%-pruned cifar-tiny in ONNX Runtime (float32 and int8, with the
+//         int8 operator patterns side by side) vs TorchSharp (CPU, --threads, medians of --reps timed rounds), their output
+//         agreement, the int8 GEMM kernel path, and ML.NET ApplyOnnxModel vs raw ONNX Runtime throughput (docs/interop.md).
+// --onnx-accuracy-epochs N > 0: instead, int8 vs float32 ONNX top-1, NLL and agreement on the 1,017 test images for cifar-tiny
+//         trained N epochs (--max-images, default all 5,085) and its 50% GOHSP-pruned copy (--finetune-epochs, default 1).
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -60,6 +63,15 @@ if (ablationEpochs > 0)
     var ablation = HeadRankingAblation.Run(ablationEpochs, threads, FindSubset());
     foreach (var kv in MachineFields(MachineInfo.Probe())) ablation[kv.Key] = kv.Value;
     Console.WriteLine(JsonSerializer.Serialize(ablation));
+    return 0;
+}
+if (a.GetValueOrDefault("onnx-accuracy-epochs", 0) > 0)
+{
+    var accuracy = OnnxBenchmark.Accuracy(FindSubset() ?? throw new DirectoryNotFoundException("the int8 accuracy run needs ../shared/data/cifar-10-subset"),
+        a["onnx-accuracy-epochs"], a.GetValueOrDefault("finetune-epochs", 1), a.GetValueOrDefault("max-images", 5085), threads, a.GetValueOrDefault("seed", 1),
+        Path.Combine("artifacts", "onnx-accuracy"));
+    foreach (var kv in MachineFields(MachineInfo.Probe())) accuracy[kv.Key] = kv.Value;
+    Console.WriteLine(JsonSerializer.Serialize(accuracy));
     return 0;
 }
 if (a.ContainsKey("onnx"))
@@ -246,6 +258,8 @@ static Dictionary<string, object> MachineFields(MachineInfo m) => new()
     ["avx512_bf16"] = m.Avx512Bf16,
     ["amx"] = m.Amx,
     ["native_bf16"] = m.NativeBf16,
+    ["avx512_vnni"] = m.Avx512Vnni,
+    ["avx_vnni"] = m.AvxVnni,
     ["torch_threads"] = m.TorchThreads,
 };
 

@@ -273,7 +273,7 @@ public static class GohspCatalog
     /// <param name="model">The trained, pruned or loaded model.</param>
     /// <param name="path">The .onnx file to write.</param>
     /// <param name="includePreprocessing">Put the model's pixel scaling and mean/std normalisation inside the graph.</param>
-    /// <param name="options">Names and opset; its <see cref="OnnxExportOptions.Normalization"/>, when set, wins over the model's.</param>
+    /// <param name="options">Names, opset and quantization; its <see cref="OnnxExportOptions.Normalization"/>, when set, wins over the model's.</param>
     public static void ExportViTToOnnx(this ModelOperationsCatalog catalog, ITransformer model, string path, bool includePreprocessing = true,
         OnnxExportOptions? options = null)
     {
@@ -283,14 +283,25 @@ public static class GohspCatalog
         var vit = DenseViTLocator.FindViT(model)?.Model ?? throw new ArgumentException(
             $"The model is a {model.GetType().Name} without a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(model));
         var pre = vit.Preprocessing;
-        var o = new OnnxExportOptions
-        {
-            Opset = options?.Opset ?? 17,
-            InputName = options?.InputName ?? "input",
-            LogitsName = options?.LogitsName ?? "logits",
-            ProbabilitiesName = options?.ProbabilitiesName ?? "probabilities",
-            Normalization = options?.Normalization ?? (includePreprocessing ? new OnnxInputNormalization(pre.PixelScale, pre.Mean.ToArray(), pre.Std.ToArray()) : null),
-        };
+        var o = options?.Clone() ?? new OnnxExportOptions();
+        o.Normalization = options?.Normalization ?? (includePreprocessing ? new OnnxInputNormalization(pre.PixelScale, pre.Mean.ToArray(), pre.Std.ToArray()) : null);
         OnnxExport.Save(vit.Model, path, o);
+    }
+
+    /// <summary>
+    /// Exports the ViT of <paramref name="model"/> to ONNX with the model's normalisation inside the graph (raw 0…255 pixels in),
+    /// as <see cref="ExportViTToOnnx(ModelOperationsCatalog, ITransformer, string, bool, OnnxExportOptions?)"/> does, with
+    /// <paramref name="options"/>: e.g. <c>new OnnxExportOptions { Quantization = OnnxQuantization.Int8Dynamic }</c> writes int8
+    /// weights and dynamically quantized activations in the blocks' linear layers, read by <c>ApplyOnnxModel</c> like the
+    /// float32 file (same input and outputs). Written atomically. See docs/interop.md for the measured accuracy and speed.
+    /// </summary>
+    /// <param name="catalog">The model operations catalog.</param>
+    /// <param name="model">The trained, pruned or loaded model.</param>
+    /// <param name="path">The .onnx file to write.</param>
+    /// <param name="options">Quantization, names and opset; its <see cref="OnnxExportOptions.Normalization"/>, when set, wins over the model's.</param>
+    public static void ExportViTToOnnx(this ModelOperationsCatalog catalog, ITransformer model, string path, OnnxExportOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ExportViTToOnnx(catalog, model, path, includePreprocessing: true, options);
     }
 }

@@ -50,7 +50,7 @@ public sealed class OnnxFixture : IDisposable
     }
 }
 
-public class OnnxExportTests(OnnxFixture f, ITestOutputHelper output) : IClassFixture<OnnxFixture>
+public partial class OnnxExportTests(OnnxFixture f, ITestOutputHelper output) : IClassFixture<OnnxFixture>
 {
     private static (float[] Logits, float[] Probabilities) RunOrt(byte[] onnx, float[] input, long[] shape)
     {

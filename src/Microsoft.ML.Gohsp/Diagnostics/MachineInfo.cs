@@ -22,12 +22,18 @@ public sealed record MachineInfo(string CpuModel, int LogicalCores, bool Avx2, b
     /// </summary>
     public bool NativeBf16 { get; init; }
 
+    /// <summary>AVX-512 VNNI (<c>avx512_vnni</c>: VPDPBUSD, one-instruction uint8 × int8 dot products) is available.</summary>
+    public bool Avx512Vnni { get; init; }
+
+    /// <summary>AVX-VNNI (<c>avx_vnni</c>: VPDPBUSD on 256-bit vectors) is available.</summary>
+    public bool AvxVnni { get; init; }
+
     /// <summary>The ISA kind the figures belong to: "AMX", "AVX-512", "AVX2" or "baseline".</summary>
     [JsonIgnore]
     public string IsaKind => Amx ? "AMX" : Avx512 ? "AVX-512" : Avx2 ? "AVX2" : "baseline";
 
-    /// <summary>The flags as <c>/proc/cpuinfo</c> spells them, e.g. "avx2 avx512f avx512_bf16".</summary>
-    public string IsaFlags => string.Join(' ', new[] { (Avx2, "avx2"), (Avx512, "avx512f"), (Avx512Bf16, "avx512_bf16"), (Amx, "amx_tile") }
+    /// <summary>The flags as <c>/proc/cpuinfo</c> spells them, e.g. "avx2 avx512f avx512_vnni avx512_bf16".</summary>
+    public string IsaFlags => string.Join(' ', new[] { (Avx2, "avx2"), (AvxVnni, "avx_vnni"), (Avx512, "avx512f"), (Avx512Vnni, "avx512_vnni"), (Avx512Bf16, "avx512_bf16"), (Amx, "amx_tile") }
         .Where(f => f.Item1).Select(f => f.Item2));
 
     /// <summary>Probes the current machine (reads <c>/proc/cpuinfo</c> on Linux; torch's thread count at call time).</summary>
@@ -42,6 +48,8 @@ public sealed record MachineInfo(string CpuModel, int LogicalCores, bool Avx2, b
             TorchThreads: TorchSharp.torch.get_num_threads())
         {
             NativeBf16 = flags.Contains("avx512_bf16") || flags.Contains("amx_bf16"),
+            Avx512Vnni = flags.Contains("avx512_vnni"),
+            AvxVnni = flags.Contains("avx_vnni"),
         };
     }
 

@@ -16,6 +16,36 @@ namespace Microsoft.ML.Gohsp.Interop;
 /// <param name="Std">Per-channel standard deviation (positive).</param>
 public sealed record OnnxInputNormalization(float PixelScale, IReadOnlyList<float> Mean, IReadOnlyList<float> Std);
 
+/// <summary>How the linear layers of the exported blocks compute.</summary>
+public enum OnnxQuantization
+{
+    /// <summary>float32 throughout (the default).</summary>
+    None = 0,
+
+    /// <summary>
+    /// Dynamic int8: the four linear layers of every block (attention qkv and output projection, MLP fc1 and fc2) store
+    /// per-output-channel symmetric int8 weights (scale = max |w| / 127 per output row, zero point 0), and their input is
+    /// quantized to uint8 at run time, one scale and zero point per batch (<c>DynamicQuantizeLinear</c>). The patch
+    /// embedding, the position embedding, layer norms, the attention products q·kᵀ and softmax·v, softmax, GELU, the
+    /// residual additions and the head stay float32. Standard ONNX operators only (opset 17): <c>DynamicQuantizeLinear</c>,
+    /// <c>MatMulInteger</c>, <c>Cast</c>, <c>Mul</c>, which ONNX Runtime fuses into one quantized kernel per layer.
+    /// </summary>
+    Int8Dynamic = 1,
+}
+
+/// <summary>The operator pattern of an int8 linear layer (what the export writes for <see cref="OnnxQuantization.Int8Dynamic"/>).</summary>
+internal enum OnnxInt8Pattern
+{
+    /// <summary>DynamicQuantizeLinear → MatMulInteger → Cast → Mul(x scale · weight scales) → Add bias (standard ONNX).</summary>
+    MatMulInteger,
+
+    /// <summary>DynamicQuantizeLinear → com.microsoft MatMulIntegerToFloat (scales and bias inside; an ONNX Runtime contrib op).</summary>
+    MatMulIntegerToFloat,
+
+    /// <summary>DynamicQuantizeLinear → DequantizeLinear on the input, int8 weight → per-axis DequantizeLinear, float MatMul → Add bias (QDQ).</summary>
+    Qdq,
+}
+
 /// <summary>Options of <see cref="OnnxExport"/>.</summary>
 public sealed class OnnxExportOptions
 {
@@ -37,6 +67,19 @@ public sealed class OnnxExportOptions
     /// </summary>
     public OnnxInputNormalization? Normalization { get; set; }
 
+    /// <summary>
+    /// <see cref="OnnxQuantization.None"/> (default): float32 throughout. <see cref="OnnxQuantization.Int8Dynamic"/>: int8
+    /// weights and dynamically quantized activations in the blocks' linear layers; inputs, outputs and the rest of the graph
+    /// stay float32, so the file is used exactly like the float32 one.
+    /// </summary>
+    public OnnxQuantization Quantization { get; set; } = OnnxQuantization.None;
+
+    /// <summary>The int8 operator pattern (measured alternatives are kept for the benchmark).</summary>
+    internal OnnxInt8Pattern Int8Pattern { get; set; } = OnnxInt8Pattern.MatMulInteger;
+
+    /// <summary>A copy of these options.</summary>
+    internal OnnxExportOptions Clone() => (OnnxExportOptions)MemberwiseClone();
+
     /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid option.</summary>
     public void Validate(int channels)
     {
@@ -45,6 +88,10 @@ public sealed class OnnxExportOptions
             if (string.IsNullOrWhiteSpace(value)) throw new ArgumentException($"{name} must be set.", name);
         if (new[] { InputName, LogitsName, ProbabilitiesName }.Distinct(StringComparer.Ordinal).Count() != 3)
             throw new ArgumentException("InputName, LogitsName and ProbabilitiesName must differ.", nameof(ProbabilitiesName));
+        if (!Enum.IsDefined(Quantization))
+            throw new ArgumentOutOfRangeException(nameof(Quantization), Quantization, $"Quantization must be one of {string.Join(", ", Enum.GetNames<OnnxQuantization>())}.");
+        if (Quantization == OnnxQuantization.Int8Dynamic && !Enum.IsDefined(Int8Pattern))
+            throw new ArgumentOutOfRangeException(nameof(Int8Pattern), Int8Pattern, "Unknown int8 operator pattern.");
         if (Normalization is { } n)
         {
             if (!(n.PixelScale > 0) || float.IsInfinity(n.PixelScale)) throw new ArgumentOutOfRangeException(nameof(Normalization), n.PixelScale, "PixelScale must be a positive finite number.");
@@ -59,7 +106,9 @@ public sealed class OnnxExportOptions
 /// (Conv, LayerNormalization, MatMul, Softmax, Erf; opset 17+), using the generated onnx.proto classes of OnnxSharp.
 /// Contract (also stored in the model's doc string and metadata): input float32 [batch, C, H, W] (NCHW, planar RGB; raw
 /// pixels when <see cref="OnnxExportOptions.Normalization"/> is set, else normalised), outputs logits and softmax
-/// probabilities, float32 [batch, classes]. The batch dimension is symbolic ("batch").
+/// probabilities, float32 [batch, classes]. The batch dimension is symbolic ("batch"). With
+/// <see cref="OnnxExportOptions.Quantization"/> = <see cref="OnnxQuantization.Int8Dynamic"/> the blocks' linear layers hold
+/// int8 weights and quantize their input per batch (DynamicQuantizeLinear, MatMulInteger); the contract is the same.
 /// </summary>
 public static class OnnxExport
 {
@@ -93,7 +142,7 @@ public static class OnnxExport
         options.Validate(a.Channels);
         CheckSize(a);
         var w = Weights(model);
-        var g = new GraphBuilder();
+        var g = new GraphBuilder(options);
         var tokens = TokensBeforeBlocks(g, w, a, options);
 
         // ---- blocks ---------------------------------------------------------------------------------------------
@@ -162,16 +211,23 @@ public static class OnnxExport
             Domain = "microsoft.ml.gohsp",
             ModelVersion = 1,
             DocString = $"{a}. Input '{options.InputName}': float32 [batch, {a.Channels}, {a.ImageSize}, {a.ImageSize}] NCHW planar RGB, {input}. " +
-                        $"Outputs '{options.LogitsName}' and '{options.ProbabilitiesName}' (softmax): float32 [batch, {a.NumClasses}].",
+                        $"Outputs '{options.LogitsName}' and '{options.ProbabilitiesName}' (softmax): float32 [batch, {a.NumClasses}]." +
+                        (options.Quantization == OnnxQuantization.None ? "" : $" Quantization: {Quantized(options)}."),
             Graph = graph,
         };
         proto.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = options.Opset });
+        if (graph.Node.Any(n => n.Domain == GraphBuilder.MicrosoftDomain))
+            proto.OpsetImport.Add(new OperatorSetIdProto { Domain = GraphBuilder.MicrosoftDomain, Version = 1 });
         void Meta(string k, string v) => proto.MetadataProps.Add(new StringStringEntryProto { Key = k, Value = v });
         Meta("gohsp.architecture", a.ToString());
         Meta("gohsp.parameters", a.ParameterCount.ToString(CultureInfo.InvariantCulture));
         Meta("gohsp.input", input);
+        if (options.Quantization != OnnxQuantization.None) Meta("gohsp.quantization", Quantized(options));
         return proto;
     }
+
+    private static string Quantized(OnnxExportOptions options) =>
+        "int8 per-output-channel symmetric weights and per-batch dynamically quantized uint8 activations in the blocks' qkv, proj, fc1 and fc2; everything else float32";
 
     private static string Block(GraphBuilder g, Dictionary<string, Tensor> w, string p, ViTBlockSpec spec, string x, double eps, bool classTokenOnly)
     {
@@ -229,9 +285,59 @@ public static class OnnxExport
     private static string Linear(GraphBuilder g, Dictionary<string, Tensor> w, string name, string x) =>
         Affine(g, name, x, w[name + ".weight"], w[name + ".bias"]);
 
-    /// <summary>x·weightᵀ + bias, with the weight stored transposed as <c>{name}.weight_t</c> and the bias as <c>{name}.bias</c>.</summary>
-    private static string Affine(GraphBuilder g, string name, string x, Tensor weight, Tensor bias) =>
-        g.Node("Add", [g.Node("MatMul", [x, g.Const(name + ".weight_t", Transposed(weight))]), g.Const(name + ".bias", bias)]);
+    /// <summary>
+    /// x·weightᵀ + bias of a block's linear layer, with the weight stored transposed as <c>{name}.weight_t</c> (float32) or
+    /// <c>{name}.weight_q</c> (int8, with per-output-channel scales <c>{name}.weight_scale</c>), and the bias as <c>{name}.bias</c>.
+    /// </summary>
+    private static string Affine(GraphBuilder g, string name, string x, Tensor weight, Tensor bias)
+    {
+        if (g.Options.Quantization == OnnxQuantization.None)
+            return g.Node("Add", [g.Node("MatMul", [x, g.Const(name + ".weight_t", Transposed(weight))]), g.Const(name + ".bias", bias)]);
+
+        var (q, scale) = QuantizePerOutputChannel(weight);
+        int inF = (int)weight.shape[1], outF = (int)weight.shape[0];
+        var wq = g.ConstInt8(name + ".weight_q", q, inF, outF);
+        var ws = g.Const(name + ".weight_scale", scale, outF);
+        var b = g.Const(name + ".bias", bias);
+        var xq = g.Nodes("DynamicQuantizeLinear", [x], 3);                                    // uint8 x, scale, zero point (per batch)
+        switch (g.Options.Int8Pattern)
+        {
+            case OnnxInt8Pattern.MatMulIntegerToFloat:
+                return g.NodeIn(GraphBuilder.MicrosoftDomain, "MatMulIntegerToFloat", [xq[0], wq, xq[1], ws, xq[2], "", b]);
+            case OnnxInt8Pattern.Qdq:
+                var xd = g.Node("DequantizeLinear", [xq[0], xq[1], xq[2]]);
+                var wd = g.Node("DequantizeLinear", [wq, ws, g.ConstInt8(name + ".weight_zero_point", new sbyte[outF], outF)], GraphBuilder.Int("axis", 1));
+                return g.Node("Add", [g.Node("MatMul", [xd, wd]), b]);
+            default:
+                // the pattern ONNX Runtime's quantize_dynamic writes, which its optimiser fuses into one DynamicQuantizeMatMul
+                var acc = g.Node("MatMulInteger", [xq[0], wq, xq[2]]);                          // int32, weight zero point 0
+                var product = g.Node("Mul", [xq[1], ws]);                                      // x scale · weight scale per output
+                return g.Node("Add", [g.Node("Mul", [g.Node("Cast", [acc], GraphBuilder.Int("to", (int)TensorProto.Types.DataType.Float)), product]), b]);
+        }
+    }
+
+    /// <summary>
+    /// Symmetric per-output-channel int8 quantisation of a [out, in] weight: scale[o] = max |w[o, ·]| / 127 (1 for an all-zero
+    /// row, e.g. a head folded away by its mask), q = round(w / scale) (half to even) in [−127, 127]. The result is laid out
+    /// transposed, [in, out], for MatMul.
+    /// </summary>
+    internal static (sbyte[] Transposed, float[] Scale) QuantizePerOutputChannel(Tensor weight)
+    {
+        int outF = (int)weight.shape[0], inF = (int)weight.shape[1];
+        float[] wv;
+        using (var c = weight.to(ScalarType.Float32).contiguous()) wv = c.data<float>().ToArray();
+        var scale = new float[outF];
+        var q = new sbyte[inF * outF];
+        for (int o = 0; o < outF; o++)
+        {
+            float max = 0;
+            for (int i = 0; i < inF; i++) max = Math.Max(max, Math.Abs(wv[o * inF + i]));
+            scale[o] = max > 0 ? max / 127f : 1f;
+            for (int i = 0; i < inF; i++)
+                q[i * outF + o] = (sbyte)Math.Clamp(MathF.Round(wv[o * inF + i] / scale[o], MidpointRounding.ToEven), -127f, 127f);
+        }
+        return (q, scale);
+    }
 
     private static string LayerNorm(GraphBuilder g, Dictionary<string, Tensor> w, string name, string x, double eps) =>
         g.Node("LayerNormalization", [x, g.Const(name + ".weight", w[name + ".weight"]), g.Const(name + ".bias", w[name + ".bias"])],
@@ -272,12 +378,27 @@ public static class OnnxExport
     /// <summary>Nodes and initialisers of one graph, with generated unique value names.</summary>
     private sealed class GraphBuilder
     {
+        /// <summary>The domain of ONNX Runtime's contrib operators.</summary>
+        public const string MicrosoftDomain = "com.microsoft";
+
         private int _next;
         private readonly Dictionary<string, string> _shapes = new(StringComparer.Ordinal);
+
+        public GraphBuilder(OnnxExportOptions options) => Options = options;
+
+        public OnnxExportOptions Options { get; }
 
         public GraphProto Graph { get; } = new();
 
         public string Node(string op, string[] inputs, params AttributeProto[] attributes) => Node(op, inputs, null, attributes);
+
+        /// <summary>A node of another operator domain (one output).</summary>
+        public string NodeIn(string domain, string op, string[] inputs, params AttributeProto[] attributes)
+        {
+            var output = Node(op, inputs, attributes);
+            Graph.Node[^1].Domain = domain;
+            return output;
+        }
 
         public string Node(string op, string[] inputs, string? output, params AttributeProto[] attributes) =>
             Nodes(op, inputs, 1, output is null ? null : [output], attributes)[0];
@@ -305,6 +426,14 @@ public static class OnnxExport
         public string Const(string name, float[] data, params long[] dims)
         {
             var tp = new TensorProto { Name = name, DataType = (int)TensorProto.Types.DataType.Float, RawData = ByteString.CopyFrom(MemoryMarshal.AsBytes(data.AsSpan())) };
+            tp.Dims.AddRange(dims);
+            Graph.Initializer.Add(tp);
+            return name;
+        }
+
+        public string ConstInt8(string name, sbyte[] data, params long[] dims)
+        {
+            var tp = new TensorProto { Name = name, DataType = (int)TensorProto.Types.DataType.Int8, RawData = ByteString.CopyFrom(MemoryMarshal.AsBytes(data.AsSpan())) };
             tp.Dims.AddRange(dims);
             Graph.Initializer.Add(tp);
             return name;
