@@ -54,6 +54,17 @@ public static class AtomicFile
         }
     }
 
+    /// <summary>
+    /// Puts a completely written file (in the same folder or on the same volume) under its final name in one rename, replacing
+    /// what was there: the last step of a write that could not go through <see cref="Write"/>, such as a resumable download.
+    /// </summary>
+    internal static void MoveIntoPlace(string completeFile, string path)
+    {
+        ArgumentNullException.ThrowIfNull(completeFile);
+        var (full, _) = Temporary(path);
+        File.Move(completeFile, full, overwrite: true);
+    }
+
     /// <summary>The full target path and a fresh temporary file name beside it (the folder is created).</summary>
     private static (string Full, string Temporary) Temporary(string path)
     {

@@ -251,7 +251,10 @@ public static class GohspCatalog
     /// It scores a planar float vector column of raw 0…255 pixels (<c>ExtractPixels(interleavePixelColors: false)</c>). See docs/interop.md.
     /// </summary>
     /// <param name="catalog">The model operations catalog.</param>
-    /// <param name="path">The checkpoint file.</param>
+    /// <param name="path">The checkpoint file, or a Hugging Face hub model as <c>hf:org/name[@revision]</c> (e.g.
+    /// <c>hf:facebook/deit-small-patch16-224</c>, <c>hf:timm/deit_small_patch16_224.fb_in1k</c>): its <c>model.safetensors</c>
+    /// (else <c>pytorch_model.bin</c>) and config files are downloaded into the hub's cache, or taken from it
+    /// (<see cref="PretrainedViTOptions.Hub"/>, <see cref="HuggingFaceHub"/>).</param>
     /// <param name="options">Heads, class count (a different one gets a new head), image size (resamples the position
     /// embedding), normalisation (default: the files beside the checkpoint, else ImageNet's), column names, class names.</param>
     public static MulticlassPredictionTransformer<ViTModelParameters> LoadPretrainedViT(this ModelOperationsCatalog catalog, string path,

@@ -10,6 +10,12 @@ public enum CheckpointNaming
     Timm = 0,
     /// <summary>Hugging Face <c>ViTForImageClassification</c> (<c>vit.embeddings…</c>, <c>vit.encoder.layer.N…</c>, <c>classifier</c>).</summary>
     HuggingFace = 1,
+    /// <summary>
+    /// Hugging Face DeiT: <c>DeiTForImageClassificationWithTeacher</c> (<c>deit.embeddings.distillation_token</c>,
+    /// <c>cls_classifier</c>, <c>distillation_classifier</c>), <c>DeiTForImageClassification</c> (<c>classifier</c>) and
+    /// <c>DeiTModel</c> (no head); the blocks are named as in <see cref="HuggingFace"/> under <c>deit.</c>.
+    /// </summary>
+    HuggingFaceDeiT = 2,
 }
 
 /// <summary>
@@ -18,23 +24,40 @@ public enum CheckpointNaming
 /// </summary>
 internal static partial class CheckpointNames
 {
-    /// <summary>Keys that are part of a checkpoint but not of the classifier and are dropped (with a log line).</summary>
-    private static readonly string[] IgnoredHfPrefixes = ["vit.pooler.", "vit.embeddings.mask_token"];
+    /// <summary>Keys (after the model prefix) that are part of a checkpoint but not of the classifier and are dropped (with a log line).</summary>
+    private static readonly string[] IgnoredHfPrefixes = ["pooler.", "embeddings.mask_token"];
 
-    [GeneratedRegex(@"^vit\.encoder\.layer\.(\d+)\.(.+)$")]
+    [GeneratedRegex(@"^(?:vit|deit)\.encoder\.layer\.(\d+)\.(.+)$")]
     private static partial Regex HfLayer();
 
-    private static readonly Dictionary<string, string> HfTop = new(StringComparer.Ordinal)
+    /// <summary>The key prefix of the Hugging Face base model: <c>vit.</c> or <c>deit.</c>.</summary>
+    private static string HfPrefix(CheckpointNaming naming) => naming == CheckpointNaming.HuggingFaceDeiT ? "deit." : "vit.";
+
+    /// <summary>Hugging Face keys outside the blocks → timm keys.</summary>
+    private static Dictionary<string, string> HfTop(CheckpointNaming naming)
     {
-        ["vit.embeddings.patch_embeddings.projection.weight"] = "patch_embed.proj.weight",
-        ["vit.embeddings.patch_embeddings.projection.bias"] = "patch_embed.proj.bias",
-        ["vit.embeddings.cls_token"] = "cls_token",
-        ["vit.embeddings.position_embeddings"] = "pos_embed",
-        ["vit.layernorm.weight"] = "norm.weight",
-        ["vit.layernorm.bias"] = "norm.bias",
-        ["classifier.weight"] = "head.weight",
-        ["classifier.bias"] = "head.bias",
-    };
+        string p = HfPrefix(naming);
+        var top = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            [p + "embeddings.patch_embeddings.projection.weight"] = "patch_embed.proj.weight",
+            [p + "embeddings.patch_embeddings.projection.bias"] = "patch_embed.proj.bias",
+            [p + "embeddings.cls_token"] = "cls_token",
+            [p + "embeddings.position_embeddings"] = "pos_embed",
+            [p + "layernorm.weight"] = "norm.weight",
+            [p + "layernorm.bias"] = "norm.bias",
+            ["classifier.weight"] = "head.weight",
+            ["classifier.bias"] = "head.bias",
+        };
+        if (naming == CheckpointNaming.HuggingFaceDeiT)
+        {
+            top[p + "embeddings.distillation_token"] = "dist_token";
+            top["cls_classifier.weight"] = "head.weight";
+            top["cls_classifier.bias"] = "head.bias";
+            top["distillation_classifier.weight"] = "head_dist.weight";
+            top["distillation_classifier.bias"] = "head_dist.bias";
+        }
+        return top;
+    }
 
     private static readonly Dictionary<string, string> HfBlock = new(StringComparer.Ordinal)
     {
@@ -57,22 +80,34 @@ internal static partial class CheckpointNames
         }
     }
 
-    /// <summary>Detects the naming; throws <see cref="InvalidDataException"/> for a non-ViT or a distilled DeiT checkpoint.</summary>
+    /// <summary>
+    /// A Hugging Face base model saved on its own (<c>ViTModel</c>/<c>DeiTModel</c>: <c>embeddings.…</c>, <c>encoder.layer.N…</c>,
+    /// <c>layernorm</c> without a model prefix) gets the prefix its classification models use (<c>deit.</c> when the
+    /// embeddings hold a distillation token, else <c>vit.</c>).
+    /// </summary>
+    public static void AddHfBaseModelPrefix(Dictionary<string, Tensor> sd)
+    {
+        if (!sd.Keys.Any(k => k.StartsWith("embeddings.patch_embeddings.", StringComparison.Ordinal))) return;
+        string prefix = sd.ContainsKey("embeddings.distillation_token") ? "deit." : "vit.";
+        foreach (var k in sd.Keys.ToList())
+            if (k.StartsWith("embeddings.", StringComparison.Ordinal) || k.StartsWith("encoder.", StringComparison.Ordinal)
+                || k.StartsWith("layernorm.", StringComparison.Ordinal) || k.StartsWith("pooler.", StringComparison.Ordinal))
+            {
+                sd[prefix + k] = sd[k];
+                sd.Remove(k);
+            }
+    }
+
+    /// <summary>Detects the naming; throws <see cref="InvalidDataException"/> for a checkpoint that is not a ViT/DeiT.</summary>
     public static CheckpointNaming Detect(IReadOnlyDictionary<string, Tensor> sd, string source)
     {
-        if (sd.ContainsKey("dist_token") || sd.Keys.Any(k => k.StartsWith("head_dist.", StringComparison.Ordinal)))
-            throw new InvalidDataException(
-                $"'{source}' is a distilled DeiT (it has 'dist_token'/'head_dist'): the distillation-token variant is not supported. " +
-                "Use the non-distilled model (e.g. timm 'deit_small_patch16_224', not 'deit_small_distilled_patch16_224').");
-        if (sd.Keys.Any(k => k.StartsWith("deit.", StringComparison.Ordinal)))
-            throw new InvalidDataException(
-                $"'{source}' is a Hugging Face DeiT checkpoint ('deit.' keys): its embeddings always carry a distillation token, which is " +
-                "not supported. Use the timm checkpoint of the same model, or a Hugging Face ViTForImageClassification.");
+        if (sd.Keys.Any(k => k.StartsWith("deit.embeddings.", StringComparison.Ordinal))) return CheckpointNaming.HuggingFaceDeiT;
         if (sd.Keys.Any(k => k.StartsWith("vit.embeddings.", StringComparison.Ordinal))) return CheckpointNaming.HuggingFace;
         if (sd.ContainsKey("patch_embed.proj.weight") || sd.ContainsKey("cls_token")) return CheckpointNaming.Timm;
         throw new InvalidDataException(
             $"'{source}' is not a ViT/DeiT checkpoint: expected timm keys ('patch_embed.proj.weight', 'cls_token', 'pos_embed', " +
-            $"'blocks.0.attn.qkv.weight', …) or Hugging Face ViT keys ('vit.embeddings.patch_embeddings.projection.weight', …); " +
+            $"'blocks.0.attn.qkv.weight', …) or Hugging Face ViT/DeiT keys ('vit.embeddings.patch_embeddings.projection.weight', " +
+            $"'deit.embeddings.patch_embeddings.projection.weight', …); " +
             $"found {sd.Count} tensors such as {string.Join(", ", sd.Keys.Order(StringComparer.Ordinal).Take(5).Select(k => $"'{k}'"))}.");
     }
 
@@ -90,29 +125,38 @@ internal static partial class CheckpointNames
             return result;
         }
 
+        string hfPrefix = HfPrefix(naming);
+        var hfTop = HfTop(naming);
         foreach (var k in sd.Keys.ToList())
         {
-            if (IgnoredHfPrefixes.Any(p => k.StartsWith(p, StringComparison.Ordinal)))
+            if (IgnoredHfPrefixes.Any(p => k.StartsWith(hfPrefix + p, StringComparison.Ordinal)))
             {
                 log?.Invoke($"Ignoring '{k}' (not used by image classification).");
                 sd[k].Dispose();
                 sd.Remove(k);
                 continue;
             }
-            if (HfTop.TryGetValue(k, out var top)) { Move(sd, k, result, top); continue; }
+            if (hfTop.TryGetValue(k, out var top))
+            {
+                if (result.ContainsKey(top))
+                    throw new InvalidDataException($"The checkpoint ({naming} naming) has both '{k}' and another key for '{top}' (e.g. 'classifier' and 'cls_classifier').");
+                Move(sd, k, result, top);
+                continue;
+            }
             var m = HfLayer().Match(k);
-            if (!m.Success) continue;
+            if (!m.Success || !k.StartsWith(hfPrefix, StringComparison.Ordinal)) continue;
             string i = m.Groups[1].Value, rest = m.Groups[2].Value;
             foreach (var (hf, ours) in HfBlock)
                 foreach (var suffix in new[] { ".weight", ".bias" })
                     if (rest == hf + suffix) Move(sd, k, result, $"blocks.{i}.{ours}{suffix}");
         }
         // q, k, v → fused qkv (only when all three are there; otherwise the missing one is reported by name)
-        var layers = sd.Keys.Select(k => HfLayer().Match(k)).Where(m => m.Success).Select(m => m.Groups[1].Value).Distinct().ToList();
+        var layers = sd.Keys.Where(k => k.StartsWith(hfPrefix, StringComparison.Ordinal)).Select(k => HfLayer().Match(k))
+            .Where(m => m.Success).Select(m => m.Groups[1].Value).Distinct().ToList();
         foreach (var i in layers)
             foreach (var suffix in new[] { "weight", "bias" })
             {
-                string Q(string p) => $"vit.encoder.layer.{i}.attention.attention.{p}.{suffix}";
+                string Q(string p) => $"{hfPrefix}encoder.layer.{i}.attention.attention.{p}.{suffix}";
                 var present = new[] { "query", "key", "value" }.Where(p => sd.ContainsKey(Q(p))).ToList();
                 if (present.Count == 0) continue;
                 if (present.Count < 3)
@@ -133,15 +177,16 @@ internal static partial class CheckpointNames
     public static string Describe(string timmKey, CheckpointNaming naming)
     {
         if (naming == CheckpointNaming.Timm) return $"'{timmKey}'";
-        var top = HfTop.FirstOrDefault(kv => kv.Value == timmKey).Key;
+        string p = HfPrefix(naming);
+        var top = HfTop(naming).FirstOrDefault(kv => kv.Value == timmKey).Key;
         if (top is not null) return $"'{top}'";
         var m = Regex.Match(timmKey, @"^blocks\.(\d+)\.(.+)\.(weight|bias)$");
         if (m.Success)
         {
             string i = m.Groups[1].Value, part = m.Groups[2].Value, s = m.Groups[3].Value;
-            if (part == "attn.qkv") return $"'vit.encoder.layer.{i}.attention.attention.query/key/value.{s}'";
+            if (part == "attn.qkv") return $"'{p}encoder.layer.{i}.attention.attention.query/key/value.{s}'";
             var hf = HfBlock.FirstOrDefault(kv => kv.Value == part).Key;
-            if (hf is not null) return $"'vit.encoder.layer.{i}.{hf}.{s}'";
+            if (hf is not null) return $"'{p}encoder.layer.{i}.{hf}.{s}'";
         }
         return $"'{timmKey}'";
     }
@@ -149,8 +194,8 @@ internal static partial class CheckpointNames
     internal static string Shape(Tensor t) => "[" + string.Join(", ", t.shape) + "]";
 
     private static bool IsTimmKey(string k) =>
-        k is "patch_embed.proj.weight" or "patch_embed.proj.bias" or "cls_token" or "pos_embed" or "norm.weight" or "norm.bias"
-            or "head.weight" or "head.bias"
+        k is "patch_embed.proj.weight" or "patch_embed.proj.bias" or "cls_token" or "dist_token" or "pos_embed" or "norm.weight" or "norm.bias"
+            or "head.weight" or "head.bias" or "head_dist.weight" or "head_dist.bias"
         || Regex.IsMatch(k, @"^blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$");
 
     private static void Move(Dictionary<string, Tensor> from, string key, Dictionary<string, Tensor> to, string newKey)

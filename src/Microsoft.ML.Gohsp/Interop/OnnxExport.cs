@@ -147,15 +147,27 @@ public static class OnnxExport
 
         // ---- blocks ---------------------------------------------------------------------------------------------
         // The last block computes the class token's row alone, as VisionTransformerModel.forward does: its other tokens never
-        // reach the head (its output is [B, 1, D]).
+        // reach the head (its output is [B, 1, D]; [B, 2, D] with the class and distillation tokens of a distilled DeiT).
         for (int b = 0; b < a.Depth; b++)
-            tokens = Block(g, w, $"blocks.{b}.", a.Blocks[b], tokens, a.LayerNormEps, classTokenOnly: b == a.Depth - 1);
+            tokens = Block(g, w, $"blocks.{b}.", a.Blocks[b], tokens, a.LayerNormEps, outputTokens: b == a.Depth - 1 ? a.OutputTokens : 0);
 
         // ---- head -----------------------------------------------------------------------------------------------
-        var first = g.Node("Gather", [tokens, g.ScalarLong("cls_index", 0)], GraphBuilder.Int("axis", 1));            // [B, D]
-        var normed = LayerNorm(g, w, "norm", first, a.LayerNormEps);
-        g.Node("Add", [g.Node("MatMul", [normed, g.Const("head.weight_t", Transposed(w["head.weight"]))]), g.Const("head.bias", w["head.bias"])],
-            output: options.LogitsName);
+        if (a.Distillation == ViTDistillation.TokenAndHead)
+        {
+            // DeiT's prediction: the mean of the class-token head and the distillation-token head
+            var both = LayerNorm(g, w, "norm", tokens, a.LayerNormEps);                                                     // [B, 2, D]
+            var cls = g.Node("Gather", [both, g.ScalarLong("cls_index", 0)], GraphBuilder.Int("axis", 1));
+            var dist = g.Node("Gather", [both, g.ScalarLong("dist_index", 1)], GraphBuilder.Int("axis", 1));
+            var sum = g.Node("Add", [Head(g, w, "head", cls), Head(g, w, "head_dist", dist)]);
+            g.Node("Mul", [sum, g.Scalar("half", 0.5f)], output: options.LogitsName);
+        }
+        else
+        {
+            var first = g.Node("Gather", [tokens, g.ScalarLong("cls_index", 0)], GraphBuilder.Int("axis", 1));        // [B, D]
+            var normed = LayerNorm(g, w, "norm", first, a.LayerNormEps);
+            g.Node("Add", [g.Node("MatMul", [normed, g.Const("head.weight_t", Transposed(w["head.weight"]))]), g.Const("head.bias", w["head.bias"])],
+                output: options.LogitsName);
+        }
         g.Node("Softmax", [options.LogitsName], output: options.ProbabilitiesName, attributes: GraphBuilder.Int("axis", -1));
 
         var proto = Describe(g.Graph, a, options);
@@ -164,8 +176,8 @@ public static class OnnxExport
     }
 
     /// <summary>
-    /// The input of block 0, [B, N+1, D]: the optional normalisation of the raw pixels, the patch embedding (a Conv), the
-    /// class token and the position embedding.
+    /// The input of block 0, [B, prefix + N, D]: the optional normalisation of the raw pixels, the patch embedding (a Conv), the
+    /// class token (and distillation token) and the position embedding.
     /// </summary>
     private static string TokensBeforeBlocks(GraphBuilder g, Dictionary<string, Tensor> w, ViTArchitecture a, OnnxExportOptions options)
     {
@@ -186,7 +198,9 @@ public static class OnnxExport
         var batch = g.Node("Slice", [g.Node("Shape", [options.InputName]), g.Shape(0), g.Shape(1)]);                      // [B]
         var clsShape = g.Node("Concat", [batch, g.Shape(1, d)], GraphBuilder.Int("axis", 0));
         var cls = g.Node("Expand", [g.Const("cls_token", w["cls_token"]), clsShape]);
-        return g.Node("Add", [g.Node("Concat", [cls, patches], GraphBuilder.Int("axis", 1)), g.Const("pos_embed", w["pos_embed"])]);
+        string[] sequence = a.Distillation == ViTDistillation.None ? [cls, patches]
+            : [cls, g.Node("Expand", [g.Const("dist_token", w["dist_token"]), clsShape]), patches];
+        return g.Node("Add", [g.Node("Concat", sequence, GraphBuilder.Int("axis", 1)), g.Const("pos_embed", w["pos_embed"])]);
     }
 
     /// <summary>
@@ -229,7 +243,7 @@ public static class OnnxExport
     private static string Quantized(OnnxExportOptions options) =>
         "int8 per-output-channel symmetric weights and per-batch dynamically quantized uint8 activations in the blocks' qkv, proj, fc1 and fc2; everything else float32";
 
-    private static string Block(GraphBuilder g, Dictionary<string, Tensor> w, string p, ViTBlockSpec spec, string x, double eps, bool classTokenOnly)
+    private static string Block(GraphBuilder g, Dictionary<string, Tensor> w, string p, ViTBlockSpec spec, string x, double eps, int outputTokens)
     {
         int h = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
         var layout = spec.Qkv;
@@ -245,11 +259,12 @@ public static class OnnxExport
         }
         var n1 = LayerNorm(g, w, p + "norm1", x, eps);
         string qIn, kIn, vIn;
+        bool classTokenOnly = outputTokens > 0;
         if (classTokenOnly)
         {
             // q for the class token only; k and v for every token (the q rows and the k|v rows of the fused projection)
             long qRows = layout.QRows, kvRows = layout.KRows + layout.VRows;
-            var cls = g.Node("Slice", [n1, g.Shape(0), g.Shape(1), g.Shape(1)]);                                        // [B, 1, D]
+            var cls = g.Node("Slice", [n1, g.Shape(0), g.Shape(outputTokens), g.Shape(1)]);                             // [B, 1, D]
             using (var wq = qkvW.narrow(0, 0, qRows)) using (var bq = qkvB.narrow(0, 0, qRows))
                 qIn = Affine(g, p + "attn.q", cls, wq, bq);
             string kv;
@@ -271,7 +286,7 @@ public static class OnnxExport
         var attn = g.Node("Softmax", [g.Node("MatMul", [q, kT])], GraphBuilder.Int("axis", -1));
         var heads = g.Node("Reshape", [g.Node("Transpose", [g.Node("MatMul", [attn, v])], GraphBuilder.Ints("perm", 0, 2, 1, 3)), g.Shape(0, 0, layout.VRows)]);
         var proj = Linear(g, w, p + "attn.proj", heads);
-        var residual = classTokenOnly ? g.Node("Slice", [x, g.Shape(0), g.Shape(1), g.Shape(1)]) : x;                      // [B, 1, D] or [B, N, D]
+        var residual = classTokenOnly ? g.Node("Slice", [x, g.Shape(0), g.Shape(outputTokens), g.Shape(1)]) : x;                      // [B, 1, D] or [B, N, D]
         var x1 = g.Node("Add", [residual, proj]);
         var n2 = LayerNorm(g, w, p + "norm2", x1, eps);
         var f1 = Linear(g, w, p + "mlp.fc1", n2);
@@ -281,6 +296,10 @@ public static class OnnxExport
         var f2 = Linear(g, w, p + "mlp.fc2", gelu);
         return g.Node("Add", [x1, f2]);
     }
+
+    /// <summary>A classifier head, x·weightᵀ + bias, float32 whatever <see cref="OnnxExportOptions.Quantization"/> says.</summary>
+    private static string Head(GraphBuilder g, Dictionary<string, Tensor> w, string name, string x) =>
+        g.Node("Add", [g.Node("MatMul", [x, g.Const(name + ".weight_t", Transposed(w[name + ".weight"]))]), g.Const(name + ".bias", w[name + ".bias"])]);
 
     private static string Linear(GraphBuilder g, Dictionary<string, Tensor> w, string name, string x) =>
         Affine(g, name, x, w[name + ".weight"], w[name + ".bias"]);

@@ -56,7 +56,7 @@ public sealed record PretrainedImport(VisionTransformerModel Model, CheckpointNa
     IReadOnlyList<float>? Mean, IReadOnlyList<float>? Std);
 
 /// <summary>
-/// Imports pretrained ViT/DeiT weights — timm or Hugging Face <c>ViTForImageClassification</c> naming, from
+/// Imports pretrained ViT/DeiT weights — timm or Hugging Face naming (<c>ViTForImageClassification</c>, the DeiT classes, distilled DeiT included), from
 /// <c>.safetensors</c> or PyTorch <c>.pth</c>/<c>.bin</c> state dicts — into a <see cref="VisionTransformerModel"/>. The
 /// architecture (embedding width, depth, patch size, image size, per-block MLP width, class count) is read from the tensor
 /// shapes; see docs/interop.md.
@@ -84,7 +84,7 @@ public static partial class PretrainedViT
     /// <summary>
     /// Imports a pretrained checkpoint. Throws <see cref="FileNotFoundException"/>, <see cref="UnsafePickleException"/> (a
     /// <c>.pth</c>/<c>.bin</c> whose pickle references anything but tensors and plain containers — nothing is loaded then),
-    /// or <see cref="InvalidDataException"/> naming the offending key (missing, unexpected, wrong shape; not a ViT; a distilled DeiT).
+    /// or <see cref="InvalidDataException"/> naming the offending key (missing, unexpected, wrong shape; not a ViT).
     /// </summary>
     /// <param name="path">A <c>.safetensors</c> file or a <c>torch.save</c> zip (<c>.pth</c>, <c>.pt</c>, <c>.bin</c>).</param>
     /// <param name="options">Heads, class count, image size, LayerNorm epsilon, head seed.</param>
@@ -105,6 +105,7 @@ public static partial class PretrainedViT
             throw;
         }
         var stored = c.Stored;
+        if (newHead && target.Distillation == ViTDistillation.TokenAndHead) log?.Invoke("The distillation head is new as well.");
         if (newHead) log?.Invoke($"New classifier head: {target.NumClasses} classes (checkpoint: {(c.StateDict.ContainsKey("head.weight") ? stored.NumClasses.ToString(CultureInfo.InvariantCulture) : "none")}), seed {options.Seed}.");
         if (resample) log?.Invoke($"Position embedding resampled (bicubic) from {stored.ImageSize}² to {target.ImageSize}² ({stored.NumPatches} → {target.NumPatches} patches).");
         model.eval();
@@ -147,6 +148,7 @@ public static partial class PretrainedViT
         try
         {
             CheckpointNames.StripDataParallelPrefix(raw);
+            CheckpointNames.AddHfBaseModelPrefix(raw);
             var naming = CheckpointNames.Detect(raw, source);
             var config = PretrainedConfig.ReadBeside(path);
             if (config.HiddenAct is string act && act != "gelu")
@@ -161,7 +163,7 @@ public static partial class PretrainedViT
                     "pooling (fc_norm), q/k norms or a pre-norm are not supported.");
             }
             var (heads, headsFrom) = ResolveHeads(sd, naming, options, config, source);
-            double eps = options.LayerNormEps ?? (naming == CheckpointNaming.HuggingFace ? config.LayerNormEps ?? 1e-12 : 1e-6);
+            double eps = options.LayerNormEps ?? (naming != CheckpointNaming.Timm ? config.LayerNormEps ?? 1e-12 : 1e-6);
             var stored = InferArchitecture(sd, naming, heads, eps, options.NumClasses, source);
             log?.Invoke($"'{source}': {format} file, {naming} naming, {stored} ({heads} heads from {headsFrom}, LayerNorm eps {eps:G3}).");
             var result = new Checkpoint { Source = source, StateDict = sd, Naming = naming, Format = format, Config = config, Stored = stored };
@@ -187,7 +189,7 @@ public static partial class PretrainedViT
             int s = options.ImageSize!.Value;
             if (s % stored.PatchSize != 0)
                 throw new ArgumentOutOfRangeException(nameof(options.ImageSize), s, $"ImageSize ({s}) must be divisible by the checkpoint's patch size ({stored.PatchSize}).");
-            target = new ViTArchitecture(s, stored.PatchSize, stored.Channels, stored.EmbedDim, target.NumClasses, stored.Blocks, stored.LayerNormEps);
+            target = target.WithImageSize(s);
         }
         return (target, newHead, resample);
     }
@@ -216,16 +218,19 @@ public static partial class PretrainedViT
         var pe = Need(sd, "patch_embed.proj.weight", naming, source);
         if (pe.dim() != 4 || pe.shape[2] != pe.shape[3]) throw BadShape("patch_embed.proj.weight", pe, "[embed, channels, patch, patch]", naming, source);
         int d = (int)pe.shape[0], channels = (int)pe.shape[1], patch = (int)pe.shape[2];
+        var distillation = Distillation(sd, naming, d, source);
+        int prefix = distillation == ViTDistillation.None ? 1 : 2;
+        string tokens = prefix == 1 ? "1" : "2 (class and distillation tokens)";
         var pos = Need(sd, "pos_embed", naming, source);
-        if (pos.dim() != 3 || pos.shape[0] != 1 || pos.shape[2] != d) throw BadShape("pos_embed", pos, $"[1, 1 + patches, {d}]", naming, source);
+        if (pos.dim() != 3 || pos.shape[0] != 1 || pos.shape[2] != d) throw BadShape("pos_embed", pos, $"[1, {prefix} + patches, {d}]", naming, source);
         long len = pos.shape[1];
-        int grid = (int)Math.Round(Math.Sqrt(len - 1));
-        if ((long)grid * grid != len - 1)
+        int grid = (int)Math.Round(Math.Sqrt(Math.Max(0, len - prefix)));
+        if (len <= prefix || (long)grid * grid != len - prefix)
         {
             int g0 = (int)Math.Round(Math.Sqrt(len));
             throw new InvalidDataException((long)g0 * g0 == len
                 ? $"'{source}': {CheckpointNames.Describe("pos_embed", naming)} has {len} positions = {g0}² patches and none for the class token (timm no_embed_class); such models are not supported."
-                : $"'{source}': {CheckpointNames.Describe("pos_embed", naming)} has {len} positions; expected 1 + a square number of patches.");
+                : $"'{source}': {CheckpointNames.Describe("pos_embed", naming)} has {len} positions; expected {tokens} + a square number of patches.");
         }
         var indices = sd.Keys.Select(k => BlockKey().Match(k)).Where(m => m.Success).Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).ToList();
         if (indices.Count == 0) throw new InvalidDataException($"'{source}' ({naming} naming) has no transformer blocks ({CheckpointNames.Describe("blocks.0.attn.qkv.weight", naming)} is missing).");
@@ -252,14 +257,34 @@ public static partial class PretrainedViT
         else
             classes = numClasses ?? throw new InvalidDataException(
                 $"'{source}' has no classifier head ({CheckpointNames.Describe("head.weight", naming)}); set NumClasses to add a new one.");
+        if (sd.TryGetValue("head_dist.weight", out var headDist) && (headDist.dim() != 2 || headDist.shape[0] != classes || headDist.shape[1] != d))
+            throw BadShape("head_dist.weight", headDist, $"[{classes}, {d}] (the shape of the class head)", naming, source);
         try
         {
-            return new ViTArchitecture(grid * patch, patch, channels, d, classes, blocks, eps);
+            return new ViTArchitecture(grid * patch, patch, channels, d, classes, blocks, eps).WithDistillation(distillation);
         }
         catch (ArgumentException e)
         {
             throw new InvalidDataException($"'{source}': the tensors describe an invalid ViT: {e.Message}", e);
         }
+    }
+
+    /// <summary>
+    /// The distillation token and head: none, the token alone (Hugging Face <c>DeiTForImageClassification</c>/<c>DeiTModel</c>),
+    /// or both (distilled DeiT). A distillation head without the token is refused.
+    /// </summary>
+    private static ViTDistillation Distillation(Dictionary<string, Tensor> sd, CheckpointNaming naming, int d, string source)
+    {
+        bool headDist = sd.ContainsKey("head_dist.weight") || sd.ContainsKey("head_dist.bias");
+        if (!sd.TryGetValue("dist_token", out var token))
+        {
+            if (headDist)
+                throw new InvalidDataException($"'{source}' ({naming} naming) has a distillation head ({CheckpointNames.Describe("head_dist.weight", naming)}) but no distillation token ({CheckpointNames.Describe("dist_token", naming)}).");
+            return ViTDistillation.None;
+        }
+        if (token.dim() != 3 || token.shape[0] != 1 || token.shape[1] != 1 || token.shape[2] != d)
+            throw BadShape("dist_token", token, $"[1, 1, {d}]", naming, source);
+        return headDist ? ViTDistillation.TokenAndHead : ViTDistillation.Token;
     }
 
     /// <summary>Copies the checkpoint into <paramref name="model"/>: every parameter of the model must be in the checkpoint with its shape.</summary>
@@ -270,7 +295,7 @@ public static partial class PretrainedViT
         bool zeroBiasLogged = false;
         foreach (var (key, dst) in model.state_dict())
         {
-            if (newHead && key.StartsWith("head.", StringComparison.Ordinal)) continue;
+            if (newHead && (key.StartsWith("head.", StringComparison.Ordinal) || key.StartsWith("head_dist.", StringComparison.Ordinal))) continue;
             if (!sd.TryGetValue(key, out var src))
             {
                 if (key.EndsWith(".attn.qkv.bias", StringComparison.Ordinal))
@@ -285,7 +310,7 @@ public static partial class PretrainedViT
             }
             if (key == "pos_embed" && resample)
             {
-                using var resampled = ResamplePositionEmbedding(src, model.Architecture.ImageSize / model.Architecture.PatchSize);
+                using var resampled = ResamplePositionEmbedding(src, model.Architecture.ImageSize / model.Architecture.PatchSize, model.Architecture.PrefixTokens);
                 dst.copy_(resampled);
                 continue;
             }
@@ -296,16 +321,17 @@ public static partial class PretrainedViT
     }
 
     /// <summary>
-    /// timm's <c>resample_abs_pos_embed</c>: the class-token position is kept; the patch grid is resized with bicubic
-    /// interpolation (align_corners = false, antialias = true). Input [1, 1 + g², D], output [1, 1 + newGrid², D].
+    /// timm's <c>resample_abs_pos_embed</c>: the class-token position (and the distillation token's) is kept; the patch grid
+    /// is resized with bicubic interpolation (align_corners = false, antialias = true). Input [1, prefix + g², D], output
+    /// [1, prefix + newGrid², D].
     /// </summary>
-    internal static Tensor ResamplePositionEmbedding(Tensor pos, int newGrid)
+    internal static Tensor ResamplePositionEmbedding(Tensor pos, int newGrid, int prefixTokens = 1)
     {
         using var scope = NewDisposeScope();
         long len = pos.shape[1], d = pos.shape[2];
-        int g = (int)Math.Round(Math.Sqrt(len - 1));
-        var prefix = pos.narrow(1, 0, 1);
-        var grid = pos.narrow(1, 1, len - 1).reshape(1, g, g, d).permute(0, 3, 1, 2);
+        int g = (int)Math.Round(Math.Sqrt(len - prefixTokens));
+        var prefix = pos.narrow(1, 0, prefixTokens);
+        var grid = pos.narrow(1, prefixTokens, len - prefixTokens).reshape(1, g, g, d).permute(0, 3, 1, 2);
         var resized = nn.functional.interpolate(grid.to(ScalarType.Float32), [newGrid, newGrid], mode: InterpolationMode.Bicubic,
             align_corners: false, antialias: true);
         var back = resized.permute(0, 2, 3, 1).reshape(1, (long)newGrid * newGrid, d);

@@ -37,6 +37,12 @@ public sealed class PretrainedViTOptions : PretrainedImportOptions
     /// <summary>Device for inference and later pruning. Default <see cref="ViTDevice.Auto"/>.</summary>
     public ViTDevice Device { get; set; } = ViTDevice.Auto;
 
+    /// <summary>
+    /// Where a model given by name (<c>hf:org/name[@revision]</c>) is downloaded from and cached. Null:
+    /// <see cref="HubOptions.FromEnvironment"/> (<c>HF_ENDPOINT</c>, <c>HF_HOME</c>/<c>HF_HUB_CACHE</c>, <c>HF_HUB_OFFLINE</c>, <c>HF_TOKEN</c>).
+    /// </summary>
+    public HubOptions? Hub { get; set; }
+
     /// <inheritdoc />
     public override void Validate()
     {
@@ -57,7 +63,11 @@ internal static class PretrainedViTTransformer
         options.Validate();
         PretrainedImport import;
         using (var ch = host.Start("Import"))
+        {
+            if (HubModelName.IsHubName(path))
+                path = HuggingFaceHub.DownloadModel(HubModelName.Parse(path, nameof(path)), options.Hub ?? HubOptions.FromEnvironment(), line => ch.Info(line));
             import = PretrainedViT.Import(path, options, line => ch.Info(line));
+        }
         var model = import.Model;
         try
         {

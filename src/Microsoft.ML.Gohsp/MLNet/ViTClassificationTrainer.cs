@@ -66,12 +66,43 @@ public sealed class ViTClassificationTrainer :
         /// </summary>
         public int? PretrainedHeads { get; set; }
 
-        private (string Key, ViTArchitecture Arch)? _pretrained;
+        /// <summary>
+        /// A pretrained model on the Hugging Face hub to start from, by name: <c>[hf:]org/name[@revision]</c>, e.g.
+        /// <c>timm/deit_small_patch16_224.fb_in1k</c> or <c>facebook/deit-small-patch16-224</c> (revision <c>main</c> by default).
+        /// Its <c>model.safetensors</c> (else <c>pytorch_model.bin</c>) and config files are downloaded into the hub's cache
+        /// when the trainer is created, or taken from the cache (see <see cref="Hub"/>); then it is used as
+        /// <see cref="PretrainedWeightsPath"/> would be. Set one of the two.
+        /// </summary>
+        public string? PretrainedModel { get; set; }
 
-        /// <summary>The architecture stored in <see cref="PretrainedWeightsPath"/> (read once per file version).</summary>
+        /// <summary>
+        /// Where <see cref="PretrainedModel"/> is downloaded from and cached. Null: <see cref="HubOptions.FromEnvironment"/>
+        /// (<c>HF_ENDPOINT</c>, <c>HF_HOME</c>/<c>HF_HUB_CACHE</c>, <c>HF_HUB_OFFLINE</c>, <c>HF_TOKEN</c>).
+        /// </summary>
+        public HubOptions? Hub { get; set; }
+
+        private (string Key, ViTArchitecture Arch)? _pretrained;
+        private (string Name, string Cache, string Path)? _downloaded;
+
+        /// <summary>Receives the download's log lines (the trainer's channel); null: none.</summary>
+        internal Action<string>? DownloadLog { get; set; }
+
+        /// <summary>The checkpoint file: <see cref="PretrainedWeightsPath"/>, or <see cref="PretrainedModel"/> downloaded (once per name and cache).</summary>
+        internal string? PretrainedCheckpoint()
+        {
+            if (PretrainedModel is null) return PretrainedWeightsPath;
+            var hub = Hub ?? HubOptions.FromEnvironment();
+            var name = HubModelName.Parse(PretrainedModel, nameof(PretrainedModel));
+            if (_downloaded is { } d && d.Name == name.ToString() && d.Cache == hub.CacheDirectory && File.Exists(d.Path)) return d.Path;
+            string path = HuggingFaceHub.DownloadModel(name, hub, DownloadLog);
+            _downloaded = (name.ToString(), hub.CacheDirectory, path);
+            return path;
+        }
+
+        /// <summary>The architecture stored in the pretrained checkpoint (read once per file version).</summary>
         private ViTArchitecture PretrainedArchitecture()
         {
-            var path = PretrainedWeightsPath!;
+            var path = PretrainedCheckpoint()!;
             var info = new FileInfo(path);
             if (!info.Exists) throw new FileNotFoundException($"PretrainedWeightsPath '{path}' was not found.", path);
             string key = $"{info.FullName}|{info.LastWriteTimeUtc.Ticks}|{info.Length}|{PretrainedHeads}";
@@ -85,7 +116,7 @@ public sealed class ViTClassificationTrainer :
         /// <summary>The architecture to train for <paramref name="numClasses"/> classes.</summary>
         public ViTArchitecture ResolveArchitecture(int numClasses)
         {
-            var a = PretrainedWeightsPath is not null ? PretrainedArchitecture()
+            var a = PretrainedWeightsPath is not null || PretrainedModel is not null ? PretrainedArchitecture()
                 : Architecture ?? ViTArchitecture.FromPreset(ArchitecturePreset, Math.Max(numClasses, 2));
             a = a.WithNumClasses(Math.Max(numClasses, 2));
             if (ImageSize is int s && s != a.ImageSize)
@@ -93,7 +124,7 @@ public sealed class ViTClassificationTrainer :
                 if (s <= 0) throw new ArgumentOutOfRangeException(nameof(ImageSize), s, "ImageSize must be positive.");
                 if (s % a.PatchSize != 0)
                     throw new ArgumentOutOfRangeException(nameof(ImageSize), s, $"ImageSize ({s}) must be divisible by the patch size ({a.PatchSize}).");
-                a = new ViTArchitecture(s, a.PatchSize, a.Channels, a.EmbedDim, a.NumClasses, a.Blocks, a.LayerNormEps);
+                a = a.WithImageSize(s);
             }
             return a;
         }
@@ -103,11 +134,20 @@ public sealed class ViTClassificationTrainer :
         {
             if (string.IsNullOrWhiteSpace(LabelColumnName)) throw new ArgumentException("LabelColumnName must be set.", nameof(LabelColumnName));
             if (string.IsNullOrWhiteSpace(ImageColumnName)) throw new ArgumentException("ImageColumnName must be set.", nameof(ImageColumnName));
+            if (PretrainedWeightsPath is not null && PretrainedModel is not null)
+                throw new ArgumentException("Set either PretrainedWeightsPath (a file) or PretrainedModel (a Hugging Face hub name), not both.", nameof(PretrainedModel));
+            if (PretrainedModel is not null)
+            {
+                if (Architecture is not null)
+                    throw new ArgumentException("Set either Architecture or PretrainedModel: a pretrained model brings its own architecture.", nameof(Architecture));
+                HubModelName.Parse(PretrainedModel, nameof(PretrainedModel));
+            }
+            if (PretrainedWeightsPath is not null || PretrainedModel is not null)
+                if (PretrainedHeads is int h && h < 1) throw new ArgumentOutOfRangeException(nameof(PretrainedHeads), h, "PretrainedHeads must be positive.");
             if (PretrainedWeightsPath is not null)
             {
                 if (Architecture is not null)
                     throw new ArgumentException("Set either Architecture or PretrainedWeightsPath: a pretrained checkpoint brings its own architecture.", nameof(Architecture));
-                if (PretrainedHeads is int h && h < 1) throw new ArgumentOutOfRangeException(nameof(PretrainedHeads), h, "PretrainedHeads must be positive.");
                 if (!File.Exists(PretrainedWeightsPath))
                     throw new FileNotFoundException($"PretrainedWeightsPath '{PretrainedWeightsPath}' was not found.", PretrainedWeightsPath);
             }
@@ -131,8 +171,17 @@ public sealed class ViTClassificationTrainer :
             TrainerUtils.MakeU4ScalarColumn(options?.LabelColumnName ?? DefaultColumnNames.Label))
     {
         Host.CheckValue(options, nameof(options));
-        options!.ValidateOptions();
-        _options = options;
+        _options = options!;
+        ValidateOptions();
+    }
+
+    /// <summary><see cref="Options.ValidateOptions"/>, with a download of <see cref="Options.PretrainedModel"/> logged to this trainer's channel.</summary>
+    private void ValidateOptions()
+    {
+        using var ch = Host.Start("Options");
+        _options.DownloadLog = line => ch.Info(line);
+        try { _options.ValidateOptions(); }
+        finally { _options.DownloadLog = null; }
     }
 
     /// <summary>The options this trainer was created with.</summary>
@@ -178,7 +227,7 @@ public sealed class ViTClassificationTrainer :
         Host.CheckValue(trainData, nameof(trainData));
         Host.CheckAlive();
         // The options object is mutable: check it again, and the device, before any data is read.
-        _options.ValidateOptions();
+        ValidateOptions();
         TorchDevices.Resolve(_options.Device);
         var input = trainData;
         GetOutputSchema(SchemaShape.Create(input.Schema));
@@ -189,8 +238,8 @@ public sealed class ViTClassificationTrainer :
             ImageColumn.Check(_options.ValidationSet.Schema, _options.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ValidationSet));
         if (modelParameters is not null)
         {
-            if (_options.PretrainedWeightsPath is not null)
-                throw new ArgumentException("Give either a model to continue training or PretrainedWeightsPath, not both.", nameof(Options.PretrainedWeightsPath));
+            if (_options.PretrainedWeightsPath is not null || _options.PretrainedModel is not null)
+                throw new ArgumentException("Give either a model to continue training or PretrainedWeightsPath/PretrainedModel, not both.", nameof(Options.PretrainedWeightsPath));
             CheckWarmStart(modelParameters, input.Schema, labelType!);
         }
         // What TrainerEstimatorBase.TrainTransformer does, minus its float-vector-only feature check.
@@ -282,7 +331,7 @@ public sealed class ViTClassificationTrainer :
             arch, arch.ParameterCount, arch.ForwardFlops / 1e6, train.Count, numClasses, init is null ? "" : ", continuing from the given model");
         using var threads = TorchDevices.UseThreads(o.NumberOfThreads); // restored when Fit returns
         var model = init?.Model.Clone()
-            ?? (o.PretrainedWeightsPath is null ? new VisionTransformerModel(arch, o.Seed) : ImportPretrained(o, arch, ch));
+            ?? (o.PretrainedWeightsPath is null && o.PretrainedModel is null ? new VisionTransformerModel(arch, o.Seed) : ImportPretrained(o, arch, ch));
         // A continued run is another stage: its progress says so and its checkpoints never match a from-scratch run.
         var loop = new TrainingLoop(o, init is null ? "dense" : "dense-continued", line => ch.Info(line), cancellation);
         try
@@ -301,7 +350,7 @@ public sealed class ViTClassificationTrainer :
 
     private static VisionTransformerModel ImportPretrained(Options o, ViTArchitecture arch, IChannel ch)
     {
-        var import = PretrainedViT.Import(o.PretrainedWeightsPath!, new PretrainedImportOptions
+        var import = PretrainedViT.Import(o.PretrainedCheckpoint()!, new PretrainedImportOptions
         {
             Heads = o.PretrainedHeads, NumClasses = arch.NumClasses, ImageSize = arch.ImageSize, Seed = o.Seed,
         }, line => ch.Info(line));

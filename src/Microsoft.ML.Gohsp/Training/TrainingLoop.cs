@@ -222,7 +222,7 @@ public sealed partial class TrainingLoop
         var noDecay = new List<Parameter>();
         foreach (var (name, p) in model.named_parameters())
         {
-            if (p.dim() < 2 || name is "cls_token" or "pos_embed") noDecay.Add(p);
+            if (p.dim() < 2 || name is "cls_token" or "dist_token" or "pos_embed") noDecay.Add(p);
             else decay.Add(p);
         }
         return optim.AdamW(new[]

@@ -42,7 +42,7 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
     internal Tensor Forward(Tensor x, AttentionPath path) => path switch
     {
         AttentionPath.Autograd => ForwardAllTokens(x),
-        AttentionPath.ClassToken => ForwardClassToken(x),
+        AttentionPath.ClassToken => ForwardClassToken(x, 1),
         _ => ForwardInference(x),
     };
 
@@ -56,13 +56,14 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
     /// <summary>
     /// <see cref="AttentionPath.ClassToken"/>: the attention output of the class token alone, [B, 1, D]. Its query attends
     /// to every token's key and value, and only its row goes through the output projection: the same maths as the first
-    /// row of <see cref="AttentionPath.Autograd"/>, with or without autograd.
+    /// row of <see cref="AttentionPath.Autograd"/>, with or without autograd. <paramref name="tokens"/> &gt; 1 computes the
+    /// first rows (the class and distillation tokens of a distilled DeiT): [B, tokens, D].
     /// </summary>
-    public Tensor ForwardClassToken(Tensor x)
+    public Tensor ForwardClassToken(Tensor x, int tokens = 1)
     {
         using var scope = NewDisposeScope();
-        var (q, kT, v) = ProjectClassToken(x);
-        return ProjectHeads(Attend(q, kT, v)).MoveToOuterDisposeScope();   // Attend: [B, h, 1, dv]
+        var (q, kT, v) = ProjectClassToken(x, tokens);
+        return ProjectHeads(Attend(q, kT, v)).MoveToOuterDisposeScope();   // Attend: [B, h, tokens, dv]
     }
 
     /// <summary>
@@ -174,16 +175,17 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
-    /// The class token's query q [B, h, 1, dq] and every token's kᵀ [B, h, dq, N] and v [B, h, N, dv]: the qkv product of
-    /// the class token's q rows, and of the k and v rows for every token. Call inside a dispose scope.
+    /// The first <paramref name="tokens"/> tokens' query q [B, h, tokens, dq] and every token's kᵀ [B, h, dq, N] and v
+    /// [B, h, N, dv]: the qkv product of those tokens' q rows, and of the k and v rows for every token. Call inside a
+    /// dispose scope.
     /// </summary>
-    private (Tensor Q, Tensor KT, Tensor V) ProjectClassToken(Tensor x)
+    private (Tensor Q, Tensor KT, Tensor V) ProjectClassToken(Tensor x, int tokens)
     {
         long b = x.shape[0], n = x.shape[1];
         int h = Spec.Heads, dq = Spec.QkDim, dv = Spec.VDim;
         var layout = Spec.Qkv;
-        var cls = x.narrow(1, 0, 1);
-        var q = qkv.ForwardRows(cls, 0, layout.QRows).view(b, 1, h, dq).transpose(1, 2);   // [B, h, 1, dq]
+        var cls = x.narrow(1, 0, tokens);
+        var q = qkv.ForwardRows(cls, 0, layout.QRows).view(b, tokens, h, dq).transpose(1, 2);   // [B, h, tokens, dq]
         var kv = qkv.ForwardRows(x, layout.KStart, layout.KRows + layout.VRows);            // [B, N, h·dq | h·dv]
         var parts = kv.split(new long[] { layout.KRows, layout.VRows }, -1);
         var kT = parts[0].view(b, n, h, dq).permute(0, 2, 3, 1);                            // [B, h, dq, N]

@@ -14,8 +14,12 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
     public Mlp mlp;
 #pragma warning restore IDE1006
 
-    public Block(int embedDim, ViTBlockSpec spec, double eps, ComputeSettings settings) : base("Block")
+    /// <summary>Tokens the class-token path computes: 1, or 2 for the class and distillation tokens of a distilled DeiT.</summary>
+    public int OutputTokens { get; }
+
+    public Block(int embedDim, ViTBlockSpec spec, double eps, ComputeSettings settings, int outputTokens = 1) : base("Block")
     {
+        OutputTokens = outputTokens;
         norm1 = nn.LayerNorm(embedDim, eps);
         attn = new Attention(embedDim, spec, settings);
         norm2 = nn.LayerNorm(embedDim, eps);
@@ -27,8 +31,8 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x) => Forward(x, PathFor(x, classTokenOnly: false));
 
     /// <summary>
-    /// The block's output for the class token alone, [B, 1, D] (<see cref="AttentionPath.ClassToken"/>): what the last
-    /// block must compute for the head. Works with autograd.
+    /// The block's output for the class token alone, [B, 1, D] (<see cref="AttentionPath.ClassToken"/>; [B, 2, D] with the
+    /// distillation token, see <see cref="OutputTokens"/>): what the last block must compute for the head. Works with autograd.
     /// </summary>
     public Tensor ForwardClassToken(Tensor x) => Forward(x, AttentionPath.ClassToken);
 
@@ -62,8 +66,8 @@ internal sealed class Block : nn.Module<Tensor, Tensor>
                 using (var merged = attn.MergedHeadsInference(n1))
                     return Accumulate(x.add(attn.proj.bias, Scalars.One), merged, attn.proj.weight);
             case AttentionPath.ClassToken:
-                using (var cls = x.narrow(1, 0, 1))
-                    return AddResidual(cls, attn.ForwardClassToken(n1), inPlace: false);
+                using (var cls = x.narrow(1, 0, OutputTokens))
+                    return AddResidual(cls, attn.ForwardClassToken(n1, OutputTokens), inPlace: false);
             default:
                 return AddResidual(x, attn.Forward(n1, path), inPlace: path == AttentionPath.Inference);
         }

@@ -30,6 +30,26 @@ public sealed record ViTBlockSpec(int Heads, int QkDim, int VDim, int MlpHidden)
 }
 
 /// <summary>
+/// The distillation token of DeiT (Touvron et al., "Training data-efficient image transformers &amp; distillation through
+/// attention", 2021): a second learned token after the class token, with its own position.
+/// </summary>
+public enum ViTDistillation
+{
+    /// <summary>Class token only (ViT, non-distilled DeiT).</summary>
+    None = 0,
+    /// <summary>
+    /// The sequence carries the distillation token, and the model classifies from the class token alone (Hugging Face
+    /// <c>DeiTForImageClassification</c>, whose embeddings always hold a distillation token).
+    /// </summary>
+    Token = 1,
+    /// <summary>
+    /// Distilled DeiT (timm <c>deit_*_distilled_*</c>, Hugging Face <c>DeiTForImageClassificationWithTeacher</c>): a second
+    /// head (<c>head_dist</c>) on the distillation token; the logits are the mean of both heads' logits, as DeiT predicts.
+    /// </summary>
+    TokenAndHead = 2,
+}
+
+/// <summary>
 /// The one immutable description of a vision transformer built by this library (ViT/DeiT family, pre-norm
 /// blocks, class token, learned position embedding, linear head). It fully determines the module tree and
 /// parameter shapes, is stored next to the weights inside a saved model, and is what pruning rewrites.
@@ -71,13 +91,23 @@ public sealed record ViTArchitecture
     public ImmutableArray<ViTBlockSpec> Blocks { get; init; }
     /// <summary>LayerNorm epsilon.</summary>
     public double LayerNormEps { get; init; }
+    /// <summary>
+    /// The DeiT distillation token and head (default <see cref="ViTDistillation.None"/>). Kept by
+    /// <see cref="WithNumClasses"/> and <see cref="WithBlocks"/>, so pruning keeps it.
+    /// </summary>
+    public ViTDistillation Distillation { get; init; }
+
+    /// <summary>Tokens before the patches: the class token, and the distillation token when there is one.</summary>
+    public int PrefixTokens => Distillation == ViTDistillation.None ? 1 : 2;
+    /// <summary>Tokens whose final features reach a head: the class token, and the distillation token with <see cref="ViTDistillation.TokenAndHead"/>.</summary>
+    public int OutputTokens => Distillation == ViTDistillation.TokenAndHead ? 2 : 1;
 
     /// <summary>Number of transformer blocks.</summary>
     public int Depth => Blocks.Length;
     /// <summary>Number of patches per image.</summary>
     public int NumPatches => (ImageSize / PatchSize) * (ImageSize / PatchSize);
-    /// <summary>Sequence length: patches plus the class token.</summary>
-    public int SequenceLength => NumPatches + 1;
+    /// <summary>Sequence length: patches plus the class token (and the distillation token, see <see cref="PrefixTokens"/>).</summary>
+    public int SequenceLength => NumPatches + PrefixTokens;
     /// <summary>True when every block has the same shape.</summary>
     public bool IsHomogeneous => Blocks.All(b => b == Blocks[0]);
 
@@ -143,10 +173,21 @@ public sealed record ViTArchitecture
     }
 
     /// <summary>Returns a copy with a different number of classes.</summary>
-    public ViTArchitecture WithNumClasses(int numClasses) => new(ImageSize, PatchSize, Channels, EmbedDim, numClasses, Blocks, LayerNormEps);
+    public ViTArchitecture WithNumClasses(int numClasses) => new(ImageSize, PatchSize, Channels, EmbedDim, numClasses, Blocks, LayerNormEps) { Distillation = Distillation };
 
     /// <summary>Returns a copy with different block shapes (what pruning produces).</summary>
-    public ViTArchitecture WithBlocks(IEnumerable<ViTBlockSpec> blocks) => new(ImageSize, PatchSize, Channels, EmbedDim, NumClasses, blocks, LayerNormEps);
+    public ViTArchitecture WithBlocks(IEnumerable<ViTBlockSpec> blocks) => new(ImageSize, PatchSize, Channels, EmbedDim, NumClasses, blocks, LayerNormEps) { Distillation = Distillation };
+
+    /// <summary>Returns a copy with a different input size (the position embedding then has a different length).</summary>
+    public ViTArchitecture WithImageSize(int imageSize) => new(imageSize, PatchSize, Channels, EmbedDim, NumClasses, Blocks, LayerNormEps) { Distillation = Distillation };
+
+    /// <summary>Returns a copy with a different distillation token/head setting.</summary>
+    public ViTArchitecture WithDistillation(ViTDistillation distillation)
+    {
+        var a = new ViTArchitecture(ImageSize, PatchSize, Channels, EmbedDim, NumClasses, Blocks, LayerNormEps) { Distillation = distillation };
+        a.Validate();
+        return a;
+    }
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the offending field when the architecture is invalid.</summary>
     public void Validate()
@@ -158,6 +199,7 @@ public sealed record ViTArchitecture
         if (Channels <= 0) throw new ArgumentOutOfRangeException(nameof(Channels), Channels, "Channels must be positive.");
         if (EmbedDim <= 0) throw new ArgumentOutOfRangeException(nameof(EmbedDim), EmbedDim, "EmbedDim must be positive.");
         if (NumClasses < 2) throw new ArgumentOutOfRangeException(nameof(NumClasses), NumClasses, "NumClasses must be at least 2.");
+        if (!Enum.IsDefined(Distillation)) throw new ArgumentOutOfRangeException(nameof(Distillation), Distillation, "Unknown distillation setting.");
         if (Blocks.IsDefault || Blocks.Length == 0) throw new ArgumentException("An architecture needs at least one block.", nameof(Blocks));
         for (int i = 0; i < Blocks.Length; i++)
         {
@@ -183,17 +225,20 @@ public sealed record ViTArchitecture
              + ((long)b.MlpHidden + 1) * d;                // fc2
     }
 
-    /// <summary>Parameters outside the blocks: patch embedding, class token, position embedding, final norm, head.</summary>
+    /// <summary>
+    /// Parameters outside the blocks: patch embedding, class token, position embedding, final norm, head (and the
+    /// distillation token and head).
+    /// </summary>
     public long NonBlockParameterCount
     {
         get
         {
             long d = EmbedDim;
             return (long)Channels * PatchSize * PatchSize * d + d  // patch embedding conv
-                 + d                                              // class token
+                 + d * PrefixTokens                               // class (and distillation) token
                  + (long)SequenceLength * d                        // position embedding
                  + 2 * d                                           // final norm
-                 + (d + 1) * NumClasses;                           // head
+                 + (d + 1) * NumClasses * OutputTokens;            // head (and distillation head)
         }
     }
 
@@ -222,7 +267,7 @@ public sealed record ViTArchitecture
         get
         {
             long d = EmbedDim;
-            long macs = (long)NumPatches * Channels * PatchSize * PatchSize * d + d * NumClasses;
+            long macs = (long)NumPatches * Channels * PatchSize * PatchSize * d + d * NumClasses * OutputTokens;
             return 2 * macs + Enumerable.Range(0, Depth).Sum(BlockForwardFlops);
         }
     }
@@ -235,13 +280,13 @@ public sealed record ViTArchitecture
     public long ClassTokenBlockForwardFlops(int block)
     {
         var b = Blocks[block];
-        long n = SequenceLength, d = EmbedDim;
-        long macs = n * d * (long)b.Heads * (b.QkDim + b.VDim)   // k and v projections, every token
-                  + d * (long)b.Heads * b.QkDim                  // q projection, class token
-                  + (long)b.Heads * n * b.QkDim                  // its q kᵀ row
-                  + (long)b.Heads * n * b.VDim                   // its attention · v
-                  + (long)b.AttentionOutWidth * d                // output projection, class token
-                  + 2 * d * (long)b.MlpHidden;                   // fc1 + fc2, class token
+        long n = SequenceLength, d = EmbedDim, t = OutputTokens;
+        long macs = n * d * (long)b.Heads * (b.QkDim + b.VDim)       // k and v projections, every token
+                  + t * (d * (long)b.Heads * b.QkDim                 // q projection, class (and distillation) token
+                  + (long)b.Heads * n * b.QkDim                      // its q kᵀ row
+                  + (long)b.Heads * n * b.VDim                       // its attention · v
+                  + (long)b.AttentionOutWidth * d                    // output projection
+                  + 2 * d * (long)b.MlpHidden);                      // fc1 + fc2
         return 2 * macs;
     }
 
@@ -258,13 +303,13 @@ public sealed record ViTArchitecture
     public bool Equals(ViTArchitecture? other) =>
         other is not null && ImageSize == other.ImageSize && PatchSize == other.PatchSize && Channels == other.Channels
         && EmbedDim == other.EmbedDim && NumClasses == other.NumClasses && LayerNormEps.Equals(other.LayerNormEps)
-        && Blocks.SequenceEqual(other.Blocks);
+        && Distillation == other.Distillation && Blocks.SequenceEqual(other.Blocks);
 
     /// <inheritdoc />
     public override int GetHashCode()
     {
         var h = new HashCode();
-        h.Add(ImageSize); h.Add(PatchSize); h.Add(Channels); h.Add(EmbedDim); h.Add(NumClasses); h.Add(LayerNormEps);
+        h.Add(ImageSize); h.Add(PatchSize); h.Add(Channels); h.Add(EmbedDim); h.Add(NumClasses); h.Add(LayerNormEps); h.Add(Distillation);
         foreach (var b in Blocks) h.Add(b);
         return h.ToHashCode();
     }
@@ -274,34 +319,43 @@ public sealed record ViTArchitecture
     {
         var sb = new StringBuilder();
         sb.Append(CultureInfo.InvariantCulture, $"ViT(img={ImageSize}, patch={PatchSize}, ch={Channels}, dim={EmbedDim}, depth={Depth}, classes={NumClasses}");
+        if (Distillation != ViTDistillation.None) sb.Append(Distillation == ViTDistillation.TokenAndHead ? ", distilled" : ", distillation token");
         if (IsHomogeneous) sb.Append(CultureInfo.InvariantCulture, $", {Blocks[0]})");
         else sb.Append(", blocks=[").Append(string.Join("; ", Blocks)).Append("])");
         return sb.ToString();
     }
 
+    // Version 1: no distillation token. Version 2 appends the distillation setting; it is written only when there is a
+    // distillation token, so every other model is written exactly as before and older readers keep reading it.
     private const int FormatVersion = 1;
+    private const int DistillationFormatVersion = 2;
 
     /// <summary>Writes the architecture in a compact binary form (used inside saved models).</summary>
     public void Write(BinaryWriter w)
     {
-        w.Write(FormatVersion);
+        w.Write(Distillation == ViTDistillation.None ? FormatVersion : DistillationFormatVersion);
         w.Write(ImageSize); w.Write(PatchSize); w.Write(Channels); w.Write(EmbedDim); w.Write(NumClasses); w.Write(LayerNormEps);
         w.Write(Blocks.Length);
         foreach (var b in Blocks) { w.Write(b.Heads); w.Write(b.QkDim); w.Write(b.VDim); w.Write(b.MlpHidden); }
+        if (Distillation != ViTDistillation.None) w.Write((int)Distillation);
     }
 
     /// <summary>Reads an architecture written by <see cref="Write"/>; throws <see cref="InvalidDataException"/> on malformed input.</summary>
     public static ViTArchitecture Read(BinaryReader r)
     {
         int version = r.ReadInt32();
-        if (version != FormatVersion) throw new InvalidDataException($"Unsupported ViT architecture format version {version} (expected {FormatVersion}).");
+        if (version is not (FormatVersion or DistillationFormatVersion))
+            throw new InvalidDataException($"Unsupported ViT architecture format version {version} (expected {FormatVersion} or {DistillationFormatVersion}).");
         int img = r.ReadInt32(), patch = r.ReadInt32(), ch = r.ReadInt32(), dim = r.ReadInt32(), classes = r.ReadInt32();
         double eps = r.ReadDouble();
         int depth = r.ReadInt32();
         if (depth <= 0 || depth > 10_000) throw new InvalidDataException($"Corrupted ViT architecture: depth {depth}.");
         var blocks = new ViTBlockSpec[depth];
         for (int i = 0; i < depth; i++) blocks[i] = new ViTBlockSpec(r.ReadInt32(), r.ReadInt32(), r.ReadInt32(), r.ReadInt32());
-        try { return new ViTArchitecture(img, patch, ch, dim, classes, blocks, eps); }
+        var distillation = version == DistillationFormatVersion ? (ViTDistillation)r.ReadInt32() : ViTDistillation.None;
+        if (version == DistillationFormatVersion && distillation is not (ViTDistillation.Token or ViTDistillation.TokenAndHead))
+            throw new InvalidDataException($"Corrupted ViT architecture: distillation setting {(int)distillation}.");
+        try { return new ViTArchitecture(img, patch, ch, dim, classes, blocks, eps).WithDistillation(distillation); }
         catch (ArgumentException e) { throw new InvalidDataException("Corrupted ViT architecture: " + e.Message, e); }
     }
 }

@@ -22,6 +22,8 @@ public sealed partial class VisionTransformerModel : nn.Module<Tensor, Tensor>
     private readonly ModuleList<Block> blocks;
     private readonly LayerNorm norm;
     private readonly ViTLinear head;
+    private readonly Parameter? dist_token;   // DeiT distillation token (ViTDistillation.Token / TokenAndHead)
+    private readonly ViTLinear? head_dist;    // its head (ViTDistillation.TokenAndHead)
 #pragma warning restore IDE1006
 
     /// <summary>Builds a model with freshly initialised weights (truncated normal σ=0.02 as in timm/DeiT).</summary>
@@ -37,10 +39,12 @@ public sealed partial class VisionTransformerModel : nn.Module<Tensor, Tensor>
         int d = architecture.EmbedDim;
         patch_embed = new PatchEmbedding(architecture.Channels, d, architecture.PatchSize);
         cls_token = nn.Parameter(zeros(1, 1, d));
+        if (architecture.Distillation != ViTDistillation.None) dist_token = nn.Parameter(zeros(1, 1, d));
         pos_embed = nn.Parameter(zeros(1, architecture.SequenceLength, d));
-        blocks = new ModuleList<Block>(architecture.Blocks.Select(b => new Block(d, b, architecture.LayerNormEps, _settings)).ToArray());
+        blocks = new ModuleList<Block>(architecture.Blocks.Select(b => new Block(d, b, architecture.LayerNormEps, _settings, architecture.OutputTokens)).ToArray());
         norm = nn.LayerNorm(d, architecture.LayerNormEps);
         head = new ViTLinear(d, architecture.NumClasses, _settings);
+        if (architecture.Distillation == ViTDistillation.TokenAndHead) head_dist = new ViTLinear(d, architecture.NumClasses, _settings);
         RegisterComponents();
         Initialize(seed);
     }
@@ -58,7 +62,9 @@ public sealed partial class VisionTransformerModel : nn.Module<Tensor, Tensor>
     internal IList<Block> Blocks => blocks;
     internal LayerNorm FinalNorm => norm;
     internal ViTLinear Head => head;
+    internal ViTLinear? DistillationHead => head_dist;
     internal Parameter ClassToken => cls_token;
+    internal Parameter? DistillationToken => dist_token;
     internal Parameter PositionEmbedding => pos_embed;
     internal Conv2d PatchProjection => patch_embed.proj;
 
@@ -70,6 +76,7 @@ public sealed partial class VisionTransformerModel : nn.Module<Tensor, Tensor>
         var rng = seed is long s ? new Random(unchecked((int)(s ^ (s >> 32)))) : new Random();
         Fill(pos_embed, rng, () => TruncNormal(rng, 0.02));
         Fill(cls_token, rng, () => TruncNormal(rng, 0.02));
+        if (dist_token is not null) Fill(dist_token, rng, () => TruncNormal(rng, 0.02));
         foreach (var m in modules())
         {
             if (m is ViTLinear l)
@@ -104,7 +111,7 @@ public sealed partial class VisionTransformerModel : nn.Module<Tensor, Tensor>
         }
     }
 
-    /// <summary>Token features after the final norm: [B, N+1, D].</summary>
+    /// <summary>Token features after the final norm: [B, prefix + N, D] (<see cref="ViTArchitecture.PrefixTokens"/> tokens first).</summary>
     public Tensor ForwardTokens(Tensor images)
     {
         using var scope = NewDisposeScope();
@@ -113,15 +120,24 @@ public sealed partial class VisionTransformerModel : nn.Module<Tensor, Tensor>
         return norm.forward(x).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Patch embedding + class token + position embedding: the input of block 0, [B, N+1, D].</summary>
+    /// <summary>
+    /// Patch embedding + class token (+ distillation token) + position embedding: the input of block 0,
+    /// [B, prefix + N, D].
+    /// </summary>
     internal Tensor TokensBeforeBlocks(Tensor images)
     {
         CheckInput(images);
         long b = images.shape[0];
         using var p = patch_embed.forward(images);
         using var cls = cls_token.expand(b, -1, -1);
-        using var t = cat([cls, p], 1);
-        return t.add(pos_embed, Scalars.One);
+        if (dist_token is null)
+        {
+            using var t = cat([cls, p], 1);
+            return t.add(pos_embed, Scalars.One);
+        }
+        using var dist = dist_token.expand(b, -1, -1);
+        using var td = cat([cls, dist, p], 1);
+        return td.add(pos_embed, Scalars.One);
     }
 
     /// <summary>Logits [B, classes] for normalised images [B, C, H, W].</summary>
@@ -132,7 +148,8 @@ public sealed partial class VisionTransformerModel : nn.Module<Tensor, Tensor>
     /// of being fresh pages every time (docs/benchmarks.md, "Where inference time goes"). The slices are as even as
     /// possible (64 images with a limit of 42 run as 2 × 32).
     /// <para>
-    /// The last block computes the class token's output only (the other tokens' outputs never reach the head), with and
+    /// The last block computes the class token's output only (the other tokens' outputs never reach the head; with a
+    /// distillation head, the class and distillation tokens' outputs), with and
     /// without autograd: the logits and gradients are those of the full computation, for
     /// <see cref="ViTArchitecture.ExecutedForwardFlops"/> instead of <see cref="ViTArchitecture.ForwardFlops"/>.
     /// <see cref="ForwardTokens"/> still returns every token.
@@ -199,11 +216,23 @@ public sealed partial class VisionTransformerModel : nn.Module<Tensor, Tensor>
         // (AttentionPath.ClassToken; the same logits and gradients, about 1/depth fewer FLOPs).
         for (int i = 0; i < blocks.Count; i++)
             x = blocks[i].Forward(x, blocks[i].PathFor(x, classTokenOnly: i == blocks.Count - 1));
-        using var c = x.select(1, 0);
-        using var n = norm.forward(c);
-        var logits = head.forward(n);
+        var logits = Logits(x);
         if (logits.dtype != ScalarType.Float32) logits = logits.to(ScalarType.Float32);
         return logits.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The logits from the last block's output [B, T, D] (T ≥ <see cref="ViTArchitecture.OutputTokens"/>): the head on the
+    /// normed class token; with a distillation head, the mean of that and the distillation head on the normed
+    /// distillation token (DeiT's prediction). Call inside a dispose scope.
+    /// </summary>
+    internal Tensor Logits(Tensor x)
+    {
+        var logits = head.forward(norm.forward(x.select(1, 0)));
+        if (head_dist is null) return logits;
+        var dist = head_dist.forward(norm.forward(x.select(1, 1)));
+        using var half = 0.5.ToScalar();
+        return logits.add_(dist).mul_(half);
     }
 
     private void CheckInput(Tensor images)

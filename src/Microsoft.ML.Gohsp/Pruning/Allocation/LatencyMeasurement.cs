@@ -98,7 +98,7 @@ internal sealed class LatencyMeasurement : IDisposable
         m.eval();
         var attn = m.Blocks[0].attn;
         // a full block's attention part as Block runs it in float32: the output projection accumulates into the residual
-        return Add(last ? () => attn.ForwardClassToken(x) : () =>
+        return Add(last ? () => attn.ForwardClassToken(x, m.Architecture.OutputTokens) : () =>
         {
             using var merged = attn.MergedHeadsInference(x);
             return Block.Accumulate(x.add(attn.proj.bias, Scalars.One), merged, attn.proj.weight);
@@ -138,10 +138,9 @@ internal sealed class LatencyMeasurement : IDisposable
     // the patch embedding, the final norm of the class token and the head
     private int NonBlockPart(VisionTransformerModel probe, Tensor images) => Add(() =>
     {
-        using var tokens = probe.TokensBeforeBlocks(images);
-        using var c = tokens.select(1, 0);
-        using var normed = probe.FinalNorm.forward(c);
-        return probe.Head.forward(normed);
+        using var scope = NewDisposeScope();
+        var tokens = probe.TokensBeforeBlocks(images);
+        return probe.Logits(tokens).MoveToOuterDisposeScope();
     });
 
     private double[][] Time(int reps) => TimeRounds(_parts, reps);
@@ -175,7 +174,7 @@ internal sealed class LatencyMeasurement : IDisposable
     }
 
     private ViTArchitecture Single(ViTBlockSpec spec) =>
-        new(_dense.ImageSize, _dense.PatchSize, _dense.Channels, _dense.EmbedDim, _dense.NumClasses, [spec], _dense.LayerNormEps);
+        _dense.WithBlocks([spec]);
 
     // a narrower structure must never cost more (the allocator's step costs stay non-negative): each timing is lowered
     // to the smallest timing of any wider entry. Noise on a shared machine only ever slows a timing down, so this drops
