@@ -24,6 +24,8 @@ public sealed class GohspPruningEstimator : PruningEstimatorBase<GohspPruningEst
         /// <inheritdoc />
         public string? ImageColumnName { get; set; }
         /// <inheritdoc />
+        public string? TeacherScoreColumnName { get; set; }
+        /// <inheritdoc />
         public IDataView? ValidationSet { get; set; }
         /// <inheritdoc />
         public IProgress<ViTTrainingProgress>? Progress { get; set; }

@@ -172,11 +172,12 @@ internal static class ImageColumn
     }
 
     /// <summary>
-    /// Reads an image column and (optionally) a key label column into memory in one pass. Rows with a missing
-    /// label are skipped. Throws naming the column and row on NaN/∞ pixels.
+    /// Reads an image column, (optionally) a key label column and (optionally) a teacher score column into memory in one
+    /// pass, so that each image keeps its label and teacher probabilities. Rows with a missing label are skipped. Throws
+    /// naming the column and row on NaN/∞ pixels and on a teacher row that is not a probability vector.
     /// </summary>
     public static ImageTensorData ReadAll(IDataView data, string imageColumn, string? labelColumn, int channels, int size,
-        out int skippedMissingLabels)
+        out int skippedMissingLabels, string? teacherColumn = null, int teacherClasses = 0)
     {
         var schema = data.Schema;
         var kind = Check(schema, imageColumn, channels, size, "ImageColumnName");
@@ -188,6 +189,11 @@ internal static class ImageColumn
             labCol = schema[labelColumn];
             cols.Add(labCol.Value);
         }
+        DataViewSchema.Column? teacherCol = teacherColumn is null ? null : schema[teacherColumn];
+        if (teacherCol is { } tc) cols.Add(tc);
+        var teacher = new List<float>();
+        float[] teacherRow = new float[teacherClasses];
+        VBuffer<float> scores = default;
         int len = channels * size * size;
         var pixels = new List<float[]>();
         const int chunkImages = 1024;
@@ -201,6 +207,7 @@ internal static class ImageColumn
         ValueGetter<VBuffer<byte>>? bytesGetter = kind == ImageInputKind.EncodedBytes ? cursor.GetGetter<VBuffer<byte>>(imgCol) : null;
         VBuffer<byte> encoded = default;
         ValueGetter<uint>? labGetter = labCol is null ? null : cursor.GetGetter<uint>(labCol.Value);
+        ValueGetter<VBuffer<float>>? teacherGetter = teacherCol is null ? null : cursor.GetGetter<VBuffer<float>>(teacherCol.Value);
         VBuffer<float> vec = default; MLImage img = null!; uint key = 0;
         long row = -1;
         while (cursor.MoveNext())
@@ -220,6 +227,15 @@ internal static class ImageColumn
             foreach (float f in dst)
                 if (!float.IsFinite(f))
                     throw new InvalidOperationException($"Image column '{imageColumn}' has a non-finite pixel value ({f}) in row {row}; NaN and ∞ are not valid pixels.");
+            if (teacherGetter is not null)
+            {
+                teacherGetter(ref scores);
+                if (scores.Length != teacherClasses)
+                    throw new InvalidOperationException($"Teacher score column '{teacherColumn}' has {scores.Length} values in row {row}; expected {teacherClasses}.");
+                scores.CopyTo(teacherRow);
+                if (ImageTensorData.TeacherRowProblem(teacherRow) is { } problem) throw TeacherColumn.NotAProbabilityVector(teacherColumn!, row, problem);
+                teacher.AddRange(teacherRow);
+            }
             labels.Add(label);
             if (++inChunk == chunkImages)
             {
@@ -232,6 +248,7 @@ internal static class ImageColumn
         long offset = 0;
         foreach (var c in pixels) { c.CopyTo(all, offset); offset += c.LongLength; }
         Array.Copy(chunk, 0, all, offset, (long)inChunk * len);
-        return new ImageTensorData(all, labels.ToArray(), channels, size);
+        var images = new ImageTensorData(all, labels.ToArray(), channels, size);
+        return teacherCol is null ? images : images.WithTeacherProbabilities(teacher.ToArray(), teacherClasses);
     }
 }

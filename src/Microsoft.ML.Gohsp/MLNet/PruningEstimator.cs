@@ -30,6 +30,9 @@ public sealed class PruningEstimatorOptions : IPruningEstimatorOptions
     public string? ImageColumnName { get; set; }
 
     /// <inheritdoc />
+    public string? TeacherScoreColumnName { get; set; }
+
+    /// <inheritdoc />
     public IDataView? ValidationSet { get; set; }
 
     /// <inheritdoc />

@@ -15,6 +15,15 @@ public interface IPruningEstimatorOptions
     string? ImageColumnName { get; set; }
     /// <summary>Optional validation data: accuracy after every stage goes into the report.</summary>
     IDataView? ValidationSet { get; set; }
+    /// <summary>
+    /// Optional teacher: a column of class probabilities per image (a known-size Single vector of the class count, e.g. the
+    /// <c>Score</c> column of any upstream ML.NET multiclass model trained on the same label). Every stage that trains
+    /// distils from it, with the loss α·T²·KL(teacher ‖ student) + (1 − α)·CE(label) and α, T taken from that stage's
+    /// <see cref="ViTTrainingOptions.TeacherWeight"/> and <see cref="ViTTrainingOptions.TeacherTemperature"/>. Read once
+    /// with the images before the run (with augmentation the teacher saw the un-augmented image). It replaces the dense-model
+    /// teacher: setting it together with <see cref="PruningOptions.Distillation"/> is refused. Null (default): no teacher.
+    /// </summary>
+    string? TeacherScoreColumnName { get; set; }
     /// <summary>Optional progress callback for the training stages.</summary>
     IProgress<ViTTrainingProgress>? Progress { get; set; }
 }
@@ -65,6 +74,11 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         // Without an explicit model the image column is the upstream trainer's feature column, known only at Fit.
         string? image = _options.ImageColumnName ?? _dense?.FeatureColumnName;
         if (image is not null) ImageColumn.Check(inputSchema, image, _dense?.Model.Architecture.Channels ?? 3, nameof(IPruningEstimatorOptions.ImageColumnName));
+        if (_options.TeacherScoreColumnName is { } teacher)
+        {
+            CheckTeacherOptions(teacher);
+            TeacherColumn.Check(inputSchema, teacher, nameof(IPruningEstimatorOptions.TeacherScoreColumnName));
+        }
         if (!inputSchema.TryFindColumn(_options.LabelColumnName, out var label) || !label.IsKey)
             throw new ArgumentOutOfRangeException(nameof(IPruningEstimatorOptions.LabelColumnName), $"Label column '{_options.LabelColumnName}' must exist and be a key type (use MapValueToKey).");
         var cols = inputSchema.ToDictionary(c => c.Name);
@@ -94,7 +108,9 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
             ch.Warning("{0} prunes the ViT trained upstream in this chain; the chain keeps that dense ViT too, and saves it. " +
                 "To keep only the pruned model, pass the trainer instead: mlContext.Transforms.{1}(options, mlContext.MulticlassClassification.Trainers.ViTClassification(...)).",
                 _method, _catalogEntry);
-        var train = ImageColumn.ReadAll(input, image, labelName, arch.Channels, arch.ImageSize, out _);
+        string? teacher = _options.TeacherScoreColumnName;
+        if (teacher is not null) TeacherColumn.Check(input.Schema, teacher, arch.NumClasses, labelName, nameof(IPruningEstimatorOptions.TeacherScoreColumnName));
+        var train = ImageColumn.ReadAll(input, image, labelName, arch.Channels, arch.ImageSize, out _, teacher, arch.NumClasses);
         if (train.Count == 0) throw new ArgumentException("The calibration/training data has no labelled rows.", nameof(input));
         var valid = _options.ValidationSet is null ? null
             : ImageColumn.ReadAll(_options.ValidationSet, image, labelName, arch.Channels, arch.ImageSize, out _);
@@ -112,6 +128,16 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         LastReport = result.Report;
         var pruned = p.WithModel(result.Model, result.Report);
         return MLNetInternals.PredictionTransformer(_host, pruned, input.Schema, image, labelName);
+    }
+
+    private void CheckTeacherOptions(string teacher)
+    {
+        if (string.IsNullOrWhiteSpace(teacher) || teacher == _options.LabelColumnName || teacher == _options.ImageColumnName)
+            throw new ArgumentException($"TeacherScoreColumnName '{teacher}' must name a column of class probabilities, other than the image and label columns; null for no teacher.",
+                nameof(IPruningEstimatorOptions.TeacherScoreColumnName));
+        if (_methodOptions.Distillation)
+            throw new ArgumentException($"TeacherScoreColumnName '{teacher}' and Distillation (the dense model as teacher) are two teachers: a teacher column replaces " +
+                "the dense-model teacher, so set Distillation = false, or remove TeacherScoreColumnName.", nameof(IPruningEstimatorOptions.TeacherScoreColumnName));
     }
 
     private void CheckColumns(DataViewSchema schema, ViTModelParameters p, string image, string labelName)

@@ -22,6 +22,8 @@ public sealed class SompPruningEstimator : PruningEstimatorBase<SompPruningEstim
         /// <inheritdoc />
         public string? ImageColumnName { get; set; }
         /// <inheritdoc />
+        public string? TeacherScoreColumnName { get; set; }
+        /// <inheritdoc />
         public IDataView? ValidationSet { get; set; }
         /// <inheritdoc />
         public IProgress<ViTTrainingProgress>? Progress { get; set; }

@@ -44,6 +44,18 @@ public sealed class ViTClassificationTrainer :
         /// <summary>Image size fed to the model (images are resized to it); null keeps the architecture's. Must be divisible by the patch size.</summary>
         public int? ImageSize { get; set; }
 
+        /// <summary>
+        /// Optional teacher: a column of class probabilities per image, a known-size Single vector of the label's class count
+        /// (e.g. the <c>Score</c> column of any ML.NET multiclass model applied upstream, trained on the same key-typed label).
+        /// When set, the loss is α·T²·KL(teacher ‖ student, at temperature T) + (1 − α)·CE(label) with α =
+        /// <see cref="ViTTrainingOptions.TeacherWeight"/> and T = <see cref="ViTTrainingOptions.TeacherTemperature"/>. The
+        /// column is read once with the images before training (the teacher is not run again), so with random crop/flip the
+        /// teacher's probabilities are those of the un-augmented image. Each row must be a probability vector (non-negative,
+        /// finite, summing to 1 ± 1e-3); anything else is refused at <c>Fit</c>, naming the column. Not needed at prediction
+        /// time. Null (default): no teacher.
+        /// </summary>
+        public string? TeacherScoreColumnName { get; set; }
+
         /// <summary>Optional validation data (same columns); its accuracy is logged after every epoch.</summary>
         public IDataView? ValidationSet { get; set; }
 
@@ -144,6 +156,9 @@ public sealed class ViTClassificationTrainer :
             }
             if (PretrainedWeightsPath is not null || PretrainedModel is not null)
                 if (PretrainedHeads is int h && h < 1) throw new ArgumentOutOfRangeException(nameof(PretrainedHeads), h, "PretrainedHeads must be positive.");
+            if (TeacherScoreColumnName is { } teacher && (string.IsNullOrWhiteSpace(teacher) || teacher == ImageColumnName || teacher == LabelColumnName))
+                throw new ArgumentException($"TeacherScoreColumnName '{teacher}' must name a column of class probabilities, other than the image and label columns; null for no teacher.",
+                    nameof(TeacherScoreColumnName));
             if (PretrainedWeightsPath is not null)
             {
                 if (Architecture is not null)
@@ -196,6 +211,7 @@ public sealed class ViTClassificationTrainer :
         Host.CheckValue(inputSchema, nameof(inputSchema));
         var arch = _options.ResolveArchitecture(2);
         ImageColumn.Check(inputSchema, _options.ImageColumnName, arch.Channels, nameof(Options.ImageColumnName));
+        if (_options.TeacherScoreColumnName is { } teacher) TeacherColumn.Check(inputSchema, teacher, nameof(Options.TeacherScoreColumnName));
         if (!inputSchema.TryFindColumn(_options.LabelColumnName, out var label))
             throw new ArgumentOutOfRangeException(nameof(Options.LabelColumnName), $"Label column '{_options.LabelColumnName}' was not found in the input schema.");
         if (!label.IsKey || label.Kind != SchemaShape.Column.VectorKind.Scalar)
@@ -234,6 +250,8 @@ public sealed class ViTClassificationTrainer :
         var labelType = input.Schema[_options.LabelColumnName].Type as KeyDataViewType;
         var arch = modelParameters?.Architecture ?? _options.ResolveArchitecture(labelType!.GetCountAsInt32(Host));
         ImageColumn.Check(input.Schema, _options.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ImageColumnName));
+        if (_options.TeacherScoreColumnName is { } teacher)
+            TeacherColumn.Check(input.Schema, teacher, arch.NumClasses, _options.LabelColumnName, nameof(Options.TeacherScoreColumnName));
         if (_options.ValidationSet is not null)
             ImageColumn.Check(_options.ValidationSet.Schema, _options.ImageColumnName, arch.Channels, arch.ImageSize, nameof(Options.ValidationSet));
         if (modelParameters is not null)
@@ -309,7 +327,8 @@ public sealed class ViTClassificationTrainer :
 
         using var ch = Host.Start("Training");
         using var cancellation = new HostCancellation(Host, o.Progress);
-        var train = ImageColumn.ReadAll(data, o.ImageColumnName, o.LabelColumnName, arch.Channels, arch.ImageSize, out int skipped);
+        var train = ImageColumn.ReadAll(data, o.ImageColumnName, o.LabelColumnName, arch.Channels, arch.ImageSize, out int skipped,
+            o.TeacherScoreColumnName, arch.NumClasses);
         if (skipped > 0) ch.Warning("{0} row(s) with a missing label were skipped.", skipped);
         if (train.Count == 0)
             throw new ArgumentException($"The training data has no rows with a label (column '{o.LabelColumnName}'); nothing to train on.", "input");
@@ -327,8 +346,9 @@ public sealed class ViTClassificationTrainer :
             if (valid.Count == 0) throw new ArgumentException("The validation set has no labelled rows.", nameof(Options.ValidationSet));
         }
 
-        ch.Info("Training {0} ({1:N0} parameters, {2:N1} MFLOPs/image) on {3} images, {4} classes{5}.",
-            arch, arch.ParameterCount, arch.ForwardFlops / 1e6, train.Count, numClasses, init is null ? "" : ", continuing from the given model");
+        ch.Info("Training {0} ({1:N0} parameters, {2:N1} MFLOPs/image) on {3} images, {4} classes{5}{6}.",
+            arch, arch.ParameterCount, arch.ForwardFlops / 1e6, train.Count, numClasses, init is null ? "" : ", continuing from the given model",
+            o.TeacherScoreColumnName is null ? "" : $", distilling from teacher column '{o.TeacherScoreColumnName}' (α {o.TeacherWeight}, T {o.TeacherTemperature})");
         using var threads = TorchDevices.UseThreads(o.NumberOfThreads); // restored when Fit returns
         var model = init?.Model.Clone()
             ?? (o.PretrainedWeightsPath is null && o.PretrainedModel is null ? new VisionTransformerModel(arch, o.Seed) : ImportPretrained(o, arch, ch));

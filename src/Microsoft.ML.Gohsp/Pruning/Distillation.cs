@@ -7,7 +7,9 @@ namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
 /// Knowledge distillation from a teacher (the dense model) during fine-tuning: adds
-/// α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) to the task loss (Hinton et al. soft targets).
+/// α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) to the task loss (Hinton et al. soft targets; the term is
+/// <see cref="DistillationLoss"/>). A teacher's scores given per image instead of a teacher model are distilled by the
+/// training loop itself (<see cref="ImageTensorData.WithTeacherProbabilities"/>).
 /// </summary>
 public sealed class Distillation : ITrainingHook
 {
@@ -28,24 +30,13 @@ public sealed class Distillation : ITrainingHook
     public Tensor? ExtraLoss(VisionTransformerModel model, Tensor images, Tensor logits, Tensor labels)
     {
         if (_alpha == 0) return null;
-        // explicit Scalars held across the native calls (an implicit one can be finalized mid-call)
-        using var t = _temperature.ToScalar();
-        using var weight = (_alpha * _temperature * _temperature).ToScalar();
-        Tensor logTeacher;
+        using var weight = _alpha.ToScalar();
+        Tensor teacherLogits;
         using (no_grad())
         {
             _teacher.eval();
-            logTeacher = _teacher.forward(images).to(ScalarType.Float32).div(t).log_softmax(1);
+            teacherLogits = _teacher.forward(images);
         }
-        var logStudent = logits.to(ScalarType.Float32).div(t).log_softmax(1);
-        return Loss(logStudent, logTeacher).mul(weight);
+        return DistillationLoss.FromLogits(logits, teacherLogits, _temperature).mul(weight);
     }
-
-    /// <summary>
-    /// Mean over the batch of KL(teacher ‖ student) = Σ_c p_t(c)·(log p_t(c) − log p_s(c)), from log-probabilities [B, C].
-    /// (TorchSharp's <c>kl_div</c> treats its target as log-probabilities by default, <c>log_target: true</c>, unlike
-    /// PyTorch; the target here is log-probabilities and the flag is passed explicitly.)
-    /// </summary>
-    internal static Tensor Loss(Tensor logStudent, Tensor logTeacher) =>
-        nn.functional.kl_div(logStudent, logTeacher, log_target: true, reduction: nn.Reduction.Sum) / logStudent.shape[0];
 }

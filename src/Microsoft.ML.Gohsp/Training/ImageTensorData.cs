@@ -2,7 +2,8 @@ namespace Microsoft.ML.Gohsp.Training;
 
 /// <summary>
 /// Images and labels held in memory as raw (unnormalised) planar CHW float32 pixels, the form every
-/// training and evaluation pass of this library consumes. Batches are cut from it and normalised on the fly.
+/// training and evaluation pass of this library consumes. Batches are cut from it and normalised on the fly. Optionally a
+/// teacher's class probabilities per image (<see cref="WithTeacherProbabilities"/>), the soft targets of distillation.
 /// </summary>
 public sealed class ImageTensorData
 {
@@ -22,6 +23,51 @@ public sealed class ImageTensorData
         Pixels = pixels; Labels = labels; Channels = channels; Size = size;
     }
 
+    private ImageTensorData(ImageTensorData images, float[]? teacherProbabilities, int teacherClasses)
+        : this(images.Pixels, images.Labels, images.Channels, images.Size)
+    {
+        TeacherProbabilities = teacherProbabilities;
+        TeacherClasses = teacherClasses;
+    }
+
+    /// <summary>
+    /// The same images and labels (no copy) with a teacher's class probabilities per image: the soft targets that
+    /// <see cref="TrainingLoop"/> distils from (<see cref="ViTTrainingOptions.TeacherWeight"/>,
+    /// <see cref="ViTTrainingOptions.TeacherTemperature"/>). Row <c>i</c> belongs to image <c>i</c> and follows it through
+    /// <see cref="Select"/>, <see cref="Take"/>, <see cref="SplitValidation"/> and the loop's shuffling.
+    /// </summary>
+    /// <param name="probabilities">Count·<paramref name="classes"/> values, image after image: each row non-negative, finite, summing to 1 (± <see cref="TeacherSumTolerance"/>).</param>
+    /// <param name="classes">Classes per row: the model's class count.</param>
+    /// <exception cref="ArgumentException">A row that is not a probability vector (the message names the row), or the wrong length.</exception>
+    public ImageTensorData WithTeacherProbabilities(float[] probabilities, int classes)
+    {
+        ArgumentNullException.ThrowIfNull(probabilities);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(classes);
+        if (probabilities.LongLength != (long)Count * classes)
+            throw new ArgumentException($"probabilities has {probabilities.LongLength} values; expected {Count} images · {classes} classes = {(long)Count * classes}.", nameof(probabilities));
+        for (int i = 0; i < Count; i++)
+            if (TeacherRowProblem(probabilities.AsSpan(i * classes, classes)) is { } problem)
+                throw new ArgumentException($"The teacher probabilities of image {i} are not a probability vector: {problem}.", nameof(probabilities));
+        return new ImageTensorData(this, probabilities, classes);
+    }
+
+    /// <summary>How far a teacher row's sum may be from 1: 1e-3.</summary>
+    public const double TeacherSumTolerance = 1e-3;
+
+    /// <summary>Why <paramref name="row"/> is not a probability vector (NaN/∞, a negative entry, a sum away from 1); null when it is one.</summary>
+    internal static string? TeacherRowProblem(ReadOnlySpan<float> row)
+    {
+        double sum = 0;
+        for (int c = 0; c < row.Length; c++)
+        {
+            float v = row[c];
+            if (!float.IsFinite(v)) return $"entry {c} is {v}";
+            if (v < 0) return $"entry {c} is negative ({v})";
+            sum += v;
+        }
+        return Math.Abs(sum - 1) > TeacherSumTolerance ? $"its entries sum to {sum:G6}, not 1 (tolerance {TeacherSumTolerance})" : null;
+    }
+
     /// <summary>Raw planar pixels.</summary>
     public float[] Pixels { get; }
     /// <summary>0-based labels (-1 = unknown).</summary>
@@ -34,6 +80,15 @@ public sealed class ImageTensorData
     public int Size { get; }
     /// <summary>Values per image.</summary>
     public int ImageLength => Channels * Size * Size;
+
+    /// <summary>
+    /// A teacher's class probabilities, <see cref="Count"/>·<see cref="TeacherClasses"/> values, image after image; null
+    /// when the images have no teacher (<see cref="WithTeacherProbabilities"/>).
+    /// </summary>
+    public float[]? TeacherProbabilities { get; }
+
+    /// <summary>Classes per row of <see cref="TeacherProbabilities"/>; 0 without a teacher.</summary>
+    public int TeacherClasses { get; }
 
     /// <summary>
     /// A seeded split into training and validation images (copies): the images at <see cref="ValidationIndices"/> go to
@@ -92,13 +147,19 @@ public sealed class ImageTensorData
             Pixels.AsSpan(i * len, len).CopyTo(pixels.AsSpan(k * len, len));
             labels[k] = Labels[i];
         }
-        return new ImageTensorData(pixels, labels, Channels, Size);
+        var selected = new ImageTensorData(pixels, labels, Channels, Size);
+        if (TeacherProbabilities is not { } teacher) return selected;
+        int k2 = TeacherClasses;
+        var rows = new float[(long)indices.Count * k2];
+        for (int k = 0; k < indices.Count; k++) teacher.AsSpan(indices[k] * k2, k2).CopyTo(rows.AsSpan(k * k2, k2));
+        return new ImageTensorData(selected, rows, k2);
     }
 
     /// <summary>The first <paramref name="n"/> images (copy).</summary>
     public ImageTensorData Take(int n)
     {
         n = Math.Clamp(n, 0, Count);
-        return new ImageTensorData(Pixels.AsSpan(0, n * ImageLength).ToArray(), Labels.AsSpan(0, n).ToArray(), Channels, Size);
+        var taken = new ImageTensorData(Pixels.AsSpan(0, n * ImageLength).ToArray(), Labels.AsSpan(0, n).ToArray(), Channels, Size);
+        return TeacherProbabilities is { } teacher ? new ImageTensorData(taken, teacher.AsSpan(0, n * TeacherClasses).ToArray(), TeacherClasses) : taken;
     }
 }

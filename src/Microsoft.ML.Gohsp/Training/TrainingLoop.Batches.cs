@@ -67,6 +67,17 @@ public sealed partial class TrainingLoop
         return (images, labelTensor);
     }
 
+    /// <summary>The teacher's probabilities [n, classes] of the images at <paramref name="indices"/>, in that order.</summary>
+    internal static Tensor TeacherBatch(ImageTensorData data, ReadOnlySpan<int> indices, Device device)
+    {
+        var all = data.TeacherProbabilities ?? throw new InvalidOperationException("The data has no teacher probabilities.");
+        int k = data.TeacherClasses, n = indices.Length;
+        var rows = new float[(long)n * k];
+        for (int i = 0; i < n; i++) all.AsSpan(indices[i] * k, k).CopyTo(rows.AsSpan(i * k, k));
+        var t = tensor(rows, new long[] { n, k });
+        return device.type == DeviceType.CPU ? t : t.to(device);
+    }
+
     /// <summary>Top-1 accuracy of <paramref name="model"/> on labelled data (no augmentation, no gradients).</summary>
     public static double Evaluate(VisionTransformerModel model, ImageTensorData data, ViTTrainingOptions options, Device? device = null)
     {

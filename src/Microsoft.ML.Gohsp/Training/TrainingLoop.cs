@@ -83,7 +83,8 @@ public sealed partial class TrainingLoop
 
         int stepsPerEpoch = StepsPerEpoch(train.Count, o.BatchSize);
         using var optimizer = CreateOptimizer(model, o);
-        string fingerprint = $"{_stage}|{arch}|{train.Count}|{DataFingerprint(train)}|{o.Fingerprint()}";
+        string fingerprint = $"{_stage}|{arch}|{train.Count}|{DataFingerprint(train)}|{o.Fingerprint()}"
+            + (train.TeacherProbabilities is null ? "" : "|" + o.TeacherFingerprint());
         var run = new Run(model, optimizer, train, validation, device, stepsPerEpoch, (long)stepsPerEpoch * o.Epochs, cancellationToken);
 
         DeleteStaleCheckpointTemporaries();
@@ -118,6 +119,7 @@ public sealed partial class TrainingLoop
     {
         public Stopwatch Clock { get; } = Stopwatch.StartNew();
         public double LossSum { get; set; }
+        public double TeacherKlSum { get; set; }
         public long Seen { get; set; }
         public long Correct { get; set; }
         public double LearningRate { get; set; }
@@ -160,8 +162,19 @@ public sealed partial class TrainingLoop
         var (x, y) = MakeBatch(run.Data, order.AsSpan(start, count), o, rng, run.Device);
         var logits = model.forward(x);
         var loss = nn.functional.cross_entropy(logits, y, label_smoothing: o.LabelSmoothing);
+        var objective = loss;
+        Tensor? teacherKl = null;
+        if (run.Data.TeacherProbabilities is not null && o.TeacherWeight > 0)
+        {
+            // α·T²·KL(teacher ‖ student) + (1 − α)·CE, the teacher's rows in the batch's order
+            var teacher = TeacherBatch(run.Data, order.AsSpan(start, count), run.Device);
+            teacherKl = DistillationLoss.FromProbabilities(logits, teacher, o.TeacherTemperature);
+            using var alpha = o.TeacherWeight.ToScalar();
+            using var labelWeight = (1 - o.TeacherWeight).ToScalar();
+            objective = loss.mul(labelWeight).add(teacherKl, alpha);
+        }
         var extra = Hook?.ExtraLoss(model, x, logits, y);
-        var total = extra is null ? loss : loss.add(extra, Scalars.One);   // the library's alpha: see Scalars
+        var total = extra is null ? objective : objective.add(extra, Scalars.One);   // the library's alpha: see Scalars
         run.Optimizer.zero_grad();
         total.backward();
         Hook?.AfterBackward(model, globalStep);
@@ -171,6 +184,7 @@ public sealed partial class TrainingLoop
         if (!double.IsFinite(l))
             throw new InvalidOperationException($"Training diverged in stage '{_stage}' at epoch {epoch + 1}, step {s + 1} (loss {l}). Lower LearningRate.");
         figures.LossSum += l * count;
+        if (teacherKl is not null) figures.TeacherKlSum += teacherKl.ToDouble() / (o.TeacherTemperature * o.TeacherTemperature) * count;
         figures.Correct += logits.argmax(1).eq(y).sum().ToInt64();
         figures.Seen += count;
     }
@@ -186,6 +200,7 @@ public sealed partial class TrainingLoop
         double seen = figures.Seen;
         double? valAcc = run.Validation is null ? null : Evaluate(run.Model, run.Validation, o, run.Device);
         var extraFigures = new Dictionary<string, double>();
+        if (run.Data.TeacherProbabilities is not null && o.TeacherWeight > 0) extraFigures["teacher KL"] = figures.TeacherKlSum / seen;
         Hook?.OnEpochEnd(run.Model, epoch, extraFigures);
         var rec = new EpochRecord(epoch + 1, figures.LossSum / seen, figures.Correct / seen, valAcc, figures.Clock.Elapsed.TotalSeconds,
             extraFigures.Count > 0 ? extraFigures : null);
@@ -213,6 +228,8 @@ public sealed partial class TrainingLoop
         foreach (int l in data.Labels)
             if (l >= arch.NumClasses)
                 throw new ArgumentException($"The {name} data has label index {l}, but the model has {arch.NumClasses} classes.", name);
+        if (data.TeacherProbabilities is not null && data.TeacherClasses != arch.NumClasses)
+            throw new ArgumentException($"The {name} data's teacher probabilities have {data.TeacherClasses} classes per image; the model has {arch.NumClasses}.", name);
     }
 
     /// <summary>AdamW over two parameter groups: weight decay on weight matrices, none on biases, norms, the class token and the position embedding.</summary>
@@ -263,6 +280,7 @@ public sealed partial class TrainingLoop
         var sample = new float[Math.Min(samples, pixels.LongLength)];
         for (int i = 0; i < sample.Length; i++) sample[i] = pixels[i * stride];
         sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(sample.AsSpan()));
+        if (data.TeacherProbabilities is { } teacher) sha.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(teacher.AsSpan()));
         return Convert.ToHexString(sha.GetHashAndReset(), 0, 16);
     }
 

@@ -83,6 +83,21 @@ public class ViTTrainingOptions
     /// <summary>Batch size used for validation and other no-gradient passes. Default 256.</summary>
     public int EvaluationBatchSize { get; set; } = 256;
 
+    /// <summary>
+    /// Weight α of a teacher's soft targets, in [0, 1]: when the training images carry a teacher's class probabilities
+    /// (<see cref="ImageTensorData.TeacherProbabilities"/>; in ML.NET a teacher score column), the loss is
+    /// α·T²·KL(teacher ‖ student, at temperature T) + (1 − α)·CE(label). 0 trains on the labels alone. Ignored without
+    /// teacher probabilities. Default 0.5.
+    /// </summary>
+    public double TeacherWeight { get; set; } = 0.5;
+
+    /// <summary>
+    /// Temperature T of a teacher's soft targets (<see cref="TeacherWeight"/>), a positive finite number: teacher and student
+    /// distributions are softened to softmax(log p / T) and softmax(logits / T). Ignored without teacher probabilities.
+    /// Default 4.
+    /// </summary>
+    public double TeacherTemperature { get; set; } = 4;
+
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first invalid option.</summary>
     public virtual void Validate(int channels)
     {
@@ -99,6 +114,10 @@ public class ViTTrainingOptions
         if (NumberOfThreads < 0) throw new ArgumentOutOfRangeException(nameof(NumberOfThreads), NumberOfThreads, "NumberOfThreads must be 0 (default) or positive.");
         if (Mean is null || Mean.Length != channels) throw new ArgumentException($"Mean must have one value per channel ({channels}).", nameof(Mean));
         if (Std is null || Std.Length != channels || Std.Any(s => !(s > 0))) throw new ArgumentException($"Std must have one positive value per channel ({channels}).", nameof(Std));
+        if (!(TeacherWeight >= 0 && TeacherWeight <= 1))
+            throw new ArgumentOutOfRangeException(nameof(TeacherWeight), TeacherWeight, "TeacherWeight (α of α·T²·KL(teacher ‖ student) + (1 − α)·CE) must be in [0, 1].");
+        if (!(TeacherTemperature > 0) || double.IsInfinity(TeacherTemperature))
+            throw new ArgumentOutOfRangeException(nameof(TeacherTemperature), TeacherTemperature, "TeacherTemperature must be a positive finite number.");
         if (!Enum.IsDefined(Device)) throw new ArgumentOutOfRangeException(nameof(Device), Device, "Unknown device.");
         if (!Enum.IsDefined(TrainingPrecision)) throw new ArgumentOutOfRangeException(nameof(TrainingPrecision), TrainingPrecision, "Unknown precision.");
     }
@@ -107,4 +126,7 @@ public class ViTTrainingOptions
     internal string Fingerprint() => string.Join("|", Epochs, BatchSize, LearningRate.ToString("R"), MinLearningRate.ToString("R"),
         WarmupEpochs.ToString("R"), WeightDecay.ToString("R"), LabelSmoothing.ToString("R"), RandomCropPadding, HorizontalFlip,
         PixelScale.ToString("R"), string.Join(",", Mean), string.Join(",", Std), Seed, TrainingPrecision);
+
+    /// <summary>What a teacher's soft targets add to <see cref="Fingerprint"/> (only runs with teacher probabilities include it).</summary>
+    internal string TeacherFingerprint() => $"teacher {TeacherWeight:R} {TeacherTemperature:R}";
 }

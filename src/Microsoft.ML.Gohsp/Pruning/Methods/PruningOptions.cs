@@ -111,7 +111,11 @@ public abstract class PruningOptions
     /// </summary>
     public ViTTrainingOptions FineTune { get; set; }
 
-    /// <summary>Distil from the dense model during fine-tuning. Default false.</summary>
+    /// <summary>
+    /// Distil from the dense model during fine-tuning. Default false. A teacher's probabilities carried by the training
+    /// data (<see cref="ImageTensorData.TeacherProbabilities"/>, an estimator's <c>TeacherScoreColumnName</c>) replace the
+    /// dense-model teacher in every training stage; a run with both is refused.
+    /// </summary>
     public bool Distillation { get; set; }
 
     /// <summary>Distillation temperature T, positive. Default 4.</summary>

@@ -5,7 +5,10 @@ namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
 /// The fair comparison protocol of GOHSP, SOMP and SGMP (and of any method with one or two training stages): every method starts from the same dense model and gets the same
-/// number of training epochs after it, with the same optimiser, augmentation, pre-processing and seed. The split:
+/// number of training epochs after it, with the same optimiser, augmentation, pre-processing and seed, and — when the
+/// training data carries a teacher's probabilities (<see cref="ImageTensorData.TeacherProbabilities"/>) — the same teacher in
+/// every training stage, with the base options' <see cref="ViTTrainingOptions.TeacherWeight"/> and
+/// <see cref="ViTTrainingOptions.TeacherTemperature"/>. The split:
 /// <list type="bullet">
 /// <item>GOHSP: ⌊E/2⌋ soft-pruning epochs, then E − ⌊E/2⌋ fine-tuning epochs;</item>
 /// <item>SGMP: ⌊E/2⌋ gradual-pruning epochs, then E − ⌊E/2⌋ fine-tuning epochs;</item>
@@ -146,6 +149,8 @@ public static class PruningProtocol
         NumberOfThreads = b.NumberOfThreads,
         TrainingPrecision = b.TrainingPrecision,
         EvaluationBatchSize = b.EvaluationBatchSize,
+        TeacherWeight = b.TeacherWeight,
+        TeacherTemperature = b.TeacherTemperature,
         // each method and stage checkpoints into its own sub-folder (they would otherwise overwrite each other's file)
         CheckpointFolder = b.CheckpointFolder is null ? null : Path.Combine(b.CheckpointFolder, stage),
     };

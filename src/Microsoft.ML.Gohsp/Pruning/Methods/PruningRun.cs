@@ -55,6 +55,9 @@ internal sealed class PruningRun
         options.Validate();
         options.ValidateStages(context.Model.Architecture.Channels);
         if (context.Train.Count == 0) throw new ArgumentException("The training data has no rows.", "train");
+        if (options.Distillation && context.Train.TeacherProbabilities is not null)
+            throw new ArgumentException("The training data carries a teacher's probabilities and Distillation (the dense model as teacher) is on: " +
+                "the teacher's probabilities replace the dense-model teacher, so set Distillation = false, or train without them.", nameof(PruningOptions.Distillation));
         // the one place a run's budget is built: a latency target is calibrated here, before any training (or carried from the previous stage)
         var budget = PruningBudget.Resolve(options, context.Model, context.Previous, context.LatencyTimer);
         var run = new PruningRun(context, method, budget);
