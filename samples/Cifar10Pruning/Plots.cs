@@ -9,7 +9,8 @@ namespace Cifar10Pruning;
 /// <summary>PNG plots with OxyPlot (rendered by SkiaSharp, the same native library ML.NET's image support loads).</summary>
 internal static class Plots
 {
-    private static readonly OxyColor[] Palette = [OxyColor.FromRgb(0x1f, 0x77, 0xb4), OxyColor.FromRgb(0xff, 0x7f, 0x0e), OxyColor.FromRgb(0x2c, 0xa0, 0x2c), OxyColor.FromRgb(0xd6, 0x27, 0x28)];
+    private static readonly OxyColor[] Palette = [OxyColor.FromRgb(0x1f, 0x77, 0xb4), OxyColor.FromRgb(0xff, 0x7f, 0x0e), OxyColor.FromRgb(0x2c, 0xa0, 0x2c), OxyColor.FromRgb(0xd6, 0x27, 0x28),
+        OxyColor.FromRgb(0x94, 0x67, 0xbd), OxyColor.FromRgb(0x8c, 0x56, 0x4b), OxyColor.FromRgb(0x7f, 0x7f, 0x7f)];
 
     /// <summary>A point of the accuracy/size plot: mean and standard deviation over seeds (0 for a single run).</summary>
     public sealed record Point(double Params, double Top1, double Top1Std, string Label);
