@@ -51,7 +51,7 @@ public enum ViTDistillation
 
 /// <summary>
 /// The one immutable description of a vision transformer built by this library (ViT/DeiT family, pre-norm
-/// blocks, class token, learned position embedding, linear head). It fully determines the module tree and
+/// blocks, class token (and DeiT's distillation token and head, see Distillation), learned position embedding, linear head). It fully determines the module tree and
 /// parameter shapes, is stored next to the weights inside a saved model, and is what pruning rewrites.
 /// </summary>
 public sealed record ViTArchitecture
