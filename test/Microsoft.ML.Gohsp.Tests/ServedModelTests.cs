@@ -19,7 +19,6 @@ public class ServedModelTests(ITestOutputHelper output)
     [Fact]
     public async Task PrunedModelServesConcurrentClientsTheSingleThreadedAnswersAndRefusesBadUploadsWhileServingOn()
     {
-        // a folder per class: 4 real CIFAR-10 training images each; 8 test images to predict
         var tmp = Directory.CreateTempSubdirectory("gohsp-served-");
         try
         {
@@ -33,6 +32,7 @@ public class ServedModelTests(ITestOutputHelper output)
 
     private async Task ServeAndDrive(string folder)
     {
+        // a folder per class: 4 real CIFAR-10 training images each; 8 test images to predict
         var set = Cifar10.Read(Cifar10Tests.SubsetDir, Cifar10Split.Train, 400);
         var perClass = new int[set.ClassNames.Count];
         for (int i = 0; i < set.Count; i++)
@@ -101,8 +101,9 @@ public class ServedModelTests(ITestOutputHelper output)
         }
         await ShouldBeRefused(LoadDriver.PostImageAsync(http, predict, "not an image, a text file"u8.ToArray(), "notes.png"), 400, "not an image the model can read");
         await ShouldBeRefused(LoadDriver.PostImageAsync(http, predict, [], "empty.png"), 400, "is empty");
+        // 50 MB, sent as curl and HttpClient send large bodies when asked to: the server refuses it from its Content-Length,
+        // before the body is sent (Kestrel checks the limit before it answers 100 Continue)
         await ShouldBeRefused(LoadDriver.PostImageAsync(http, predict, new byte[50 << 20], "huge.png", expectContinue: true), 413, "larger than the limit");
-        await ShouldBeRefused(LoadDriver.PostImageAsync(http, predict, new byte[50 << 20], "huge.png"), 413, "larger than the limit");
         using (var json = new StringContent("{}", System.Text.Encoding.UTF8, "application/json"))
         {
             using var response = await http.PostAsync(predict, json);
