@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Microsoft.ML.Gohsp build entry point. Verbs:
-#   ./build.sh test                  install prerequisites, build, run the test suite, then the package check:
-#                                    pack the library, build test/consumer against the package, run it
+#   ./build.sh test                  install prerequisites, build, run the test suite, the ML.NET-layer tests again on
+#                                    ML.NET 6.0.0, then the package check: pack the library, build the user apps
+#                                    test/consumer (ML.NET 5.0.1) and test/consumer-mlnet6 (6.0.0) against it, run them
 #   ./build.sh pack                  build and pack Microsoft.ML.Gohsp (.nupkg + .snupkg) into artifacts/packages
 #   ./build.sh sample [-- flags]     install prerequisites, build and run samples/Cifar10Pruning
 #   ./build.sh bench [-- flags]      run the benchmark; its last output line is one JSON object
 #   ./build.sh build                 build everything (Release)
 #   ./build.sh consumer              the package check alone
+#   ./build.sh mlnet6                the ML.NET-layer tests on ML.NET 6.0.0 alone
 # Options (environment): CONFIGURATION (default Release), TORCH_BACKEND (cpu | cuda; default cpu).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -48,21 +50,41 @@ cifar_subset() {
 }
 
 # Package check: pack the built library under a version no earlier run used (so a package cached in ~/.nuget/packages
-# can never stand in for this build), build test/consumer (outside the solution, PackageReference only, its own
-# nuget.config) against it, and run it end to end on PNG files.
+# can never stand in for this build), then build two user apps against it (outside the solution, PackageReference only,
+# their own nuget.config) and run them end to end on PNG files: test/consumer on ML.NET 5.0.1 and test/consumer-mlnet6 on
+# ML.NET 6.0.0 beside Microsoft.ML.TorchSharp. NU1608 (a dependency outside a package's declared range) is an error.
 consumer_check() {
   local feed=artifacts/feed prefix version
   prefix=$(sed -n 's:.*<VersionPrefix>\(.*\)</VersionPrefix>.*:\1:p' Directory.Build.props)
   version="$prefix-local.$(date -u +%Y%m%d%H%M%S).$$"
-  rm -rf "$feed" test/consumer/obj test/consumer/bin && mkdir -p "$feed"
+  rm -rf "$feed" test/consumer/obj test/consumer/bin test/consumer-mlnet6/obj test/consumer-mlnet6/bin && mkdir -p "$feed"
   rm -rf "${NUGET_PACKAGES:-$HOME/.nuget/packages}/microsoft.ml.gohsp/$prefix-local."*   # earlier checks' packages
   echo "Package check: Microsoft.ML.Gohsp $version"
   dotnet pack src/Microsoft.ML.Gohsp/Microsoft.ML.Gohsp.csproj -c "$CONFIGURATION" --no-build -o "$feed" \
     -p:VersionSuffix="${version#"$prefix"-}" -nologo -clp:"ErrorsOnly;Summary"
-  dotnet build test/consumer/GohspConsumer.csproj -c "$CONFIGURATION" -p:GohspPackageVersion="$version" -nologo -clp:"ErrorsOnly;Summary"
-  dotnet test/consumer/bin/"$CONFIGURATION"/net10.0/GohspConsumer.dll "$(cifar_subset)" artifacts/consumer
+  local app mlnet
+  for app in consumer:5.0.1 consumer-mlnet6:6.0.0; do
+    mlnet=${app#*:}; app=${app%%:*}
+    echo "Package check: test/$app on Microsoft.ML $mlnet"
+    dotnet build test/"$app" -c "$CONFIGURATION" -p:GohspPackageVersion="$version" -warnaserror:NU1608 -nologo -clp:"ErrorsOnly;Summary"
+    GOHSP_EXPECT_MLNET="$mlnet" dotnet test/"$app"/bin/"$CONFIGURATION"/net10.0/GohspConsumer*.dll "$(cifar_subset)" artifacts/"$app"
+  done
   readme_snippet_check "$version"
 }
+
+# The library's ML.NET-layer tests on ML.NET 6.0.0: the test project restored against 6.0.0 (Directory.Build.props:
+# its obj/ and bin/ under artifacts/mlnet6.0.0/), the library and apps as the main build compiled them (against 5.0.1,
+# as the package ships). Only the tests that exercise ML.NET run: the whole suite on both versions would double its time.
+mlnet6_tests() {
+  echo "ML.NET 6.0.0: building the tests against Microsoft.ML 6.0.0"
+  dotnet build test/Microsoft.ML.Gohsp.Tests/Microsoft.ML.Gohsp.Tests.csproj -c "$CONFIGURATION" -p:TorchBackend="$TORCH_BACKEND" \
+    -p:MicrosoftMLVersion=6.0.0 -p:BuildProjectReferences=false -nologo -clp:"ErrorsOnly;Summary"
+  dotnet test artifacts/mlnet6.0.0/Microsoft.ML.Gohsp.Tests/bin/"$CONFIGURATION"/net10.0/Microsoft.ML.Gohsp.Tests.dll \
+    --logger "console;verbosity=normal" --filter "$MLNET_LAYER_TESTS"
+}
+# The test classes that go through ML.NET: its internals, the trainer and estimators, save/load, scoring, image inputs,
+# ONNX in ML.NET, the served model.
+MLNET_LAYER_TESTS="FullyQualifiedName~MLNetInternalsTests|FullyQualifiedName~EncodedImageInputTests|FullyQualifiedName~BatchScoringTests|FullyQualifiedName~ViTSaveLoadTests|FullyQualifiedName~GohspPruningEstimatorTests|FullyQualifiedName~ServedModelTests|FullyQualifiedName~BadInputTests"
 
 # The README's "Using it" program compiles as shown: its csharp block becomes the Program.cs of an app built like
 # test/consumer (same project file, the package just packed), outside the repository's build settings.
@@ -100,8 +122,10 @@ case "$verb" in
     ensure_prerequisites; ensure_onnx_checker; build
     dotnet test test/Microsoft.ML.Gohsp.Tests/Microsoft.ML.Gohsp.Tests.csproj -c "$CONFIGURATION" --no-build \
       -p:TorchBackend="$TORCH_BACKEND" --logger "console;verbosity=normal" "$@"
+    mlnet6_tests
     consumer_check ;;
   consumer) ensure_prerequisites; build; consumer_check ;;
+  mlnet6) ensure_prerequisites; build; mlnet6_tests ;;
   pack)
     ensure_prerequisites
     dotnet pack src/Microsoft.ML.Gohsp/Microsoft.ML.Gohsp.csproj -c "$CONFIGURATION" -o artifacts/packages -nologo -clp:"ErrorsOnly;Summary" "$@" ;;
@@ -111,5 +135,5 @@ case "$verb" in
   bench)
     ensure_prerequisites; build
     dotnet benchmarks/Microsoft.ML.Gohsp.Benchmarks/bin/"$CONFIGURATION"/net10.0/Microsoft.ML.Gohsp.Benchmarks.dll "$@" ;;
-  *) echo "usage: ./build.sh {test|consumer|pack|sample|bench|build} [-- args]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh {test|consumer|mlnet6|pack|sample|bench|build} [-- args]" >&2; exit 2 ;;
 esac

@@ -9,15 +9,19 @@ namespace Microsoft.ML.Gohsp.Tests;
 internal static class BuiltApp
 {
     /// <summary>
-    /// The app's dll: <c>test/Microsoft.ML.Gohsp.Tests/bin/&lt;Config&gt;/&lt;tfm&gt;</c> →
-    /// <c>&lt;projectDir&gt;/bin/&lt;Config&gt;/&lt;tfm&gt;/&lt;assembly&gt;.dll</c>, projectDir relative to the repository root.
+    /// The app's dll: the tests run from <c>…/bin/&lt;Config&gt;/&lt;tfm&gt;</c> (test/Microsoft.ML.Gohsp.Tests/, or
+    /// artifacts/mlnet&lt;version&gt;/Microsoft.ML.Gohsp.Tests/ for the run on another ML.NET) →
+    /// <c>&lt;projectDir&gt;/bin/&lt;Config&gt;/&lt;tfm&gt;/&lt;assembly&gt;.dll</c>, projectDir relative to the repository
+    /// root (the first folder above that holds Microsoft.ML.Gohsp.sln).
     /// </summary>
     public static string Locate(string projectDir, string assemblyName)
     {
         var baseDir = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
         string tfm = baseDir.Name, config = baseDir.Parent!.Name;
-        string root = baseDir.Parent.Parent!.Parent!.Parent!.Parent!.FullName;
-        return Path.Combine(root, projectDir, "bin", config, tfm, assemblyName + ".dll");
+        var root = baseDir;
+        while (!File.Exists(Path.Combine(root.FullName, "Microsoft.ML.Gohsp.sln")))
+            root = root.Parent ?? throw new DirectoryNotFoundException($"No Microsoft.ML.Gohsp.sln above {AppContext.BaseDirectory}.");
+        return Path.Combine(root.FullName, projectDir, "bin", config, tfm, assemblyName + ".dll");
     }
 
     /// <summary>Runs <c>dotnet &lt;dll&gt; args…</c> and returns its exit code and output (killed after <paramref name="timeout"/>).</summary>

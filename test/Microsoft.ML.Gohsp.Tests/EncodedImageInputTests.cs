@@ -16,22 +16,49 @@ public class EncodedImageInputTests
     private static readonly Cifar10Dataset TrainSet = Cifar10.Read(Cifar10Tests.SubsetDir, Cifar10Split.Train, 256);
     private static readonly Cifar10Dataset TestSet = Cifar10.Read(Cifar10Tests.SubsetDir, Cifar10Split.Test, 8);
 
-    /// <summary>A real CIFAR-10 image as PNG bytes: RGB, grayscale or RGBA (alpha 255), at 32×32 or scaled to <paramref name="size"/>.</summary>
+    /// <summary>
+    /// A real CIFAR-10 image as PNG bytes: RGB, grayscale or RGBA (alpha 255), at 32×32 or scaled (bilinear, here, so that
+    /// no SkiaSharp drawing API is involved: SkiaSharp 2.88 and 3.x, which ML.NET 5 and 6 bring, differ there) to
+    /// <paramref name="size"/>.
+    /// </summary>
     internal static byte[] Png(ReadOnlySpan<byte> planar, bool gray = false, bool rgba = false, int size = 32)
     {
-        const int n = 32 * 32;
-        using var bmp = new SKBitmap(new SKImageInfo(32, 32, gray ? SKColorType.Gray8 : SKColorType.Rgba8888, rgba ? SKAlphaType.Unpremul : SKAlphaType.Opaque));
+        var rgb = Scale(planar, size);
+        int n = size * size;
+        using var bmp = new SKBitmap(new SKImageInfo(size, size, gray ? SKColorType.Gray8 : SKColorType.Rgba8888, rgba ? SKAlphaType.Unpremul : SKAlphaType.Opaque));
         var px = new byte[bmp.ByteCount];
         for (int i = 0; i < n; i++)
         {
-            byte r = planar[i], g = planar[n + i], b = planar[2 * n + i];
+            byte r = rgb[i], g = rgb[n + i], b = rgb[2 * n + i];
             if (gray) px[i] = (byte)((299 * r + 587 * g + 114 * b) / 1000);
             else { px[4 * i] = r; px[4 * i + 1] = g; px[4 * i + 2] = b; px[4 * i + 3] = 255; }
         }
         System.Runtime.InteropServices.Marshal.Copy(px, 0, bmp.GetPixels(), px.Length);
-        using var scaled = size == 32 ? null : bmp.Resize(new SKImageInfo(size, size, bmp.ColorType, bmp.AlphaType), SKFilterQuality.Medium);
-        using var data = (scaled ?? bmp).Encode(SKEncodedImageFormat.Png, 100);
+        using var data = bmp.Encode(SKEncodedImageFormat.Png, 100);
         return data.ToArray();
+    }
+
+    /// <summary>A planar 3×32×32 image resampled (bilinear, pixel centres aligned) to 3×size×size.</summary>
+    private static byte[] Scale(ReadOnlySpan<byte> planar, int size)
+    {
+        const int s = 32;
+        if (size == s) return planar.ToArray();
+        var dst = new byte[3 * size * size];
+        for (int y = 0; y < size; y++)
+            for (int x = 0; x < size; x++)
+            {
+                float sy = Math.Clamp((y + 0.5f) * s / size - 0.5f, 0, s - 1), sx = Math.Clamp((x + 0.5f) * s / size - 0.5f, 0, s - 1);
+                int y0 = (int)sy, x0 = (int)sx, y1 = Math.Min(y0 + 1, s - 1), x1 = Math.Min(x0 + 1, s - 1);
+                float fy = sy - y0, fx = sx - x0;
+                for (int c = 0; c < 3; c++)
+                {
+                    int p = c * s * s;
+                    float v = (1 - fy) * ((1 - fx) * planar[p + y0 * s + x0] + fx * planar[p + y0 * s + x1])
+                            + fy * ((1 - fx) * planar[p + y1 * s + x0] + fx * planar[p + y1 * s + x1]);
+                    dst[c * size * size + y * size + x] = (byte)Math.Round(v);
+                }
+            }
+        return dst;
     }
 
     public sealed class BytesRow

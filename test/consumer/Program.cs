@@ -103,23 +103,48 @@ if (OperatingSystem.IsLinux())
                 : "this host's libstdc++ is new enough: TorchSharp's natives are left as shipped");
 }
 
+#if MLNET_TORCHSHARP
+// 6. ML.NET's own TorchSharp package in the same app (test/consumer-mlnet6 only): one of its trainers trains too, and
+//    the ViT loaded above still predicts afterwards.
+MLNetTorchSharp.TrainObjectDetection(work, Check);
+var again = after.Predict(new ImageFile { ImagePath = rows[0].ImagePath, Label = "" });
+Check(again.Score.SequenceEqual(before.Predict(new ImageFile { ImagePath = rows[0].ImagePath, Label = "" }).Score),
+    "the reloaded ViT predicts the same after ML.NET's TorchSharp trainer ran in the same process");
+#endif
+
+// 7. The Microsoft.ML this app runs on is the one ./build.sh asked for (GOHSP_EXPECT_MLNET), not another that NuGet picked.
+string mlnet = typeof(MLContext).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+    .Cast<System.Reflection.AssemblyInformationalVersionAttribute>().Single().InformationalVersion;
+if (Environment.GetEnvironmentVariable("GOHSP_EXPECT_MLNET") is { Length: > 0 } expectedMLNet)
+    Check(mlnet.StartsWith(expectedMLNet + "+", StringComparison.Ordinal) || mlnet == expectedMLNet, $"the app runs on Microsoft.ML {mlnet} (expected {expectedMLNet})");
 Console.WriteLine(failures.Count == 0 ? "consumer app: all checks passed" : $"consumer app: {failures.Count} check(s) failed");
 return failures.Count == 0 ? 0 : 1;
 
+// Written at the target size directly (bilinear): no SkiaSharp drawing API, which differs between the SkiaSharp 2.88
+// and 3.x that ML.NET 5 and 6 bring.
 static void WritePng(ReadOnlySpan<byte> planar, string path, bool gray, bool rgba, int size)
 {
-    const int n = 32 * 32;
-    using var bmp = new SKBitmap(new SKImageInfo(32, 32, gray ? SKColorType.Gray8 : SKColorType.Rgba8888, rgba ? SKAlphaType.Unpremul : SKAlphaType.Opaque));
+    const int s = 32;
+    int n = size * size;
+    using var bmp = new SKBitmap(new SKImageInfo(size, size, gray ? SKColorType.Gray8 : SKColorType.Rgba8888, rgba ? SKAlphaType.Unpremul : SKAlphaType.Opaque));
     var px = new byte[bmp.ByteCount];
     for (int i = 0; i < n; i++)
     {
-        byte r = planar[i], g = planar[n + i], b = planar[2 * n + i];
-        if (gray) px[i] = (byte)((299 * r + 587 * g + 114 * b) / 1000);
-        else { px[4 * i] = r; px[4 * i + 1] = g; px[4 * i + 2] = b; px[4 * i + 3] = rgba ? (byte)230 : (byte)255; }
+        float sy = Math.Clamp((i / size + 0.5f) * s / size - 0.5f, 0, s - 1), sx = Math.Clamp((i % size + 0.5f) * s / size - 0.5f, 0, s - 1);
+        int y0 = (int)sy, x0 = (int)sx, y1 = Math.Min(y0 + 1, s - 1), x1 = Math.Min(x0 + 1, s - 1);
+        float fy = sy - y0, fx = sx - x0;
+        var rgb = new byte[3];
+        for (int c = 0; c < 3; c++)
+        {
+            int p = c * s * s;
+            rgb[c] = (byte)Math.Round((1 - fy) * ((1 - fx) * planar[p + y0 * s + x0] + fx * planar[p + y0 * s + x1])
+                                    + fy * ((1 - fx) * planar[p + y1 * s + x0] + fx * planar[p + y1 * s + x1]));
+        }
+        if (gray) px[i] = (byte)((299 * rgb[0] + 587 * rgb[1] + 114 * rgb[2]) / 1000);
+        else { px[4 * i] = rgb[0]; px[4 * i + 1] = rgb[1]; px[4 * i + 2] = rgb[2]; px[4 * i + 3] = rgba ? (byte)230 : (byte)255; }
     }
     System.Runtime.InteropServices.Marshal.Copy(px, 0, bmp.GetPixels(), px.Length);
-    using var scaled = size == 32 ? null : bmp.Resize(new SKImageInfo(size, size, bmp.ColorType, bmp.AlphaType), SKFilterQuality.Medium);
-    using var encoded = (scaled ?? bmp).Encode(SKEncodedImageFormat.Png, 100);
+    using var encoded = bmp.Encode(SKEncodedImageFormat.Png, 100);
     File.WriteAllBytes(path, encoded.ToArray());
 }
 
