@@ -189,18 +189,7 @@ internal static class SpeedBenchmark
             long n = a.SequenceLength;
             using var scope = NewDisposeScope();
             var t = randn(batch, n, (long)h * (2 * dq + dv));
-            Tensor PerHead()
-            {
-                var outs = new Tensor[h];
-                for (int i = 0; i < h; i++)
-                {
-                    var q = t.narrow(2, (long)i * dq, dq);
-                    var k = t.narrow(2, (long)(h + i) * dq, dq);
-                    var v = t.narrow(2, 2L * h * dq + (long)i * dv, dv);
-                    outs[i] = bmm(bmm(q, k.transpose(1, 2)).mul_(1.0 / Math.Sqrt(dq)).softmax(-1), v);
-                }
-                return h == 1 ? outs[0] : cat(outs, 2);
-            }
+            Tensor PerHead() => PerHeadCore(t, h, dq, dv);
             (Tensor Q, Tensor K, Tensor V) Split()
             {
                 var parts = t.split(new long[] { (long)h * dq, (long)h * dq, (long)h * dv }, -1);
@@ -314,18 +303,7 @@ internal static class SpeedBenchmark
                 int heads = spec.Heads, dq = spec.QkDim, dv = spec.VDim;
                 var n1 = Timed("norms", () => block.norm1.forward(h));
                 var qkv = Timed("qkv", () => block.attn.qkv.forward(n1));
-                var merged = Timed("attention_core", () =>
-                {
-                    var outs = new Tensor[heads];
-                    for (int i = 0; i < heads; i++)
-                    {
-                        var q = qkv.narrow(2, (long)i * dq, dq);
-                        var k = qkv.narrow(2, (long)(heads + i) * dq, dq);
-                        var v = qkv.narrow(2, 2L * heads * dq + (long)i * dv, dv);
-                        outs[i] = bmm(bmm(q, k.transpose(1, 2)).mul_(1.0 / Math.Sqrt(dq)).softmax(-1), v);
-                    }
-                    return heads == 1 ? outs[0] : cat(outs, 2);
-                });
+                var merged = Timed("attention_core", () => PerHeadCore(qkv, heads, dq, dv));
                 // as Block runs it in float32: the products accumulate into the residual stream (x + b, then += input·Wᵀ)
                 var x0 = h;
                 h = Timed("proj_residual", () => Block.Accumulate(x0.add(block.attn.proj.bias, Scalars.One), merged, block.attn.proj.weight));
@@ -340,6 +318,20 @@ internal static class SpeedBenchmark
         return t;
     }
 
+
+    /// <summary>The attention core as the inference path runs it: per head, bmm → scale → softmax → bmm on strided views of the qkv output.</summary>
+    private static Tensor PerHeadCore(Tensor qkv, int heads, int dq, int dv)
+    {
+        var outs = new Tensor[heads];
+        for (int i = 0; i < heads; i++)
+        {
+            var q = qkv.narrow(2, (long)i * dq, dq);
+            var k = qkv.narrow(2, (long)(heads + i) * dq, dq);
+            var v = qkv.narrow(2, 2L * heads * dq + (long)i * dv, dv);
+            outs[i] = bmm(bmm(q, k.transpose(1, 2)).mul_(1.0 / Math.Sqrt(dq)).softmax(-1), v);
+        }
+        return heads == 1 ? outs[0] : cat(outs, 2);
+    }
 
     private static Dictionary<string, double> MedianProfile(List<Dictionary<string, double>> rounds) =>
         rounds[0].Keys.ToDictionary(k => k, k => Median(rounds.Select(p => p[k]).ToList()));
