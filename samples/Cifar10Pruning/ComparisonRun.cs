@@ -30,6 +30,9 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
             .Append(ml.Transforms.ExtractPixels("Pixels", "Image", interleavePixelColors: false))
             .Fit(train);
         var prepared = prep.Transform(train);
+        // --teacher: fitted on the training images, which it scores once; the scores travel with them as a column.
+        TeacherSummary? teacher = null;
+        if (options.Teacher is { } teacherName) (teacher, prepared) = TeacherPipeline.Fit(ml, teacherName, trainSet, testSet, prep, ui);
         var validation = validationSplit is null ? null : prep.Transform(validationSplit.Images.ToDataView(ml));
 
         // 1. The dense model every method starts from: E epochs.
@@ -104,6 +107,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
                 ValidationFraction = validationSplit?.Fraction ?? 0,
                 ValidationSeed = validationSplit?.Seed,
                 ValidationIndicesSha256 = validationSplit?.IndicesHash,
+                Teacher = teacher,
                 Gohsp = options.Methods.Contains(PruningMethod.Gohsp) ? GohspSettings.Of(options.ApplyGohspFlags(new GohspOptions())) : null,
             },
             Dense = entries[0],
@@ -122,7 +126,10 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         NumberOfThreads = options.Threads,
         TrainingPrecision = _precision,
         Progress = progress,
+        TeacherScoreColumnName = TeacherColumn,
     };
+
+    private string? TeacherColumn => options.Teacher is null ? null : TeacherPipeline.ScoreColumn;
 
     /// <summary>
     /// The training recipe of every epoch after the dense model — the library's fine-tuning defaults (AdamW, lr 5e-4, one
@@ -160,13 +167,13 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         switch (method)
         {
             case PruningMethod.Gohsp:
-                var g = PruningProtocol.ApplyEpochBudget(options.ApplyGohspFlags(new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }), epochs, recipe);
+                var g = PruningProtocol.ApplyEpochBudget(options.ApplyGohspFlags(new GohspPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation, TeacherScoreColumnName = TeacherColumn }), epochs, recipe);
                 return (ml.Transforms.GohspPrune(g, dense).Fit(prepared), $"soft pruning {g.SoftPruning.Epochs} + fine-tune {g.FineTune.Epochs}");
             case PruningMethod.Sgmp:
-                var s = PruningProtocol.ApplyEpochBudget(options.ApplySgmpFlags(new SgmpPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }), epochs, recipe);
+                var s = PruningProtocol.ApplyEpochBudget(options.ApplySgmpFlags(new SgmpPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation, TeacherScoreColumnName = TeacherColumn }), epochs, recipe);
                 return (ml.Transforms.SgmpPrune(s, dense).Fit(prepared), $"gradual pruning {s.Gradual.Epochs} + fine-tune {s.FineTune.Epochs}");
             case PruningMethod.Somp:
-                var o = PruningProtocol.ApplyEpochBudget(new SompPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation }, epochs, recipe);
+                var o = PruningProtocol.ApplyEpochBudget(new SompPruningEstimator.Options { Sparsity = sparsity, Progress = progress, ValidationSet = validation, TeacherScoreColumnName = TeacherColumn }, epochs, recipe);
                 return (ml.Transforms.SompPrune(o, dense).Fit(prepared), $"one-shot pruning + fine-tune {o.FineTune.Epochs}");
             default:
                 throw new ArgumentOutOfRangeException(nameof(method), method, "Unknown pruning method.");
