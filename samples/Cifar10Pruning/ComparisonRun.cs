@@ -30,6 +30,9 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
             .Append(ml.Transforms.ExtractPixels("Pixels", "Image", interleavePixelColors: false))
             .Fit(train);
         var prepared = prep.Transform(train);
+        // --teacher: fitted on the training images, which it scores once; the scores travel with them as a column.
+        TeacherSummary? teacher = null;
+        if (options.Teacher is { } teacherName) (teacher, prepared) = TeacherPipeline.Fit(ml, teacherName, trainSet, testSet, prep, ui);
         var validation = validationSplit is null ? null : prep.Transform(validationSplit.Images.ToDataView(ml));
 
         // 1. The dense model every method starts from: E epochs.
@@ -105,6 +108,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
                 ValidationFraction = validationSplit?.Fraction ?? 0,
                 ValidationSeed = validationSplit?.Seed,
                 ValidationIndicesSha256 = validationSplit?.IndicesHash,
+                Teacher = teacher,
                 Gohsp = options.Methods.Contains(PruningMethod.Gohsp) ? GohspSettings.Of(options.ApplyGohspFlags(new GohspOptions())) : null,
             },
             Dense = entries[0],
@@ -123,7 +127,10 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         NumberOfThreads = options.Threads,
         TrainingPrecision = _precision,
         Progress = progress,
+        TeacherScoreColumnName = TeacherColumn,
     };
+
+    private string? TeacherColumn => options.Teacher is null ? null : TeacherPipeline.ScoreColumn;
 
     /// <summary>
     /// The training recipe of every epoch after the dense model — the library's fine-tuning defaults (AdamW, lr 5e-4, one
@@ -162,13 +169,13 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         switch (variant.Method)
         {
             case PruningMethod.Gohsp:
-                var g = Configure(options.ApplyGohspFlags(new GohspPruningEstimator.Options { Progress = progress, ValidationSet = validation }));
+                var g = Configure(options.ApplyGohspFlags(new GohspPruningEstimator.Options { Progress = progress, ValidationSet = validation, TeacherScoreColumnName = TeacherColumn }));
                 return (ml.Transforms.GohspPrune(g, dense).Fit(prepared), $"soft pruning {g.SoftPruning.Epochs} + fine-tune {g.FineTune.Epochs}");
             case PruningMethod.Sgmp:
-                var s = Configure(options.ApplySgmpFlags(new SgmpPruningEstimator.Options { Progress = progress, ValidationSet = validation }));
+                var s = Configure(options.ApplySgmpFlags(new SgmpPruningEstimator.Options { Progress = progress, ValidationSet = validation, TeacherScoreColumnName = TeacherColumn }));
                 return (ml.Transforms.SgmpPrune(s, dense).Fit(prepared), $"gradual pruning {s.Gradual.Epochs} + fine-tune {s.FineTune.Epochs}");
             case PruningMethod.Somp:
-                var o = Configure(new SompPruningEstimator.Options { Progress = progress, ValidationSet = validation });
+                var o = Configure(new SompPruningEstimator.Options { Progress = progress, ValidationSet = validation, TeacherScoreColumnName = TeacherColumn });
                 return (ml.Transforms.SompPrune(o, dense).Fit(prepared), $"one-shot pruning + fine-tune {o.FineTune.Epochs}");
             default:
                 throw new ArgumentOutOfRangeException(nameof(variant), variant, "Unknown pruning method.");

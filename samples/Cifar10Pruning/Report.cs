@@ -132,6 +132,8 @@ internal sealed record RunConfig
     /// </summary>
     [JsonIgnore]
     public string? BaselineCommand { get; init; }
+    /// <summary>The teacher every ViT of the run distilled from (<c>--teacher</c>): name, its own test top-1, fit and scoring seconds; absent without one.</summary>
+    public TeacherSummary? Teacher { get; init; }
     /// <summary>The GOHSP settings the run's GOHSP entries used (absent when no GOHSP ran, and in older reports).</summary>
     public GohspSettings? Gohsp { get; init; }
 
@@ -207,6 +209,8 @@ internal sealed record SampleReport
         sb.AppendLine();
         sb.AppendLine(Text.Invariant($"- data: `{c.Data}` ({c.Classes} classes; {c.TrainImages:N0} training / {c.TestImages:N0} test images, test split: {c.TestSplit ?? "the test batch"}), arch `{c.Arch}`, {c.Precision} training, {Text.Count(c.Threads, "thread")}"));
         sb.AppendLine(Text.Invariant($"- fair protocol: one dense model trained {Text.Count(c.DenseEpochs, "epoch")} ({c.DenseSeconds:F0} s, top-1 {c.DenseStartTop1:P2}); every method prunes it and trains {Text.Count(c.PostEpochs, "epoch")} after it; the dense reference is the same model trained {Text.Count(c.PostEpochs, "more epoch")} ({c.DenseEpochs + c.PostEpochs} in all)"));
+        if (c.Teacher is { } teacher)
+            sb.AppendLine(Text.Invariant($"- teacher `{teacher.Name}` (every ViT below distils from its scores of the training images): test top-1 {teacher.Top1:P2}, fit {teacher.FitSeconds:F0} s, scoring {teacher.ScoreSeconds:F0} s"));
         sb.AppendLine();
         sb.AppendLine(MarkdownTable(All));
         sb.AppendLine();
@@ -232,6 +236,8 @@ internal sealed record SampleReport
     /// <summary>The final table on the console (a Spectre table when interactive, the markdown table otherwise).</summary>
     public void Print(ConsoleUi ui)
     {
+        if (Config.Teacher is { } teacher)
+            ui.Line(Text.Invariant($"Teacher {teacher.Name}: test top-1 {teacher.Top1:P2} (the students' top-1 is in the table)."));
         if (!ui.Interactive)
         {
             ui.Line(MarkdownTable(All));

@@ -54,6 +54,10 @@ internal sealed record SampleOptions
                                of their squared gradients) or euclidean (magnitude). Default fisher
           --sgmp-metric M      SGMP: metric of its ranking: euclidean (magnitude: the gradual magnitude baseline) or
                                fisher (GOHSP's projection metric; its entries are named sgmp-fisher). Default euclidean
+          --teacher NAME       distil the ViT (dense training and every pruning stage that trains) from a teacher's
+                               scores: resnet18 = ML.NET's pretrained ResNet18 featurizer (224×224) + LbfgsMaximumEntropy,
+                               fitted on the training images, which it scores once; report.json gets config.teacher
+                               (its own test top-1). Default: no teacher
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
@@ -141,10 +145,16 @@ internal sealed record SampleOptions
     /// <summary>The command line, for the reports.</summary>
     public string CommandLine { get; init; } = "";
 
+    /// <summary>The teacher the ViT distils from (<c>--teacher</c>, <see cref="TeacherPipeline"/>); null: none.</summary>
+    public string? Teacher { get; init; }
+
+    private static string ParseTeacher(string v) => TeacherPipeline.Names.FirstOrDefault(n => string.Equals(n, v, StringComparison.OrdinalIgnoreCase))
+        ?? throw new ArgumentException($"Option '--teacher': unknown teacher '{v}'. Known: {string.Join(", ", TeacherPipeline.Names)}.");
+
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "target-latency", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
-         "projection-metric", "sgmp-metric"];
+         "projection-metric", "sgmp-metric", "teacher"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric"];
 
@@ -209,6 +219,7 @@ internal sealed record SampleOptions
             MonotoneSupport = values.TryGetValue("monotone-support", out var ms) ? ParseChoice(ms, "monotone-support", OnOffNames) : null,
             ProjectionMetric = values.TryGetValue("projection-metric", out var pm) ? ParseChoice(pm, "projection-metric", ProjectionMetricNames) : null,
             SgmpMetric = values.TryGetValue("sgmp-metric", out var sm) ? ParseChoice(sm, "sgmp-metric", ProjectionMetricNames) : null,
+            Teacher = values.TryGetValue("teacher", out var teacher) ? ParseTeacher(teacher) : null,
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
         string methods = string.Join(",", o.Variants.Select(v => v.Name));

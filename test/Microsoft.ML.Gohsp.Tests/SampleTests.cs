@@ -354,6 +354,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "projection metric unknown", ["--projection-metric", "mahalanobis"], "Option '--projection-metric': unknown value 'mahalanobis'. Known: euclidean, fisher." },
         { "SGMP metric unknown", ["--method", "sgmp", "--sgmp-metric", "taylor"], "Option '--sgmp-metric': unknown value 'taylor'. Known: euclidean, fisher." },
         { "SGMP metric without SGMP", ["--method", "gohsp", "--sgmp-metric", "fisher"], "Option '--sgmp-metric' sets an SGMP option, but --method gohsp runs no SGMP" },
+        { "unknown teacher", ["--teacher", "resnet50"], "Option '--teacher': unknown teacher 'resnet50'. Known: resnet18." },
         { "baselines without aggregate", ["--baselines", "{empty}"], "Option '--baselines' applies to --aggregate only" },
         { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };

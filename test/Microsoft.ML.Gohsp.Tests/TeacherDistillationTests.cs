@@ -277,6 +277,22 @@ public class TeacherDistillationTests
             .Where(e => e.ParamName == nameof(ViTTrainingOptions.TeacherWeight));
     }
 
+    [Theory]
+    [InlineData("0,1", true)]
+    [InlineData("1,0", false)]
+    public void ATeacherColumnThatNamesItsClassesInAnotherOrderThanTheLabelIsRefused(string slotNames, bool accepted)
+    {
+        var ml = new MLContext(1);
+        var schema = SchemaDefinition.Create(typeof(Row));
+        var names = slotNames.Split(',').Select(n => n.AsMemory()).ToArray();
+        schema[nameof(Row.Teacher)].AddAnnotation("SlotNames", new VBuffer<ReadOnlyMemory<char>>(2, names), new VectorDataViewType(TextDataViewType.Instance, 2));
+        var rows = Enumerable.Range(0, 4).Select(i => new Row { Pixels = Pixels(i), Label = (i % 2).ToString(), Teacher = [0.6f, 0.4f] }).ToArray();
+        var fit = Fit(ml, ml.Data.LoadFromEnumerable(rows, schema), TrainerOptions());
+        if (accepted) fit().Should().NotBeNull();
+        else fit.Should().Throw<ArgumentOutOfRangeException>().Where(e => e.ParamName == nameof(ViTClassificationTrainer.Options.TeacherScoreColumnName))
+            .WithMessage("*Teacher score column 'Teacher' names its classes [1, 0]; label column 'Label' has the classes [0, 1]*");
+    }
+
     [Fact]
     public void TheTrainerDistilsFromTheColumnAndTheModelPredictsAndSavesWithoutIt()
     {
