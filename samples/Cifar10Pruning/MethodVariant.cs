@@ -1,4 +1,3 @@
-using System.Globalization;
 using Microsoft.ML.Gohsp.Pruning;
 
 namespace Cifar10Pruning;
@@ -81,5 +80,5 @@ internal sealed record PruningBudgetSpec(double Sparsity, double? LatencyFractio
             ({ } x, { } y) => y.CompareTo(x),
         };
 
-    public override string ToString() => Short.ToString(CultureInfo.InvariantCulture);
+    public override string ToString() => Short;
 }
