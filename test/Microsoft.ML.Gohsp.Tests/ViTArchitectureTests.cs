@@ -56,6 +56,18 @@ public class ViTArchitectureTests
     }
 
     [Fact]
+    public void SixHeadCifarTinyHasCifarTinysShapeWithSixHeadsOf32Dims()
+    {
+        var six = ViTArchitecture.FromPreset("cifar-tiny-6h", 10);
+        var three = ViTArchitecture.CifarTiny();
+        six.Blocks.Should().HaveCount(6).And.OnlyContain(b => b.Heads == 6 && b.QkDim == 32 && b.VDim == 32 && b.MlpHidden == 768);
+        six.ParameterCount.Should().Be(three.ParameterCount);
+        six.ForwardFlops.Should().Be(three.ForwardFlops);
+        using var model = new VisionTransformerModel(six, seed: 1);
+        model.CountParameters().Should().Be(six.ParameterCount);
+    }
+
+    [Fact]
     public void ExecutedForwardFlopsCountTheLastBlocksClassTokenOnly()
     {
         var arch = ViTArchitecture.CifarTiny();

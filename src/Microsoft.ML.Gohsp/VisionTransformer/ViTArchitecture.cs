@@ -140,6 +140,11 @@ public sealed record ViTArchitecture
     /// It is the benchmark model.
     /// </summary>
     public static ViTArchitecture CifarTiny(int numClasses = 10) => Uniform(32, 4, 192, 6, 3, 768, numClasses);
+    /// <summary>
+    /// <see cref="CifarTiny"/> with 6 heads of 32 dimensions per block instead of 3 of 64 (the same width, depth, MLP and
+    /// parameter count): a model with more heads per block for the head ranking to order.
+    /// </summary>
+    public static ViTArchitecture CifarTiny6Heads(int numClasses = 10) => Uniform(32, 4, 192, 6, 6, 768, numClasses);
     /// <summary>A CIFAR-sized ViT-Small: patch 4, 384 wide, 8 blocks, 6 heads, MLP 1536.</summary>
     public static ViTArchitecture CifarSmall(int numClasses = 10) => Uniform(32, 4, 384, 8, 6, 1536, numClasses);
     /// <summary>A very small 32×32 model for quick experiments and tests: patch 4, 96 wide, 4 blocks, 4 heads, MLP 192.</summary>
@@ -147,7 +152,7 @@ public sealed record ViTArchitecture
 
     /// <summary>Names accepted by <see cref="FromPreset"/>.</summary>
     public static IReadOnlyList<string> PresetNames { get; } =
-        ["vit-tiny", "vit-small", "vit-base", "deit-tiny", "deit-small", "deit-base", "cifar-micro", "cifar-tiny", "cifar-small"];
+        ["vit-tiny", "vit-small", "vit-base", "deit-tiny", "deit-small", "deit-base", "cifar-micro", "cifar-tiny", "cifar-tiny-6h", "cifar-small"];
 
     /// <summary>Looks a preset up by name (case-insensitive, see <see cref="PresetNames"/>).</summary>
     /// <param name="name">Preset name.</param>
@@ -166,6 +171,7 @@ public sealed record ViTArchitecture
             "deit-base" => DeiTBase(numClasses, imageSize ?? 224),
             "cifar-micro" => CifarMicro(numClasses),
             "cifar-tiny" => CifarTiny(numClasses),
+            "cifar-tiny-6h" => CifarTiny6Heads(numClasses),
             "cifar-small" => CifarSmall(numClasses),
             _ => throw new ArgumentException($"Unknown architecture preset '{name}'. Expected one of: {string.Join(", ", PresetNames)}.", nameof(name)),
         };
