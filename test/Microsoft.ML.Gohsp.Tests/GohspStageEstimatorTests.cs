@@ -68,7 +68,7 @@ public class GohspStageEstimatorTests(ITestOutputHelper output)
         var maskedChain = new TransformerChain<ITransformer>(dense.Take(2).Append<ITransformer>(ranked).ToArray());
         ml.Model.SaveAtomically(maskedChain, train.Schema, zip);
         var loaded = new MLContext(2).Model.Load(zip, out _);
-        var loadedVit = DenseViTLocator.FindViT(loaded)!.Model;
+        var loadedVit = ViTLocator.FindViT(loaded)!.Model;
         loadedVit.Model.KeptHeads.Should().BeEquivalentTo(ranked.Model.Model.KeptHeads, o => o.WithStrictOrdering());
         loadedVit.PruningReport!.Stage.Should().Be(PruningReport.HeadMaskedStage);
         loadedVit.PruningReport.Blocks.Select(b => b.StationaryProbabilities).Should().BeEquivalentTo(r1.Blocks.Select(b => b.StationaryProbabilities));
@@ -131,7 +131,7 @@ public class GohspStageEstimatorTests(ITestOutputHelper output)
         var zip = Path.Combine(dir, "ranked.zip");
         ml.Model.SaveAtomically(new TransformerChain<ITransformer>(dense.Take(2).Append<ITransformer>(ranked).ToArray()), train.Schema, zip);
         var loaded = new MLContext(2).Model.Load(zip, out _);
-        DenseViTLocator.FindViT(loaded)!.Model.PruningReport!.Blocks.Select(b => b.StationaryProbabilities)
+        ViTLocator.FindViT(loaded)!.Model.PruningReport!.Blocks.Select(b => b.StationaryProbabilities)
             .Should().BeEquivalentTo(r1.Blocks.Select(b => b.StationaryProbabilities));
         var soft = ml.Transforms.GohspSoftPrune(o, loaded).Fit(loaded.Transform(train));
         var final = ml.Transforms.GohspHardPrune(o, soft, teacher: dense).Fit(soft.Transform(loaded.Transform(train)));

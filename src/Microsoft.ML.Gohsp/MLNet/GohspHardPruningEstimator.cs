@@ -20,7 +20,7 @@ public sealed class GohspHardPruningEstimator : PruningEstimatorBase<GohspPrunin
         : base(env, options, options, "GohspPrune", model)
     {
         if (teacher is not null)
-            _teacher = DenseViTLocator.FindViT(teacher)?.Model ?? throw new ArgumentException(
+            _teacher = ViTLocator.FindViT(teacher)?.Model ?? throw new ArgumentException(
                 $"The teacher passed to GOHSP hard pruning is a {teacher.GetType().Name}, not a ViT from Microsoft.ML.Gohsp.", nameof(teacher));
     }
 

@@ -251,10 +251,4 @@ public sealed class GohspPruner : IPruningMethod
         var scores = previous.Blocks.Select(b => b.KeptHeads.Zip(b.StationaryProbabilities).ToDictionary(t => t.First, t => t.Second)).ToArray();
         return (b, h) => scores[b].TryGetValue(h, out var p) ? p : double.NaN;
     }
-
-    /// <summary>Applies the binary head mask Mᴴ (element-wise on each head's output) to every block.</summary>
-    public static void SetHeadMasks(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>> keptHeads) => model.SetHeadMasks(keptHeads);
-
-    /// <summary>Removes all head masks.</summary>
-    public static void ClearHeadMasks(VisionTransformerModel model) => model.ClearHeadMasks();
 }
