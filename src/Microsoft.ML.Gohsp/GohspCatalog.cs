@@ -283,7 +283,7 @@ public static class GohspCatalog
         ArgumentNullException.ThrowIfNull(catalog);
         MLNetInternals.EnsureCompatible();
         ArgumentNullException.ThrowIfNull(model);
-        var vit = DenseViTLocator.FindViT(model)?.Model ?? throw new ArgumentException(
+        var vit = ViTLocator.FindViT(model)?.Model ?? throw new ArgumentException(
             $"The model is a {model.GetType().Name} without a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(model));
         var pre = vit.Preprocessing;
         var o = options?.Clone() ?? new OnnxExportOptions();

@@ -44,7 +44,7 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         using var stage1 = masked.Model;
         var soft = new GohspPruner(o).SoftPrune(new PruningContext(stage1, train, valid) { Previous = masked.Report });
         using var softModel = soft.Model;
-        var r2 = soft.Report;
+        var r2 = soft.Report.Gohsp();
         output.WriteLine($"residuals {string.Join(", ", r2.ResidualHistory)}; start {r2.ResidualStart}; ratio {r2.ResidualRatio}; overlap {r2.CutPlanOverlap}");
 
         r2.ResidualRatio.Should().NotBeNull();
@@ -58,9 +58,9 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         int block = 0;
         int dropped = Enumerable.Range(0, dense.Architecture.Blocks[block].MlpHidden).First(j => !plan.Blocks[block].MlpNeurons.Contains(j));
         using (no_grad()) softModel.Blocks[block].mlp.fc1.weight[dropped].fill_(10f);
-        var hard = new GohspPruner(o).HardPruneAndFineTune(new PruningContext(softModel, train, valid) { Previous = r2, Teacher = dense });
+        var hard = new GohspPruner(o).HardPruneAndFineTune(new PruningContext(softModel, train, valid) { Previous = soft.Report, Teacher = dense });
         using var pruned = hard.Model;
-        hard.Report.CutPlan.Should().BeSameAs(plan);
+        hard.Report.Gohsp().CutPlan.Should().BeSameAs(plan);
         hard.Report.Blocks.Select(b => b.KeptHeads).Should().BeEquivalentTo(plan.Blocks.Select(b => b.Heads.ToArray()), c => c.WithStrictOrdering());
         pruned.Architecture.Should().Be(plan.PrunedArchitecture(dense.Architecture));
         // the surgery copied exactly Z's MLP neurons of block 0 (before fine-tuning they would equal W's rows; the blown-up row is absent)
@@ -70,8 +70,8 @@ public class GohspConvergenceTests(ITestOutputHelper output)
             ?? masked.Report.Blocks.Select(b => (IReadOnlyList<int>)b.KeptHeads).ToArray());
         fresh.Blocks[block].MlpNeurons.Should().Contain(dropped, "the blown-up neuron is the most important one for a fresh plan from W");
         hard.Report.CutShockTop1.Should().NotBeNull();
-        hard.Report.PreCutStage.Should().Be(PruningReport.SoftPrunedStage);
-        hard.Report.ResidualRatio.Should().Be(r2.ResidualRatio);
+        hard.Report.PreCutStage.Should().Be(GohspPruner.SoftPrunedStage);
+        hard.Report.Gohsp().ResidualRatio.Should().Be(r2.ResidualRatio);
     }
 
     [Fact]
@@ -89,24 +89,24 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         var stage1 = new GohspPruner(o).RankAndMaskHeads(new PruningContext(dense, train));
         using var ranked = stage1.Model;
         ranked.KeptHeads.Should().BeNull("guided head pruning fixes no head at stage 1");
-        stage1.Report.Blocks.Should().OnlyContain(b => b.KeptHeads.Length == b.DenseHeads && b.StationaryProbabilities.Length == b.DenseHeads,
+        stage1.Report.Blocks.Should().OnlyContain(b => b.KeptHeads.Length == b.DenseHeads && stage1.Report.Stationary(b).Length == b.DenseHeads,
             "the stage-1 report ranks every head for stage 2's projections");
 
         // a head graph that gives head 0 of every block (almost) no stationary mass: the guided projections remove it first
         var report = stage1.Report with
         {
-            Blocks = stage1.Report.Blocks.Select(b => b with
+            Details = stage1.Report.Gohsp() with
             {
-                StationaryProbabilities = b.KeptHeads.Select(h => h == 0 ? 1e-9 : (1 - 1e-9) / (b.DenseHeads - 1)).ToArray(),
-            }).ToArray(),
+                StationaryProbabilities = stage1.Report.Blocks.Select(b => b.KeptHeads.Select(h => h == 0 ? 1e-9 : (1 - 1e-9) / (b.DenseHeads - 1)).ToArray()).ToArray(),
+            },
         };
         var magnitudeOnly = StructuredProjection.Allocate(dense.Architecture, StructuredProjection.Magnitude(dense), 0.6, o.Budget);
         magnitudeOnly.Blocks.Should().Contain(b => b.Heads.Contains(0), "without the graph, magnitude alone keeps head 0 somewhere (so the check below can fail)");
 
         var soft = new GohspPruner(o).SoftPrune(new PruningContext(ranked, train) { Previous = report });
         using var softModel = soft.Model;
-        soft.Report.CutPlan!.Blocks.Should().OnlyContain(b => !b.Heads.Contains(0), "a head the graph ranks last is the first head the projection removes");
-        (1 - (double)soft.Report.CutPlan.PrunedArchitecture(dense.Architecture).ParameterCount / dense.Architecture.ParameterCount)
+        soft.Report.Gohsp().CutPlan!.Blocks.Should().OnlyContain(b => !b.Heads.Contains(0), "a head the graph ranks last is the first head the projection removes");
+        (1 - (double)soft.Report.Gohsp().CutPlan!.PrunedArchitecture(dense.Architecture).ParameterCount / dense.Architecture.ParameterCount)
             .Should().BeApproximately(0.6, 0.01);
     }
 

@@ -53,12 +53,12 @@ public class GohspStageEstimatorTests(ITestOutputHelper output)
         // stage 1 → a dense-shaped copy with a head mask and the stationary probabilities of the kept heads
         var ranked = ml.Transforms.GohspRankHeads(Options(validation), dense).Fit(scored);
         var r1 = ranked.Model.PruningReport!;
-        r1.Stage.Should().Be(PruningReport.HeadMaskedStage);
+        r1.Stage.Should().Be(GohspPruner.HeadMaskedStage);
         r1.ParametersAfter.Should().Be(r1.ParametersBefore);
         ranked.Model.Model.KeptHeads.Should().NotBeNull();
         ranked.Model.Model.KeptHeads!.Select(k => k.ToArray()).Should().BeEquivalentTo(r1.Blocks.Select(b => b.KeptHeads), o => o.WithStrictOrdering());
         r1.Blocks.Sum(b => b.KeptHeads.Length).Should().BeLessThan(r1.Blocks.Sum(b => b.DenseHeads), "stage 1 masks heads");
-        r1.Blocks.Should().OnlyContain(b => b.StationaryProbabilities.Length == b.KeptHeads.Length && b.StationaryProbabilities.All(p => p > 0));
+        r1.Blocks.Should().OnlyContain(b => r1.Stationary(b).Length == b.KeptHeads.Length && r1.Stationary(b).All(p => p > 0));
         r1.ValidationAccuracy.Keys.Should().BeEquivalentTo("dense", "head-masked");
         dense.LastTransformer.Model.Model.KeptHeads.Should().BeNull("the input model is not modified");
 
@@ -68,10 +68,10 @@ public class GohspStageEstimatorTests(ITestOutputHelper output)
         var maskedChain = new TransformerChain<ITransformer>(dense.Take(2).Append<ITransformer>(ranked).ToArray());
         ml.Model.SaveAtomically(maskedChain, train.Schema, zip);
         var loaded = new MLContext(2).Model.Load(zip, out _);
-        var loadedVit = DenseViTLocator.FindViT(loaded)!.Model;
+        var loadedVit = ViTLocator.FindViT(loaded)!.Model;
         loadedVit.Model.KeptHeads.Should().BeEquivalentTo(ranked.Model.Model.KeptHeads, o => o.WithStrictOrdering());
-        loadedVit.PruningReport!.Stage.Should().Be(PruningReport.HeadMaskedStage);
-        loadedVit.PruningReport.Blocks.Select(b => b.StationaryProbabilities).Should().BeEquivalentTo(r1.Blocks.Select(b => b.StationaryProbabilities));
+        loadedVit.PruningReport!.Stage.Should().Be(GohspPruner.HeadMaskedStage);
+        loadedVit.PruningReport.Gohsp().StationaryProbabilities.Should().BeEquivalentTo(r1.Gohsp().StationaryProbabilities);
         var e1 = ml.Model.CreatePredictionEngine<ImageRow, ScoreRow>(maskedChain);
         var e2 = ml.Model.CreatePredictionEngine<ImageRow, ScoreRow>(loaded);
         var row = new ImageRow { Image = Cifar10.CreateImage(testSet.GetImage(0)), Label = "cat" };
@@ -81,8 +81,8 @@ public class GohspStageEstimatorTests(ITestOutputHelper output)
         var options = Options(validation);
         var soft = ml.Transforms.GohspSoftPrune(options, loaded).Fit(loaded.Transform(train));
         var r2 = soft.Model.PruningReport!;
-        r2.Stage.Should().Be(PruningReport.SoftPrunedStage);
-        r2.ResidualHistory.Should().HaveCount(2);
+        r2.Stage.Should().Be(GohspPruner.SoftPrunedStage);
+        r2.Gohsp().ResidualHistory.Should().HaveCount(2);
         r2.Blocks.Select(b => b.KeptHeads).Should().BeEquivalentTo(r1.Blocks.Select(b => b.KeptHeads), o => o.WithStrictOrdering());
         soft.Model.Model.KeptHeads.Should().NotBeNull();
         var final = ml.Transforms.GohspHardPrune(options, soft, teacher: dense).Fit(soft.Transform(loaded.Transform(train)));
@@ -91,9 +91,9 @@ public class GohspStageEstimatorTests(ITestOutputHelper output)
         r3.Stage.Should().Be(PruningReport.FinalStage);
         r3.AchievedSparsity.Should().BeApproximately(0.4, 0.01);
         r3.ParametersBefore.Should().Be(r1.ParametersBefore);
-        r3.ResidualHistory.Should().Equal(r2.ResidualHistory);
+        r3.Gohsp().ResidualHistory.Should().Equal(r2.Gohsp().ResidualHistory);
         r3.Blocks.Select(b => b.KeptHeads).Should().BeEquivalentTo(r1.Blocks.Select(b => b.KeptHeads), o => o.WithStrictOrdering());
-        r3.Blocks.Select(b => b.StationaryProbabilities).Should().BeEquivalentTo(r1.Blocks.Select(b => b.StationaryProbabilities));
+        r3.Gohsp().StationaryProbabilities.Should().BeEquivalentTo(r1.Gohsp().StationaryProbabilities);
         r3.ValidationAccuracy.Keys.Should().BeEquivalentTo("dense", "head-masked", "soft-pruned", "hard-pruned", "fine-tuned");
         final.Model.Model.KeptHeads.Should().BeNull("masked heads are physically gone");
         final.Model.Architecture.Blocks.Select(b => b.Heads).Should().Equal(r1.Blocks.Select(b => b.KeptHeads.Length));
@@ -123,7 +123,7 @@ public class GohspStageEstimatorTests(ITestOutputHelper output)
         var ranked = ml.Transforms.GohspRankHeads(o, dense).Fit(scored);
         ranked.Model.Model.KeptHeads.Should().BeNull("guided head pruning masks no head at stage 1");
         var r1 = ranked.Model.PruningReport!;
-        r1.Blocks.Should().OnlyContain(b => b.KeptHeads.Length == b.DenseHeads && b.StationaryProbabilities.All(p => p > 0),
+        r1.Blocks.Should().OnlyContain(b => b.KeptHeads.Length == b.DenseHeads && r1.Stationary(b).All(p => p > 0),
             "the stage-1 report ranks every head");
 
         // the ranking travels in the saved model to stage 2
@@ -131,8 +131,8 @@ public class GohspStageEstimatorTests(ITestOutputHelper output)
         var zip = Path.Combine(dir, "ranked.zip");
         ml.Model.SaveAtomically(new TransformerChain<ITransformer>(dense.Take(2).Append<ITransformer>(ranked).ToArray()), train.Schema, zip);
         var loaded = new MLContext(2).Model.Load(zip, out _);
-        DenseViTLocator.FindViT(loaded)!.Model.PruningReport!.Blocks.Select(b => b.StationaryProbabilities)
-            .Should().BeEquivalentTo(r1.Blocks.Select(b => b.StationaryProbabilities));
+        ViTLocator.FindViT(loaded)!.Model.PruningReport!.Gohsp().StationaryProbabilities
+            .Should().BeEquivalentTo(r1.Gohsp().StationaryProbabilities);
         var soft = ml.Transforms.GohspSoftPrune(o, loaded).Fit(loaded.Transform(train));
         var final = ml.Transforms.GohspHardPrune(o, soft, teacher: dense).Fit(soft.Transform(loaded.Transform(train)));
         final.Model.PruningReport!.AchievedSparsity.Should().BeApproximately(0.4, 0.01);

@@ -28,7 +28,7 @@ public class ModelFormatTests
         var engine = ml.Model.CreatePredictionEngine<ImageRow, ScoreRow>(model);
         for (int i = 0; i < expected.Length; i++)
             engine.Predict(new ImageRow { Image = Cifar10.CreateImage(test.GetImage(i)) }).Score.Should().Equal(expected[i], (a, b) => Math.Abs(a - b) <= 1e-6f);
-        var vit = DenseViTLocator.FindViT(model)!.Model;
+        var vit = ViTLocator.FindViT(model)!.Model;
         if (zip.Contains("masked", StringComparison.Ordinal))
         {
             vit.Model.KeptHeads.Should().BeEquivalentTo(new[] { new[] { 1 }, new[] { 0, 1 } }, o => o.WithStrictOrdering());

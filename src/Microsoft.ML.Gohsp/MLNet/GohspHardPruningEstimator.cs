@@ -20,7 +20,7 @@ public sealed class GohspHardPruningEstimator : PruningEstimatorBase<GohspPrunin
         : base(env, options, options, "GohspPrune", model)
     {
         if (teacher is not null)
-            _teacher = DenseViTLocator.FindViT(teacher)?.Model ?? throw new ArgumentException(
+            _teacher = ViTLocator.FindViT(teacher)?.Model ?? throw new ArgumentException(
                 $"The teacher passed to GOHSP hard pruning is a {teacher.GetType().Name}, not a ViT from Microsoft.ML.Gohsp.", nameof(teacher));
     }
 
@@ -28,7 +28,7 @@ public sealed class GohspHardPruningEstimator : PruningEstimatorBase<GohspPrunin
     {
         if (_teacher is not null && _teacher.Architecture.NumClasses != input.Architecture.NumClasses)
             throw new ArgumentException($"The teacher has {_teacher.Architecture.NumClasses} classes; the model has {input.Architecture.NumClasses}.", "teacher");
-        var previous = GohspStages.Previous(input, PruningReport.SoftPrunedStage, PruningReport.HeadMaskedStage);
+        var previous = GohspStages.Previous(input, GohspPruner.SoftPrunedStage, GohspPruner.HeadMaskedStage);
         return new GohspPruner(options).HardPruneAndFineTune(context.With(context.Model, previous, _teacher?.Model));
     }
 }

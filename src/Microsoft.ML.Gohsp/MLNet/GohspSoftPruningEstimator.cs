@@ -17,7 +17,7 @@ public sealed class GohspSoftPruningEstimator : PruningEstimatorBase<GohspPrunin
     internal GohspSoftPruningEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model) : base(env, options, options, "GohspPrune", model) { }
 
     private protected override PruningResult Prune(ViTModelParameters input, PruningContext context, GohspPruningEstimator.Options options)
-        => new GohspPruner(options).SoftPrune(context.With(context.Model, GohspStages.Previous(input, PruningReport.HeadMaskedStage), teacher: null));
+        => new GohspPruner(options).SoftPrune(context.With(context.Model, GohspStages.Previous(input, GohspPruner.HeadMaskedStage), teacher: null));
 }
 
 /// <summary>How the GOHSP stage estimators hand their findings to the next stage.</summary>

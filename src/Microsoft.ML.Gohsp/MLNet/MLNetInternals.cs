@@ -33,7 +33,7 @@ namespace Microsoft.ML.Gohsp
     /// <c>MulticlassPredictionTransformer</c> constructor (<see cref="PredictionTransformer"/>) and <c>CatalogUtils</c> (trainer,
     /// pruning estimators, catalog); <c>ISchemaBindableMapper</c>, <c>SchemaBindablePredictorWrapper</c> and
     /// <c>RoleMappedSchema</c> (<see cref="BindViT"/>, which lets a model read an MLImage column and still save); the
-    /// scorer internals walked by <see cref="ScoringPredictor"/> (DenseViTLocator). Which Microsoft.ML versions the package
+    /// scorer internals walked by <see cref="ScoringPredictor"/> (ViTLocator). Which Microsoft.ML versions the package
     /// accepts is declared in Directory.Build.props (<c>MicrosoftMLVersionRange</c>); <see cref="MissingMembers()"/> tells,
     /// member by member, whether the loaded ML.NET still has everything, and a test runs it.
     /// </summary>

@@ -32,7 +32,7 @@ public interface IPruningEstimatorOptions
 /// What every structured-pruning estimator (<see cref="PruningEstimator"/> for any method, and
 /// <see cref="GohspPruningEstimator"/>, <see cref="SompPruningEstimator"/>, <see cref="SgmpPruningEstimator"/> and the GOHSP
 /// stage estimators) shares: finding the dense ViT (explicit model, or upstream in the chain via
-/// <see cref="DenseViTLocator"/>), schema checks with the column named, reading the images once, copying the dense model's
+/// <see cref="ViTLocator"/>), schema checks with the column named, reading the images once, copying the dense model's
 /// pre-processing into every training stage, running the method (<see cref="PruningOptions.CreateMethod"/>) and wrapping
 /// the pruned model in the same kind of transformer <see cref="ViTClassificationTrainer"/> produces, so Evaluate,
 /// Model.Save/Load and PredictionEngine work unchanged. An estimator is composed of the ML.NET settings
@@ -44,7 +44,7 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
     where TOptions : class, IPruningEstimatorOptions
 {
     private readonly IHost _host;
-    private readonly DenseViT? _dense;
+    private readonly FoundViT? _dense;
     private readonly string _method;
     private readonly string _catalogEntry;
     private readonly TOptions _options;
@@ -60,7 +60,7 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         _catalogEntry = catalogEntry;
         methodOptions.Validate();
         if (denseModel is not null)
-            _dense = (DenseViTLocator.FindViT(denseModel) is { } t ? new DenseViT(t.Model, DenseViTLocator.ImageColumnOf(t)) : null) ?? throw new ArgumentException(
+            _dense = (ViTLocator.FindViT(denseModel) is { } t ? new FoundViT(t.Model, ViTLocator.ImageColumnOf(t)) : null) ?? throw new ArgumentException(
                 $"The model passed to {_method} is a {denseModel.GetType().Name}, not a ViT from Microsoft.ML.Gohsp (expected a MulticlassPredictionTransformer<ViTModelParameters> or a chain that contains one).", nameof(denseModel));
     }
 
@@ -92,7 +92,7 @@ public abstract class PruningEstimatorBase<TOptions> : IEstimator<MulticlassPred
         _host.CheckValue(input, nameof(input));
         _host.CheckAlive();
         _methodOptions.Validate(); // options objects are mutable: checked again before any work
-        var dense = _dense ?? DenseViTLocator.FindUpstreamViT(input) ?? throw new InvalidOperationException(
+        var dense = _dense ?? ViTLocator.FindUpstreamViT(input, _method) ?? throw new InvalidOperationException(
             $"{_method} could not find the dense ViT: pass the trained model to the catalog method, or append the pruning estimator " +
             "directly after ViTClassification (an AppendCacheCheckpoint in between hides the upstream model).");
         var p = dense.Model;

@@ -1,5 +1,3 @@
-using System.Text.Json;
-using System.Text.Json.Serialization;
 using Microsoft.ML.Gohsp.VisionTransformer;
 
 namespace Microsoft.ML.Gohsp.Pruning;
@@ -7,10 +5,6 @@ namespace Microsoft.ML.Gohsp.Pruning;
 /// <summary>Per-block line of a <see cref="PruningReport"/>.</summary>
 /// <param name="Block">Block index.</param>
 /// <param name="KeptHeads">Kept head indices (of the dense block).</param>
-/// <param name="StationaryProbabilities">
-/// GOHSP: the stationary probability of each kept head in its head graph. Empty for SOMP and SGMP (they rank by magnitude,
-/// there is no graph).
-/// </param>
 /// <param name="QkDim">Kept q/k dimensions per head.</param>
 /// <param name="VDim">Kept v dimensions per head.</param>
 /// <param name="MlpWidth">Kept MLP neurons.</param>
@@ -18,25 +12,33 @@ namespace Microsoft.ML.Gohsp.Pruning;
 /// <param name="DenseQkDim">q/k dimension per head of the dense block.</param>
 /// <param name="DenseVDim">v dimension per head of the dense block.</param>
 /// <param name="DenseMlpWidth">MLP width of the dense block.</param>
-public sealed record BlockReport(int Block, int[] KeptHeads, double[] StationaryProbabilities, int QkDim, int VDim, int MlpWidth,
+public sealed record BlockReport(int Block, int[] KeptHeads, int QkDim, int VDim, int MlpWidth,
     int DenseHeads, int DenseQkDim, int DenseVDim, int DenseMlpWidth);
 
-/// <summary>What a pruning run did: per-block shapes, sizes and FLOPs before/after, residuals, accuracies per stage.</summary>
+/// <summary>
+/// What only one method reports, beside the figures every method shares (<see cref="PruningReport.Details"/>):
+/// <see cref="GohspDetails"/> for GOHSP.
+/// </summary>
+public abstract record PruningDetails
+{
+    private protected PruningDetails() { }
+}
+
+/// <summary>
+/// What a pruning run did: per-block shapes, sizes and FLOPs before/after, the budget, accuracies per stage — the figures
+/// every method shares — and the method's own figures (<see cref="Details"/>).
+/// </summary>
 public sealed record PruningReport
 {
     /// <summary>Stage of a finished run: the model is physically pruned and fine-tuned.</summary>
     public const string FinalStage = "fine-tuned";
-    /// <summary>Stage after GOHSP stage 1 (<c>GohspPruner.RankAndMaskHeads</c>): heads masked, nothing removed yet.</summary>
-    public const string HeadMaskedStage = "head-masked";
-    /// <summary>Stage after GOHSP stage 2 (<c>GohspPruner.SoftPrune</c>): trained towards the sparse set, nothing removed yet.</summary>
-    public const string SoftPrunedStage = "soft-pruned";
 
     /// <summary>Method name ("gohsp", "somp", "sgmp").</summary>
     public required string Method { get; init; }
     /// <summary>
     /// How far the run went: <see cref="FinalStage"/> ("fine-tuned") for a finished run; a staged GOHSP run also reports
-    /// <see cref="HeadMaskedStage"/> and <see cref="SoftPrunedStage"/>, whose model still has the dense shape (parameters
-    /// before = after) and whose <see cref="Blocks"/> say what the final model will keep.
+    /// <see cref="GohspPruner.HeadMaskedStage"/> and <see cref="GohspPruner.SoftPrunedStage"/>, whose model still has the
+    /// dense shape (parameters before = after) and whose <see cref="Blocks"/> say what the final model will keep.
     /// </summary>
     public string Stage { get; init; } = FinalStage;
     /// <summary>Requested fraction of parameters removed; null when the budget was a latency target (<see cref="TargetLatencyMs"/>).</summary>
@@ -80,8 +82,6 @@ public sealed record PruningReport
     public required long FlopsAfter { get; init; }
     /// <summary>Per-block details.</summary>
     public required IReadOnlyList<BlockReport> Blocks { get; init; }
-    /// <summary>GOHSP: primal residual ‖W − Z‖ after each soft-pruning epoch (empty for SOMP and SGMP).</summary>
-    public IReadOnlyList<double> ResidualHistory { get; init; } = [];
     /// <summary>
     /// Validation accuracy after each stage (when a validation set was given): "dense", then GOHSP "head-masked",
     /// "soft-pruned"; SGMP "gradually-pruned"; then every method "hard-pruned", "fine-tuned".
@@ -101,20 +101,11 @@ public sealed record PruningReport
     public double? CutShockTop1 => Shock(ValidationAccuracy, -1);
     /// <summary>The cut shock in validation NLL: NLL right after the hard cut minus NLL right before it (positive = worse).</summary>
     public double? CutShockNll => Shock(ValidationNll, +1);
-    /// <summary>GOHSP: ‖W₀ − Π(W₀)‖ at the full target when soft pruning started (null for SOMP and SGMP).</summary>
-    public double? ResidualStart { get; init; }
-    /// <summary>GOHSP: the primal residual at the end of soft pruning over <see cref="ResidualStart"/>.</summary>
-    public double? ResidualRatio => ResidualStart is > 0 && ResidualHistory.Count > 0 ? ResidualHistory[^1] / ResidualStart : null;
     /// <summary>
-    /// GOHSP: the support of ADMM's final Z (what the hard cut keeps), carried from soft pruning to the cut; null for SOMP
-    /// and SGMP.
+    /// What only this run's method reports: <see cref="GohspDetails"/> for GOHSP (head ranking, ADMM residuals, the cut);
+    /// null for SOMP and SGMP, which report the shared figures alone.
     /// </summary>
-    public StructurePlan? CutPlan { get; init; }
-    /// <summary>
-    /// GOHSP: fraction of the prunable parameters kept by <see cref="CutPlan"/> that a fresh projection of the final W
-    /// would also keep (1 = the same structures).
-    /// </summary>
-    public double? CutPlanOverlap { get; init; }
+    public PruningDetails? Details { get; init; }
 
     private double? Shock(IReadOnlyDictionary<string, double> values, int sign) =>
         PreCutStage is not null && values.TryGetValue(PreCutStage, out var before) && values.TryGetValue(HardPrunedStage, out var after)
@@ -123,24 +114,15 @@ public sealed record PruningReport
     /// <summary>Stage right after the hard cut, before fine-tuning.</summary>
     public const string HardPrunedStage = "hard-pruned";
 
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
+    /// <summary>
+    /// The report as indented JSON, as the model zip stores it: one flat object whose field names are those of every
+    /// earlier version (GOHSP's details among the shared fields, each block's stationary probabilities in its line).
+    /// </summary>
+    public string ToJson() => PruningReportDocument.Write(this);
 
-    /// <summary>The report as indented JSON.</summary>
-    public string ToJson() => JsonSerializer.Serialize(this, Json);
-
-    /// <summary>Reads a report written by <see cref="ToJson"/>.</summary>
+    /// <summary>Reads a report written by <see cref="ToJson"/> (by this or an earlier version).</summary>
     /// <exception cref="InvalidDataException">The text is not a pruning report.</exception>
-    public static PruningReport FromJson(string json)
-    {
-        try
-        {
-            return JsonSerializer.Deserialize<PruningReport>(json, Json) ?? throw new InvalidDataException("The pruning report is empty.");
-        }
-        catch (JsonException e)
-        {
-            throw new InvalidDataException("The pruning report is not valid JSON of a PruningReport: " + e.Message, e);
-        }
-    }
+    public static PruningReport FromJson(string json) => PruningReportDocument.Read(json);
 }
 
 /// <summary>The result of a pruning run (<see cref="GohspPruner.Run"/>, <see cref="SompPruner.Run"/>, <see cref="SgmpPruner.Run"/>).</summary>

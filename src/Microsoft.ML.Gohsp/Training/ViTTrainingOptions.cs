@@ -1,3 +1,4 @@
+using System.Reflection;
 using Microsoft.ML.Gohsp.VisionTransformer;
 
 namespace Microsoft.ML.Gohsp.Training;
@@ -122,11 +123,57 @@ public class ViTTrainingOptions
         if (!Enum.IsDefined(TrainingPrecision)) throw new ArgumentOutOfRangeException(nameof(TrainingPrecision), TrainingPrecision, "Unknown precision.");
     }
 
-    /// <summary>A short, stable description of the options that determine a run (used to match checkpoints).</summary>
-    internal string Fingerprint() => string.Join("|", Epochs, BatchSize, LearningRate.ToString("R"), MinLearningRate.ToString("R"),
-        WarmupEpochs.ToString("R"), WeightDecay.ToString("R"), LabelSmoothing.ToString("R"), RandomCropPadding, HorizontalFlip,
-        PixelScale.ToString("R"), string.Join(",", Mean), string.Join(",", Std), Seed, TrainingPrecision);
+    /// <summary>
+    /// Every option this class declares (its public read-write properties, in declaration order): the one list that
+    /// <see cref="Copy"/>, <see cref="Fingerprint"/> and <see cref="TeacherFingerprint"/> read, so that an option added to the
+    /// class is copied and fingerprinted without another list to keep.
+    /// </summary>
+    internal static IReadOnlyList<PropertyInfo> Declared { get; } = typeof(ViTTrainingOptions)
+        .GetProperties(BindingFlags.Public | BindingFlags.Instance)
+        .Where(p => p.DeclaringType == typeof(ViTTrainingOptions) && p.CanRead && p.CanWrite)
+        .OrderBy(p => p.MetadataToken)
+        .ToArray();
+
+    /// <summary>
+    /// Options that do not change what a run computes — where it runs, with how many threads, in which batches it is
+    /// evaluated, where it checkpoints — and so stay out of <see cref="Fingerprint"/>: a run resumes from its checkpoint on
+    /// another device or thread count.
+    /// </summary>
+    internal static IReadOnlyList<string> NotFingerprinted { get; } = [nameof(Device), nameof(NumberOfThreads), nameof(CheckpointFolder), nameof(EvaluationBatchSize)];
+
+    /// <summary>The options of a teacher's soft targets: <see cref="TeacherFingerprint"/> holds them, <see cref="Fingerprint"/> does not.</summary>
+    internal static IReadOnlyList<string> TeacherOptions { get; } = [nameof(TeacherWeight), nameof(TeacherTemperature)];
+
+    /// <summary>
+    /// A new <see cref="ViTTrainingOptions"/> (this class, whatever the runtime type of this object) with every option of
+    /// <see cref="Declared"/> copied; arrays are copied, not shared.
+    /// </summary>
+    internal ViTTrainingOptions Copy()
+    {
+        var copy = new ViTTrainingOptions();
+        foreach (var p in Declared) p.SetValue(copy, p.GetValue(this) is Array a ? a.Clone() : p.GetValue(this));
+        return copy;
+    }
+
+    /// <summary>
+    /// A short, stable description of the options that determine a run (used to match checkpoints): every option of
+    /// <see cref="Declared"/> but <see cref="NotFingerprinted"/> and <see cref="TeacherOptions"/>, joined by '|'.
+    /// </summary>
+    internal string Fingerprint() => string.Join("|", Declared
+        .Where(p => !NotFingerprinted.Contains(p.Name) && !TeacherOptions.Contains(p.Name))
+        .Select(FingerprintOf));
 
     /// <summary>What a teacher's soft targets add to <see cref="Fingerprint"/> (only runs with teacher probabilities include it).</summary>
-    internal string TeacherFingerprint() => $"teacher {TeacherWeight:R} {TeacherTemperature:R}";
+    internal string TeacherFingerprint() => "teacher " + string.Join(" ", Declared.Where(p => TeacherOptions.Contains(p.Name)).Select(FingerprintOf));
+
+    // Numbers as checkpoints of earlier versions wrote them: floating-point scalars round-trip ("R"), vectors comma-separated.
+    private string FingerprintOf(PropertyInfo p) => p.GetValue(this) switch
+    {
+        double d => d.ToString("R"),
+        float f => f.ToString("R"),
+        float[] v => string.Join(",", v),
+        { } v when v is int or bool or Enum => v.ToString()!,
+        var other => throw new InvalidOperationException(
+            $"ViTTrainingOptions.{p.Name} ({other?.GetType().Name ?? "null"}) has no fingerprint form: give its type one in FingerprintOf, or list it in NotFingerprinted."),
+    };
 }

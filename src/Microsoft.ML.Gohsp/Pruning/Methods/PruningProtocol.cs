@@ -130,28 +130,14 @@ public static class PruningProtocol
         return o;
     }
 
-    private static ViTTrainingOptions Stage(ViTTrainingOptions b, int epochs, string stage) => new()
+    // The base options with the stage's epochs, warm-up and checkpoint folder (each method and stage checkpoints into its
+    // own sub-folder: they would otherwise overwrite each other's file).
+    private static ViTTrainingOptions Stage(ViTTrainingOptions b, int epochs, string stage)
     {
-        Epochs = epochs,
-        BatchSize = b.BatchSize,
-        LearningRate = b.LearningRate,
-        MinLearningRate = b.MinLearningRate,
-        WarmupEpochs = WarmupFor(epochs, b.WarmupEpochs),
-        WeightDecay = b.WeightDecay,
-        LabelSmoothing = b.LabelSmoothing,
-        RandomCropPadding = b.RandomCropPadding,
-        HorizontalFlip = b.HorizontalFlip,
-        PixelScale = b.PixelScale,
-        Mean = b.Mean?.ToArray()!,
-        Std = b.Std?.ToArray()!,
-        Seed = b.Seed,
-        Device = b.Device,
-        NumberOfThreads = b.NumberOfThreads,
-        TrainingPrecision = b.TrainingPrecision,
-        EvaluationBatchSize = b.EvaluationBatchSize,
-        TeacherWeight = b.TeacherWeight,
-        TeacherTemperature = b.TeacherTemperature,
-        // each method and stage checkpoints into its own sub-folder (they would otherwise overwrite each other's file)
-        CheckpointFolder = b.CheckpointFolder is null ? null : Path.Combine(b.CheckpointFolder, stage),
-    };
+        var o = b.Copy();
+        o.Epochs = epochs;
+        o.WarmupEpochs = WarmupFor(epochs, b.WarmupEpochs);
+        o.CheckpointFolder = b.CheckpointFolder is null ? null : Path.Combine(b.CheckpointFolder, stage);
+        return o;
+    }
 }

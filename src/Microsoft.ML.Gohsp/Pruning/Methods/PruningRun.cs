@@ -108,11 +108,8 @@ internal sealed class PruningRun
     /// </summary>
     /// <param name="model">The model to cut (the dense model for SOMP, the soft/gradually pruned copy otherwise).</param>
     /// <param name="plan">What every block keeps (allocated against the dense architecture).</param>
-    /// <param name="headScore">Per (block, dense head index) score reported as <see cref="BlockReport.StationaryProbabilities"/>; null for none.</param>
-    /// <param name="residuals">The report's <see cref="PruningReport.ResidualHistory"/>.</param>
-    /// <param name="details">GOHSP's soft-pruning figures (residual start, cut plan, overlap), copied into the final report.</param>
-    public PruningResult Finish(VisionTransformerModel model, StructurePlan plan, Func<int, int, double>? headScore = null,
-        IReadOnlyList<double>? residuals = null, PruningReport? details = null)
+    /// <param name="details">The method's own figures (<see cref="PruningReport.Details"/>); null for none.</param>
+    public PruningResult Finish(VisionTransformerModel model, StructurePlan plan, PruningDetails? details = null)
     {
         var pruned = HardPruning.Prune(model, plan);
         try
@@ -123,13 +120,7 @@ internal sealed class PruningRun
                 _options.Distillation ? new Distillation(Teacher, _options.DistillationTemperature, _options.DistillationWeight) : null);
             pruned.to(CPU);
             Measure("fine-tuned", pruned);
-            var report = Report(PruningReport.FinalStage, pruned.Architecture, plan, headScore, residuals) with
-            {
-                PreCutStage = preCut,
-                ResidualStart = details?.ResidualStart,
-                CutPlan = details?.CutPlan,
-                CutPlanOverlap = details?.CutPlanOverlap,
-            };
+            var report = Report(PruningReport.FinalStage, pruned.Architecture, plan, details) with { PreCutStage = preCut };
             if (report.CutShockTop1 is double shock)
                 Log($"cut shock ({preCut} → hard-pruned): top-1 −{shock * 100:F2} points, NLL +{report.CutShockNll:F4}");
             Log($"{report.ParametersBefore:N0} → {report.ParametersAfter:N0} parameters ({report.AchievedSparsity:P1} removed), " +
@@ -148,8 +139,11 @@ internal sealed class PruningRun
     /// The report of this run after <paramref name="stage"/>: <paramref name="plan"/> says what every block keeps (for an
     /// intermediate stage, what the final model will keep), <paramref name="after"/> is the model's current shape.
     /// </summary>
-    public PruningReport Report(string stage, ViTArchitecture after, StructurePlan plan, Func<int, int, double>? headScore = null,
-        IReadOnlyList<double>? residuals = null)
+    /// <param name="stage">The stage just finished (<see cref="PruningReport.Stage"/>).</param>
+    /// <param name="after">The model's current shape.</param>
+    /// <param name="plan">What every block keeps, or will keep after the cut.</param>
+    /// <param name="details">The method's own figures (<see cref="PruningReport.Details"/>); null for none.</param>
+    public PruningReport Report(string stage, ViTArchitecture after, StructurePlan plan, PruningDetails? details = null)
     {
         var arch = Dense.Architecture;
         return new PruningReport
@@ -167,13 +161,11 @@ internal sealed class PruningRun
             ParametersAfter = after.ParameterCount,
             FlopsBefore = arch.ForwardFlops,
             FlopsAfter = after.ForwardFlops,
-            Blocks = plan.Blocks.Select((p, b) => new BlockReport(b, p.Heads.ToArray(),
-                headScore is null ? [] : p.Heads.Select(h => headScore(b, h)).ToArray(),
-                p.QkDims[0].Length, p.VDims[0].Length, p.MlpNeurons.Length,
+            Blocks = plan.Blocks.Select((p, b) => new BlockReport(b, p.Heads.ToArray(), p.QkDims[0].Length, p.VDims[0].Length, p.MlpNeurons.Length,
                 arch.Blocks[b].Heads, arch.Blocks[b].QkDim, arch.Blocks[b].VDim, arch.Blocks[b].MlpHidden)).ToArray(),
-            ResidualHistory = residuals?.ToArray() ?? [],
             ValidationAccuracy = new Dictionary<string, double>(_accuracy),
             ValidationNll = new Dictionary<string, double>(_nll),
+            Details = details,
         };
     }
 }

@@ -19,6 +19,12 @@ public sealed class GohspPruner : IPruningMethod
     /// <summary>The report's <see cref="PruningReport.Method"/> for GOHSP.</summary>
     public const string MethodName = "gohsp";
 
+    /// <summary>The report's <see cref="PruningReport.Stage"/> after stage 1 (<see cref="RankAndMaskHeads"/>): heads masked, nothing removed yet.</summary>
+    public const string HeadMaskedStage = "head-masked";
+
+    /// <summary>The report's <see cref="PruningReport.Stage"/> after stage 2 (<see cref="SoftPrune"/>): trained towards the sparse set, nothing removed yet.</summary>
+    public const string SoftPrunedStage = "soft-pruned";
+
     /// <summary>Creates the method with its options.</summary>
     public GohspPruner(GohspOptions options) => Options = options ?? throw new ArgumentNullException(nameof(options));
 
@@ -54,7 +60,8 @@ public sealed class GohspPruner : IPruningMethod
     /// model, builds a head graph per block, ranks heads by the stationary distribution of its Markov chain and chooses
     /// the heads to remove (<see cref="GohspOptions.HeadBudget"/>). Returns a copy of the model — with the head mask set
     /// (saved with the model) for <see cref="HeadPruningMode.Hard"/>, unmasked for <see cref="HeadPruningMode.Soft"/> — and a
-    /// report (stage "head-masked") whose blocks name the kept heads with their stationary probabilities.
+    /// report (stage "head-masked") whose blocks name the kept heads, with their stationary probabilities in its
+    /// <see cref="GohspDetails"/>.
     /// </summary>
     /// <param name="context">The dense model (without a head mask), data, log and cancellation; its <see cref="PruningContext.Previous"/> is not read.</param>
     public PruningResult RankAndMaskHeads(PruningContext context)
@@ -93,8 +100,8 @@ public sealed class GohspPruner : IPruningMethod
         {
             if (options.HeadPruning == HeadPruningMode.Hard) model.SetHeadMasks(keptHeads);
             model.eval();
-            run.Measure(PruningReport.HeadMaskedStage, model);
-            return new PruningResult(model, run.Report(PruningReport.HeadMaskedStage, model.Architecture, plan, (b, h) => ranking[b].Stationary[h]));
+            run.Measure(HeadMaskedStage, model);
+            return new PruningResult(model, run.Report(HeadMaskedStage, model.Architecture, plan, Details(plan, (b, h) => ranking[b].Stationary[h])));
         }
         catch
         {
@@ -117,7 +124,7 @@ public sealed class GohspPruner : IPruningMethod
     /// <see cref="HeadPruningMode.Guided"/>.
     /// </summary>
     private static IReadOnlyList<IReadOnlyList<int>>? ChosenHeads(VisionTransformerModel model, PruningReport? previous, GohspOptions options) =>
-        model.KeptHeads ?? (options.HeadPruning != HeadPruningMode.Guided && previous is { Stage: PruningReport.HeadMaskedStage } && previous.Blocks.Count == model.Architecture.Depth
+        model.KeptHeads ?? (options.HeadPruning != HeadPruningMode.Guided && previous is { Stage: HeadMaskedStage } && previous.Blocks.Count == model.Architecture.Depth
             ? previous.Blocks.Select(b => (IReadOnlyList<int>)b.KeptHeads).ToArray()
             : null);
 
@@ -149,19 +156,19 @@ public sealed class GohspPruner : IPruningMethod
             run.TrainStage(soft, options.SoftPruning, "soft-pruning", admm);
             soft.to(CPU);
             soft.eval();
-            run.Measure(PruningReport.SoftPrunedStage, soft);
+            run.Measure(SoftPrunedStage, soft);
             var cut = admm.FinalPlan(soft);                       // the support of ADMM's final Z: what stage 3 keeps
             double overlap = cut.Overlap(Projection(soft, keptHeads, run.Budget, admm.Importance), soft.Architecture);
             run.Log($"soft pruning: residual {admm.ResidualHistory.LastOrDefault():G4} = {admm.ResidualRatio:P1} of its start {admm.ResidualStart:G4}; " +
                     $"Z's support overlaps a fresh projection of W by {overlap:P1}");
-            var residuals = (previous?.ResidualHistory ?? []).Concat(admm.ResidualHistory).ToArray();
-            var report = run.Report(PruningReport.SoftPrunedStage, soft.Architecture, cut, HeadScores(previous), residuals) with
+            var residuals = (DetailsOf(previous)?.ResidualHistory ?? []).Concat(admm.ResidualHistory);
+            var details = Details(cut, HeadScores(previous), residuals) with
             {
                 ResidualStart = admm.ResidualStart,
                 CutPlan = cut,
                 CutPlanOverlap = overlap,
             };
-            return new PruningResult(soft, report);
+            return new PruningResult(soft, run.Report(SoftPrunedStage, soft.Architecture, cut, details));
         }
         catch
         {
@@ -191,12 +198,41 @@ public sealed class GohspPruner : IPruningMethod
         // are not parameters), so zeroing first is not needed.
         var plan = CutPlanOf(previous, model.Architecture)
             ?? Projection(model, ChosenHeads(model, previous, options), run.Budget, GuidedImportance(previous, options));
-        return run.Finish(model, plan, HeadScores(previous), previous?.ResidualHistory, previous);
+        var earlier = DetailsOf(previous);
+        return run.Finish(model, plan, Details(plan, HeadScores(previous), earlier?.ResidualHistory) with
+        {
+            ResidualStart = earlier?.ResidualStart,
+            CutPlan = earlier?.CutPlan,
+            CutPlanOverlap = earlier?.CutPlanOverlap,
+        });
     }
+
+    /// <summary>
+    /// GOHSP's figures of a stage that keeps <paramref name="plan"/>: the kept heads' scores (<paramref name="headScore"/>,
+    /// none when null) and the residuals so far.
+    /// </summary>
+    private static GohspDetails Details(StructurePlan plan, Func<int, int, double>? headScore, IEnumerable<double>? residuals = null) => new()
+    {
+        StationaryProbabilities = plan.Blocks.Select((p, b) => headScore is null ? [] : p.Heads.Select(h => headScore(b, h)).ToArray()).ToArray(),
+        ResidualHistory = residuals?.ToArray() ?? [],
+    };
+
+    /// <summary>GOHSP's figures of an earlier stage's report; null when there is none.</summary>
+    private static GohspDetails? DetailsOf(PruningReport? previous) => previous?.Details as GohspDetails;
+
+    /// <summary>
+    /// The stationary probabilities of each block's kept heads in an earlier stage's report, when it scores every kept head of
+    /// every block (its <see cref="BlockReport.KeptHeads"/> order); otherwise null.
+    /// </summary>
+    private static double[][]? StationaryOf(PruningReport? previous) =>
+        DetailsOf(previous) is { } d && d.StationaryProbabilities.Count == previous!.Blocks.Count
+            && previous.Blocks.Select((b, i) => d.StationaryProbabilities[i].Length == b.KeptHeads.Length).All(x => x)
+            ? d.StationaryProbabilities.ToArray()
+            : null;
 
     private static StructurePlan? CutPlanOf(PruningReport? previous, ViTArchitecture arch)
     {
-        if (previous?.CutPlan is not { } plan) return null;
+        if (DetailsOf(previous)?.CutPlan is not { } plan) return null;
         try { plan.Validate(arch); return plan; }
         catch (ArgumentException) { return null; }   // a report of another model: re-plan from W
     }
@@ -213,11 +249,11 @@ public sealed class GohspPruner : IPruningMethod
         PruningReport? previous, GohspOptions options)
     {
         if (options.HeadPruning != HeadPruningMode.Guided || previous is null) return null;
-        if (previous.Blocks.Any(b => b.StationaryProbabilities.Length != b.KeptHeads.Length || b.KeptHeads.Length != b.DenseHeads
-                                     || b.StationaryProbabilities.Any(double.IsNaN)))
+        if (StationaryOf(previous) is not { } stationary
+            || previous.Blocks.Select((b, i) => b.KeptHeads.Length != b.DenseHeads || stationary[i].Any(double.IsNaN)).Any(x => x))
             return null;
-        var graph = previous.Blocks.Select(b => BlockHeadRanking.ImportanceOf(
-            b.KeptHeads.Zip(b.StationaryProbabilities).OrderBy(t => t.First).Select(t => t.Second).ToArray(), options.Direction)).ToArray();
+        var graph = previous.Blocks.Select((b, i) => BlockHeadRanking.ImportanceOf(
+            b.KeptHeads.Zip(stationary[i]).OrderBy(t => t.First).Select(t => t.Second).ToArray(), options.Direction)).ToArray();
         return (model, weightOf) =>
         {
             var imp = StructuredProjection.Magnitude(model, weightOf);
@@ -247,14 +283,8 @@ public sealed class GohspPruner : IPruningMethod
     /// <summary>The stationary probability of (block, head) from an earlier stage's report; null when there is none.</summary>
     private static Func<int, int, double>? HeadScores(PruningReport? previous)
     {
-        if (previous is null || previous.Blocks.Any(b => b.StationaryProbabilities.Length != b.KeptHeads.Length)) return null;
-        var scores = previous.Blocks.Select(b => b.KeptHeads.Zip(b.StationaryProbabilities).ToDictionary(t => t.First, t => t.Second)).ToArray();
+        if (StationaryOf(previous) is not { } stationary) return null;
+        var scores = previous!.Blocks.Select((b, i) => b.KeptHeads.Zip(stationary[i]).ToDictionary(t => t.First, t => t.Second)).ToArray();
         return (b, h) => scores[b].TryGetValue(h, out var p) ? p : double.NaN;
     }
-
-    /// <summary>Applies the binary head mask Mᴴ (element-wise on each head's output) to every block.</summary>
-    public static void SetHeadMasks(VisionTransformerModel model, IReadOnlyList<IReadOnlyList<int>> keptHeads) => model.SetHeadMasks(keptHeads);
-
-    /// <summary>Removes all head masks.</summary>
-    public static void ClearHeadMasks(VisionTransformerModel model) => model.ClearHeadMasks();
 }

@@ -3,14 +3,15 @@ using Microsoft.ML.Data;
 
 namespace Microsoft.ML.Gohsp;
 
-/// <summary>The dense model to prune and the column it reads its images from.</summary>
-internal sealed record DenseViT(ViTModelParameters Model, string FeatureColumnName);
+/// <summary>A ViT found in a model or upstream of scored data, and the column it reads its images from.</summary>
+internal sealed record FoundViT(ViTModelParameters Model, string FeatureColumnName);
 
 /// <summary>
-/// Finds the dense ViT a pruning estimator works on: inside a trained/loaded transformer (or chain), or upstream of the
+/// Finds a ViT of this library — the dense model a pruning method starts from, the teacher of a distilled stage, the output
+/// of an earlier pruning stage, the model to export — inside a trained or loaded transformer (or chain), or upstream of the
 /// scored data an <see cref="EstimatorChain{TLastTransformer}"/> hands the next estimator.
 /// </summary>
-internal static class DenseViTLocator
+internal static class ViTLocator
 {
     /// <summary>The ViT prediction transformer inside <paramref name="model"/> (itself, or the last one of a chain).</summary>
     internal static MulticlassPredictionTransformer<ViTModelParameters>? FindViT(ITransformer model) => model switch
@@ -28,12 +29,14 @@ internal static class DenseViTLocator
     /// Walks the scored data view handed over by EstimatorChain back to the ViT model that scored it (through ML.NET's
     /// scorer internals, <see cref="MLNetInternals.ScoringPredictor"/>).
     /// </summary>
-    internal static DenseViT? FindUpstreamViT(IDataView view)
+    /// <param name="view">The data view the estimator is fitted on.</param>
+    /// <param name="caller">Who looks, named in the message (the method, "SOMP", or the estimator).</param>
+    internal static FoundViT? FindUpstreamViT(IDataView view, string caller)
     {
         for (var v = view; v is not null; v = (v as IDataTransform)?.Source)
             if (MLNetInternals.ScoringPredictor(v) is { Predictor: ViTModelParameters p } found)
-                return new DenseViT(p, found.FeatureColumnName ?? throw new InvalidOperationException(
-                    "GOHSP found the upstream ViT but not its feature column; pass the trained model to the catalog method."));
+                return new FoundViT(p, found.FeatureColumnName ?? throw new InvalidOperationException(
+                    $"{caller} found the upstream ViT but not its feature column; pass the trained model to the catalog method."));
         return null;
     }
 }
