@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Microsoft.ML.Gohsp build entry point. Verbs:
-#   ./build.sh test                  install prerequisites, build, run the test suite, the ML.NET-layer tests again on
+#   ./build.sh test                  install prerequisites, build, run the test suite and the extension tests, the ML.NET-layer tests again on
 #                                    ML.NET 6.0.0, then the package check: pack the library, build the user apps
 #                                    test/consumer (ML.NET 5.0.1) and test/consumer-mlnet6 (6.0.0) against it, run them
 #   ./build.sh pack                  build and pack Microsoft.ML.Gohsp (.nupkg + .snupkg) into artifacts/packages
@@ -122,6 +122,9 @@ case "$verb" in
     ensure_prerequisites; ensure_onnx_checker; build
     dotnet test test/Microsoft.ML.Gohsp.Tests/Microsoft.ML.Gohsp.Tests.csproj -c "$CONFIGURATION" --no-build \
       -p:TorchBackend="$TORCH_BACKEND" --logger "console;verbosity=normal" "$@"
+    # the extension point as a third party sees it: a method compiled without InternalsVisibleTo, through the catalog
+    dotnet test test/Microsoft.ML.Gohsp.ExtensionTests/Microsoft.ML.Gohsp.ExtensionTests.csproj -c "$CONFIGURATION" --no-build \
+      -p:TorchBackend="$TORCH_BACKEND" --logger "console;verbosity=normal"
     mlnet6_tests
     consumer_check ;;
   consumer) ensure_prerequisites; build; consumer_check ;;

@@ -109,7 +109,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
                 ValidationSeed = validationSplit?.Seed,
                 ValidationIndicesSha256 = validationSplit?.IndicesHash,
                 Teacher = teacher,
-                Gohsp = options.Methods.Contains(PruningMethod.Gohsp) ? GohspSettings.Of(options.ApplyGohspFlags(new GohspOptions())) : null,
+                Gohsp = options.Methods.Contains(PruningMethods.Gohsp) ? GohspSettings.Of(options.ApplyGohspFlags(new GohspOptions())) : null,
             },
             Dense = entries[0],
             Entries = entries.Skip(1).ToArray(),
@@ -163,23 +163,10 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
     private (MulticlassPredictionTransformer<ViTModelParameters>, string) Prune(MLContext ml, MethodVariant variant, PruningBudgetSpec budget, int seed,
         MulticlassPredictionTransformer<ViTModelParameters> dense, IDataView prepared, IDataView? validation, IProgress<ViTTrainingProgress> progress)
     {
-        var recipe = PostDenseRecipe(seed);
-        int epochs = options.PostEpochs;
-        T Configure<T>(T o) where T : PruningOptions => PruningProtocol.ApplyEpochBudget(variant.Configure(budget.Apply(o)), epochs, recipe);
-        switch (variant.Method)
-        {
-            case PruningMethod.Gohsp:
-                var g = Configure(options.ApplyGohspFlags(new GohspPruningEstimator.Options { Progress = progress, ValidationSet = validation, TeacherScoreColumnName = TeacherColumn }));
-                return (ml.Transforms.GohspPrune(g, dense).Fit(prepared), $"soft pruning {g.SoftPruning.Epochs} + fine-tune {g.FineTune.Epochs}");
-            case PruningMethod.Sgmp:
-                var s = Configure(options.ApplySgmpFlags(new SgmpPruningEstimator.Options { Progress = progress, ValidationSet = validation, TeacherScoreColumnName = TeacherColumn }));
-                return (ml.Transforms.SgmpPrune(s, dense).Fit(prepared), $"gradual pruning {s.Gradual.Epochs} + fine-tune {s.FineTune.Epochs}");
-            case PruningMethod.Somp:
-                var o = Configure(new SompPruningEstimator.Options { Progress = progress, ValidationSet = validation, TeacherScoreColumnName = TeacherColumn });
-                return (ml.Transforms.SompPrune(o, dense).Fit(prepared), $"one-shot pruning + fine-tune {o.FineTune.Epochs}");
-            default:
-                throw new ArgumentOutOfRangeException(nameof(variant), variant, "Unknown pruning method.");
-        }
+        var o = options.ApplyMethodFlags(variant.Method.CreateOptions());
+        (o.Progress, o.ValidationSet, o.TeacherScoreColumnName) = (progress, validation, TeacherColumn);
+        PruningProtocol.ApplyEpochBudget(variant.Configure(budget.Apply(o)), options.PostEpochs, PostDenseRecipe(seed));
+        return (ml.Transforms.Prune(o, dense).Fit(prepared), variant.Method.DescribeTraining(o));
     }
 
     /// <summary>

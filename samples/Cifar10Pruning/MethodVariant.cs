@@ -3,24 +3,28 @@ using Microsoft.ML.Gohsp.Pruning;
 namespace Cifar10Pruning;
 
 /// <summary>
-/// A pruning method as the sample runs it: one of the library's methods with the criterion its entries are named after.
-/// The baselines (sgmp, somp) rank by magnitude; the controls rank in the strongest criteria the library has: SGMP in
-/// GOHSP's Fisher metric, SOMP in the Fisher metric, and SOMP by first-order Taylor importance.
+/// A pruning method as the sample runs it: every registered method (<see cref="PruningMethods"/>: the library's, and any
+/// registered before the flags are parsed) as itself, and the controls, the library's methods ranked in the strongest
+/// criteria the library has: SGMP in GOHSP's Fisher metric, SOMP in the Fisher metric, and SOMP by first-order Taylor
+/// importance.
 /// </summary>
-internal sealed record MethodVariant(string Name, PruningMethod Method, string Label)
+internal sealed record MethodVariant(string Name, PruningMethodRegistration Method, string Label, Action<PruningOptions>? Criterion = null)
 {
-    public static readonly MethodVariant Gohsp = new("gohsp", PruningMethod.Gohsp, "GOHSP");
-    public static readonly MethodVariant Sgmp = new("sgmp", PruningMethod.Sgmp, "SGMP");
-    public static readonly MethodVariant Somp = new("somp", PruningMethod.Somp, "SOMP");
-    public static readonly MethodVariant SgmpFisher = new("sgmp-fisher", PruningMethod.Sgmp, "SGMP (Fisher metric)");
-    public static readonly MethodVariant SompFisher = new("somp-fisher", PruningMethod.Somp, "SOMP (Fisher metric)");
-    public static readonly MethodVariant SompTaylor = new("somp-taylor", PruningMethod.Somp, "SOMP (Taylor importance)");
+    public static MethodVariant Gohsp => Of(PruningMethods.Gohsp);
+    public static MethodVariant Sgmp => Of(PruningMethods.Sgmp);
+    public static MethodVariant Somp => Of(PruningMethods.Somp);
+    public static readonly MethodVariant SgmpFisher = new("sgmp-fisher", PruningMethods.Sgmp, "SGMP (Fisher metric)", o => ((SgmpOptions)o).Metric = ProjectionMetric.Fisher);
+    public static readonly MethodVariant SompFisher = new("somp-fisher", PruningMethods.Somp, "SOMP (Fisher metric)", o => ((SompOptions)o).Importance = SompImportance.Fisher);
+    public static readonly MethodVariant SompTaylor = new("somp-taylor", PruningMethods.Somp, "SOMP (Taylor importance)", o => ((SompOptions)o).Importance = SompImportance.Taylor);
 
-    /// <summary>Every variant, in the order reports list them.</summary>
-    public static readonly IReadOnlyList<MethodVariant> All = [Gohsp, Sgmp, Somp, SgmpFisher, SompFisher, SompTaylor];
+    /// <summary>A registered method as itself, with its own name and label.</summary>
+    public static MethodVariant Of(PruningMethodRegistration method) => new(method.Name, method, method.Label);
+
+    /// <summary>Every variant, in the order reports list them: the registered methods, then the controls.</summary>
+    public static IReadOnlyList<MethodVariant> All => [.. PruningMethods.All.Select(Of), SgmpFisher, SompFisher, SompTaylor];
 
     /// <summary>The <c>--method</c> names that stand for several variants.</summary>
-    public static readonly IReadOnlyDictionary<string, IReadOnlyList<MethodVariant>> Groups = new Dictionary<string, IReadOnlyList<MethodVariant>>
+    public static IReadOnlyDictionary<string, IReadOnlyList<MethodVariant>> Groups => new Dictionary<string, IReadOnlyList<MethodVariant>>
     {
         ["all"] = [Gohsp, Sgmp, Somp],
         ["controls"] = [SgmpFisher, SompFisher, SompTaylor],
@@ -30,14 +34,9 @@ internal sealed record MethodVariant(string Name, PruningMethod Method, string L
     public static MethodVariant? ByName(string name) => All.FirstOrDefault(v => v.Name == name);
 
     /// <summary>Sets the variant's criterion on <paramref name="options"/> (the method's defaults otherwise).</summary>
-    public T Configure<T>(T options) where T : PruningOptions
+    public PruningOptions Configure(PruningOptions options)
     {
-        switch (options)
-        {
-            case SgmpOptions s when this == SgmpFisher: s.Metric = ProjectionMetric.Fisher; break;
-            case SompOptions o when this == SompFisher: o.Importance = SompImportance.Fisher; break;
-            case SompOptions o when this == SompTaylor: o.Importance = SompImportance.Taylor; break;
-        }
+        Criterion?.Invoke(options);
         return options;
     }
 }

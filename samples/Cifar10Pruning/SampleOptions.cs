@@ -1,4 +1,6 @@
 using System.Globalization;
+using System.Reflection;
+using System.Runtime.CompilerServices;
 using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.VisionTransformer;
 
@@ -33,6 +35,9 @@ internal sealed record SampleOptions
                                all = gohsp,sgmp,somp; controls = sgmp-fisher,somp-fisher,somp-taylor (SGMP in the Fisher
                                metric, SOMP ranked by the Fisher metric, SOMP ranked by first-order Taylor importance).
                                Default gohsp
+          --method-assembly PATH   load PATH, an assembly that registers pruning methods when it loads
+                               (PruningMethods.Register in a module initializer, e.g. samples/CustomPruningMethod);
+                               --method then also takes their names
           --seed N | --seeds N[,N...]   one or more seeds; each seed is a full run (dense + every method). Default 1
           --out DIR            output folder (models, report.json, report.md, plots). Default out
           --threads N          TorchSharp intra-op threads (0: all cores). Default 0
@@ -79,8 +84,8 @@ internal sealed record SampleOptions
     public IReadOnlyList<double> Sparsities { get; init; } = [0.5];
     /// <summary>Latency targets as fractions of the dense model's batch latency (<c>--target-latency</c>).</summary>
     public IReadOnlyList<double> TargetLatencies { get; init; } = [];
-    /// <summary>The library methods the run uses (distinct, in the order of <see cref="Variants"/>).</summary>
-    public IReadOnlyList<PruningMethod> Methods => Variants.Select(v => v.Method).Distinct().ToArray();
+    /// <summary>The registered methods the run uses (distinct, in the order of <see cref="Variants"/>).</summary>
+    public IReadOnlyList<PruningMethodRegistration> Methods => Variants.Select(v => v.Method).Distinct().ToArray();
     /// <summary>The methods and their named variants, in the order they run (<c>--method</c>).</summary>
     public IReadOnlyList<MethodVariant> Variants { get; init; } = [MethodVariant.Gohsp];
     public IReadOnlyList<int> Seeds { get; init; } = [1];
@@ -111,6 +116,14 @@ internal sealed record SampleOptions
 
     /// <summary>SGMP's <see cref="SgmpOptions.Metric"/> (<c>--sgmp-metric</c>); null keeps the default.</summary>
     public ProjectionMetric? SgmpMetric { get; init; }
+
+    /// <summary>Applies the flags of the method <paramref name="options"/> configure (GOHSP's, SGMP's; none for the others).</summary>
+    public PruningOptions ApplyMethodFlags(PruningOptions options) => options switch
+    {
+        GohspOptions g => ApplyGohspFlags(g),
+        SgmpOptions s => ApplySgmpFlags(s),
+        _ => options,
+    };
 
     /// <summary>Applies the SGMP flags to <paramref name="sgmp"/> (the defaults stay where a flag is absent).</summary>
     public T ApplySgmpFlags<T>(T sgmp) where T : SgmpOptions
@@ -152,7 +165,7 @@ internal sealed record SampleOptions
         ?? throw new ArgumentException($"Option '--teacher': unknown teacher '{v}'. Known: {string.Join(", ", TeacherPipeline.Names)}.");
 
     private static readonly string[] ValueFlags =
-        ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "target-latency", "method", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
+        ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "target-latency", "method", "method-assembly", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
          "projection-metric", "sgmp-metric", "teacher"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
@@ -186,6 +199,8 @@ internal sealed record SampleOptions
         if (values.ContainsKey("test-fraction") && !values.ContainsKey("images"))
             throw new ArgumentException("Option '--test-fraction' applies to --images only (CIFAR-10 has its own test batch).");
 
+        // methods registered by another assembly are known before --method is read
+        if (values.TryGetValue("method-assembly", out var methodAssembly)) LoadMethodAssembly(methodAssembly);
         var o = new SampleOptions
         {
             Data = values.ContainsKey("images") ? null : values.GetValueOrDefault("data") ?? Environment.GetEnvironmentVariable("CIFAR10_DATA"),
@@ -223,10 +238,10 @@ internal sealed record SampleOptions
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
         string methods = string.Join(",", o.Variants.Select(v => v.Name));
-        if (o.PostEpochs < 2 && o.Methods.Any(m => m != PruningMethod.Somp))
-            throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", o.Methods.Where(m => m != PruningMethod.Somp).Select(m => m.ToString().ToUpperInvariant()))} need at least 2 epochs after the dense model (one per training stage), got {o.PostEpochs}.");
+        if (o.Methods.Where(m => m.MinimumTrainingEpochs > o.PostEpochs).ToArray() is { Length: > 0 } tooFew)
+            throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", tooFew.Select(m => m.Label))} need at least {tooFew.Max(m => m.MinimumTrainingEpochs)} epochs after the dense model (one per training stage), got {o.PostEpochs}.");
         if (o.Baselines is not null && o.Aggregate is null) throw new ArgumentException("Option '--baselines' applies to --aggregate only (it pairs stored runs).");
-        if (GohspFlags.FirstOrDefault(values.ContainsKey) is string gohspFlag && !o.Methods.Contains(PruningMethod.Gohsp))
+        if (GohspFlags.FirstOrDefault(values.ContainsKey) is string gohspFlag && !o.Methods.Contains(PruningMethods.Gohsp))
             throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {methods} runs no GOHSP.");
         if (values.ContainsKey("sgmp-metric") && !o.Variants.Contains(MethodVariant.Sgmp))
             throw new ArgumentException($"Option '--sgmp-metric' sets an SGMP option, but --method {methods} runs no SGMP (sgmp-fisher names its metric itself).");
@@ -306,6 +321,18 @@ internal sealed record SampleOptions
         var names = List(v, "method", (s, flag) => s.ToLowerInvariant() is var n && (MethodVariant.Groups.ContainsKey(n) || MethodVariant.ByName(n) is not null) ? n
             : throw new ArgumentException($"Option '--{flag}': unknown method '{s}'. Known: {string.Join(", ", MethodVariant.All.Select(a => a.Name).Concat(MethodVariant.Groups.Keys))}."));
         return names.SelectMany(n => MethodVariant.Groups.TryGetValue(n, out var group) ? group : [MethodVariant.ByName(n)!]).Distinct().ToArray();
+    }
+
+    /// <summary>Loads an assembly and runs its module initializer, where it registers its pruning methods.</summary>
+    private static void LoadMethodAssembly(string path)
+    {
+        Assembly assembly;
+        try { assembly = Assembly.LoadFrom(Path.GetFullPath(path)); }
+        catch (Exception e) when (e is FileNotFoundException or FileLoadException or BadImageFormatException)
+        {
+            throw new ArgumentException($"Option '--method-assembly': cannot load '{path}' as a .NET assembly ({e.Message}).");
+        }
+        RuntimeHelpers.RunModuleConstructor(assembly.ManifestModule.ModuleHandle);
     }
 
     private static string ParsePrecision(string v) => v.ToLowerInvariant() is "auto" or "fp32" or "bf16"

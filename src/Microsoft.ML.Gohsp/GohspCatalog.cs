@@ -63,11 +63,7 @@ public static class GohspCatalog
     /// <param name="options">GOHSP options (sparsity, head fraction, stage epochs, ADMM schedule, distillation, columns).</param>
     /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
     public static GohspPruningEstimator GohspPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? denseModel = null)
-    {
-        ArgumentNullException.ThrowIfNull(catalog);
-        MLNetInternals.EnsureCompatible();
-        return new GohspPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
-    }
+        => Estimator(catalog, env => new GohspPruningEstimator(env, options, denseModel));
 
     /// <summary>
     /// Trains a dense ViT with <paramref name="denseTrainer"/> and prunes it with GOHSP, as one estimator:
@@ -79,70 +75,58 @@ public static class GohspCatalog
     /// <param name="options">GOHSP options (sparsity, head fraction, stage epochs, ADMM schedule, distillation, columns).</param>
     /// <param name="denseTrainer">The trainer of the dense model.</param>
     public static ViTTrainAndPruneEstimator GohspPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ViTClassificationTrainer denseTrainer)
-    {
-        ArgumentNullException.ThrowIfNull(catalog);
-        ArgumentNullException.ThrowIfNull(denseTrainer);
-        MLNetInternals.EnsureCompatible();
-        var env = CatalogUtils.GetEnvironment(catalog);
-        return new ViTTrainAndPruneEstimator(env, denseTrainer, dense => new GohspPruningEstimator(env, options, dense));
-    }
+        => TrainAndPrune(catalog, denseTrainer, (env, dense) => new GohspPruningEstimator(env, options, dense));
 
     /// <summary>SOMP after training a dense ViT, as one estimator; see <see cref="GohspPrune(TransformsCatalog, GohspPruningEstimator.Options, ViTClassificationTrainer)"/>.</summary>
     /// <param name="catalog">The transforms catalog.</param>
     /// <param name="options">SOMP options.</param>
     /// <param name="denseTrainer">The trainer of the dense model.</param>
     public static ViTTrainAndPruneEstimator SompPrune(this TransformsCatalog catalog, SompPruningEstimator.Options options, ViTClassificationTrainer denseTrainer)
-    {
-        ArgumentNullException.ThrowIfNull(catalog);
-        ArgumentNullException.ThrowIfNull(denseTrainer);
-        MLNetInternals.EnsureCompatible();
-        var env = CatalogUtils.GetEnvironment(catalog);
-        return new ViTTrainAndPruneEstimator(env, denseTrainer, dense => new SompPruningEstimator(env, options, dense));
-    }
+        => TrainAndPrune(catalog, denseTrainer, (env, dense) => new SompPruningEstimator(env, options, dense));
 
     /// <summary>SGMP after training a dense ViT, as one estimator; see <see cref="GohspPrune(TransformsCatalog, GohspPruningEstimator.Options, ViTClassificationTrainer)"/>.</summary>
     /// <param name="catalog">The transforms catalog.</param>
     /// <param name="options">SGMP options.</param>
     /// <param name="denseTrainer">The trainer of the dense model.</param>
     public static ViTTrainAndPruneEstimator SgmpPrune(this TransformsCatalog catalog, SgmpPruningEstimator.Options options, ViTClassificationTrainer denseTrainer)
-    {
-        ArgumentNullException.ThrowIfNull(catalog);
-        ArgumentNullException.ThrowIfNull(denseTrainer);
-        MLNetInternals.EnsureCompatible();
-        var env = CatalogUtils.GetEnvironment(catalog);
-        return new ViTTrainAndPruneEstimator(env, denseTrainer, dense => new SgmpPruningEstimator(env, options, dense));
-    }
+        => TrainAndPrune(catalog, denseTrainer, (env, dense) => new SgmpPruningEstimator(env, options, dense));
 
     /// <summary>
-    /// Structured pruning with any method: <c>mlContext.Transforms.Prune(new PruningEstimatorOptions(methodOptions), denseModel)</c>
-    /// runs the method that <see cref="PruningEstimatorOptions.MethodOptions"/> configure (<see cref="PruningOptions.CreateMethod"/>:
-    /// GOHSP, SOMP, SGMP or a method defined elsewhere). Pass the trained or loaded ViT model (or a chain containing it) as
-    /// <paramref name="denseModel"/>, or leave it null and append the estimator right after <c>ViTClassification</c> in the same chain.
+    /// Structured pruning with any method: <c>mlContext.Transforms.Prune(methodOptions, denseModel)</c> runs the method that
+    /// <paramref name="options"/> configure (<see cref="PruningOptions.CreateMethod"/>: GOHSP, SOMP, SGMP or a method defined
+    /// elsewhere). Pass the trained or loaded ViT model (or a chain containing it) as <paramref name="denseModel"/>, or leave it
+    /// null and append the estimator right after <c>ViTClassification</c> in the same chain.
     /// </summary>
     /// <param name="catalog">The transforms catalog.</param>
-    /// <param name="options">The method's options and the columns, validation data and progress.</param>
+    /// <param name="options">The method's options, with the columns, validation data and progress.</param>
     /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
-    public static PruningEstimator Prune(this TransformsCatalog catalog, PruningEstimatorOptions options, ITransformer? denseModel = null)
+    public static PruningEstimator Prune(this TransformsCatalog catalog, PruningOptions options, ITransformer? denseModel = null)
+        => Estimator(catalog, env => new PruningEstimator(env, options, denseModel));
+
+    /// <summary>
+    /// Structured pruning with the method registered as <paramref name="method"/> (<see cref="PruningMethods"/>: "gohsp",
+    /// "somp", "sgmp", or a method registered elsewhere), with its default options and <paramref name="sparsity"/>; see the
+    /// overload taking the method's options.
+    /// </summary>
+    /// <param name="catalog">The transforms catalog.</param>
+    /// <param name="method">The registered method's name.</param>
+    /// <param name="sparsity">Fraction of the parameters to remove, in (0, 1).</param>
+    /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
+    /// <param name="labelColumnName">Key-typed label column.</param>
+    public static PruningEstimator Prune(this TransformsCatalog catalog, string method, double sparsity, ITransformer? denseModel = null,
+        string labelColumnName = DefaultColumnNames.Label)
     {
-        ArgumentNullException.ThrowIfNull(catalog);
-        ArgumentNullException.ThrowIfNull(options);
-        MLNetInternals.EnsureCompatible();
-        return new PruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
+        var options = PruningMethods.Get(method).CreateOptions();
+        (options.Sparsity, options.LabelColumnName) = (sparsity, labelColumnName);
+        return Prune(catalog, options, denseModel);
     }
 
     /// <summary>Any pruning method after training a dense ViT, as one estimator; see <see cref="GohspPrune(TransformsCatalog, GohspPruningEstimator.Options, ViTClassificationTrainer)"/>.</summary>
     /// <param name="catalog">The transforms catalog.</param>
-    /// <param name="options">The method's options and the columns, validation data and progress.</param>
+    /// <param name="options">The method's options, with the columns, validation data and progress.</param>
     /// <param name="denseTrainer">The trainer of the dense model.</param>
-    public static ViTTrainAndPruneEstimator Prune(this TransformsCatalog catalog, PruningEstimatorOptions options, ViTClassificationTrainer denseTrainer)
-    {
-        ArgumentNullException.ThrowIfNull(catalog);
-        ArgumentNullException.ThrowIfNull(options);
-        ArgumentNullException.ThrowIfNull(denseTrainer);
-        MLNetInternals.EnsureCompatible();
-        var env = CatalogUtils.GetEnvironment(catalog);
-        return new ViTTrainAndPruneEstimator(env, denseTrainer, dense => new PruningEstimator(env, options, dense));
-    }
+    public static ViTTrainAndPruneEstimator Prune(this TransformsCatalog catalog, PruningOptions options, ViTClassificationTrainer denseTrainer)
+        => TrainAndPrune(catalog, denseTrainer, (env, dense) => new PruningEstimator(env, options, dense));
 
     /// <summary>
     /// GOHSP stage 1 only: graph-based head ranking and the head mask. Chain
@@ -153,22 +137,14 @@ public static class GohspCatalog
     /// <param name="options">GOHSP options (this stage reads the head-ranking options).</param>
     /// <param name="model">The ViT to rank; null to take it from the upstream trainer in a chain.</param>
     public static GohspHeadRankingEstimator GohspRankHeads(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null)
-    {
-        ArgumentNullException.ThrowIfNull(catalog);
-        MLNetInternals.EnsureCompatible();
-        return new GohspHeadRankingEstimator(CatalogUtils.GetEnvironment(catalog), options, model);
-    }
+        => Estimator(catalog, env => new GohspHeadRankingEstimator(env, options, model));
 
     /// <summary>GOHSP stage 2 only: ADMM soft structured pruning (see <see cref="GohspRankHeads"/>).</summary>
     /// <param name="catalog">The transforms catalog.</param>
     /// <param name="options">GOHSP options (this stage reads Sparsity, SoftPruning, Admm, Budget).</param>
     /// <param name="model">The (head-masked) ViT; null to take it from the upstream stage in a chain.</param>
     public static GohspSoftPruningEstimator GohspSoftPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null)
-    {
-        ArgumentNullException.ThrowIfNull(catalog);
-        MLNetInternals.EnsureCompatible();
-        return new GohspSoftPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, model);
-    }
+        => Estimator(catalog, env => new GohspSoftPruningEstimator(env, options, model));
 
     /// <summary>GOHSP stage 3 only: projection, physical pruning and fine-tuning (see <see cref="GohspRankHeads"/>).</summary>
     /// <param name="catalog">The transforms catalog.</param>
@@ -177,11 +153,7 @@ public static class GohspCatalog
     /// <param name="teacher">Distillation teacher (normally the dense model); null uses the model entering this stage.</param>
     public static GohspHardPruningEstimator GohspHardPrune(this TransformsCatalog catalog, GohspPruningEstimator.Options options, ITransformer? model = null,
         ITransformer? teacher = null)
-    {
-        ArgumentNullException.ThrowIfNull(catalog);
-        MLNetInternals.EnsureCompatible();
-        return new GohspHardPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, model, teacher);
-    }
+        => Estimator(catalog, env => new GohspHardPruningEstimator(env, options, model, teacher));
 
     /// <summary>GOHSP structured pruning with the main options; see the overload taking <see cref="GohspPruningEstimator.Options"/>.</summary>
     /// <param name="catalog">The transforms catalog.</param>
@@ -203,11 +175,7 @@ public static class GohspCatalog
     /// <param name="options">SOMP options (sparsity, budget floors, fine-tuning, distillation, columns).</param>
     /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
     public static SompPruningEstimator SompPrune(this TransformsCatalog catalog, SompPruningEstimator.Options options, ITransformer? denseModel = null)
-    {
-        ArgumentNullException.ThrowIfNull(catalog);
-        MLNetInternals.EnsureCompatible();
-        return new SompPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
-    }
+        => Estimator(catalog, env => new SompPruningEstimator(env, options, denseModel));
 
     /// <summary>SOMP with the main options; see the overload taking <see cref="SompPruningEstimator.Options"/>.</summary>
     /// <param name="catalog">The transforms catalog.</param>
@@ -229,11 +197,7 @@ public static class GohspCatalog
     /// <param name="options">SGMP options (final sparsity, schedule, gradual and fine-tuning stages, budget, distillation, columns).</param>
     /// <param name="denseModel">The dense ViT to prune; null to take it from the upstream trainer in a chain.</param>
     public static SgmpPruningEstimator SgmpPrune(this TransformsCatalog catalog, SgmpPruningEstimator.Options options, ITransformer? denseModel = null)
-    {
-        ArgumentNullException.ThrowIfNull(catalog);
-        MLNetInternals.EnsureCompatible();
-        return new SgmpPruningEstimator(CatalogUtils.GetEnvironment(catalog), options, denseModel);
-    }
+        => Estimator(catalog, env => new SgmpPruningEstimator(env, options, denseModel));
 
     /// <summary>SGMP with the main options; see the overload taking <see cref="SgmpPruningEstimator.Options"/>.</summary>
     /// <param name="catalog">The transforms catalog.</param>
@@ -243,6 +207,22 @@ public static class GohspCatalog
     public static SgmpPruningEstimator SgmpPrune(this TransformsCatalog catalog, double sparsity, ITransformer? denseModel = null,
         string labelColumnName = DefaultColumnNames.Label)
         => SgmpPrune(catalog, new SgmpPruningEstimator.Options { Sparsity = sparsity, LabelColumnName = labelColumnName }, denseModel);
+
+    // Every pruning entry: the catalog checked, ML.NET's internals checked, the estimator created in the catalog's environment.
+    private static TEstimator Estimator<TEstimator>(TransformsCatalog catalog, Func<IHostEnvironment, TEstimator> create)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        MLNetInternals.EnsureCompatible();
+        return create(CatalogUtils.GetEnvironment(catalog));
+    }
+
+    // Every train-and-prune entry: the dense trainer, then the pruning estimator over the model it trains.
+    private static ViTTrainAndPruneEstimator TrainAndPrune(TransformsCatalog catalog, ViTClassificationTrainer denseTrainer,
+        Func<IHostEnvironment, ITransformer?, IEstimator<MulticlassPredictionTransformer<ViTModelParameters>>> create)
+    {
+        ArgumentNullException.ThrowIfNull(denseTrainer);
+        return Estimator(catalog, env => new ViTTrainAndPruneEstimator(env, denseTrainer, dense => create(env, dense)));
+    }
 
     /// <summary>
     /// Imports a pretrained ViT/DeiT checkpoint (timm or Hugging Face naming; <c>.safetensors</c>, or a PyTorch <c>.pth</c>/<c>.bin</c>

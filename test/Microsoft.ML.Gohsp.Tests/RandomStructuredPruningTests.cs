@@ -1,3 +1,4 @@
+using CustomPruningMethod;
 using FluentAssertions;
 using Microsoft.ML;
 using Microsoft.ML.Data;
@@ -10,7 +11,7 @@ using Xunit.Abstractions;
 namespace Microsoft.ML.Gohsp.Tests;
 
 /// <summary>
-/// A pruning method the library does not know (<see cref="RandomStructuredPruning"/>, defined in the tests) runs through
+/// A pruning method the library does not know (<see cref="RandomStructuredPruning"/>, compiled outside the library in samples/CustomPruningMethod) runs through
 /// <see cref="PruningProtocol"/> and the generic ML.NET estimator unchanged: the budget is met and the report names it.
 /// </summary>
 public class RandomStructuredPruningTests(SmallDenseViTFixture f, ITestOutputHelper output) : IClassFixture<SmallDenseViTFixture>
@@ -49,10 +50,7 @@ public class RandomStructuredPruningTests(SmallDenseViTFixture f, ITestOutputHel
     [Fact]
     public void TheGenericEstimatorRunsAMethodItDoesNotKnow()
     {
-        var options = new PruningEstimatorOptions(new RandomPruningOptions { Sparsity = 0.4, FineTune = BaselinePrunerTests.Stage() })
-        {
-            ValidationSet = f.Dense.Transform(f.Train),
-        };
+        var options = new RandomPruningOptions { Sparsity = 0.4, FineTune = BaselinePrunerTests.Stage(), ValidationSet = f.Dense.Transform(f.Train) };
         var estimator = f.Ml.Transforms.Prune(options, f.Dense);
         var scored = f.Dense.Transform(f.Train);
         var pruned = estimator.Fit(scored);

@@ -354,7 +354,7 @@ public class TeacherDistillationTests
         // the column replaces the dense-model teacher: both are refused, naming the column option
         somp.Distillation = true;
         ml.Transforms.SompPrune(somp, dense).Invoking(e => e.GetOutputSchema(Shape(scored.Schema))).Should().Throw<ArgumentException>()
-            .Where(e => e.ParamName == nameof(IPruningEstimatorOptions.TeacherScoreColumnName)).WithMessage("*two teachers*");
+            .Where(e => e.ParamName == nameof(PruningOptions.TeacherScoreColumnName)).WithMessage("*two teachers*");
         somp.Distillation = false;
         somp.TeacherScoreColumnName = "Missing";
         ml.Transforms.SompPrune(somp, dense).Invoking(e => e.Fit(scored)).Should().Throw<ArgumentOutOfRangeException>().WithMessage("*Teacher score column 'Missing' was not found*");

@@ -17,7 +17,7 @@ public sealed class GohspHardPruningEstimator : PruningEstimatorBase<GohspPrunin
     private readonly ViTModelParameters? _teacher;
 
     internal GohspHardPruningEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model, ITransformer? teacher)
-        : base(env, options, options, "GohspPrune", model)
+        : base(env, options, "GohspPrune", model)
     {
         if (teacher is not null)
             _teacher = ViTLocator.FindViT(teacher)?.Model ?? throw new ArgumentException(

@@ -15,7 +15,7 @@ namespace Microsoft.ML.Gohsp;
 /// </summary>
 public sealed class GohspHeadRankingEstimator : PruningEstimatorBase<GohspPruningEstimator.Options>
 {
-    internal GohspHeadRankingEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model) : base(env, options, options, "GohspPrune", model) { }
+    internal GohspHeadRankingEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model) : base(env, options, "GohspPrune", model) { }
 
     private protected override PruningResult Prune(ViTModelParameters input, PruningContext context, GohspPruningEstimator.Options options)
         => new GohspPruner(options).RankAndMaskHeads(context);

@@ -1,7 +1,4 @@
-using Microsoft.ML;
-using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp.Pruning;
-using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
 namespace Microsoft.ML.Gohsp;
@@ -16,20 +13,11 @@ namespace Microsoft.ML.Gohsp;
 /// </summary>
 public sealed class GohspPruningEstimator : PruningEstimatorBase<GohspPruningEstimator.Options>
 {
-    /// <summary>Options: the GOHSP options plus columns, validation data and progress.</summary>
-    public sealed class Options : GohspOptions, IPruningEstimatorOptions
-    {
-        /// <inheritdoc />
-        public string LabelColumnName { get; set; } = DefaultColumnNames.Label;
-        /// <inheritdoc />
-        public string? ImageColumnName { get; set; }
-        /// <inheritdoc />
-        public string? TeacherScoreColumnName { get; set; }
-        /// <inheritdoc />
-        public IDataView? ValidationSet { get; set; }
-        /// <inheritdoc />
-        public IProgress<ViTTrainingProgress>? Progress { get; set; }
-    }
+    /// <summary>
+    /// The estimator's options: the GOHSP options (<see cref="GohspOptions"/>), whose columns, validation data and
+    /// progress every method's options carry.
+    /// </summary>
+    public sealed class Options : GohspOptions { }
 
-    internal GohspPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, options, "GohspPrune", denseModel) { }
+    internal GohspPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, "GohspPrune", denseModel) { }
 }

@@ -14,7 +14,7 @@ namespace Microsoft.ML.Gohsp;
 /// </summary>
 public sealed class GohspSoftPruningEstimator : PruningEstimatorBase<GohspPruningEstimator.Options>
 {
-    internal GohspSoftPruningEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model) : base(env, options, options, "GohspPrune", model) { }
+    internal GohspSoftPruningEstimator(IHostEnvironment env, GohspPruningEstimator.Options options, ITransformer? model) : base(env, options, "GohspPrune", model) { }
 
     private protected override PruningResult Prune(ViTModelParameters input, PruningContext context, GohspPruningEstimator.Options options)
         => new GohspPruner(options).SoftPrune(context.With(context.Model, GohspStages.Previous(input, GohspPruner.HeadMaskedStage), teacher: null));

@@ -1,7 +1,4 @@
-using Microsoft.ML;
-using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp.Pruning;
-using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
 namespace Microsoft.ML.Gohsp;
@@ -14,20 +11,11 @@ namespace Microsoft.ML.Gohsp;
 /// </summary>
 public sealed class SgmpPruningEstimator : PruningEstimatorBase<SgmpPruningEstimator.Options>
 {
-    /// <summary>Options: the SGMP options plus columns, validation data and progress.</summary>
-    public sealed class Options : SgmpOptions, IPruningEstimatorOptions
-    {
-        /// <inheritdoc />
-        public string LabelColumnName { get; set; } = DefaultColumnNames.Label;
-        /// <inheritdoc />
-        public string? ImageColumnName { get; set; }
-        /// <inheritdoc />
-        public string? TeacherScoreColumnName { get; set; }
-        /// <inheritdoc />
-        public IDataView? ValidationSet { get; set; }
-        /// <inheritdoc />
-        public IProgress<ViTTrainingProgress>? Progress { get; set; }
-    }
+    /// <summary>
+    /// The estimator's options: the SGMP options (<see cref="SgmpOptions"/>), whose columns, validation data and
+    /// progress every method's options carry.
+    /// </summary>
+    public sealed class Options : SgmpOptions { }
 
-    internal SgmpPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, options, "SgmpPrune", denseModel) { }
+    internal SgmpPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, "SgmpPrune", denseModel) { }
 }

@@ -1,7 +1,4 @@
-using Microsoft.ML;
-using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp.Pruning;
-using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Runtime;
 
 namespace Microsoft.ML.Gohsp;
@@ -14,20 +11,11 @@ namespace Microsoft.ML.Gohsp;
 /// </summary>
 public sealed class SompPruningEstimator : PruningEstimatorBase<SompPruningEstimator.Options>
 {
-    /// <summary>Options: the SOMP options plus columns, validation data and progress.</summary>
-    public sealed class Options : SompOptions, IPruningEstimatorOptions
-    {
-        /// <inheritdoc />
-        public string LabelColumnName { get; set; } = DefaultColumnNames.Label;
-        /// <inheritdoc />
-        public string? ImageColumnName { get; set; }
-        /// <inheritdoc />
-        public string? TeacherScoreColumnName { get; set; }
-        /// <inheritdoc />
-        public IDataView? ValidationSet { get; set; }
-        /// <inheritdoc />
-        public IProgress<ViTTrainingProgress>? Progress { get; set; }
-    }
+    /// <summary>
+    /// The estimator's options: the SOMP options (<see cref="SompOptions"/>), whose columns, validation data and
+    /// progress every method's options carry.
+    /// </summary>
+    public sealed class Options : SompOptions { }
 
-    internal SompPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, options, "SompPrune", denseModel) { }
+    internal SompPruningEstimator(IHostEnvironment env, Options options, ITransformer? denseModel) : base(env, options, "SompPrune", denseModel) { }
 }

@@ -5,7 +5,7 @@ namespace Microsoft.ML.Gohsp;
 
 /// <summary>
 /// Checks of a teacher score column (<see cref="ViTClassificationTrainer.Options.TeacherScoreColumnName"/>,
-/// <see cref="IPruningEstimatorOptions.TeacherScoreColumnName"/>): a known-size Single vector of one probability per class,
+/// <see cref="Pruning.PruningOptions.TeacherScoreColumnName"/>): a known-size Single vector of one probability per class,
 /// e.g. the <c>Score</c> column of any upstream ML.NET multiclass model. Its rows are read with the images
 /// (<see cref="ImageColumn.ReadAll"/>) and checked there.
 /// </summary>

@@ -10,9 +10,11 @@ namespace Microsoft.ML.Gohsp.Pruning;
 /// 1 − target / dense; with <see cref="PruningOptions.LatencyCalibrationIterations"/> above 0, the share that timing the
 /// planned model on this machine calibrated: <c>Resolve(options, model, previous)</c>).
 /// Every allocation of the run (GOHSP's head choice, ADMM's projections and the cut, SOMP's plan,
-/// SGMP's ramp) goes through <see cref="Allocate"/>, so all of them spend the same budget.
+/// SGMP's ramp) goes through <see cref="Allocate"/>, so all of them spend the same budget. A method gets its run's budget
+/// from <see cref="PruningRun.Budget"/>: <see cref="PruningRun.Start"/> resolves it, and calibrates a latency target, before
+/// any training.
 /// </summary>
-internal sealed class PruningBudget
+public sealed class PruningBudget
 {
     private readonly BudgetOptions _options;
 

@@ -4,8 +4,8 @@ namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
 /// The names of this library's structured pruning methods (for a command line or a configuration file;
-/// <see cref="PruningOptions.Create"/> gives their options). A method is a type (<see cref="IPruningMethod"/>), and a
-/// method defined elsewhere has no name here.
+/// <see cref="PruningOptions.Create"/> gives their options). A method is a type (<see cref="IPruningMethod"/>); a method
+/// defined elsewhere has no name here, and is named by its registration (<see cref="PruningMethods"/>).
 /// </summary>
 public enum PruningMethod
 {
@@ -22,9 +22,10 @@ public enum PruningMethod
 /// <see cref="SgmpOptions"/>): the parameter budget, its floors, the fine-tuning stage and optional distillation from the
 /// dense model. The budget is a fraction of the parameters (<see cref="Sparsity"/>) or a latency on this machine
 /// (<see cref="TargetLatencyMs"/>, <see cref="TargetLatencyFraction"/>). The methods also share the code behind these options
-/// (budget allocation, surgery, counting, report).
+/// (budget allocation, surgery, counting, report). The ML.NET pruning estimators read the columns, validation data and
+/// progress that MLNet/PruningOptions.Estimator.cs adds to this class, so every method's options are its estimator's options.
 /// </summary>
-public abstract class PruningOptions
+public abstract partial class PruningOptions
 {
     /// <summary>Creates the shared options with a fine-tuning stage of <paramref name="fineTuneEpochs"/> epochs.</summary>
     /// <param name="fineTuneEpochs">Epochs of <see cref="FineTune"/>.</param>
@@ -33,13 +34,9 @@ public abstract class PruningOptions
 
     /// <summary>New default options of the library's method <paramref name="method"/>.</summary>
     /// <param name="method">The method's name.</param>
-    public static PruningOptions Create(PruningMethod method) => method switch
-    {
-        PruningMethod.Gohsp => new GohspOptions(),
-        PruningMethod.Somp => new SompOptions(),
-        PruningMethod.Sgmp => new SgmpOptions(),
-        _ => throw new ArgumentOutOfRangeException(nameof(method), method, "Unknown pruning method."),
-    };
+    public static PruningOptions Create(PruningMethod method) =>
+        (Enum.IsDefined(method) ? PruningMethods.Find(method.ToString()) : null)?.CreateOptions()
+        ?? throw new ArgumentOutOfRangeException(nameof(method), method, "Unknown pruning method.");
 
     /// <summary>The library's method these options configure; null for a method defined elsewhere.</summary>
     public virtual PruningMethod? Method => null;

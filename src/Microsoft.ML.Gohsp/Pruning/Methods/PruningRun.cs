@@ -6,12 +6,12 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.Gohsp.Pruning;
 
 /// <summary>
-/// The part every pruning method shares (GOHSP, SOMP, SGMP, and any <see cref="IPruningMethod"/> in this assembly): argument and option checks, validation accuracy per stage,
+/// The part every pruning method shares (GOHSP, SOMP, SGMP, and any other <see cref="IPruningMethod"/>): argument and option checks, validation accuracy per stage,
 /// training stages through the one <see cref="TrainingLoop"/>, and the common tail — physical pruning with
 /// <see cref="HardPruning"/>, fine-tuning (optionally distilled from the dense model), parameter/FLOP counting from the
 /// pruned <see cref="ViTArchitecture"/> and the <see cref="PruningReport"/>.
 /// </summary>
-internal sealed class PruningRun
+public sealed class PruningRun
 {
     private readonly PruningContext _context;
     private readonly PruningOptions _options;

@@ -1,11 +1,10 @@
 using Microsoft.ML.Gohsp.Pruning;
 
-namespace Microsoft.ML.Gohsp.Tests;
+namespace CustomPruningMethod;
 
 /// <summary>
-/// Options of random structured pruning: the shared budget, fine-tuning and distillation of <see cref="PruningOptions"/>,
-/// plus the seed of the random ranking. A fourth pruning method, defined here and nowhere in the library: it shows that
-/// <see cref="PruningProtocol"/> and the ML.NET pruning estimators run a method they do not know.
+/// Options of random structured pruning: the shared budget, fine-tuning and distillation of <see cref="PruningOptions"/>
+/// (with the columns, validation data and progress the ML.NET estimators read), plus the seed of the random ranking.
 /// </summary>
 public sealed class RandomPruningOptions : PruningOptions
 {
@@ -19,15 +18,24 @@ public sealed class RandomPruningOptions : PruningOptions
     public override IPruningMethod CreateMethod() => new RandomStructuredPruning(this);
 
     /// <inheritdoc />
-    protected internal override IReadOnlyList<PruningStage> TrainingStages => [new(nameof(FineTune), () => FineTune, o => FineTune = o)];
+    protected override IReadOnlyList<PruningStage> TrainingStages => [new(nameof(FineTune), () => FineTune, o => FineTune = o)];
 }
 
 /// <summary>
-/// Random structured pruning: scores every head, q/k dimension, v dimension and MLP neuron uniformly at random, spends the
-/// budget on the highest scores with the allocator every method shares, removes the rest and fine-tunes.
+/// Random structured pruning, a pruning method that Microsoft.ML.Gohsp does not know, compiled against its public API
+/// only: it scores every head, q/k dimension, v dimension and MLP neuron uniformly at random, spends the budget on the
+/// highest scores with the allocator every method shares (<see cref="PruningBudget.Allocate"/>), removes the rest and
+/// fine-tunes (<see cref="PruningRun.Finish"/>). <see cref="Register"/> names it "random" for
+/// <c>mlContext.Transforms.Prune("random", sparsity)</c> and everything else that selects a method by name.
 /// </summary>
 public sealed class RandomStructuredPruning(RandomPruningOptions options) : IPruningMethod
 {
+    private static readonly PruningMethodRegistration Registration = new("Random", () => new RandomPruningOptions());
+
+    /// <summary>Registers the method (<see cref="PruningMethods.Register"/>) under its name, "random"; a second call does nothing.</summary>
+    /// <returns>The registration.</returns>
+    public static PruningMethodRegistration Register() => PruningMethods.Register(Registration);
+
     /// <inheritdoc />
     public string Name => "random";
 
