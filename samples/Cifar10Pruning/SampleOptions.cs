@@ -21,8 +21,8 @@ internal sealed record SampleOptions
                                is held out as the test split
           --test-fraction F    with --images: fraction of each class held out as the test split (seeded by
                                --validation-seed). Default 0.2
-          --arch NAME          architecture preset (cifar-micro, cifar-tiny, cifar-small; with --images any preset,
-                               e.g. vit-tiny at 224×224). Default cifar-tiny
+          --arch NAME          architecture preset (cifar-micro, cifar-tiny, cifar-tiny-6h, cifar-small; with
+                               --images any preset, e.g. vit-tiny at 224×224). Default cifar-tiny
           --epochs N           dense training epochs before pruning. Default 4
           --post-epochs N      epoch budget after the dense model, the same for every method and for the dense
                                reference (which is trained N more epochs). Default 2
@@ -248,7 +248,7 @@ internal sealed record SampleOptions
         if (!ViTArchitecture.PresetNames.Contains(o.Arch, StringComparer.OrdinalIgnoreCase))
             throw new ArgumentException($"Option '--arch': unknown preset '{o.Arch}'. Known: {string.Join(", ", ViTArchitecture.PresetNames)}.");
         if (o.Images is null && ViTArchitecture.FromPreset(o.Arch, 10).ImageSize is int size && size != 32)
-            throw new ArgumentException($"Option '--arch': preset '{o.Arch}' is for {size}×{size} images; CIFAR-10 is 32×32 (use cifar-micro, cifar-tiny or cifar-small).");
+            throw new ArgumentException($"Option '--arch': preset '{o.Arch}' is for {size}×{size} images; CIFAR-10 is 32×32 (use cifar-micro, cifar-tiny, cifar-tiny-6h or cifar-small).");
         return o;
     }
 
