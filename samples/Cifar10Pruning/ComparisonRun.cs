@@ -32,14 +32,22 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         var prepared = prep.Transform(train);
         // --teacher: fitted on the training images, which it scores once; the scores travel with them as a column.
         TeacherSummary? teacher = null;
-        if (options.Teacher is { } teacherName) (teacher, prepared) = TeacherPipeline.Fit(ml, teacherName, trainSet, testSet, prep, ui);
+        if (options.Teacher is { } teacherName)
+        {
+            (teacher, prepared) = TeacherPipeline.Fit(ml, teacherName, trainSet, testSet, prep, ui);
+            var distil = options.ApplyTeacherFlags(new ViTTrainingOptions());
+            teacher = teacher with { Weight = distil.TeacherWeight, Temperature = distil.TeacherTemperature };
+        }
         var validation = validationSplit is null ? null : prep.Transform(validationSplit.Images.ToDataView(ml));
+        _validation = validationSplit is null ? null
+            : (validationSplit.Images.ToTensorData(), ModelClassIndices(prepared.Schema["Label"], validationSplit.Images));
 
-        // 1. The dense model every method starts from: E epochs.
+        // 1. The dense model every method starts from: E epochs (or an earlier run's, --dense-from).
         var sw = Stopwatch.StartNew();
-        var dense = ui.Train($"Dense {options.Arch}, {Text.Count(options.Epochs, "epoch")} on {trainSet.Count:N0} images (seed {seed}, {PrecisionName})",
+        var stored = options.DenseFrom is { } from ? LoadStoredDense(ml, from, seed, teacher) : null;
+        var dense = stored?.Dense ?? ui.Train($"Dense {options.Arch}, {Text.Count(options.Epochs, "epoch")} on {trainSet.Count:N0} images (seed {seed}, {PrecisionName})",
             p => ml.MulticlassClassification.Trainers.ViTClassification(TrainerOptions(seed, options.Epochs, p)).Fit(prepared));
-        double denseSeconds = sw.Elapsed.TotalSeconds;
+        double denseSeconds = stored?.Report.Config.DenseSeconds ?? sw.Elapsed.TotalSeconds;
         var post = ml.Transforms.Conversion.MapKeyToValue("PredictedLabel").Fit(dense.Transform(prepared));
         ITransformer Full(ITransformer predictor) => prep.Append(predictor).Append(post);
 
@@ -47,13 +55,16 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         string denseZip = Path.Combine(outDir, "dense.zip");
         ml.Model.SaveAtomically(Full(dense), train.Schema, denseZip);
         double denseStartTop1 = ml.MulticlassClassification.Evaluate(Full(dense).Transform(testSet.ToDataView(ml))).MicroAccuracy;
-        ui.Line(Text.Invariant($"Dense model: {dense.Model.ParameterCount:N0} parameters, {dense.Model.ForwardFlops / 1e6:F1} MFLOPs/image, top-1 {denseStartTop1:P2}; saved {denseZip}"));
+        var denseValidation = Validate(dense.Model);
+        string validationText = denseValidation is { } v ? Text.Invariant($" (validation {v.Top1:P2}, NLL {v.Nll:F4})") : "";
+        ui.Line(Text.Invariant($"Dense model: {dense.Model.ParameterCount:N0} parameters, {dense.Model.ForwardFlops / 1e6:F1} MFLOPs/image, top-1 {denseStartTop1:P2}{validationText}; saved {denseZip}"));
 
         // 2. The dense reference: the same model trained P more epochs, the budget every pruning method gets after it.
         sw.Restart();
-        var reference = ui.Train($"Dense reference: {Text.Count(options.PostEpochs, "more epoch")}",
+        var reference = stored?.Reference ?? ui.Train($"Dense reference: {Text.Count(options.PostEpochs, "more epoch")}",
             p => ml.MulticlassClassification.Trainers.ViTClassification(ReferenceOptions(seed, p)).Fit(prepared, dense.Model));
-        models.Add((Template("dense", PruningBudgetSpec.Parameters(0), seed, $"continued training {options.PostEpochs}", sw.Elapsed.TotalSeconds, "dense-reference.zip"), reference));
+        models.Add((Template("dense", PruningBudgetSpec.Parameters(0), seed, $"continued training {options.PostEpochs}",
+            stored?.Report.Dense.TrainSeconds ?? sw.Elapsed.TotalSeconds, "dense-reference.zip"), reference));
 
         // 3. Every method prunes the same dense model to every budget (a parameter sparsity or a latency target).
         foreach (var variant in options.Variants)
@@ -99,6 +110,8 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
                 Threads = TorchSharp.torch.get_num_threads(),
                 Seed = seed,
                 DenseStartTop1 = denseStartTop1,
+                DenseStartValidationTop1 = denseValidation?.Top1,
+                DenseStartValidationNll = denseValidation?.Nll,
                 DenseSeconds = denseSeconds,
                 Date = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'", System.Globalization.CultureInfo.InvariantCulture),
                 Machine = $"{Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
@@ -110,25 +123,80 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
                 ValidationIndicesSha256 = validationSplit?.IndicesHash,
                 Teacher = teacher,
                 Gohsp = options.Methods.Contains(PruningMethods.Gohsp) ? GohspSettings.Of(options.ApplyGohspFlags(new GohspOptions())) : null,
+                Sgmp = options.Methods.Contains(PruningMethods.Sgmp) ? SgmpSettings.Of(options.ApplySgmpFlags(new SgmpOptions())) : null,
+                DenseFrom = options.DenseFrom is { } denseFrom ? Path.GetFullPath(denseFrom) : null,
             },
             Dense = entries[0],
             Entries = entries.Skip(1).ToArray(),
         };
     }
 
+    /// <summary>
+    /// The dense model and dense reference of the earlier run in <paramref name="dir"/> (<c>--dense-from</c>), after checking
+    /// from its report.json that it trained what this run would: the same preset, seed, epochs, training images, validation
+    /// split, teacher and precision.
+    /// </summary>
+    private StoredDense LoadStoredDense(MLContext ml, string dir, int seed, TeacherSummary? teacher)
+    {
+        string reportPath = Path.Combine(dir, "report.json");
+        if (!File.Exists(reportPath))
+            throw new ArgumentException($"Option '--dense-from': '{dir}' has no report.json (give the --out folder of an earlier run of one seed).");
+        var stored = SampleReport.ReadJson(reportPath);
+        var c = stored.Config;
+        string? difference =
+            !string.Equals(c.Arch, options.Arch, StringComparison.OrdinalIgnoreCase) ? $"arch {c.Arch}, this run {options.Arch}"
+            : c.Seed != seed ? $"seed {c.Seed}, this run {seed}"
+            : (c.DenseEpochs, c.PostEpochs) != (options.Epochs, options.PostEpochs) ? $"{c.DenseEpochs}+{c.PostEpochs} epochs, this run {options.Epochs}+{options.PostEpochs}"
+            : c.TrainImages != trainSet.Count ? $"{c.TrainImages} training images, this run {trainSet.Count}"
+            : c.ValidationIndicesSha256 != validationSplit?.IndicesHash ? "another validation split"
+            : (c.Teacher?.Name, c.Teacher?.Weight, c.Teacher?.Temperature) != (teacher?.Name, teacher?.Weight, teacher?.Temperature) ? "another teacher, or none"
+            : c.Precision != PrecisionName ? $"precision {c.Precision}, this run {PrecisionName}"
+            : null;
+        if (difference is not null)
+            throw new ArgumentException($"Option '--dense-from': the run in '{dir}' trained another dense model ({difference}).");
+        MulticlassPredictionTransformer<ViTModelParameters> Vit(string file)
+        {
+            string zip = Path.Combine(dir, file);
+            if (!File.Exists(zip)) throw new ArgumentException($"Option '--dense-from': '{zip}' does not exist.");
+            return ((IEnumerable<ITransformer>)ml.Model.Load(zip, out _)).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single();
+        }
+        ui.Line($"Dense model and dense reference from {dir} (seed {seed}; not retrained).");
+        return new StoredDense(Vit("dense.zip"), Vit(stored.Dense.Model), stored);
+    }
+
+    /// <summary>An earlier run's dense model, dense reference and report (<c>--dense-from</c>).</summary>
+    private sealed record StoredDense(MulticlassPredictionTransformer<ViTModelParameters> Dense,
+        MulticlassPredictionTransformer<ViTModelParameters> Reference, SampleReport Report);
+
+    /// <summary>The validation images and their classes as the models' output indices (null without a validation split).</summary>
+    private (ImageTensorData Images, int[] Labels)? _validation;
+
+    /// <summary>Top-1 and NLL of <paramref name="model"/> on the validation split; null without one.</summary>
+    private FidelityMetrics? Validate(ViTModelParameters model)
+    {
+        if (_validation is not { } v) return null;
+        var logProbabilities = LogProbabilities(model, v.Images);
+        return Fidelity.Compute(logProbabilities, [], v.Labels, model.Architecture.NumClasses);
+    }
+
     private string PrecisionName => _precision == ComputePrecision.BFloat16 ? "bf16" : "fp32";
 
-    private ViTClassificationTrainer.Options TrainerOptions(int seed, int epochs, IProgress<ViTTrainingProgress>? progress) => new()
+    private ViTClassificationTrainer.Options TrainerOptions(int seed, int epochs, IProgress<ViTTrainingProgress>? progress)
     {
-        ArchitecturePreset = options.Arch,
-        ImageColumnName = "Pixels",
-        Epochs = epochs,
-        Seed = seed,
-        NumberOfThreads = options.Threads,
-        TrainingPrecision = _precision,
-        Progress = progress,
-        TeacherScoreColumnName = TeacherColumn,
-    };
+        var o = new ViTClassificationTrainer.Options
+        {
+            ArchitecturePreset = options.Arch,
+            ImageColumnName = "Pixels",
+            Epochs = epochs,
+            Seed = seed,
+            NumberOfThreads = options.Threads,
+            TrainingPrecision = _precision,
+            Progress = progress,
+            TeacherScoreColumnName = TeacherColumn,
+        };
+        options.ApplyTeacherFlags(o);
+        return o;
+    }
 
     private string? TeacherColumn => options.Teacher is null ? null : TeacherPipeline.ScoreColumn;
 
@@ -143,7 +211,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         o.Seed = seed;
         o.NumberOfThreads = options.Threads;
         o.TrainingPrecision = _precision;
-        return o;
+        return options.ApplyTeacherFlags(o);
     }
 
     private ViTClassificationTrainer.Options ReferenceOptions(int seed, IProgress<ViTTrainingProgress> progress)
@@ -238,8 +306,8 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
             CutShockNll = pruning?.CutShockNll,
             HardPrunedValidationTop1 = pruning?.ValidationAccuracy.GetValueOrDefault(PruningReport.HardPrunedStage),
             HardPrunedValidationNll = pruning?.ValidationNll.GetValueOrDefault(PruningReport.HardPrunedStage),
-            ValidationTop1 = pruning?.ValidationAccuracy.GetValueOrDefault(PruningReport.FinalStage),
-            ValidationNll = pruning?.ValidationNll.GetValueOrDefault(PruningReport.FinalStage),
+            ValidationTop1 = pruning is null ? Validate(vit)?.Top1 : pruning.ValidationAccuracy.GetValueOrDefault(PruningReport.FinalStage),
+            ValidationNll = pruning is null ? Validate(vit)?.Nll : pruning.ValidationNll.GetValueOrDefault(PruningReport.FinalStage),
             ResidualRatio = (pruning?.Details as GohspDetails)?.ResidualRatio,
             CutPlanOverlap = (pruning?.Details as GohspDetails)?.CutPlanOverlap,
             LatencyFraction = latency,

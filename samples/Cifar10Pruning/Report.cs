@@ -108,6 +108,10 @@ internal sealed record RunConfig
     public required int Seed { get; init; }
     /// <summary>Top-1 of the dense model every method starts from (after <see cref="DenseEpochs"/>; the reference has E + P).</summary>
     public required double DenseStartTop1 { get; init; }
+    /// <summary>Validation top-1 of the dense model every method starts from (absent without a validation split).</summary>
+    public double? DenseStartValidationTop1 { get; init; }
+    /// <summary>Validation NLL of the dense model every method starts from (absent without a validation split).</summary>
+    public double? DenseStartValidationNll { get; init; }
     public required double DenseSeconds { get; init; }
     public required string Date { get; init; }
     public required string Machine { get; init; }
@@ -136,6 +140,10 @@ internal sealed record RunConfig
     public TeacherSummary? Teacher { get; init; }
     /// <summary>The GOHSP settings the run's GOHSP entries used (absent when no GOHSP ran, and in older reports).</summary>
     public GohspSettings? Gohsp { get; init; }
+    /// <summary>The SGMP settings the run's SGMP entries (both metrics) used (absent when no SGMP ran, and in older reports).</summary>
+    public SgmpSettings? Sgmp { get; init; }
+    /// <summary>The earlier run whose dense model and dense reference this run started from (<c>--dense-from</c>); absent when it trained them.</summary>
+    public string? DenseFrom { get; init; }
 
     /// <summary>"CIFAR-10", or the image folder's name.</summary>
     [JsonIgnore]
@@ -160,6 +168,12 @@ internal sealed record GohspSettings(double HeadGraphWeight, string HeadGraphSco
     /// <summary>The projection metric's name; "euclidean" for reports written before the option existed.</summary>
     [JsonIgnore]
     public string Metric => ProjectionMetric ?? "euclidean";
+}
+
+/// <summary>The SGMP options that the sample's flags can change (the metric is in each entry's name), as the run used them.</summary>
+internal sealed record SgmpSettings(double RampFraction, int PruningFrequency)
+{
+    public static SgmpSettings Of(Microsoft.ML.Gohsp.Pruning.SgmpOptions o) => new(o.RampFraction, o.PruningFrequency);
 }
 
 /// <summary>report.json: <c>{"config": {...}, "dense": {...}, "entries": [{...}, ...]}</c>.</summary>
@@ -210,7 +224,9 @@ internal sealed record SampleReport
         sb.AppendLine(Text.Invariant($"- data: `{c.Data}` ({c.Classes} classes; {c.TrainImages:N0} training / {c.TestImages:N0} test images, test split: {c.TestSplit ?? "the test batch"}), arch `{c.Arch}`, {c.Precision} training, {Text.Count(c.Threads, "thread")}"));
         sb.AppendLine(Text.Invariant($"- fair protocol: one dense model trained {Text.Count(c.DenseEpochs, "epoch")} ({c.DenseSeconds:F0} s, top-1 {c.DenseStartTop1:P2}); every method prunes it and trains {Text.Count(c.PostEpochs, "epoch")} after it; the dense reference is the same model trained {Text.Count(c.PostEpochs, "more epoch")} ({c.DenseEpochs + c.PostEpochs} in all)"));
         if (c.Teacher is { } teacher)
-            sb.AppendLine(Text.Invariant($"- teacher `{teacher.Name}` (every ViT below distils from its scores of the training images): test top-1 {teacher.Top1:P2}, fit {teacher.FitSeconds:F0} s, scoring {teacher.ScoreSeconds:F0} s"));
+            sb.AppendLine(Text.Invariant($"- teacher `{teacher.Name}` (every ViT below distils from its scores of the training images, α {teacher.Weight}, T {teacher.Temperature}): test top-1 {teacher.Top1:P2}, fit {teacher.FitSeconds:F0} s, scoring {teacher.ScoreSeconds:F0} s"));
+        if (c.DenseStartValidationTop1 is double vTop1)
+            sb.AppendLine(Text.Invariant($"- dense model on the validation split: top-1 {vTop1:P2}, NLL {c.DenseStartValidationNll:F4}"));
         sb.AppendLine();
         sb.AppendLine(MarkdownTable(All));
         sb.AppendLine();

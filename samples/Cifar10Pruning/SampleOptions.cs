@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Reflection;
 using System.Runtime.CompilerServices;
 using Microsoft.ML.Gohsp.Pruning;
+using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
 
 namespace Cifar10Pruning;
@@ -59,11 +60,21 @@ internal sealed record SampleOptions
                                of their squared gradients) or euclidean (magnitude). Default fisher
           --sgmp-metric M      SGMP: metric of its ranking: euclidean (magnitude: the gradual magnitude baseline) or
                                fisher (GOHSP's projection metric; its entries are named sgmp-fisher). Default euclidean
+          --sgmp-ramp F        SGMP and sgmp-fisher: fraction of the gradual phase by which the sparsity ramp ends, in
+                               (0, 1]. Default 0.75
+          --sgmp-frequency N   SGMP and sgmp-fisher: optimiser steps between pruning steps (0: automatic, at most 10
+                               pruning steps). Default 0
           --teacher NAME       distil the ViT (dense training and every pruning stage that trains) from a teacher's
                                scores: resnet18 = ML.NET's pretrained ResNet18 featurizer (224×224) + LbfgsMaximumEntropy,
                                fitted on the training images, which it scores once; report.json gets config.teacher
                                (its own test top-1). Default: no teacher
+          --teacher-weight A   with --teacher: α of α·T²·KL(teacher ‖ student) + (1 − α)·CE(label), in [0, 1]. Default 0.5
+          --teacher-temperature T   with --teacher: the temperature T of both distributions, > 0. Default 4
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
+          --dense-from DIR     start from the dense model and dense reference of an earlier run of one seed (its --out
+                               folder: dense.zip, dense-reference.zip, report.json) instead of training them; the run
+                               must have trained what this one would (arch, seed, epochs, images, validation split,
+                               teacher, precision)
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
           --baselines DIR      with --aggregate: pair each run with the other methods of the same seed's report under DIR
@@ -129,6 +140,8 @@ internal sealed record SampleOptions
     public T ApplySgmpFlags<T>(T sgmp) where T : SgmpOptions
     {
         if (SgmpMetric is ProjectionMetric m) sgmp.Metric = m;
+        if (SgmpRamp is double r) sgmp.RampFraction = r;
+        if (SgmpFrequency is int f) sgmp.PruningFrequency = f;
         return sgmp;
     }
 
@@ -161,13 +174,49 @@ internal sealed record SampleOptions
     /// <summary>The teacher the ViT distils from (<c>--teacher</c>, <see cref="TeacherPipeline"/>); null: none.</summary>
     public string? Teacher { get; init; }
 
+    /// <summary>SGMP's ramp fraction (<c>--sgmp-ramp</c>); null: the library's default.</summary>
+    public double? SgmpRamp { get; init; }
+
+    /// <summary>SGMP's pruning frequency in optimiser steps (<c>--sgmp-frequency</c>); null: the library's default.</summary>
+    public int? SgmpFrequency { get; init; }
+
+    /// <summary>An earlier run's output folder whose dense model and dense reference this run starts from (<c>--dense-from</c>).</summary>
+    public string? DenseFrom { get; init; }
+
+    /// <summary>α of the teacher's term (<c>--teacher-weight</c>); null: the library's default.</summary>
+    public double? TeacherWeight { get; init; }
+
+    /// <summary>The distillation temperature (<c>--teacher-temperature</c>); null: the library's default.</summary>
+    public double? TeacherTemperature { get; init; }
+
+    /// <summary>Sets <c>--teacher-weight</c> and <c>--teacher-temperature</c>, where given, on a training recipe.</summary>
+    public ViTTrainingOptions ApplyTeacherFlags(ViTTrainingOptions o)
+    {
+        if (TeacherWeight is double a) o.TeacherWeight = a;
+        if (TeacherTemperature is double t) o.TeacherTemperature = t;
+        return o;
+    }
+
+    private static double ParseRamp(string v) =>
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double r) && r > 0 && r <= 1 ? r
+        : throw new ArgumentException($"Option '--sgmp-ramp': '{v}' is not a fraction in (0, 1].");
+
+    private static double ParseTeacherWeight(string v) =>
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double a) && a >= 0 && a <= 1 ? a
+        : throw new ArgumentException($"Option '--teacher-weight': '{v}' is not a weight in [0, 1].");
+
+    private static double ParseTeacherTemperature(string v) =>
+        double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double t) && t > 0 && double.IsFinite(t) ? t
+        : throw new ArgumentException($"Option '--teacher-temperature': '{v}' is not a positive number.");
+
     private static string ParseTeacher(string v) => TeacherPipeline.Names.FirstOrDefault(n => string.Equals(n, v, StringComparison.OrdinalIgnoreCase))
         ?? throw new ArgumentException($"Option '--teacher': unknown teacher '{v}'. Known: {string.Join(", ", TeacherPipeline.Names)}.");
 
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "target-latency", "method", "method-assembly", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
-         "projection-metric", "sgmp-metric", "teacher"];
+         "projection-metric", "sgmp-metric", "teacher", "teacher-weight", "teacher-temperature",
+         "sgmp-ramp", "sgmp-frequency", "dense-from"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric"];
 
@@ -235,14 +284,29 @@ internal sealed record SampleOptions
             ProjectionMetric = values.TryGetValue("projection-metric", out var pm) ? ParseChoice(pm, "projection-metric", ProjectionMetricNames) : null,
             SgmpMetric = values.TryGetValue("sgmp-metric", out var sm) ? ParseChoice(sm, "sgmp-metric", ProjectionMetricNames) : null,
             Teacher = values.TryGetValue("teacher", out var teacher) ? ParseTeacher(teacher) : null,
+            SgmpRamp = values.TryGetValue("sgmp-ramp", out var sgr) ? ParseRamp(sgr) : null,
+            SgmpFrequency = values.ContainsKey("sgmp-frequency") ? Int(values, "sgmp-frequency", 0, min: 0) : null,
+            DenseFrom = values.GetValueOrDefault("dense-from"),
+            TeacherWeight = values.TryGetValue("teacher-weight", out var tw) ? ParseTeacherWeight(tw) : null,
+            TeacherTemperature = values.TryGetValue("teacher-temperature", out var tt) ? ParseTeacherTemperature(tt) : null,
             CommandLine = string.Join(" ", args.Select(Quote)),
         };
         string methods = string.Join(",", o.Variants.Select(v => v.Name));
         if (o.Methods.Where(m => m.MinimumTrainingEpochs > o.PostEpochs).ToArray() is { Length: > 0 } tooFew)
             throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", tooFew.Select(m => m.Label))} need at least {tooFew.Max(m => m.MinimumTrainingEpochs)} epochs after the dense model (one per training stage), got {o.PostEpochs}.");
+        if (new[] { "teacher-weight", "teacher-temperature" }.FirstOrDefault(values.ContainsKey) is string teacherFlag && o.Teacher is null)
+            throw new ArgumentException($"Option '--{teacherFlag}' sets how the ViT distils from a teacher, but no --teacher is given.");
         if (o.Baselines is not null && o.Aggregate is null) throw new ArgumentException("Option '--baselines' applies to --aggregate only (it pairs stored runs).");
         if (GohspFlags.FirstOrDefault(values.ContainsKey) is string gohspFlag && !o.Methods.Contains(PruningMethods.Gohsp))
             throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {methods} runs no GOHSP.");
+        if (new[] { "sgmp-ramp", "sgmp-frequency" }.FirstOrDefault(values.ContainsKey) is string sgmpFlag && !o.Methods.Contains(PruningMethods.Sgmp))
+            throw new ArgumentException($"Option '--{sgmpFlag}' sets an SGMP option, but --method {methods} runs no SGMP.");
+        if (o.DenseFrom is { } denseFrom)
+        {
+            if (o.Aggregate is not null) throw new ArgumentException("Option '--dense-from' trains; --aggregate trains nothing.");
+            if (o.Seeds.Count != 1) throw new ArgumentException($"Option '--dense-from' starts one seed's run from an earlier one; got {o.Seeds.Count} seeds.");
+            if (!Directory.Exists(denseFrom)) throw new ArgumentException($"Option '--dense-from': folder '{denseFrom}' does not exist.");
+        }
         if (values.ContainsKey("sgmp-metric") && !o.Variants.Contains(MethodVariant.Sgmp))
             throw new ArgumentException($"Option '--sgmp-metric' sets an SGMP option, but --method {methods} runs no SGMP (sgmp-fisher names its metric itself).");
         if (!ViTArchitecture.PresetNames.Contains(o.Arch, StringComparer.OrdinalIgnoreCase))

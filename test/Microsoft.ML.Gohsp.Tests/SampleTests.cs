@@ -292,6 +292,73 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
     }
 
     /// <summary>
+    /// --dense-from: a run that starts from an earlier run's dense model and dense reference reproduces that run's entries
+    /// exactly (what lets a method's settings be tuned without retraining the dense model), records where its dense model
+    /// came from and the SGMP settings, and refuses a run that would have trained another dense model.
+    /// </summary>
+    [Fact]
+    public void ARunFromAStoredDenseModelReproducesTheEntriesOfTheRunThatTrainedIt()
+    {
+        using var tmp = new TempDir();
+        string first = Path.Combine(tmp.Path, "first"), second = Path.Combine(tmp.Path, "second");
+        string[] common = ["--data", Cifar10Tests.SubsetDir, "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "2", "--max-train", "320",
+            "--max-test", "64", "--method", "sgmp", "--sparsity", "0.5", "--sgmp-ramp", "0.5", "--no-speed", "--precision", "fp32", "--threads", "1"];
+        var (exit1, _, stderr1) = RunSample([.. common, "--out", first]);
+        exit1.Should().Be(0, stderr1);
+        var (exit2, stdout2, stderr2) = RunSample([.. common, "--dense-from", first, "--out", second]);
+        exit2.Should().Be(0, stderr2);
+        stdout2.Should().Contain("not retrained").And.NotContain("Dense cifar-micro, 1 epoch on");
+
+        using var a = JsonDocument.Parse(File.ReadAllText(Path.Combine(first, "report.json")));
+        using var b = JsonDocument.Parse(File.ReadAllText(Path.Combine(second, "report.json")));
+        b.RootElement.GetProperty("config").GetProperty("dense_from").GetString().Should().Be(Path.GetFullPath(first));
+        a.RootElement.GetProperty("config").GetProperty("dense_from").ValueKind.Should().Be(JsonValueKind.Null);
+        foreach (var doc in new[] { a, b })
+            doc.RootElement.GetProperty("config").GetProperty("sgmp").GetProperty("ramp_fraction").GetDouble().Should().Be(0.5);
+        foreach (string key in new[] { "dense_start_top1", "dense_start_validation_nll" })
+            b.RootElement.GetProperty("config").GetProperty(key).GetDouble().Should().Be(a.RootElement.GetProperty("config").GetProperty(key).GetDouble(), key);
+        JsonElement Entry(JsonDocument d) => d.RootElement.GetProperty("entries").EnumerateArray().Single();
+        foreach (string key in new[] { "top1", "nll", "agreement", "achieved_sparsity" })
+        {
+            b.RootElement.GetProperty("dense").GetProperty(key).GetDouble().Should().Be(a.RootElement.GetProperty("dense").GetProperty(key).GetDouble(), "dense " + key);
+            Entry(b).GetProperty(key).GetDouble().Should().Be(Entry(a).GetProperty(key).GetDouble(), "sgmp " + key);
+        }
+
+        var (exit3, _, stderr3) = RunSample([.. common.Select(x => x == "2" ? "3" : x), "--dense-from", first, "--out", Path.Combine(tmp.Path, "third")]);
+        exit3.Should().NotBe(0);
+        stderr3.Should().Contain($"Option '--dense-from': the run in '{first}' trained another dense model (1+2 epochs, this run 1+3).");
+    }
+
+    /// <summary>
+    /// --teacher with --teacher-weight and --teacher-temperature: the teacher is fitted and scored, the report records the α
+    /// and T the ViTs distilled with, and the dense model and the dense reference carry validation figures (what α and T
+    /// are chosen on).
+    /// </summary>
+    [Fact]
+    public void ATeachersWeightAndTemperatureAreRecordedAndDenseModelsHaveValidationFigures()
+    {
+        using var tmp = new TempDir();
+        string outDir = Path.Combine(tmp.Path, "out");
+        var (exit, stdout, stderr) = RunSample("--data", Cifar10Tests.SubsetDir, "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "1", "--max-train", "200",
+            "--max-test", "32", "--method", "somp", "--teacher", "resnet18", "--teacher-weight", "0.9", "--teacher-temperature", "2", "--no-speed",
+            "--precision", "fp32", "--threads", "1", "--out", outDir);
+
+        exit.Should().Be(0, stderr);
+        stdout.Should().Contain("Teacher resnet18: test top-1 ");
+        using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "report.json")));
+        var config = json.RootElement.GetProperty("config");
+        var teacher = config.GetProperty("teacher");
+        teacher.GetProperty("weight").GetDouble().Should().Be(0.9);
+        teacher.GetProperty("temperature").GetDouble().Should().Be(2);
+        config.GetProperty("dense_start_validation_top1").GetDouble().Should().BeInRange(0, 1);
+        config.GetProperty("dense_start_validation_nll").GetDouble().Should().BePositive();
+        var dense = json.RootElement.GetProperty("dense");
+        dense.GetProperty("validation_top1").GetDouble().Should().BeInRange(0, 1);
+        dense.GetProperty("validation_nll").GetDouble().Should().BePositive();
+        File.ReadAllText(Path.Combine(outDir, "report.md")).Should().Contain("α 0.9, T 2").And.Contain("- dense model on the validation split: top-1 ");
+    }
+
+    /// <summary>
     /// --target-latency: every method prunes to a share of the dense model's latency, the controls run beside GOHSP under
     /// their own names, and every pruned entry reports its target and its measured latency; the aggregation pairs GOHSP with
     /// each control at that budget.
@@ -355,6 +422,14 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "SGMP metric unknown", ["--method", "sgmp", "--sgmp-metric", "taylor"], "Option '--sgmp-metric': unknown value 'taylor'. Known: euclidean, fisher." },
         { "SGMP metric without SGMP", ["--method", "gohsp", "--sgmp-metric", "fisher"], "Option '--sgmp-metric' sets an SGMP option, but --method gohsp runs no SGMP" },
         { "unknown teacher", ["--teacher", "resnet50"], "Option '--teacher': unknown teacher 'resnet50'. Known: resnet18." },
+        { "SGMP ramp 0", ["--method", "sgmp", "--sgmp-ramp", "0"], "Option '--sgmp-ramp': '0' is not a fraction in (0, 1]." },
+        { "SGMP frequency without SGMP", ["--method", "gohsp,somp", "--sgmp-frequency", "4"], "Option '--sgmp-frequency' sets an SGMP option, but --method gohsp,somp runs no SGMP." },
+        { "dense-from missing", ["--dense-from", "{tmp}/nothing"], "Option '--dense-from': folder '{tmp}/nothing' does not exist." },
+        { "dense-from two seeds", ["--dense-from", "{empty}", "--seeds", "1,2"], "Option '--dense-from' starts one seed's run from an earlier one; got 2 seeds." },
+        { "dense-from without a report", ["--dense-from", "{empty}"], "Option '--dense-from': '{empty}' has no report.json" },
+        { "teacher weight without teacher", ["--teacher-weight", "0.9"], "Option '--teacher-weight' sets how the ViT distils from a teacher, but no --teacher is given." },
+        { "teacher weight 1.5", ["--teacher", "resnet18", "--teacher-weight", "1.5"], "Option '--teacher-weight': '1.5' is not a weight in [0, 1]." },
+        { "teacher temperature 0", ["--teacher", "resnet18", "--teacher-temperature", "0"], "Option '--teacher-temperature': '0' is not a positive number." },
         { "baselines without aggregate", ["--baselines", "{empty}"], "Option '--baselines' applies to --aggregate only" },
         { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };
