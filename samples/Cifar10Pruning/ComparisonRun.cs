@@ -34,7 +34,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         TeacherSummary? teacher = null;
         if (options.Teacher is { } teacherName)
         {
-            (teacher, prepared) = TeacherPipeline.Fit(ml, teacherName, trainSet, testSet, prep, ui);
+            (teacher, prepared) = TeacherPipeline.Fit(ml, teacherName, options.TeacherFolds, trainSet, testSet, prep, ui);
             var distil = options.ApplyTeacherFlags(new ViTTrainingOptions());
             teacher = teacher with { Weight = distil.TeacherWeight, Temperature = distil.TeacherTemperature };
         }
@@ -149,7 +149,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
             : (c.DenseEpochs, c.PostEpochs) != (options.Epochs, options.PostEpochs) ? $"{c.DenseEpochs}+{c.PostEpochs} epochs, this run {options.Epochs}+{options.PostEpochs}"
             : c.TrainImages != trainSet.Count ? $"{c.TrainImages} training images, this run {trainSet.Count}"
             : c.ValidationIndicesSha256 != validationSplit?.IndicesHash ? "another validation split"
-            : (c.Teacher?.Name, c.Teacher?.Weight, c.Teacher?.Temperature) != (teacher?.Name, teacher?.Weight, teacher?.Temperature) ? "another teacher, or none"
+            : (c.Teacher?.Name, c.Teacher?.Weight, c.Teacher?.Temperature, c.Teacher?.Folds) != (teacher?.Name, teacher?.Weight, teacher?.Temperature, teacher?.Folds) ? "another teacher, or none"
             : c.Precision != PrecisionName ? $"precision {c.Precision}, this run {PrecisionName}"
             : null;
         if (difference is not null)

@@ -224,7 +224,7 @@ internal sealed record SampleReport
         sb.AppendLine(Text.Invariant($"- data: `{c.Data}` ({c.Classes} classes; {c.TrainImages:N0} training / {c.TestImages:N0} test images, test split: {c.TestSplit ?? "the test batch"}), arch `{c.Arch}`, {c.Precision} training, {Text.Count(c.Threads, "thread")}"));
         sb.AppendLine(Text.Invariant($"- fair protocol: one dense model trained {Text.Count(c.DenseEpochs, "epoch")} ({c.DenseSeconds:F0} s, top-1 {c.DenseStartTop1:P2}); every method prunes it and trains {Text.Count(c.PostEpochs, "epoch")} after it; the dense reference is the same model trained {Text.Count(c.PostEpochs, "more epoch")} ({c.DenseEpochs + c.PostEpochs} in all)"));
         if (c.Teacher is { } teacher)
-            sb.AppendLine(Text.Invariant($"- teacher `{teacher.Name}` (every ViT below distils from its scores of the training images, α {teacher.Weight}, T {teacher.Temperature}): test top-1 {teacher.Top1:P2}, fit {teacher.FitSeconds:F0} s, scoring {teacher.ScoreSeconds:F0} s"));
+            sb.AppendLine(Text.Invariant($"- teacher `{teacher.Name}` (every ViT below distils from its scores of the training images, α {teacher.Weight}, T {teacher.Temperature}, {(teacher.Folds == 1 ? "in-sample scores" : $"out-of-fold scores from {teacher.Folds} folds")}): test top-1 {teacher.Top1:P2}, fit {teacher.FitSeconds:F0} s, scoring {teacher.ScoreSeconds:F0} s"));
         if (c.DenseStartValidationTop1 is double vTop1)
             sb.AppendLine(Text.Invariant($"- dense model on the validation split: top-1 {vTop1:P2}, NLL {c.DenseStartValidationNll:F4}"));
         sb.AppendLine();

@@ -68,6 +68,9 @@ internal sealed record SampleOptions
                                scores: resnet18 = ML.NET's pretrained ResNet18 featurizer (224×224) + LbfgsMaximumEntropy,
                                fitted on the training images, which it scores once; report.json gets config.teacher
                                (its own test top-1). Default: no teacher
+          --teacher-folds K    with --teacher: score each training image with a teacher fitted on the other K − 1 folds
+                               (cross-fitted, out-of-fold scores); 1 scores every image with the teacher fitted on all of
+                               them. Default 1
           --teacher-weight A   with --teacher: α of α·T²·KL(teacher ‖ student) + (1 − α)·CE(label), in [0, 1]. Default 0.5
           --teacher-temperature T   with --teacher: the temperature T of both distributions, > 0. Default 4
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
@@ -183,6 +186,9 @@ internal sealed record SampleOptions
     /// <summary>An earlier run's output folder whose dense model and dense reference this run starts from (<c>--dense-from</c>).</summary>
     public string? DenseFrom { get; init; }
 
+    /// <summary>Folds of the teacher's cross-fitted training scores (<c>--teacher-folds</c>); 1: in-sample scores.</summary>
+    public int TeacherFolds { get; init; } = 1;
+
     /// <summary>α of the teacher's term (<c>--teacher-weight</c>); null: the library's default.</summary>
     public double? TeacherWeight { get; init; }
 
@@ -215,7 +221,7 @@ internal sealed record SampleOptions
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "target-latency", "method", "method-assembly", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
-         "projection-metric", "sgmp-metric", "teacher", "teacher-weight", "teacher-temperature",
+         "projection-metric", "sgmp-metric", "teacher", "teacher-weight", "teacher-temperature", "teacher-folds",
          "sgmp-ramp", "sgmp-frequency", "dense-from"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric"];
@@ -287,6 +293,7 @@ internal sealed record SampleOptions
             SgmpRamp = values.TryGetValue("sgmp-ramp", out var sgr) ? ParseRamp(sgr) : null,
             SgmpFrequency = values.ContainsKey("sgmp-frequency") ? Int(values, "sgmp-frequency", 0, min: 0) : null,
             DenseFrom = values.GetValueOrDefault("dense-from"),
+            TeacherFolds = Int(values, "teacher-folds", 1, min: 1),
             TeacherWeight = values.TryGetValue("teacher-weight", out var tw) ? ParseTeacherWeight(tw) : null,
             TeacherTemperature = values.TryGetValue("teacher-temperature", out var tt) ? ParseTeacherTemperature(tt) : null,
             CommandLine = string.Join(" ", args.Select(Quote)),
@@ -294,7 +301,7 @@ internal sealed record SampleOptions
         string methods = string.Join(",", o.Variants.Select(v => v.Name));
         if (o.Methods.Where(m => m.MinimumTrainingEpochs > o.PostEpochs).ToArray() is { Length: > 0 } tooFew)
             throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", tooFew.Select(m => m.Label))} need at least {tooFew.Max(m => m.MinimumTrainingEpochs)} epochs after the dense model (one per training stage), got {o.PostEpochs}.");
-        if (new[] { "teacher-weight", "teacher-temperature" }.FirstOrDefault(values.ContainsKey) is string teacherFlag && o.Teacher is null)
+        if (new[] { "teacher-weight", "teacher-temperature", "teacher-folds" }.FirstOrDefault(values.ContainsKey) is string teacherFlag && o.Teacher is null)
             throw new ArgumentException($"Option '--{teacherFlag}' sets how the ViT distils from a teacher, but no --teacher is given.");
         if (o.Baselines is not null && o.Aggregate is null) throw new ArgumentException("Option '--baselines' applies to --aggregate only (it pairs stored runs).");
         if (GohspFlags.FirstOrDefault(values.ContainsKey) is string gohspFlag && !o.Methods.Contains(PruningMethods.Gohsp))

@@ -24,12 +24,16 @@ internal static class TeacherPipeline
     /// <summary>
     /// Fits the teacher on the training images (<paramref name="prep"/> gives the key-typed label the ViT trains on, so the
     /// teacher's score slots are in the ViT's class order), measures its top-1 on the test images, and returns the training
-    /// data with the teacher's scores as a column, prepared for the ViT.
+    /// data with the teacher's scores as a column, prepared for the ViT. With <paramref name="folds"/> K &gt; 1 each training
+    /// image is scored by a classifier fitted on the other K − 1 folds (image i is in fold i mod K), so that its soft target
+    /// is a prediction rather than a recollection of its own label; the test images are scored by the classifier fitted on
+    /// all the training images either way.
     /// </summary>
-    public static (TeacherSummary Summary, IDataView PreparedTrain) Fit(MLContext ml, string name, ImageSet trainSet, ImageSet testSet,
+    public static (TeacherSummary Summary, IDataView PreparedTrain) Fit(MLContext ml, string name, int folds, ImageSet trainSet, ImageSet testSet,
         ITransformer prep, ConsoleUi ui)
     {
         if (!Names.Contains(name)) throw new ArgumentException($"Option '--teacher': unknown teacher '{name}'. Known: {string.Join(", ", Names)}.");
+        if (folds < 1 || folds > trainSet.Count) throw new ArgumentException($"Option '--teacher-folds': {folds} folds for {trainSet.Count} training images.");
         var preparedTrain = prep.Transform(trainSet.ToDataView(ml));
         var sw = Stopwatch.StartNew();
         ui.Line($"Teacher {name}: fitting the ResNet18 featurizer + LbfgsMaximumEntropy on {trainSet.Count:N0} images (224×224)…");
@@ -41,18 +45,64 @@ internal static class TeacherPipeline
             .Fit(preparedTrain);
         var featurized = featurizer.Transform(preparedTrain);
         var features = ml.Data.Cache(ml.Transforms.SelectColumns("Label", "Features").Fit(featurized).Transform(featurized));
-        var classifier = ml.MulticlassClassification.Trainers.LbfgsMaximumEntropy("Label", "Features").Fit(features);
+        var trainer = ml.MulticlassClassification.Trainers.LbfgsMaximumEntropy("Label", "Features");
+        var classifier = trainer.Fit(features);
         double fitSeconds = sw.Elapsed.TotalSeconds;
 
         sw.Restart();
-        var scores = classifier.Transform(features).GetColumn<float[]>("Score").ToArray();   // once, in the images' order
+        var scores = folds == 1
+            ? classifier.Transform(features).GetColumn<float[]>("Score").ToArray()   // once, in the images' order
+            : CrossFittedScores(ml, features, folds, trainer);
         double scoreSeconds = sw.Elapsed.TotalSeconds;
         if (scores.Length != trainSet.Count)
             throw new InvalidOperationException($"The teacher scored {scores.Length} of {trainSet.Count} training images.");
+        var labels = features.GetColumn<uint>("Label").ToArray();
+        double trainTop1 = Enumerable.Range(0, scores.Length).Count(i => ArgMax(scores[i]) == labels[i] - 1) / (double)scores.Length;
         var teacher = featurizer.Append(classifier);
         double top1 = ml.MulticlassClassification.Evaluate(teacher.Transform(prep.Transform(testSet.ToDataView(ml)))).MicroAccuracy;
-        ui.Line(Text.Invariant($"Teacher {name}: test top-1 {top1:P2}; fit {fitSeconds:F0} s (featurising the training images included), scoring them {scoreSeconds:F0} s."));
-        return (new TeacherSummary(name, top1, fitSeconds, scoreSeconds), prep.Transform(WithScores(ml, trainSet, scores)));
+        string how = folds == 1 ? "in-sample" : $"out-of-fold, {folds} folds";
+        ui.Line(Text.Invariant($"Teacher {name}: test top-1 {top1:P2}; its scores of the training images ({how}) top-1 {trainTop1:P2}; fit {fitSeconds:F0} s (featurising the training images included), scoring them {scoreSeconds:F0} s."));
+        return (new TeacherSummary(name, top1, fitSeconds, scoreSeconds) { Folds = folds, TrainingScoresTop1 = trainTop1 },
+            prep.Transform(WithScores(ml, trainSet, scores)));
+    }
+
+    /// <summary>
+    /// Each row's scores from <paramref name="trainer"/> fitted on the rows of the other folds (row i is in fold i mod
+    /// <paramref name="folds"/>), in the rows' order.
+    /// </summary>
+    private static float[][] CrossFittedScores(MLContext ml, IDataView features, int folds, IEstimator<ITransformer> trainer)
+    {
+        var keys = features.GetColumn<uint>("Label").ToArray();
+        var vectors = features.GetColumn<float[]>("Features").ToArray();
+        var schema = SchemaDefinition.Create(typeof(FeatureRow));
+        schema[nameof(FeatureRow.Label)].ColumnType = features.Schema["Label"].Type;
+        schema[nameof(FeatureRow.Features)].ColumnType = features.Schema["Features"].Type;
+        // GetColumn<uint> gives a key's raw value (1-based, 0: missing); LoadFromEnumerable reads a key field 0-based.
+        IDataView Rows(Func<int, bool> keep) => ml.Data.LoadFromEnumerable(
+            Enumerable.Range(0, keys.Length).Where(keep).Select(i => new FeatureRow { Label = keys[i] - 1, Features = vectors[i] }).ToArray(), schema);
+        var scores = new float[keys.Length][];
+        for (int k = 0; k < folds; k++)
+        {
+            int fold = k;
+            var model = trainer.Fit(Rows(i => i % folds != fold));
+            var held = Enumerable.Range(0, keys.Length).Where(i => i % folds == fold).ToArray();
+            var heldScores = model.Transform(Rows(i => i % folds == fold)).GetColumn<float[]>("Score").ToArray();
+            for (int j = 0; j < held.Length; j++) scores[held[j]] = heldScores[j];
+        }
+        return scores;
+    }
+
+    private static int ArgMax(float[] v)
+    {
+        int best = 0;
+        for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
+        return best;
+    }
+
+    private sealed class FeatureRow
+    {
+        public uint Label { get; set; }
+        public float[] Features { get; set; } = [];
     }
 
     /// <summary>The training images (Image, Label) with the teacher's probabilities of each as <see cref="ScoreColumn"/>.</summary>
@@ -88,4 +138,8 @@ internal sealed record TeacherSummary(string Name, double Top1, double FitSecond
 {
     public double Weight { get; init; } = 0.5;
     public double Temperature { get; init; } = 4;
+    /// <summary>Folds of the cross-fitted training scores; 1 (and in older reports): in-sample.</summary>
+    public int Folds { get; init; } = 1;
+    /// <summary>Top-1 of the teacher's scores of the training images against their labels (null in older reports).</summary>
+    public double? TrainingScoresTop1 { get; init; }
 }

@@ -330,9 +330,9 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
     }
 
     /// <summary>
-    /// --teacher with --teacher-weight and --teacher-temperature: the teacher is fitted and scored, the report records the α
-    /// and T the ViTs distilled with, and the dense model and the dense reference carry validation figures (what α and T
-    /// are chosen on).
+    /// --teacher with --teacher-weight, --teacher-temperature and --teacher-folds: the teacher is fitted and scores the
+    /// training images out of fold, the report records the α, T and folds the ViTs distilled with, and the dense model and
+    /// the dense reference carry validation figures (what α and T are chosen on).
     /// </summary>
     [Fact]
     public void ATeachersWeightAndTemperatureAreRecordedAndDenseModelsHaveValidationFigures()
@@ -340,7 +340,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         using var tmp = new TempDir();
         string outDir = Path.Combine(tmp.Path, "out");
         var (exit, stdout, stderr) = RunSample("--data", Cifar10Tests.SubsetDir, "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "1", "--max-train", "200",
-            "--max-test", "32", "--method", "somp", "--teacher", "resnet18", "--teacher-weight", "0.9", "--teacher-temperature", "2", "--no-speed",
+            "--max-test", "32", "--method", "somp", "--teacher", "resnet18", "--teacher-weight", "0.9", "--teacher-temperature", "2", "--teacher-folds", "3", "--no-speed",
             "--precision", "fp32", "--threads", "1", "--out", outDir);
 
         exit.Should().Be(0, stderr);
@@ -350,12 +350,14 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         var teacher = config.GetProperty("teacher");
         teacher.GetProperty("weight").GetDouble().Should().Be(0.9);
         teacher.GetProperty("temperature").GetDouble().Should().Be(2);
+        teacher.GetProperty("folds").GetInt32().Should().Be(3);
+        teacher.GetProperty("training_scores_top1").GetDouble().Should().BeInRange(0.2, 1, "out-of-fold scores of ResNet18 features beat chance (10%)");
         config.GetProperty("dense_start_validation_top1").GetDouble().Should().BeInRange(0, 1);
         config.GetProperty("dense_start_validation_nll").GetDouble().Should().BePositive();
         var dense = json.RootElement.GetProperty("dense");
         dense.GetProperty("validation_top1").GetDouble().Should().BeInRange(0, 1);
         dense.GetProperty("validation_nll").GetDouble().Should().BePositive();
-        File.ReadAllText(Path.Combine(outDir, "report.md")).Should().Contain("α 0.9, T 2").And.Contain("- dense model on the validation split: top-1 ");
+        File.ReadAllText(Path.Combine(outDir, "report.md")).Should().Contain("α 0.9, T 2, out-of-fold scores from 3 folds").And.Contain("- dense model on the validation split: top-1 ");
     }
 
     /// <summary>
@@ -428,6 +430,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "dense-from two seeds", ["--dense-from", "{empty}", "--seeds", "1,2"], "Option '--dense-from' starts one seed's run from an earlier one; got 2 seeds." },
         { "dense-from without a report", ["--dense-from", "{empty}"], "Option '--dense-from': '{empty}' has no report.json" },
         { "teacher weight without teacher", ["--teacher-weight", "0.9"], "Option '--teacher-weight' sets how the ViT distils from a teacher, but no --teacher is given." },
+        { "teacher folds without teacher", ["--teacher-folds", "5"], "Option '--teacher-folds' sets how the ViT distils from a teacher, but no --teacher is given." },
         { "teacher weight 1.5", ["--teacher", "resnet18", "--teacher-weight", "1.5"], "Option '--teacher-weight': '1.5' is not a weight in [0, 1]." },
         { "teacher temperature 0", ["--teacher", "resnet18", "--teacher-temperature", "0"], "Option '--teacher-temperature': '0' is not a positive number." },
         { "baselines without aggregate", ["--baselines", "{empty}"], "Option '--baselines' applies to --aggregate only" },
