@@ -202,6 +202,23 @@ public class LatencyBudgetTests
             "a run given TableLatencyFraction spends what the calibrated plan spends");
     }
 
+    /// <summary>
+    /// A plan timed far faster than the target (as timing noise on a small model can make it) asks the next plan to remove
+    /// less than nothing; the calibration keeps a positive fraction instead of failing in the allocator.
+    /// </summary>
+    [Fact]
+    public void APlanTimedFarBelowTheTargetKeepsAPositiveFraction()
+    {
+        var arch = ViTArchitecture.CifarTiny();
+        (double, double) Measure(ViTArchitecture a) => (a == arch ? 1 : 0.1, 100);
+
+        var c = LatencyCalibration.Run(arch, Importance(arch, 1), Synthetic(), _ => 0.6, null, maxIterations: 4, tolerance: 0.03, Measure);
+
+        c.Iterations.Should().BeGreaterThan(1, "the first plan missed, so a second was tried");
+        c.Fraction.Should().BeInRange(LatencyCalibration.MinimumFraction, 0.99);
+        c.MeasuredRatio.Should().Be(0.1);
+    }
+
     [Fact]
     public void CalibrationTargetsAreCheckedNamingTheArgument()
     {

@@ -26,6 +26,9 @@ public sealed record LatencyCalibration(double Fraction, double TargetRatio, dou
     /// <summary>What a pruning report records of this calibration (<see cref="PruningReport.LatencyCalibration"/>).</summary>
     public LatencyCalibrationSummary Summary() => new(TableLatencyFraction, TargetRatio, MeasuredRatio, TableOnlyRatio, DenseMs, Iterations);
 
+    /// <summary>The smallest fraction of the table's latency a calibrated plan removes (an allocation needs a positive one).</summary>
+    internal const double MinimumFraction = 0.01;
+
     /// <summary>
     /// The closed loop of <see cref="LatencyBudget.Calibrate"/>. <paramref name="measureRatio"/> times a pruned
     /// architecture against the dense one and returns (pruned / dense, dense ms); tests pass a deterministic one.
@@ -49,8 +52,9 @@ public sealed record LatencyCalibration(double Fraction, double TargetRatio, dou
         int iterations = 1;
         while (iterations < maxIterations && Math.Abs(measured.Ratio - target) > tolerance * target)
         {
-            // the kept share of the table's latency, scaled by how far the timed plan missed
-            double next = Math.Clamp(1 - (1 - fraction) * target / measured.Ratio, 0, 0.99);
+            // the kept share of the table's latency, scaled by how far the timed plan missed; a plan timed far below the
+            // target (timing noise on a small model) asks for less than nothing removed, so the fraction keeps a floor
+            double next = Math.Clamp(1 - (1 - fraction) * target / measured.Ratio, MinimumFraction, 0.99);
             if (Math.Abs(next - fraction) < 1e-4) break; // the floors or the granularity allow no other plan
             fraction = next;
             plan = StructuredProjection.Allocate(arch, importance, fraction, options, costModel: cost);
