@@ -290,6 +290,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         }
 
         var arch = vit.Architecture;
+        var denseValidation = pruning is null ? Validate(vit) : null;   // a pruned model's validation figures are in its report
         var denseArch = ViTArchitecture.FromPreset(options.Arch, arch.NumClasses);
         return template with
         {
@@ -306,8 +307,8 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
             CutShockNll = pruning?.CutShockNll,
             HardPrunedValidationTop1 = pruning?.ValidationAccuracy.GetValueOrDefault(PruningReport.HardPrunedStage),
             HardPrunedValidationNll = pruning?.ValidationNll.GetValueOrDefault(PruningReport.HardPrunedStage),
-            ValidationTop1 = pruning is null ? Validate(vit)?.Top1 : pruning.ValidationAccuracy.GetValueOrDefault(PruningReport.FinalStage),
-            ValidationNll = pruning is null ? Validate(vit)?.Nll : pruning.ValidationNll.GetValueOrDefault(PruningReport.FinalStage),
+            ValidationTop1 = pruning is null ? denseValidation?.Top1 : pruning.ValidationAccuracy.GetValueOrDefault(PruningReport.FinalStage),
+            ValidationNll = pruning is null ? denseValidation?.Nll : pruning.ValidationNll.GetValueOrDefault(PruningReport.FinalStage),
             ResidualRatio = (pruning?.Details as GohspDetails)?.ResidualRatio,
             CutPlanOverlap = (pruning?.Details as GohspDetails)?.CutPlanOverlap,
             LatencyFraction = latency,

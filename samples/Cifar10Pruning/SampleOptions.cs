@@ -225,6 +225,8 @@ internal sealed record SampleOptions
          "sgmp-ramp", "sgmp-frequency", "dense-from"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric"];
+    private static readonly string[] SgmpFlags = ["sgmp-ramp", "sgmp-frequency"];
+    private static readonly string[] TeacherFlags = ["teacher-weight", "teacher-temperature", "teacher-folds"];
 
     /// <summary>Parses the flags; every problem is an <see cref="ArgumentException"/> with a one-line message naming the flag.</summary>
     public static SampleOptions Parse(string[] args)
@@ -301,12 +303,12 @@ internal sealed record SampleOptions
         string methods = string.Join(",", o.Variants.Select(v => v.Name));
         if (o.Methods.Where(m => m.MinimumTrainingEpochs > o.PostEpochs).ToArray() is { Length: > 0 } tooFew)
             throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", tooFew.Select(m => m.Label))} need at least {tooFew.Max(m => m.MinimumTrainingEpochs)} epochs after the dense model (one per training stage), got {o.PostEpochs}.");
-        if (new[] { "teacher-weight", "teacher-temperature", "teacher-folds" }.FirstOrDefault(values.ContainsKey) is string teacherFlag && o.Teacher is null)
+        if (TeacherFlags.FirstOrDefault(values.ContainsKey) is string teacherFlag && o.Teacher is null)
             throw new ArgumentException($"Option '--{teacherFlag}' sets how the ViT distils from a teacher, but no --teacher is given.");
         if (o.Baselines is not null && o.Aggregate is null) throw new ArgumentException("Option '--baselines' applies to --aggregate only (it pairs stored runs).");
         if (GohspFlags.FirstOrDefault(values.ContainsKey) is string gohspFlag && !o.Methods.Contains(PruningMethods.Gohsp))
             throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {methods} runs no GOHSP.");
-        if (new[] { "sgmp-ramp", "sgmp-frequency" }.FirstOrDefault(values.ContainsKey) is string sgmpFlag && !o.Methods.Contains(PruningMethods.Sgmp))
+        if (SgmpFlags.FirstOrDefault(values.ContainsKey) is string sgmpFlag && !o.Methods.Contains(PruningMethods.Sgmp))
             throw new ArgumentException($"Option '--{sgmpFlag}' sets an SGMP option, but --method {methods} runs no SGMP.");
         if (o.DenseFrom is { } denseFrom)
         {

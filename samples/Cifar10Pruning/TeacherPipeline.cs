@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Microsoft.ML;
 using Microsoft.ML.Data;
+using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Transforms;
 using Microsoft.ML.Transforms.Image;
 
@@ -56,8 +57,10 @@ internal static class TeacherPipeline
         double scoreSeconds = sw.Elapsed.TotalSeconds;
         if (scores.Length != trainSet.Count)
             throw new InvalidOperationException($"The teacher scored {scores.Length} of {trainSet.Count} training images.");
-        var labels = features.GetColumn<uint>("Label").ToArray();
-        double trainTop1 = Enumerable.Range(0, scores.Length).Count(i => ArgMax(scores[i]) == labels[i] - 1) / (double)scores.Length;
+        // the top-1 of the scores the ViT learns from (a key's raw value is 1-based; score slot j is key j + 1)
+        var classes = features.GetColumn<uint>("Label").Select(k => (int)k - 1).ToArray();
+        var logScores = scores.SelectMany(row => row.Select(p => MathF.Log(MathF.Max(p, 1e-30f)))).ToArray();
+        double trainTop1 = Fidelity.Compute(logScores, [], classes, scores[0].Length).Top1;
         var teacher = featurizer.Append(classifier);
         double top1 = ml.MulticlassClassification.Evaluate(teacher.Transform(prep.Transform(testSet.ToDataView(ml)))).MicroAccuracy;
         string how = folds == 1 ? "in-sample" : $"out-of-fold, {folds} folds";
@@ -78,25 +81,18 @@ internal static class TeacherPipeline
         schema[nameof(FeatureRow.Label)].ColumnType = features.Schema["Label"].Type;
         schema[nameof(FeatureRow.Features)].ColumnType = features.Schema["Features"].Type;
         // GetColumn<uint> gives a key's raw value (1-based, 0: missing); LoadFromEnumerable reads a key field 0-based.
-        IDataView Rows(Func<int, bool> keep) => ml.Data.LoadFromEnumerable(
-            Enumerable.Range(0, keys.Length).Where(keep).Select(i => new FeatureRow { Label = keys[i] - 1, Features = vectors[i] }).ToArray(), schema);
+        IDataView Rows(IEnumerable<int> rows) => ml.Data.LoadFromEnumerable(
+            rows.Select(i => new FeatureRow { Label = keys[i] - 1, Features = vectors[i] }).ToArray(), schema);
         var scores = new float[keys.Length][];
-        for (int k = 0; k < folds; k++)
+        for (int fold = 0; fold < folds; fold++)
         {
-            int fold = k;
-            var model = trainer.Fit(Rows(i => i % folds != fold));
-            var held = Enumerable.Range(0, keys.Length).Where(i => i % folds == fold).ToArray();
-            var heldScores = model.Transform(Rows(i => i % folds == fold)).GetColumn<float[]>("Score").ToArray();
+            int k = fold;
+            var held = Enumerable.Range(0, keys.Length).Where(i => i % folds == k).ToArray();
+            var model = trainer.Fit(Rows(Enumerable.Range(0, keys.Length).Where(i => i % folds != k)));
+            var heldScores = model.Transform(Rows(held)).GetColumn<float[]>("Score").ToArray();
             for (int j = 0; j < held.Length; j++) scores[held[j]] = heldScores[j];
         }
         return scores;
-    }
-
-    private static int ArgMax(float[] v)
-    {
-        int best = 0;
-        for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
-        return best;
     }
 
     private sealed class FeatureRow
