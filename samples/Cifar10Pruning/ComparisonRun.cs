@@ -34,7 +34,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         TeacherSummary? teacher = null;
         if (options.Teacher is { } teacherName)
         {
-            (teacher, prepared) = TeacherPipeline.Fit(ml, teacherName, options.TeacherFolds, trainSet, testSet, prep, ui);
+            (teacher, prepared) = TeacherPipeline.Fit(ml, teacherName, options.TeacherFolds, trainSet, testSet, prep, ui, options.TeacherCache);
             var distil = options.ApplyTeacherFlags(new ViTTrainingOptions());
             teacher = teacher with { Weight = distil.TeacherWeight, Temperature = distil.TeacherTemperature };
         }
@@ -125,6 +125,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
                 Gohsp = options.Methods.Contains(PruningMethods.Gohsp) ? GohspSettings.Of(options.ApplyGohspFlags(new GohspOptions())) : null,
                 Sgmp = options.Methods.Contains(PruningMethods.Sgmp) ? SgmpSettings.Of(options.ApplySgmpFlags(new SgmpOptions())) : null,
                 DenseFrom = options.DenseFrom is { } denseFrom ? Path.GetFullPath(denseFrom) : null,
+                Distil = options.Distil == DenseDistillation.Off ? null : SampleOptions.NameOf(SampleOptions.DistilNames, options.Distil),
             },
             Dense = entries[0],
             Entries = entries.Skip(1).ToArray(),

@@ -144,6 +144,8 @@ internal sealed record RunConfig
     public SgmpSettings? Sgmp { get; init; }
     /// <summary>The earlier run whose dense model and dense reference this run started from (<c>--dense-from</c>); absent when it trained them.</summary>
     public string? DenseFrom { get; init; }
+    /// <summary>Where every pruning method distilled from the dense model (<c>--distil</c>: fine-tune or every-stage); absent when none did.</summary>
+    public string? Distil { get; init; }
 
     /// <summary>"CIFAR-10", or the image folder's name.</summary>
     [JsonIgnore]
@@ -225,6 +227,8 @@ internal sealed record SampleReport
         sb.AppendLine(Text.Invariant($"- fair protocol: one dense model trained {Text.Count(c.DenseEpochs, "epoch")} ({c.DenseSeconds:F0} s, top-1 {c.DenseStartTop1:P2}); every method prunes it and trains {Text.Count(c.PostEpochs, "epoch")} after it; the dense reference is the same model trained {Text.Count(c.PostEpochs, "more epoch")} ({c.DenseEpochs + c.PostEpochs} in all)"));
         if (c.Teacher is { } teacher)
             sb.AppendLine(Text.Invariant($"- teacher `{teacher.Name}` (every ViT below distils from its scores of the training images, α {teacher.Weight}, T {teacher.Temperature}, {(teacher.Folds == 1 ? "in-sample scores" : $"out-of-fold scores from {teacher.Folds} folds")}): test top-1 {teacher.Top1:P2}, fit {teacher.FitSeconds:F0} s, scoring {teacher.ScoreSeconds:F0} s"));
+        if (c.Distil is { } distil)
+            sb.AppendLine(Text.Invariant($"- every method distils from the dense model ({(distil == "every-stage" ? "in every training stage" : "in fine-tuning")}, the library's α and T)"));
         if (c.DenseStartValidationTop1 is double vTop1)
             sb.AppendLine(Text.Invariant($"- dense model on the validation split: top-1 {vTop1:P2}, NLL {c.DenseStartValidationNll:F4}"));
         sb.AppendLine();

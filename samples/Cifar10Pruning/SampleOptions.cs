@@ -71,8 +71,15 @@ internal sealed record SampleOptions
           --teacher-folds K    with --teacher: score each training image with a teacher fitted on the other K − 1 folds
                                (cross-fitted, out-of-fold scores); 1 scores every image with the teacher fitted on all of
                                them. Default 1
+          --teacher-cache DIR  with --teacher: where the teacher's scores and figures are stored, keyed by a hash of the
+                               teacher, its folds, its packages and the training and test images; a run on the same
+                               images reads them instead of fitting again. off: always fit, store nothing. Default
+                               ~/.local/share/Microsoft.ML.Gohsp/teacher (%LOCALAPPDATA% on Windows)
           --teacher-weight A   with --teacher: α of α·T²·KL(teacher ‖ student) + (1 − α)·CE(label), in [0, 1]. Default 0.5
           --teacher-temperature T   with --teacher: the temperature T of both distributions, > 0. Default 4
+          --distil D           distil every pruning method from the dense model: fine-tune (its fine-tuning) or
+                               every-stage (also GOHSP's soft pruning and SGMP's gradual stage), with the library's α
+                               and T; off: none. Not with --teacher. Default off
           --precision P        training precision: auto | fp32 | bf16 (auto: bf16 where the CPU has native bf16). Default auto
           --dense-from DIR     start from the dense model and dense reference of an earlier run of one seed (its --out
                                folder: dense.zip, dense-reference.zip, report.json) instead of training them; the run
@@ -131,13 +138,21 @@ internal sealed record SampleOptions
     /// <summary>SGMP's <see cref="SgmpOptions.Metric"/> (<c>--sgmp-metric</c>); null keeps the default.</summary>
     public ProjectionMetric? SgmpMetric { get; init; }
 
-    /// <summary>Applies the flags of the method <paramref name="options"/> configure (GOHSP's, SGMP's; none for the others).</summary>
-    public PruningOptions ApplyMethodFlags(PruningOptions options) => options switch
+    /// <summary>Applies <c>--distil</c> to every method, then the flags of the method <paramref name="options"/> configure (GOHSP's, SGMP's).</summary>
+    public PruningOptions ApplyMethodFlags(PruningOptions options)
     {
-        GohspOptions g => ApplyGohspFlags(g),
-        SgmpOptions s => ApplySgmpFlags(s),
-        _ => options,
-    };
+        options.Distillation = Distil != DenseDistillation.Off;
+        options.DistillEveryStage = Distil == DenseDistillation.EveryStage;
+        return options switch
+        {
+            GohspOptions g => ApplyGohspFlags(g),
+            SgmpOptions s => ApplySgmpFlags(s),
+            _ => options,
+        };
+    }
+
+    /// <summary>Distillation of every pruning method from the dense model (<c>--distil</c>).</summary>
+    public DenseDistillation Distil { get; init; }
 
     /// <summary>Applies the SGMP flags to <paramref name="sgmp"/> (the defaults stay where a flag is absent).</summary>
     public T ApplySgmpFlags<T>(T sgmp) where T : SgmpOptions
@@ -189,6 +204,9 @@ internal sealed record SampleOptions
     /// <summary>Folds of the teacher's cross-fitted training scores (<c>--teacher-folds</c>); 1: in-sample scores.</summary>
     public int TeacherFolds { get; init; } = 1;
 
+    /// <summary>Where the teacher's results are cached (<c>--teacher-cache</c>, <see cref="Cifar10Pruning.TeacherCache"/>); null: not cached.</summary>
+    public string? TeacherCache { get; init; } = Cifar10Pruning.TeacherCache.DefaultDirectory;
+
     /// <summary>α of the teacher's term (<c>--teacher-weight</c>); null: the library's default.</summary>
     public double? TeacherWeight { get; init; }
 
@@ -221,12 +239,12 @@ internal sealed record SampleOptions
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "target-latency", "method", "method-assembly", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
-         "projection-metric", "sgmp-metric", "teacher", "teacher-weight", "teacher-temperature", "teacher-folds",
-         "sgmp-ramp", "sgmp-frequency", "dense-from"];
+         "projection-metric", "sgmp-metric", "teacher", "teacher-weight", "teacher-temperature", "teacher-folds", "teacher-cache",
+         "sgmp-ramp", "sgmp-frequency", "dense-from", "distil"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric"];
     private static readonly string[] SgmpFlags = ["sgmp-ramp", "sgmp-frequency"];
-    private static readonly string[] TeacherFlags = ["teacher-weight", "teacher-temperature", "teacher-folds"];
+    private static readonly string[] TeacherFlags = ["teacher-weight", "teacher-temperature", "teacher-folds", "teacher-cache"];
 
     /// <summary>Parses the flags; every problem is an <see cref="ArgumentException"/> with a one-line message naming the flag.</summary>
     public static SampleOptions Parse(string[] args)
@@ -295,7 +313,9 @@ internal sealed record SampleOptions
             SgmpRamp = values.TryGetValue("sgmp-ramp", out var sgr) ? ParseRamp(sgr) : null,
             SgmpFrequency = values.ContainsKey("sgmp-frequency") ? Int(values, "sgmp-frequency", 0, min: 0) : null,
             DenseFrom = values.GetValueOrDefault("dense-from"),
+            Distil = values.TryGetValue("distil", out var di) ? ParseChoice(di, "distil", DistilNames) : DenseDistillation.Off,
             TeacherFolds = Int(values, "teacher-folds", 1, min: 1),
+            TeacherCache = values.TryGetValue("teacher-cache", out var tc) ? (tc == "off" ? null : tc) : Cifar10Pruning.TeacherCache.DefaultDirectory,
             TeacherWeight = values.TryGetValue("teacher-weight", out var tw) ? ParseTeacherWeight(tw) : null,
             TeacherTemperature = values.TryGetValue("teacher-temperature", out var tt) ? ParseTeacherTemperature(tt) : null,
             CommandLine = string.Join(" ", args.Select(Quote)),
@@ -305,6 +325,8 @@ internal sealed record SampleOptions
             throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", tooFew.Select(m => m.Label))} need at least {tooFew.Max(m => m.MinimumTrainingEpochs)} epochs after the dense model (one per training stage), got {o.PostEpochs}.");
         if (TeacherFlags.FirstOrDefault(values.ContainsKey) is string teacherFlag && o.Teacher is null)
             throw new ArgumentException($"Option '--{teacherFlag}' sets how the ViT distils from a teacher, but no --teacher is given.");
+        if (o.Distil != DenseDistillation.Off && o.Teacher is not null)
+            throw new ArgumentException("Option '--distil' distils from the dense model, and --teacher gives another teacher: choose one.");
         if (o.Baselines is not null && o.Aggregate is null) throw new ArgumentException("Option '--baselines' applies to --aggregate only (it pairs stored runs).");
         if (GohspFlags.FirstOrDefault(values.ContainsKey) is string gohspFlag && !o.Methods.Contains(PruningMethods.Gohsp))
             throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {methods} runs no GOHSP.");
@@ -351,6 +373,14 @@ internal sealed record SampleOptions
         double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double f) && f >= min && f < max ? f
         : throw new ArgumentException($"Option '--{flag}': '{v}' is not a number in [{min.ToString(CultureInfo.InvariantCulture)}, " +
             $"{(double.IsPositiveInfinity(max) ? "∞" : max.ToString(CultureInfo.InvariantCulture))}).");
+
+    /// <summary>The names of <c>--distil</c>'s values.</summary>
+    public static readonly IReadOnlyDictionary<string, DenseDistillation> DistilNames = new Dictionary<string, DenseDistillation>
+    {
+        ["off"] = DenseDistillation.Off,
+        ["fine-tune"] = DenseDistillation.FineTune,
+        ["every-stage"] = DenseDistillation.EveryStage,
+    };
 
     private static readonly IReadOnlyDictionary<string, bool> OnOffNames = new Dictionary<string, bool> { ["on"] = true, ["off"] = false };
 
@@ -424,4 +454,15 @@ internal sealed record SampleOptions
         : throw new ArgumentException($"Option '--{key}' expects an integer ≥ {min}, got '{v}'.");
 
     private static string Quote(string a) => a.Length > 0 && a.All(c => char.IsLetterOrDigit(c) || "-_./,=:+".Contains(c)) ? a : $"'{a}'";
+}
+
+/// <summary>Where the pruning methods distil from the dense model (<c>--distil</c>).</summary>
+internal enum DenseDistillation
+{
+    /// <summary>Nowhere (the default).</summary>
+    Off = 0,
+    /// <summary>In fine-tuning (<see cref="PruningOptions.Distillation"/>).</summary>
+    FineTune = 1,
+    /// <summary>In every training stage (<see cref="PruningOptions.DistillEveryStage"/>).</summary>
+    EveryStage = 2,
 }

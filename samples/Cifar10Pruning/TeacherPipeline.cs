@@ -28,13 +28,30 @@ internal static class TeacherPipeline
     /// data with the teacher's scores as a column, prepared for the ViT. With <paramref name="folds"/> K &gt; 1 each training
     /// image is scored by a classifier fitted on the other K − 1 folds (image i is in fold i mod K), so that its soft target
     /// is a prediction rather than a recollection of its own label; the test images are scored by the classifier fitted on
-    /// all the training images either way.
+    /// all the training images either way. With <paramref name="cacheDirectory"/> the results are read from
+    /// <see cref="TeacherCache"/> when it holds them for the same teacher, folds and images, and stored there otherwise.
     /// </summary>
     public static (TeacherSummary Summary, IDataView PreparedTrain) Fit(MLContext ml, string name, int folds, ImageSet trainSet, ImageSet testSet,
-        ITransformer prep, ConsoleUi ui)
+        ITransformer prep, ConsoleUi ui, string? cacheDirectory)
     {
         if (!Names.Contains(name)) throw new ArgumentException($"Option '--teacher': unknown teacher '{name}'. Known: {string.Join(", ", Names)}.");
         if (folds < 1 || folds > trainSet.Count) throw new ArgumentException($"Option '--teacher-folds': {folds} folds for {trainSet.Count} training images.");
+        string? key = cacheDirectory is null ? null : TeacherCache.Key(name, folds, trainSet, testSet);
+        var cached = key is null ? null : TeacherCache.TryRead(cacheDirectory!, key, trainSet.Count);
+        var entry = cached ?? Compute(ml, name, folds, trainSet, testSet, prep, ui);
+        if (key is not null && cached is null) TeacherCache.Write(cacheDirectory!, key, entry);
+        string how = folds == 1 ? "in-sample" : $"out-of-fold, {folds} folds";
+        string source = cached is null ? "" : $" (read from the cache in {cacheDirectory}; the times are those of the fit that stored it)";
+        ui.Line(Text.Invariant($"Teacher {name}: test top-1 {entry.Top1:P2}; its scores of the training images ({how}) top-1 {entry.TrainingScoresTop1:P2}; fit {entry.FitSeconds:F0} s (featurising the training images included), scoring them {entry.ScoreSeconds:F0} s{source}."));
+        var summary = new TeacherSummary(name, entry.Top1, entry.FitSeconds, entry.ScoreSeconds)
+        {
+            Folds = folds, TrainingScoresTop1 = entry.TrainingScoresTop1, Cached = cached is not null,
+        };
+        return (summary, prep.Transform(WithScores(ml, trainSet, entry.Scores)));
+    }
+
+    private static TeacherCache.Entry Compute(MLContext ml, string name, int folds, ImageSet trainSet, ImageSet testSet, ITransformer prep, ConsoleUi ui)
+    {
         var preparedTrain = prep.Transform(trainSet.ToDataView(ml));
         var sw = Stopwatch.StartNew();
         ui.Line($"Teacher {name}: fitting the ResNet18 featurizer + LbfgsMaximumEntropy on {trainSet.Count:N0} images (224×224)…");
@@ -63,10 +80,7 @@ internal static class TeacherPipeline
         double trainTop1 = Fidelity.Compute(logScores, [], classes, scores[0].Length).Top1;
         var teacher = featurizer.Append(classifier);
         double top1 = ml.MulticlassClassification.Evaluate(teacher.Transform(prep.Transform(testSet.ToDataView(ml)))).MicroAccuracy;
-        string how = folds == 1 ? "in-sample" : $"out-of-fold, {folds} folds";
-        ui.Line(Text.Invariant($"Teacher {name}: test top-1 {top1:P2}; its scores of the training images ({how}) top-1 {trainTop1:P2}; fit {fitSeconds:F0} s (featurising the training images included), scoring them {scoreSeconds:F0} s."));
-        return (new TeacherSummary(name, top1, fitSeconds, scoreSeconds) { Folds = folds, TrainingScoresTop1 = trainTop1 },
-            prep.Transform(WithScores(ml, trainSet, scores)));
+        return new TeacherCache.Entry(scores, top1, trainTop1, fitSeconds, scoreSeconds);
     }
 
     /// <summary>
@@ -138,4 +152,6 @@ internal sealed record TeacherSummary(string Name, double Top1, double FitSecond
     public int Folds { get; init; } = 1;
     /// <summary>Top-1 of the teacher's scores of the training images against their labels (null in older reports).</summary>
     public double? TrainingScoresTop1 { get; init; }
+    /// <summary>Whether the run read the teacher's results from <see cref="TeacherCache"/> (the seconds are then those of the fit that stored them).</summary>
+    public bool Cached { get; init; }
 }

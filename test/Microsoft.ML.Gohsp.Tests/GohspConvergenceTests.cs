@@ -258,6 +258,34 @@ public class GohspConvergenceTests(ITestOutputHelper output)
         (withKd - plain).abs().max().ToDouble().Should().BeGreaterThan(1e-4);
     }
 
+    /// <summary>
+    /// DistillEveryStage: GOHSP's soft pruning distils from the dense model (not from the copy it trains in place, whose KL
+    /// term would be zero), distillation in fine-tuning alone leaves soft pruning as it was, and the option needs Distillation.
+    /// </summary>
+    [Fact]
+    public void DistillEveryStageDistilsSoftPruningFromTheDenseModelAndNeedsDistillation()
+    {
+        var train = GohspPrunerTests.Real(Cifar10Split.Train, 96);
+        var valid = GohspPrunerTests.Real(Cifar10Split.Test, 32);
+        using var dense = new VisionTransformerModel(ViTArchitecture.CifarMicro(), seed: 3);
+        new TrainingLoop(Stage(1, 1e-3, 1e-5)).Train(dense, train);
+        double SoftPrunedNll(bool distil, bool everyStage)
+        {
+            var o = TinyOptions(0.5);
+            o.SoftPruning = Stage(1, 2e-3, 2e-3);
+            (o.Distillation, o.DistillEveryStage) = (distil, everyStage);
+            var result = new GohspPruner(o).Run(new PruningContext(dense, train, valid));
+            result.Model.Dispose();
+            return result.Report.ValidationNll[GohspPruner.SoftPrunedStage];
+        }
+
+        double none = SoftPrunedNll(false, false), fineTuneOnly = SoftPrunedNll(true, false), everyStage = SoftPrunedNll(true, true);
+        fineTuneOnly.Should().Be(none, "distillation in fine-tuning alone does not touch soft pruning");
+        Math.Abs(everyStage - none).Should().BeGreaterThan(1e-5, "soft pruning distils from the dense model, which its copy leaves after the first step");
+        new GohspOptions { DistillEveryStage = true }.Invoking(o => o.Validate()).Should().Throw<ArgumentException>()
+            .Where(e => e.ParamName == nameof(PruningOptions.DistillEveryStage)).WithMessage("*Distillation is off*");
+    }
+
     [Fact]
     public void FidelityMetricsEqualHandComputedValues()
     {

@@ -294,7 +294,8 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
     /// <summary>
     /// --dense-from: a run that starts from an earlier run's dense model and dense reference reproduces that run's entries
     /// exactly (what lets a method's settings be tuned without retraining the dense model), records where its dense model
-    /// came from and the SGMP settings, and refuses a run that would have trained another dense model.
+    /// came from and the SGMP settings, and refuses a run that would have trained another dense model. With --distil
+    /// every-stage the same start gives another SGMP entry, and the report says so.
     /// </summary>
     [Fact]
     public void ARunFromAStoredDenseModelReproducesTheEntriesOfTheRunThatTrainedIt()
@@ -327,23 +328,36 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         var (exit3, _, stderr3) = RunSample([.. common.Select(x => x == "2" ? "3" : x), "--dense-from", first, "--out", Path.Combine(tmp.Path, "third")]);
         exit3.Should().NotBe(0);
         stderr3.Should().Contain($"Option '--dense-from': the run in '{first}' trained another dense model (1+2 epochs, this run 1+3).");
+
+        string fourth = Path.Combine(tmp.Path, "fourth");
+        var (exit4, _, stderr4) = RunSample([.. common, "--dense-from", first, "--distil", "every-stage", "--out", fourth]);
+        exit4.Should().Be(0, stderr4);
+        using var c = JsonDocument.Parse(File.ReadAllText(Path.Combine(fourth, "report.json")));
+        c.RootElement.GetProperty("config").GetProperty("distil").GetString().Should().Be("every-stage");
+        a.RootElement.GetProperty("config").GetProperty("distil").ValueKind.Should().Be(JsonValueKind.Null);
+        Entry(c).GetProperty("nll").GetDouble().Should().NotBe(Entry(a).GetProperty("nll").GetDouble(), "SGMP distils from the dense model in its gradual stage and fine-tuning");
+        File.ReadAllText(Path.Combine(fourth, "report.md")).Should().Contain("every method distils from the dense model (in every training stage");
     }
 
     /// <summary>
     /// --teacher with --teacher-weight, --teacher-temperature and --teacher-folds: the teacher is fitted and scores the
     /// training images out of fold, the report records the α, T and folds the ViTs distilled with, and the dense model and
-    /// the dense reference carry validation figures (what α and T are chosen on).
+    /// the dense reference carry validation figures (what α and T are chosen on). A second run on the same images reads the
+    /// teacher's results from --teacher-cache and trains the same models; a damaged cache file is fitted again and rewritten.
     /// </summary>
     [Fact]
     public void ATeachersWeightAndTemperatureAreRecordedAndDenseModelsHaveValidationFigures()
     {
         using var tmp = new TempDir();
-        string outDir = Path.Combine(tmp.Path, "out");
-        var (exit, stdout, stderr) = RunSample("--data", Cifar10Tests.SubsetDir, "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "1", "--max-train", "200",
+        string outDir = Path.Combine(tmp.Path, "out"), cache = Path.Combine(tmp.Path, "cache");
+        string[] args = ["--data", Cifar10Tests.SubsetDir, "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "1", "--max-train", "200",
             "--max-test", "32", "--method", "somp", "--teacher", "resnet18", "--teacher-weight", "0.9", "--teacher-temperature", "2", "--teacher-folds", "3", "--no-speed",
-            "--precision", "fp32", "--threads", "1", "--out", outDir);
+            "--precision", "fp32", "--threads", "1", "--teacher-cache", cache];
+        var (exit, stdout, stderr) = RunSample([.. args, "--out", outDir]);
 
         exit.Should().Be(0, stderr);
+        stdout.Should().Contain("Teacher resnet18: fitting");
+        Directory.GetFiles(cache).Should().ContainSingle();
         stdout.Should().Contain("Teacher resnet18: test top-1 ");
         using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "report.json")));
         var config = json.RootElement.GetProperty("config");
@@ -358,6 +372,29 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         dense.GetProperty("validation_top1").GetDouble().Should().BeInRange(0, 1);
         dense.GetProperty("validation_nll").GetDouble().Should().BePositive();
         File.ReadAllText(Path.Combine(outDir, "report.md")).Should().Contain("α 0.9, T 2, out-of-fold scores from 3 folds").And.Contain("- dense model on the validation split: top-1 ");
+        teacher.GetProperty("cached").GetBoolean().Should().BeFalse();
+
+        // the same images again: the teacher's results come from the cache, and the ViTs learn from the same scores
+        string again = Path.Combine(tmp.Path, "again");
+        var (exit2, stdout2, stderr2) = RunSample([.. args, "--out", again]);
+        exit2.Should().Be(0, stderr2);
+        stdout2.Should().Contain("read from the cache").And.NotContain("Teacher resnet18: fitting");
+        using var json2 = JsonDocument.Parse(File.ReadAllText(Path.Combine(again, "report.json")));
+        var teacher2 = json2.RootElement.GetProperty("config").GetProperty("teacher");
+        teacher2.GetProperty("cached").GetBoolean().Should().BeTrue();
+        foreach (string key in new[] { "top1", "training_scores_top1" })
+            teacher2.GetProperty(key).GetDouble().Should().Be(teacher.GetProperty(key).GetDouble(), key);
+        foreach (string key in new[] { "top1", "nll" })
+            json2.RootElement.GetProperty("dense").GetProperty(key).GetDouble().Should().Be(dense.GetProperty(key).GetDouble(), "dense " + key);
+
+        // a cache file cut short is not read: the teacher is fitted again and the file rewritten whole
+        string file = Directory.GetFiles(cache).Single();
+        long length = new FileInfo(file).Length;
+        using (var fs = new FileStream(file, FileMode.Open)) fs.SetLength(length - 100);
+        var (exit3, stdout3, stderr3) = RunSample([.. args, "--out", Path.Combine(tmp.Path, "third")]);
+        exit3.Should().Be(0, stderr3);
+        stdout3.Should().Contain("Teacher resnet18: fitting").And.NotContain("read from the cache");
+        new FileInfo(file).Length.Should().Be(length);
     }
 
     /// <summary>
@@ -430,9 +467,12 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "dense-from two seeds", ["--dense-from", "{empty}", "--seeds", "1,2"], "Option '--dense-from' starts one seed's run from an earlier one; got 2 seeds." },
         { "dense-from without a report", ["--dense-from", "{empty}"], "Option '--dense-from': '{empty}' has no report.json" },
         { "teacher weight without teacher", ["--teacher-weight", "0.9"], "Option '--teacher-weight' sets how the ViT distils from a teacher, but no --teacher is given." },
+        { "teacher cache without teacher", ["--teacher-cache", "{tmp}"], "Option '--teacher-cache' sets how the ViT distils from a teacher, but no --teacher is given." },
         { "teacher folds without teacher", ["--teacher-folds", "5"], "Option '--teacher-folds' sets how the ViT distils from a teacher, but no --teacher is given." },
         { "teacher weight 1.5", ["--teacher", "resnet18", "--teacher-weight", "1.5"], "Option '--teacher-weight': '1.5' is not a weight in [0, 1]." },
         { "teacher temperature 0", ["--teacher", "resnet18", "--teacher-temperature", "0"], "Option '--teacher-temperature': '0' is not a positive number." },
+        { "distil unknown", ["--distil", "soft"], "Option '--distil': unknown value 'soft'. Known: off, fine-tune, every-stage." },
+        { "distil with a teacher", ["--teacher", "resnet18", "--distil", "fine-tune"], "Option '--distil' distils from the dense model, and --teacher gives another teacher: choose one." },
         { "baselines without aggregate", ["--baselines", "{empty}"], "Option '--baselines' applies to --aggregate only" },
         { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };

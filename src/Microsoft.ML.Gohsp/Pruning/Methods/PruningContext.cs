@@ -47,7 +47,7 @@ public sealed class PruningContext
     /// </summary>
     public PruningReport? Previous { get; init; }
 
-    /// <summary>The distillation teacher of the fine-tuning; null uses <see cref="Model"/>.</summary>
+    /// <summary>The distillation teacher of the fine-tuning (and of every training stage with <see cref="PruningOptions.DistillEveryStage"/>); null uses <see cref="Model"/>.</summary>
     public VisionTransformerModel? Teacher { get; init; }
 
     /// <summary>

@@ -115,6 +115,13 @@ public abstract partial class PruningOptions
     /// </summary>
     public bool Distillation { get; set; }
 
+    /// <summary>
+    /// With <see cref="Distillation"/> on, distil from the dense model in every training stage of the method (GOHSP's soft
+    /// pruning, SGMP's gradual stage) as well as in fine-tuning. Default false: fine-tuning only. Setting it without
+    /// <see cref="Distillation"/> is an error.
+    /// </summary>
+    public bool DistillEveryStage { get; set; }
+
     /// <summary>Distillation temperature T, positive. Default 4.</summary>
     public double DistillationTemperature { get; set; } = 4;
 
@@ -160,6 +167,8 @@ public abstract partial class PruningOptions
             throw new ArgumentOutOfRangeException(nameof(DistillationTemperature), DistillationTemperature, "DistillationTemperature must be a positive finite number.");
         if (!(DistillationWeight >= 0) || double.IsInfinity(DistillationWeight))
             throw new ArgumentOutOfRangeException(nameof(DistillationWeight), DistillationWeight, "DistillationWeight must be a non-negative finite number.");
+        if (DistillEveryStage && !Distillation)
+            throw new ArgumentException("DistillEveryStage distils from the dense model in every training stage, but Distillation is off: set Distillation = true, or DistillEveryStage = false.", nameof(DistillEveryStage));
         if (Budget is null) throw new ArgumentNullException(nameof(Budget), "Budget must be set.");
         if (Budget.Granularity < 1)
             throw new ArgumentOutOfRangeException("Budget.Granularity", Budget.Granularity, "Budget.Granularity must be ≥ 1 (1 prunes one structure at a time).");

@@ -98,9 +98,19 @@ public sealed class PruningRun
         Log($"validation {stage}: top-1 {m.Top1:P2}, NLL {m.Nll:F4}");
     }
 
-    /// <summary>Trains <paramref name="model"/> in place on the training data (stage name "<see cref="Name"/>-<paramref name="stage"/>").</summary>
+    /// <summary>
+    /// Trains <paramref name="model"/> in place on the training data (stage name "<see cref="Name"/>-<paramref name="stage"/>"),
+    /// distilling from <see cref="Teacher"/> as well when <see cref="PruningOptions.DistillEveryStage"/> is on.
+    /// </summary>
     public void TrainStage(VisionTransformerModel model, ViTTrainingOptions options, string stage, ITrainingHook? hook = null)
-        => new TrainingLoop(options, $"{Name}-{stage}", _context.Log, _context.Progress) { Hook = hook }.Train(model, Train, null, _context.CancellationToken);
+        => RunStage(model, options, stage, hook, _options.Distillation && _options.DistillEveryStage);
+
+    private void RunStage(VisionTransformerModel model, ViTTrainingOptions options, string stage, ITrainingHook? hook, bool distil)
+    {
+        var kd = distil ? new Distillation(Teacher, _options.DistillationTemperature, _options.DistillationWeight) : null;
+        new TrainingLoop(options, $"{Name}-{stage}", _context.Log, _context.Progress) { Hook = CombinedTrainingHook.Of(hook, kd) }
+            .Train(model, Train, null, _context.CancellationToken);
+    }
 
     /// <summary>
     /// The common tail: removes what <paramref name="plan"/> drops from <paramref name="model"/> (not modified), fine-tunes
@@ -116,8 +126,7 @@ public sealed class PruningRun
         {
             string? preCut = _lastStage;
             Measure(PruningReport.HardPrunedStage, pruned);
-            TrainStage(pruned, _options.FineTune, "fine-tune",
-                _options.Distillation ? new Distillation(Teacher, _options.DistillationTemperature, _options.DistillationWeight) : null);
+            RunStage(pruned, _options.FineTune, "fine-tune", null, _options.Distillation);
             pruned.to(CPU);
             Measure("fine-tuned", pruned);
             var report = Report(PruningReport.FinalStage, pruned.Architecture, plan, details) with { PreCutStage = preCut };

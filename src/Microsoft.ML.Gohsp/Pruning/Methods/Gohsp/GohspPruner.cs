@@ -37,17 +37,19 @@ public sealed class GohspPruner : IPruningMethod
     PruningOptions IPruningMethod.Options => Options;
 
     /// <summary>
-    /// Runs the three stages on <see cref="PruningContext.Model"/>, the dense model; the fine-tuning distils from it (or
-    /// from <see cref="PruningContext.Teacher"/>) when distillation is on.
+    /// Runs the three stages on <see cref="PruningContext.Model"/>, the dense model; the fine-tuning (and with
+    /// <see cref="PruningOptions.DistillEveryStage"/> the soft pruning) distils from it, or from
+    /// <see cref="PruningContext.Teacher"/>, when distillation is on.
     /// </summary>
     public PruningResult Run(PruningContext context)
     {
         var masked = RankAndMaskHeads(context);
         try
         {
-            // stage 2 trains the stage-1 copy in place: no third copy of the weights
-            var soft = SoftPruneCore(context.With(masked.Model, masked.Report, teacher: null), inPlace: true);
-            return HardPruneAndFineTune(context.With(soft.Model, soft.Report, context.Teacher ?? context.Model));
+            // stage 2 trains the stage-1 copy in place (no third copy of the weights), so its teacher is the dense model
+            var teacher = context.Teacher ?? context.Model;
+            var soft = SoftPruneCore(context.With(masked.Model, masked.Report, teacher), inPlace: true);
+            return HardPruneAndFineTune(context.With(soft.Model, soft.Report, teacher));
         }
         finally
         {
