@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text;
 using Microsoft.ML.Gohsp;
@@ -33,7 +34,7 @@ internal static class TeacherCache
         foreach (var set in new[] { train, test })
         {
             Text($"{set.Count} images of {set.Size}x{set.Size}; classes {string.Join("|", set.ClassNames)}");
-            sha.AppendData(set.Labels.SelectMany(BitConverter.GetBytes).ToArray());
+            sha.AppendData(MemoryMarshal.AsBytes(set.Labels.AsSpan()));
             sha.AppendData(set.Pixels);
         }
         return Convert.ToHexString(sha.GetHashAndReset()).ToLowerInvariant();
