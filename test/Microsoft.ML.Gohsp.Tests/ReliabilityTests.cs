@@ -6,6 +6,7 @@ using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Data;
 using Microsoft.ML.Gohsp.Interop;
 using Microsoft.ML.Gohsp.Platform;
+using Microsoft.ML.Gohsp.Pruning;
 using Microsoft.ML.Gohsp.Training;
 using Microsoft.ML.Gohsp.VisionTransformer;
 using TorchSharp;
@@ -199,7 +200,8 @@ public class ReliabilityTests
         try
         {
             var data = Data(8, 1);
-            using (var first = new VisionTransformerModel(Tiny, seed: 1)) new TrainingLoop(LoopOptions(folder)).Train(first, data);
+            // written by a run with the same (stateless) hook, so that it is this run's checkpoint
+            using (var first = new VisionTransformerModel(Tiny, seed: 1)) new TrainingLoop(LoopOptions(folder)) { Hook = new Snapshot() }.Train(first, data);
             var path = Path.Combine(folder, "checkpoint.bin");
             var bytes = File.ReadAllBytes(path);
             File.WriteAllBytes(path, bytes[..^40]); // weights intact, optimiser state cut short
@@ -244,6 +246,62 @@ public class ReliabilityTests
         finally
         {
             Directory.Delete(folder, true);
+        }
+    }
+
+    /// <summary>
+    /// A checkpoint is resumed only by a run with the same hook under the same settings: another hook, other ADMM settings,
+    /// distillation added or at another temperature, or no hook at all start from epoch 1.
+    /// </summary>
+    [Fact]
+    public void ACheckpointOfAnotherHookOrOtherHookSettingsIsNotResumed()
+    {
+        using var teacher = new VisionTransformerModel(Tiny, seed: 2);
+        var owned = new List<IDisposable>();
+        ITrainingHook Admm(double sparsity, double rho = 1)
+        {
+            var h = new AdmmSoftPruning(sparsity, null, new AdmmOptions { Rho = rho });
+            owned.Add(h);
+            return h;
+        }
+        ITrainingHook AdmmWithKd(double temperature) => CombinedTrainingHook.Of(Admm(0.4), new Distillation(teacher, temperature))!;
+        var cases = new (string Name, Func<ITrainingHook?> Written, Func<ITrainingHook?> Resumed, bool Resumes)[]
+        {
+            ("the same ADMM settings", () => Admm(0.4), () => Admm(0.4), true),
+            ("the same ADMM and distillation", () => AdmmWithKd(4), () => AdmmWithKd(4), true),
+            ("ADMM at another sparsity", () => Admm(0.4), () => Admm(0.5), false),
+            ("ADMM at another rho", () => Admm(0.4), () => Admm(0.4, rho: 2), false),
+            ("distillation added", () => Admm(0.4), () => AdmmWithKd(4), false),
+            ("distillation at another temperature", () => AdmmWithKd(4), () => AdmmWithKd(1), false),
+            ("the hook removed", () => Admm(0.4), () => null, false),
+            ("a hook added", () => null, () => Admm(0.4), false),
+        };
+        try
+        {
+            foreach (var (name, written, resumed, resumes) in cases)
+            {
+                var folder = Directory.CreateTempSubdirectory("gohsp-hook-resume-").FullName;
+                try
+                {
+                    using (var first = new VisionTransformerModel(Tiny, seed: 1))
+                        new TrainingLoop(LoopOptions(folder)) { Hook = written() }.Train(first, Data(8, 1));
+                    var log = new List<string>();
+                    using var model = new VisionTransformerModel(Tiny, seed: 1);
+                    var loop = new TrainingLoop(LoopOptions(folder), log: log.Add) { Hook = resumed() };
+                    loop.Train(model, Data(8, 1));
+                    loop.StartEpoch.Should().Be(resumes ? 2 : 0, name);
+                    if (!resumes)
+                        log.Should().Contain($"[dense] checkpoint in {folder} belongs to another run (different data, architecture or options); starting from epoch 1.", name);
+                }
+                finally
+                {
+                    Directory.Delete(folder, true);
+                }
+            }
+        }
+        finally
+        {
+            foreach (var d in owned) d.Dispose();
         }
     }
 

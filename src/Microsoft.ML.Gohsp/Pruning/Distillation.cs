@@ -27,6 +27,10 @@ public sealed class Distillation : ITrainingHook
     }
 
     /// <inheritdoc />
+    public string Fingerprint =>
+        $"Distillation(T={RunFingerprint.Value(_temperature)} alpha={RunFingerprint.Value(_alpha)} teacher={_teacher.Architecture})";
+
+    /// <inheritdoc />
     public Tensor? ExtraLoss(VisionTransformerModel model, Tensor images, Tensor logits, Tensor labels)
     {
         if (_alpha == 0) return null;

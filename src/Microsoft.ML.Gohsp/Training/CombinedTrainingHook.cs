@@ -57,4 +57,6 @@ internal sealed class CombinedTrainingHook : ITrainingHook
     {
         foreach (var h in _hooks) h.LoadState(reader);
     }
+
+    public string Fingerprint => string.Join(" + ", _hooks.Select(h => h.Fingerprint));
 }

@@ -36,4 +36,11 @@ public interface ITrainingHook
 
     /// <summary>Restores what <see cref="SaveState"/> wrote.</summary>
     void LoadState(BinaryReader reader) { }
+
+    /// <summary>
+    /// What the hook adds to its training run's checkpoint fingerprint: a checkpoint written with another hook, or with the
+    /// same hook under other settings, is not resumed, since its hook state and weights belong to another run. By default the
+    /// hook's type name; a hook with settings of its own includes them.
+    /// </summary>
+    string Fingerprint => GetType().FullName ?? GetType().Name;
 }

@@ -84,7 +84,8 @@ public sealed partial class TrainingLoop
         int stepsPerEpoch = StepsPerEpoch(train.Count, o.BatchSize);
         using var optimizer = CreateOptimizer(model, o);
         string fingerprint = $"{_stage}|{arch}|{train.Count}|{DataFingerprint(train)}|{o.Fingerprint()}"
-            + (train.TeacherProbabilities is null ? "" : "|" + o.TeacherFingerprint());
+            + (train.TeacherProbabilities is null ? "" : "|" + o.TeacherFingerprint())
+            + (Hook is null ? "" : "|hook " + Hook.Fingerprint);
         var run = new Run(model, optimizer, train, validation, device, stepsPerEpoch, (long)stepsPerEpoch * o.Epochs, cancellationToken);
 
         DeleteStaleCheckpointTemporaries();

@@ -167,13 +167,6 @@ public class ViTTrainingOptions
     internal string TeacherFingerprint() => "teacher " + string.Join(" ", Declared.Where(p => TeacherOptions.Contains(p.Name)).Select(FingerprintOf));
 
     // Numbers as checkpoints of earlier versions wrote them: floating-point scalars round-trip ("R"), vectors comma-separated.
-    private string FingerprintOf(PropertyInfo p) => p.GetValue(this) switch
-    {
-        double d => d.ToString("R"),
-        float f => f.ToString("R"),
-        float[] v => string.Join(",", v),
-        { } v when v is int or bool or Enum => v.ToString()!,
-        var other => throw new InvalidOperationException(
-            $"ViTTrainingOptions.{p.Name} ({other?.GetType().Name ?? "null"}) has no fingerprint form: give its type one in FingerprintOf, or list it in NotFingerprinted."),
-    };
+    private string FingerprintOf(PropertyInfo p) => RunFingerprint.Value(p.GetValue(this)) ?? throw new InvalidOperationException(
+        $"ViTTrainingOptions.{p.Name} ({p.PropertyType.Name}) has no fingerprint form: give its type one in RunFingerprint.Value, or list it in NotFingerprinted.");
 }

@@ -62,6 +62,16 @@ public sealed class AdmmSoftPruning : ITrainingHook, IDisposable
         _rho = _o.Rho;
     }
 
+    /// <inheritdoc />
+    /// <remarks>
+    /// The target, the stage's epochs, the fixed heads, what the budget counts, and every ADMM and budget option. A latency
+    /// table enters by its kind only: its timings are re-measured by every run.
+    /// </remarks>
+    public string Fingerprint =>
+        $"AdmmSoftPruning(sparsity={RunFingerprint.Value(_sparsity)} epochs={_epochs} heads="
+        + (_heads is null ? "magnitude" : string.Join(";", _heads.Select(h => string.Join(",", h))))
+        + $" cost={_cost?.GetType().Name ?? "parameters"}) {RunFingerprint.Of(_o)} {RunFingerprint.Of(_budget)}";
+
     /// <summary>Primal residual ‖W − Z‖ (over all prunable matrices) after every epoch.</summary>
     public List<double> ResidualHistory { get; } = new();
 

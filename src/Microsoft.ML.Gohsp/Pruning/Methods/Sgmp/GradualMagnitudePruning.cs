@@ -49,6 +49,11 @@ public sealed class GradualMagnitudePruning : ITrainingHook, IDisposable
     /// <summary>The schedule.</summary>
     public SgmpSchedule Schedule { get; }
 
+    /// <inheritdoc />
+    /// <remarks>The schedule, the metric, what the budget counts (a latency table by its kind only) and the budget options.</remarks>
+    public string Fingerprint =>
+        $"GradualMagnitudePruning(metric={_metric} cost={_cost?.GetType().Name ?? "parameters"}) {RunFingerprint.Of(Schedule)} {RunFingerprint.Of(_budget)}";
+
     /// <summary>What the mask keeps; null until the first pruning step with a positive target.</summary>
     public StructurePlan? Plan { get; private set; }
 
