@@ -160,16 +160,25 @@ internal sealed record RunConfig
 }
 
 /// <summary>The GOHSP options that the sample's flags can change, as the run used them.</summary>
-/// <remarks><see cref="ProjectionMetric"/> is null in reports written before the option existed, whose runs used the Euclidean metric.</remarks>
-internal sealed record GohspSettings(double HeadGraphWeight, string HeadGraphScoring, double SparsityRamp, bool MonotoneSupport, string? ProjectionMetric = null)
+/// <remarks>
+/// <see cref="ProjectionMetric"/> is null in reports written before the option existed, whose runs used the Euclidean metric;
+/// <see cref="AdmmPull"/> is null in reports written before it existed, whose runs pulled outside the support only.
+/// </remarks>
+internal sealed record GohspSettings(double HeadGraphWeight, string HeadGraphScoring, double SparsityRamp, bool MonotoneSupport, string? ProjectionMetric = null,
+    string? AdmmPull = null)
 {
     public static GohspSettings Of(Microsoft.ML.Gohsp.Pruning.GohspOptions o) =>
         new(o.HeadGraphWeight, SampleOptions.NameOf(SampleOptions.HeadGraphScoringNames, o.HeadGraphScoring),
-            o.Admm.SparsityRampFraction, o.Admm.MonotoneSupport, SampleOptions.NameOf(SampleOptions.ProjectionMetricNames, o.Admm.Metric));
+            o.Admm.SparsityRampFraction, o.Admm.MonotoneSupport, SampleOptions.NameOf(SampleOptions.ProjectionMetricNames, o.Admm.Metric),
+            SampleOptions.NameOf(SampleOptions.AdmmPullNames, o.Admm.PullOutsideSupportOnly));
 
     /// <summary>The projection metric's name; "euclidean" for reports written before the option existed.</summary>
     [JsonIgnore]
     public string Metric => ProjectionMetric ?? "euclidean";
+
+    /// <summary>Where ADMM's proximal term pulls; "outside" for reports written before the option existed.</summary>
+    [JsonIgnore]
+    public string Pull => AdmmPull ?? "outside";
 }
 
 /// <summary>The SGMP options that the sample's flags can change (the metric is in each entry's name), as the run used them.</summary>
@@ -228,7 +237,7 @@ internal sealed record SampleReport
         if (c.Teacher is { } teacher)
             sb.AppendLine(Text.Invariant($"- teacher `{teacher.Name}` (every ViT below distils from its scores of the training images, α {teacher.Weight}, T {teacher.Temperature}, {(teacher.Folds == 1 ? "in-sample scores" : $"out-of-fold scores from {teacher.Folds} folds")}): test top-1 {teacher.Top1:P2}, fit {teacher.FitSeconds:F0} s, scoring {teacher.ScoreSeconds:F0} s"));
         if (c.Distil is { } distil)
-            sb.AppendLine(Text.Invariant($"- every method distils from the dense model ({(distil == "every-stage" ? "in every training stage" : "in fine-tuning")}, the library's α and T)"));
+            sb.AppendLine(Text.Invariant($"- every method distils from the dense model ({(SampleOptions.DistilNames.GetValueOrDefault(distil) == DenseDistillation.EveryStage ? "in every training stage" : "in fine-tuning")}, the library's α and T)"));
         if (c.DenseStartValidationTop1 is double vTop1)
             sb.AppendLine(Text.Invariant($"- dense model on the validation split: top-1 {vTop1:P2}, NLL {c.DenseStartValidationNll:F4}"));
         sb.AppendLine();

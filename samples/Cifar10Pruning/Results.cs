@@ -112,7 +112,7 @@ internal static class Results
         sb.AppendLine(Text.Invariant($"- data: `{c.Data}`, {c.TrainImages:N0} training / {c.TestImages:N0} test images; arch `{c.Arch}`; {c.Precision} training; {Text.Count(c.Threads, "thread")}; seeds {string.Join(", ", seeds)}"));
         sb.AppendLine(Text.Invariant($"- fair protocol: per seed one dense model trained {Text.Count(c.DenseEpochs, "epoch")}; every method prunes that model and trains {Text.Count(c.PostEpochs, "epoch")} after it; the dense reference is that model trained {Text.Count(c.PostEpochs, "more epoch")} ({c.DenseEpochs + c.PostEpochs} in all)"));
         foreach (var g in configs.Select(x => x.Gohsp).OfType<GohspSettings>().Distinct())
-            sb.AppendLine(Text.Invariant($"- GOHSP: head graph weight {g.HeadGraphWeight}, head graph scoring {g.HeadGraphScoring}, sparsity ramp {g.SparsityRamp}, monotone support {(g.MonotoneSupport ? "on" : "off")}, projection metric {g.Metric}"));
+            sb.AppendLine(Text.Invariant($"- GOHSP: head graph weight {g.HeadGraphWeight}, head graph scoring {g.HeadGraphScoring}, sparsity ramp {g.SparsityRamp}, monotone support {(g.MonotoneSupport ? "on" : "off")}, projection metric {g.Metric}, ADMM pull {g.Pull}"));
         sb.AppendLine(Text.Invariant($"- dense model the methods start from: top-1 {Stat(configs.Select(x => x.DenseStartTop1), 100, "F2")}%"));
         sb.AppendLine(Text.Invariant($"- runs: {string.Join("; ", configs.Select(x => $"seed {x.Seed} {x.Date}"))}; {c.Machine}"));
         sb.AppendLine();

@@ -58,6 +58,9 @@ internal sealed record SampleOptions
                                SGMP's masks); bare: on. Default on
           --projection-metric M   GOHSP: metric of ADMM's projection: fisher (structures weighted by the running mean
                                of their squared gradients) or euclidean (magnitude). Default fisher
+          --admm-pull P        GOHSP: where ADMM's proximal term pulls W toward Z − U: outside (only the structures
+                               outside Z's support; U stays 0 on it) or everywhere (U grows on the support too and
+                               steers which structures the next projection keeps). Default outside
           --sgmp-metric M      SGMP: metric of its ranking: euclidean (magnitude: the gradual magnitude baseline) or
                                fisher (GOHSP's projection metric; its entries are named sgmp-fisher). Default euclidean
           --sgmp-ramp F        SGMP and sgmp-fisher: fraction of the gradual phase by which the sparsity ramp ends, in
@@ -134,6 +137,8 @@ internal sealed record SampleOptions
     public bool? MonotoneSupport { get; init; }
     /// <summary>GOHSP's <see cref="AdmmOptions.Metric"/> (<c>--projection-metric</c>); null keeps the default.</summary>
     public ProjectionMetric? ProjectionMetric { get; init; }
+    /// <summary>GOHSP's <see cref="AdmmOptions.PullOutsideSupportOnly"/> (<c>--admm-pull outside|everywhere</c>); null keeps the default.</summary>
+    public bool? PullOutsideSupportOnly { get; init; }
 
     /// <summary>SGMP's <see cref="SgmpOptions.Metric"/> (<c>--sgmp-metric</c>); null keeps the default.</summary>
     public ProjectionMetric? SgmpMetric { get; init; }
@@ -183,6 +188,7 @@ internal sealed record SampleOptions
         if (SparsityRamp is double r) gohsp.Admm.SparsityRampFraction = r;
         if (MonotoneSupport is bool m) gohsp.Admm.MonotoneSupport = m;
         if (ProjectionMetric is ProjectionMetric pm) gohsp.Admm.Metric = pm;
+        if (PullOutsideSupportOnly is bool pull) gohsp.Admm.PullOutsideSupportOnly = pull;
         return gohsp;
     }
 
@@ -240,9 +246,9 @@ internal sealed record SampleOptions
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "target-latency", "method", "method-assembly", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
          "projection-metric", "sgmp-metric", "teacher", "teacher-weight", "teacher-temperature", "teacher-folds", "teacher-cache",
-         "sgmp-ramp", "sgmp-frequency", "dense-from", "distil"];
+         "sgmp-ramp", "sgmp-frequency", "dense-from", "distil", "admm-pull"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
-    private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric"];
+    private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric", "admm-pull"];
     private static readonly string[] SgmpFlags = ["sgmp-ramp", "sgmp-frequency"];
     private static readonly string[] TeacherFlags = ["teacher-weight", "teacher-temperature", "teacher-folds", "teacher-cache"];
 
@@ -308,6 +314,7 @@ internal sealed record SampleOptions
             SparsityRamp = values.TryGetValue("sparsity-ramp", out var sr) ? ParseNumber(sr, "sparsity-ramp", 0, 1) : null,
             MonotoneSupport = values.TryGetValue("monotone-support", out var ms) ? ParseChoice(ms, "monotone-support", OnOffNames) : null,
             ProjectionMetric = values.TryGetValue("projection-metric", out var pm) ? ParseChoice(pm, "projection-metric", ProjectionMetricNames) : null,
+            PullOutsideSupportOnly = values.TryGetValue("admm-pull", out var ap) ? ParseChoice(ap, "admm-pull", AdmmPullNames) : null,
             SgmpMetric = values.TryGetValue("sgmp-metric", out var sm) ? ParseChoice(sm, "sgmp-metric", ProjectionMetricNames) : null,
             Teacher = values.TryGetValue("teacher", out var teacher) ? ParseTeacher(teacher) : null,
             SgmpRamp = values.TryGetValue("sgmp-ramp", out var sgr) ? ParseRamp(sgr) : null,
@@ -383,6 +390,9 @@ internal sealed record SampleOptions
     };
 
     private static readonly IReadOnlyDictionary<string, bool> OnOffNames = new Dictionary<string, bool> { ["on"] = true, ["off"] = false };
+
+    /// <summary>The <c>--admm-pull</c> values (<see cref="AdmmOptions.PullOutsideSupportOnly"/>), as report.json also names them.</summary>
+    public static readonly IReadOnlyDictionary<string, bool> AdmmPullNames = new Dictionary<string, bool> { ["outside"] = true, ["everywhere"] = false };
 
     /// <summary>The <c>--head-graph-scoring</c> values, as report.json also names them.</summary>
     public static readonly IReadOnlyDictionary<string, HeadGraphScoring> HeadGraphScoringNames = new Dictionary<string, HeadGraphScoring>

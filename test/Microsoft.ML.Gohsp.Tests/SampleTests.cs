@@ -78,6 +78,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         var gohspSettings = config.GetProperty("gohsp");
         (gohspSettings.GetProperty("head_graph_weight").GetDouble(), gohspSettings.GetProperty("sparsity_ramp").GetDouble(), gohspSettings.GetProperty("monotone_support").GetBoolean())
             .Should().Be((new Pruning.GohspOptions().HeadGraphWeight, new Pruning.GohspOptions().Admm.SparsityRampFraction, new Pruning.GohspOptions().Admm.MonotoneSupport), "without flags GOHSP runs its defaults");
+        gohspSettings.GetProperty("admm_pull").GetString().Should().Be("outside", "ADMM pulls outside Z's support only by default");
         // the validation split (10%, stratified per class) is held out of the 256 training images and recorded
         int validation = config.GetProperty("validation_images").GetInt32();
         (config.GetProperty("train_images").GetInt32() + validation).Should().Be(256);
@@ -246,7 +247,8 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
 
         var (exit, stdout, stderr) = RunSample("--images", images, "--test-fraction", "0.25", "--arch", "cifar-micro", "--epochs", "1", "--post-epochs", "2",
             "--sparsity", "0.5", "--method", "gohsp", "--precision", "fp32", "--threads", "1", "--out", outDir,
-            "--head-graph-weight", "0", "--head-graph-scoring", "scaled", "--sparsity-ramp", "0.3", "--monotone-support", "off", "--projection-metric", "euclidean");
+            "--head-graph-weight", "0", "--head-graph-scoring", "scaled", "--sparsity-ramp", "0.3", "--monotone-support", "off", "--projection-metric", "euclidean",
+            "--admm-pull", "everywhere");
 
         exit.Should().Be(0, stderr);
         stdout.Should().Contain("Predictions of gohsp-50.zip, loaded in a fresh MLContext");
@@ -260,6 +262,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
             .Should().Be((0.0, 0.3, false), "the GOHSP flags reach the options the run used");
         gohspSettings.GetProperty("head_graph_scoring").GetString().Should().Be("scaled");
         gohspSettings.GetProperty("projection_metric").GetString().Should().Be("euclidean", "the default is fisher; the flag reaches the run");
+        gohspSettings.GetProperty("admm_pull").GetString().Should().Be("everywhere", "the default is outside; the flag reaches the run");
         config.GetProperty("test_split").GetString().Should().Be("25% of each class (seed 1)");
         int validation = config.GetProperty("validation_images").GetInt32();
         validation.Should().Be(4, "10% of each class's 6 training images rounds to 1");
@@ -455,6 +458,7 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "sparsity 0", ["--sparsity", "0"], "'0' is not a fraction in (0, 1)" },
         { "head graph weight negative", ["--head-graph-weight", "-1"], "Option '--head-graph-weight': '-1' is not a number in [0, ∞)" },
         { "monotone support yes", ["--monotone-support", "yes"], "Option '--monotone-support': unknown value 'yes'. Known: on, off." },
+        { "admm pull inside", ["--admm-pull", "inside"], "Option '--admm-pull': unknown value 'inside'. Known: outside, everywhere." },
         { "sparsity ramp 1", ["--sparsity-ramp", "1"], "Option '--sparsity-ramp': '1' is not a number in [0, 1)" },
         { "head graph scoring unknown", ["--head-graph-scoring", "sorted"], "Option '--head-graph-scoring': unknown value 'sorted'. Known: scaled, rank-within-block." },
         { "projection metric unknown", ["--projection-metric", "mahalanobis"], "Option '--projection-metric': unknown value 'mahalanobis'. Known: euclidean, fisher." },
