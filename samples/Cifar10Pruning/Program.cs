@@ -56,8 +56,14 @@ internal static class Sample
         {
             var collected = Results.Collect(folder);
             if (options.Baselines is { } baselines) collected = Results.WithBaselines(collected, baselines);
-            var written = Results.Write(collected, options.ResultsMarkdown ?? Path.Combine(folder, "results.md"));
+            var written = Results.Write(collected, options.ResultsMarkdown ?? Path.Combine(folder, "results.md"), retimed: Retime.Collect(folder));
             foreach (var f in written) ui.Line($"Wrote {f}");
+            return 0;
+        }
+
+        if (options.Retime is { } timed)
+        {
+            foreach (var f in Retime.Run(timed, options.Threads, ui)) ui.Line($"Wrote {f}");
             return 0;
         }
 

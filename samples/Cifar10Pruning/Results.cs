@@ -14,7 +14,7 @@ internal static class Results
     public static IReadOnlyList<SampleReport> Collect(string folder) => Read(folder, "aggregate").Select(r => r.Report).ToArray();
 
     /// <summary>Every report.json under <paramref name="folder"/> with its path; errors name the option <paramref name="flag"/>.</summary>
-    private static (string File, SampleReport Report)[] Read(string folder, string flag)
+    internal static (string File, SampleReport Report)[] Read(string folder, string flag)
     {
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"Option '--{flag}': folder '{folder}' does not exist.");
         var files = Directory.GetFiles(folder, "report.json", SearchOption.AllDirectories).Order(StringComparer.Ordinal).ToArray();
@@ -68,9 +68,12 @@ internal static class Results
     /// <summary>
     /// Writes the results (heading, command, protocol, table, plot link) to <paramref name="markdownPath"/> and the plot next
     /// to it; returns the paths written. When the file exists and holds <see cref="BeginMarker"/> … <see cref="EndMarker"/>,
-    /// only that part is replaced, so a page can keep its own text around the generated results.
+    /// only that part is replaced, so a page can keep its own text around the generated results. With
+    /// <paramref name="retimed"/> (<c>--retime</c>'s files), a table compares each latency-target model's reported latency
+    /// with its re-timed one.
     /// </summary>
-    public static IReadOnlyList<string> Write(IReadOnlyList<SampleReport> reports, string markdownPath, string? plotPath = null)
+    public static IReadOnlyList<string> Write(IReadOnlyList<SampleReport> reports, string markdownPath, string? plotPath = null,
+        IReadOnlyList<Retime.RetimedRun>? retimed = null)
     {
         var groups = reports.SelectMany(r => r.All)
             .GroupBy(e => (e.Method, Budget: PruningBudgetSpec.Of(e)))
@@ -143,6 +146,7 @@ internal static class Results
         sb.AppendLine();
         foreach (var method in configs.Select(x => x.SpeedColumns).Distinct())
             sb.AppendLine("Speed columns: " + method);
+        if (retimed is { Count: > 0 }) RetimedTable(sb, retimed);
 
         var written = new List<string>();
         plotPath ??= Path.Combine(Path.GetDirectoryName(Path.GetFullPath(markdownPath)) ?? ".", "results-top1-vs-params.png");
@@ -174,6 +178,27 @@ internal static class Results
         Text.WriteAtomically(markdownPath, text);
         written.Insert(0, markdownPath);
         return written;
+    }
+
+    /// <summary>Each latency-target model's latency as reported and as timed again (<c>--retime</c>), per target and method.</summary>
+    private static void RetimedTable(StringBuilder sb, IReadOnlyList<Retime.RetimedRun> runs)
+    {
+        var rows = runs.SelectMany(r => r.Rows.Select(x => (r.Seed, Row: x))).ToArray();
+        sb.AppendLine();
+        sb.AppendLine(Text.Invariant($"Latency timed again (`--retime`): every model pruned to a latency target against its run's dense model, {string.Join(", ", runs.Select(r => r.Rounds).Distinct())} interleaved rounds of {string.Join(", ", runs.Select(r => r.Forwards).Distinct())} forwards each (the run itself spends 7), on {string.Join("; ", runs.Select(r => r.Machine.ToString()).Distinct())}; within ±10% counts models whose ratio is within 10% of the target:"));
+        sb.AppendLine();
+        sb.AppendLine("| target | method | n | reported | timed again | within ±10%: reported | within ±10%: timed again |");
+        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+        foreach (var g in rows.GroupBy(x => (x.Row.TargetLatency, x.Row.Method)).OrderByDescending(g => g.Key.TargetLatency).ThenBy(g => MethodOrder(g.Key.Method)))
+        {
+            var r = g.Select(x => x.Row).ToArray();
+            sb.AppendLine(Text.Invariant(
+                $"| {g.Key.TargetLatency:0.##} | {g.Key.Method} | {r.Length} | {OptStat(r.Select(x => x.ReportedFraction), 1, "F3")} | {Stat(r.Select(x => x.RetimedFraction), 1, "F3")} | {r.Count(x => x.ReportedFraction is double f && Retime.Within(f, x.TargetLatency))}/{r.Length} | {r.Count(x => Retime.Within(x.RetimedFraction, x.TargetLatency))}/{r.Length} |"));
+        }
+        var outside = rows.Where(x => !Retime.Within(x.Row.RetimedFraction, x.Row.TargetLatency)).ToArray();
+        sb.AppendLine();
+        sb.AppendLine(Text.Invariant($"Timed again, {rows.Length - outside.Length} of {rows.Length} models are within ±10% of their target") + (outside.Length == 0 ? "." :
+            "; outside: " + string.Join("; ", outside.Select(x => Text.Invariant($"{x.Row.Method} seed {x.Seed} at {x.Row.TargetLatency:0.##} ({x.Row.RetimedFraction:F3})"))) + "."));
     }
 
     /// <summary>One paired comparison at one budget: GOHSP minus another model of the same seeds.</summary>

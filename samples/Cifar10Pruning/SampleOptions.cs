@@ -90,6 +90,9 @@ internal sealed record SampleOptions
                                teacher, precision)
           --results-md PATH    also write the mean ± std table over all seeds as markdown to PATH
           --aggregate DIR      train nothing: aggregate DIR/**/report.json into DIR/results.md (or --results-md)
+          --retime DIR         train nothing: time every model of DIR/**/report.json pruned to a latency target again
+                               against its run's dense.zip, 15 interleaved rounds instead of 7; writes retimed.json
+                               beside each report (--aggregate then adds a table of both figures)
           --baselines DIR      with --aggregate: pair each run with the other methods of the same seed's report under DIR
                                (which must start from the same dense model), e.g. GOHSP rerun with new settings
           --no-speed           skip the speed columns (accuracy comparisons; timings taken beside other work are wrong anyway)
@@ -122,6 +125,8 @@ internal sealed record SampleOptions
     public int ValidationSeed { get; init; } = 1;
     public string? ResultsMarkdown { get; init; }
     public string? Aggregate { get; init; }
+    /// <summary>Stored runs whose latency-target models are timed again (<c>--retime</c>; see <see cref="Cifar10Pruning.Retime"/>).</summary>
+    public string? Retime { get; init; }
     /// <summary>With <see cref="Aggregate"/>: stored runs whose other methods each aggregated run is paired with (<c>--baselines</c>).</summary>
     public string? Baselines { get; init; }
     public bool Plain { get; init; }
@@ -244,7 +249,7 @@ internal sealed record SampleOptions
 
     private static readonly string[] ValueFlags =
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "target-latency", "method", "method-assembly", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
-         "validation", "validation-seed", "results-md", "aggregate", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
+         "validation", "validation-seed", "results-md", "aggregate", "retime", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
          "projection-metric", "sgmp-metric", "teacher", "teacher-weight", "teacher-temperature", "teacher-folds", "teacher-cache",
          "sgmp-ramp", "sgmp-frequency", "dense-from", "distil", "admm-pull"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
@@ -305,6 +310,7 @@ internal sealed record SampleOptions
             ValidationSeed = values.TryGetValue("validation-seed", out var vs) ? ParseSeed(vs, "validation-seed") : 1,
             ResultsMarkdown = values.GetValueOrDefault("results-md"),
             Aggregate = values.GetValueOrDefault("aggregate"),
+            Retime = values.GetValueOrDefault("retime"),
             Baselines = values.GetValueOrDefault("baselines"),
             Plain = switches.Contains("plain"),
             NoSpeed = switches.Contains("no-speed"),
@@ -334,6 +340,8 @@ internal sealed record SampleOptions
             throw new ArgumentException($"Option '--{teacherFlag}' sets how the ViT distils from a teacher, but no --teacher is given.");
         if (o.Distil != DenseDistillation.Off && o.Teacher is not null)
             throw new ArgumentException("Option '--distil' distils from the dense model, and --teacher gives another teacher: choose one.");
+        if (o.Retime is not null && (o.Aggregate is not null || o.DenseFrom is not null))
+            throw new ArgumentException($"Option '--retime' times stored models and trains nothing; it does not combine with --{(o.Aggregate is not null ? "aggregate" : "dense-from")}.");
         if (o.Baselines is not null && o.Aggregate is null) throw new ArgumentException("Option '--baselines' applies to --aggregate only (it pairs stored runs).");
         if (GohspFlags.FirstOrDefault(values.ContainsKey) is string gohspFlag && !o.Methods.Contains(PruningMethods.Gohsp))
             throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {methods} runs no GOHSP.");

@@ -438,6 +438,29 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         lines.Should().Contain(l => l.StartsWith("| latency 60% | GOHSP − SOMP (Taylor importance) | 1 |"));
         lines.Should().Contain(l => l.StartsWith("| latency 60% | GOHSP − SOMP (Fisher metric) | 1 |"));
         lines.Should().NotContain(l => l.StartsWith("| latency 60% | GOHSP − SOMP |"), "no magnitude SOMP ran");
+        lines.Should().NotContain(l => l.StartsWith("Latency timed again"), "no model was timed again yet");
+
+        // --retime: the same zips timed again against dense.zip; the aggregate then puts both figures side by side.
+        var (exit3, stdout3, stderr3) = RunSample("--retime", tmp.Path, "--threads", "1");
+        exit3.Should().Be(0, stderr3);
+        stdout3.Should().Contain("Wrote " + Path.Combine(outDir, "retimed.json"));
+        using var retimed = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "retimed.json")));
+        retimed.RootElement.GetProperty("rounds").GetInt32().Should().Be(15);
+        retimed.RootElement.GetProperty("machine").GetProperty("cpu_model").GetString().Should().NotBeNullOrEmpty();
+        var rows = retimed.RootElement.GetProperty("rows").EnumerateArray().ToArray();
+        rows.Select(r => r.GetProperty("method").GetString()).Should().Equal("gohsp", "somp-taylor", "somp-fisher");
+        for (int i = 0; i < rows.Length; i++)
+        {
+            rows[i].GetProperty("model").GetString().Should().Be(entries[i].GetProperty("model").GetString());
+            rows[i].GetProperty("reported_fraction").GetDouble().Should().Be(entries[i].GetProperty("latency_fraction").GetDouble(), "the report's own figure is carried over");
+            rows[i].GetProperty("retimed_fraction").GetDouble().Should().BeInRange(0.05, 0.99, "the pruned model timed against the dense one");
+        }
+        var (exit4, _, stderr4) = RunSample("--aggregate", outDir, "--results-md", page);
+        exit4.Should().Be(0, stderr4);
+        lines = File.ReadAllText(page).Split('\n');
+        lines.Should().Contain(l => l.StartsWith("Latency timed again (`--retime`)") && l.Contains("15 interleaved rounds of 3 forwards"));
+        lines.Should().Contain(l => l.StartsWith("| 0.6 | somp-taylor | 1 | "));
+        lines.Should().Contain(l => l.StartsWith("Timed again, ") && l.Contains(" of 3 models are within ±10% of their target"));
     }
 
     public static TheoryData<string, string[], string> BadInputs => new()
@@ -477,6 +500,9 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "teacher temperature 0", ["--teacher", "resnet18", "--teacher-temperature", "0"], "Option '--teacher-temperature': '0' is not a positive number." },
         { "distil unknown", ["--distil", "soft"], "Option '--distil': unknown value 'soft'. Known: off, fine-tune, every-stage." },
         { "distil with a teacher", ["--teacher", "resnet18", "--distil", "fine-tune"], "Option '--distil' distils from the dense model, and --teacher gives another teacher: choose one." },
+        { "retime missing", ["--retime", "{tmp}/nothing"], "Option '--retime': folder '{tmp}/nothing' does not exist." },
+        { "retime without reports", ["--retime", "{empty}"], "Option '--retime': no report.json under '{empty}'." },
+        { "retime with aggregate", ["--retime", "{empty}", "--aggregate", "{empty}"], "Option '--retime' times stored models and trains nothing; it does not combine with --aggregate." },
         { "baselines without aggregate", ["--baselines", "{empty}"], "Option '--baselines' applies to --aggregate only" },
         { "GOHSP flag without GOHSP", ["--method", "sgmp,somp", "--monotone-support"], "Option '--monotone-support' sets a GOHSP option, but --method sgmp,somp runs no GOHSP" },
     };
