@@ -159,11 +159,15 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
         {
             string zip = Path.Combine(dir, file);
             if (!File.Exists(zip)) throw new ArgumentException($"Option '--dense-from': '{zip}' does not exist.");
-            return ((IEnumerable<ITransformer>)ml.Model.Load(zip, out _)).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single();
+            return ViTOf(ml.Model.Load(zip, out _));
         }
         ui.Line($"Dense model and dense reference from {dir} (seed {seed}; not retrained).");
         return new StoredDense(Vit("dense.zip"), Vit(stored.Dense.Model), stored);
     }
+
+    /// <summary>The ViT of a saved sample model: its pipeline holds exactly one ViT prediction transformer.</summary>
+    internal static MulticlassPredictionTransformer<ViTModelParameters> ViTOf(ITransformer model) =>
+        ((IEnumerable<ITransformer>)model).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single();
 
     /// <summary>An earlier run's dense model, dense reference and report (<c>--dense-from</c>).</summary>
     private sealed record StoredDense(MulticlassPredictionTransformer<ViTModelParameters> Dense,
@@ -268,7 +272,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
     {
         var fresh = new MLContext(template.Seed);
         var loaded = fresh.Model.Load(zip, out _).UseBatchScoring(); // Model.Load rebuilds ML.NET's row-by-row scorer
-        var vit = ((IEnumerable<ITransformer>)loaded).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single().Model;
+        var vit = ViTOf(loaded).Model;
 
         var sw = Stopwatch.StartNew();
         var metrics = fresh.MulticlassClassification.Evaluate(loaded.Transform(testSet.ToDataView(fresh)));

@@ -185,7 +185,7 @@ internal static class Results
     {
         var rows = runs.SelectMany(r => r.Rows.Select(x => (r.Seed, Row: x))).ToArray();
         sb.AppendLine();
-        sb.AppendLine(Text.Invariant($"Latency timed again (`--retime`): every model pruned to a latency target against its run's dense model, {string.Join(", ", runs.Select(r => r.Rounds).Distinct())} interleaved rounds of {string.Join(", ", runs.Select(r => r.Forwards).Distinct())} forwards each (the run itself spends 7), on {string.Join("; ", runs.Select(r => r.Machine.ToString()).Distinct())}; within ±10% counts models whose ratio is within 10% of the target:"));
+        sb.AppendLine(Text.Invariant($"Latency timed again (`--retime`): every model pruned to a latency target against its run's dense model, {string.Join(", ", runs.Select(r => r.Rounds).Distinct())} interleaved rounds of {string.Join(", ", runs.Select(r => r.Forwards).Distinct())} forwards each (the run itself spends {Speed.LatencyRounds}), on {string.Join("; ", runs.Select(r => r.Machine.ToString()).Distinct())}; within ±10% counts models whose ratio is within 10% of the target:"));
         sb.AppendLine();
         sb.AppendLine("| target | method | n | reported | timed again | within ±10%: reported | within ±10%: timed again |");
         sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: |");

@@ -1,6 +1,5 @@
 using System.Text.Json;
 using Microsoft.ML;
-using Microsoft.ML.Data;
 using Microsoft.ML.Gohsp;
 using Microsoft.ML.Gohsp.Diagnostics;
 using Microsoft.ML.Gohsp.Platform;
@@ -10,14 +9,14 @@ namespace Cifar10Pruning;
 /// <summary>
 /// <c>--retime DIR</c>: trains nothing. For every run under DIR (a report.json beside its model zips), each model pruned to
 /// a latency target is timed again against the run's dense model (dense.zip) with <see cref="Rounds"/> interleaved rounds
-/// (<see cref="Speed.LatencyFraction"/>), where the comparison run spends 7. The shapes are the run's own: only the estimate of
+/// (<see cref="Speed.LatencyFraction"/>), where the comparison run spends <see cref="Speed.LatencyRounds"/>. The shapes are the run's own: only the estimate of
 /// their latency ratio gets tighter. The figures go to <see cref="FileName"/> beside the report.
 /// </summary>
 internal static class Retime
 {
-    /// <summary>Interleaved rounds per model (each 3 forwards of the dense model and 3 of the pruned one, batches of 64).</summary>
+    /// <summary>Interleaved rounds per model (each <see cref="Speed.LatencyForwards"/> forwards of the dense model and of the pruned one, batches of 64).</summary>
     public const int Rounds = 15;
-    public const int Forwards = 3;
+    /// <summary>The file written beside each report.json.</summary>
     public const string FileName = "retimed.json";
 
     /// <summary>One model's latency ratio as the run reported it, as its calibration timed its plan, and timed again.</summary>
@@ -50,13 +49,13 @@ internal static class Retime
             foreach (var e in timed)
             {
                 var pruned = Load(ml, Path.Combine(dir, e.Model));
-                double fraction = Speed.LatencyFraction(dense, pruned, Rounds, Forwards);
+                double fraction = Speed.LatencyFraction(dense, pruned, Rounds);
                 rows.Add(new Row(e.Method, e.TargetLatency!.Value, e.Model, e.LatencyFraction, e.CalibratedLatencyFraction, fraction));
                 ui.Line(Text.Invariant($"  seed {report.Config.Seed} {e.Method,-12} target {e.TargetLatency:F2}: reported {e.LatencyFraction:F3}, timed again {fraction:F3}"));
             }
             string path = Path.Combine(dir, FileName);
             var run = new RetimedRun(report.Config.Seed, report.Config.Arch,
-                DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'", System.Globalization.CultureInfo.InvariantCulture), machine, Rounds, Forwards, rows);
+                DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'", System.Globalization.CultureInfo.InvariantCulture), machine, Rounds, Speed.LatencyForwards, rows);
             Text.WriteAtomically(path, JsonSerializer.Serialize(run, SampleReport.Json));
             written.Add(path);
         }
@@ -72,6 +71,5 @@ internal static class Retime
     /// <summary>Whether <paramref name="fraction"/> lies within ±<paramref name="tolerance"/> (relative) of <paramref name="target"/>.</summary>
     public static bool Within(double fraction, double target, double tolerance = 0.10) => Math.Abs(fraction / target - 1) <= tolerance;
 
-    private static ViTModelParameters Load(MLContext ml, string zip) =>
-        ((IEnumerable<ITransformer>)ml.Model.Load(zip, out _)).OfType<MulticlassPredictionTransformer<ViTModelParameters>>().Single().Model;
+    private static ViTModelParameters Load(MLContext ml, string zip) => ComparisonRun.ViTOf(ml.Model.Load(zip, out _)).Model;
 }

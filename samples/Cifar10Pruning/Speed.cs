@@ -10,6 +10,10 @@ namespace Cifar10Pruning;
 internal static class Speed
 {
     public const int BatchSize = 64;
+    /// <summary>Interleaved rounds of the comparison run's <see cref="LatencyFraction"/>.</summary>
+    public const int LatencyRounds = 7;
+    /// <summary>Forwards of each model per round of <see cref="LatencyFraction"/>.</summary>
+    public const int LatencyForwards = 3;
 
     /// <summary>Raw-model batch inference over <paramref name="test"/> in batches of 64: images/s, median of <paramref name="passes"/> passes (each after a full GC).</summary>
     public static double BatchImagesPerSecond(ViTModelParameters vit, ImageTensorData test, int passes = 5)
@@ -78,7 +82,7 @@ internal static class Speed
     /// <see cref="BatchSize"/> random images without autograd, alternating within every round (<paramref name="forwards"/>
     /// of each per round, after a warm-up), so that load changes hit both alike; the median of the rounds' ratios.
     /// </summary>
-    public static double LatencyFraction(ViTModelParameters dense, ViTModelParameters pruned, int rounds = 7, int forwards = 3)
+    public static double LatencyFraction(ViTModelParameters dense, ViTModelParameters pruned, int rounds = LatencyRounds, int forwards = LatencyForwards)
     {
         var a = dense.Architecture;
         using var scope = NewDisposeScope();
