@@ -142,6 +142,43 @@ public class LatencyCalibrationTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// A one-shot control ranked by Taylor importance calibrates with that ranking, not with the magnitude of the weights:
+    /// its final shape is the plan the calibration timed. On a machine whose time is not proportional to the table's
+    /// estimate (heads cost extra here), a calibration planned by magnitude would time a different shape than the one cut.
+    /// </summary>
+    [Fact]
+    public void ATaylorRankedSompCalibratesWithItsOwnRanking()
+    {
+        var arch = ViTArchitecture.CifarMicro();
+        using var dense = new VisionTransformerModel(arch, seed: 3);
+        var table = HereTable(arch);
+        var train = GohspPrunerTests.Real(Cifar10Split.Train, 64);
+        int denseHeads = arch.Blocks.Sum(b => b.Heads);
+        double Ratio(ViTArchitecture pruned) =>
+            Math.Min(1, 1.1 * table.ModelMs(pruned) / table.ModelMs(arch) + 0.1 * pruned.Blocks.Sum(b => b.Heads) / denseHeads);
+        var timed = new List<ViTArchitecture>();
+        (double, double) Time(ViTArchitecture d, ViTArchitecture p, int b) { timed.Add(p); return (Ratio(p), table.ModelMs(arch)); }
+        var options = new SompOptions
+        {
+            TargetLatencyFraction = 0.5, LatencyTable = table, FineTune = BaselinePrunerTests.Stage(), Budget = new BudgetOptions { Granularity = 1 },
+            Importance = SompImportance.Taylor, CalibrationImages = 32,
+        };
+        var log = new List<string>();
+        var somp = new SompPruner(options).Run(new PruningContext(dense, train) { Log = log.Add, LatencyTimer = Time });
+        using var pruned = somp.Model;
+        var c = somp.Report.LatencyCalibration!;
+        c.Should().NotBeNull();
+        Ratio(pruned.Architecture).Should().Be(c.MeasuredRatio, "the shape cut is the shape the calibration timed");
+        timed.Should().Contain(a => a == pruned.Architecture);
+        // the premise: the magnitude ranking spends the same share of the table on another shape, which this machine times differently
+        var byMagnitude = PruningBudget.Resolve(options, arch).Allocate(arch, StructuredProjection.Magnitude(dense), 1 - c.TableLatencyFraction);
+        var magnitudeShape = byMagnitude.PrunedArchitecture(arch);
+        magnitudeShape.Should().NotBe(pruned.Architecture);
+        Ratio(magnitudeShape).Should().NotBe(c.MeasuredRatio);
+        output.WriteLine(string.Join("\n", log));
+    }
+
+    /// <summary>
     /// A run's report records its calibration and the log says it; GOHSP's later stages (as the staged estimators run them,
     /// with the earlier stage's report read back from JSON as a model zip stores it) spend that calibration without timing.
     /// </summary>
@@ -168,7 +205,7 @@ public class LatencyCalibrationTests(ITestOutputHelper output)
         c.TargetRatio.Should().Be(0.5);
         c.TableOnlyRatio.Should().BeGreaterThan(0.54, "the table alone misses on this machine (the test's premise)");
         c.MeasuredRatio.Should().BeApproximately(0.5, 0.015);
-        machine.Ratio(arch, somp.Model.Architecture).Should().Be(c.MeasuredRatio, "SOMP's plan is the calibrated plan: the same magnitude importance");
+        machine.Ratio(arch, somp.Model.Architecture).Should().Be(c.MeasuredRatio, "SOMP's plan is the calibrated plan: calibrated with its own ranking");
         somp.Report.EstimatedLatencyMs.Should().BeApproximately(c.TableLatencyFraction * somp.Report.DenseLatencyMs!.Value, 0.02 * somp.Report.DenseLatencyMs.Value);
         PruningReport.FromJson(somp.Report.ToJson()).LatencyCalibration.Should().Be(c);
         log.Should().ContainSingle(l => l.StartsWith("[somp] latency calibration:"));

@@ -104,8 +104,8 @@ public sealed class PruningBudget
     /// The budget a run spends (<see cref="PruningRun.Start"/>): <see cref="Resolve(PruningOptions, ViTArchitecture)"/> for
     /// <paramref name="model"/>'s architecture and, for a latency target with
     /// <see cref="PruningOptions.LatencyCalibrationIterations"/> above 0, calibrated by timing on this machine
-    /// (<see cref="LatencyBudget.Calibrate"/> with the magnitude importance of <paramref name="model"/>'s weights): the run
-    /// then removes the calibrated share of the table's latency. A later stage whose <paramref name="previous"/> report has
+    /// (<see cref="LatencyBudget.Calibrate"/> with <paramref name="importance"/>, by default the magnitude importance of
+    /// <paramref name="model"/>'s weights): the run then removes the calibrated share of the table's latency. A later stage whose <paramref name="previous"/> report has
     /// the same target on the same table spends that report's budget (its calibration, or the table's estimate) and times
     /// nothing. A table measured on another machine or thread count is spent as it is: timing here would not say how that
     /// machine runs the plan.
@@ -117,8 +117,13 @@ public sealed class PruningBudget
     /// Times a pruned architecture against the dense one at a batch size and returns (pruned / dense, dense ms); null uses
     /// <see cref="LatencyCalibration.TimeAgainstDense"/>. Tests pass a deterministic one.
     /// </param>
+    /// <param name="importance">
+    /// The importance the method allocates its plan by, when it knows it before any training (a one-shot method): the
+    /// calibration then times the plans the method itself would make. Null plans by the magnitude of the weights (a
+    /// gradual method's final importance exists only after its training).
+    /// </param>
     internal static PruningBudget Resolve(PruningOptions options, VisionTransformerModel model, PruningReport? previous,
-        Func<ViTArchitecture, ViTArchitecture, int, (double Ratio, double DenseMs)>? timer = null)
+        Func<ViTArchitecture, ViTArchitecture, int, (double Ratio, double DenseMs)>? timer = null, IReadOnlyList<BlockImportance>? importance = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         var arch = model.Architecture;
@@ -142,7 +147,7 @@ public sealed class PruningBudget
         LatencyCalibration calibration;
         try
         {
-            calibration = LatencyBudget.CalibrateWith(arch, MagnitudeImportance.Measure(model), table, options.TargetLatencyMs, options.TargetLatencyFraction,
+            calibration = LatencyBudget.CalibrateWith(arch, importance ?? MagnitudeImportance.Measure(model), table, options.TargetLatencyMs, options.TargetLatencyFraction,
                 options.Budget, iterations, CalibrationTolerance, pruned => timer(arch, pruned, table.Batch));
         }
         catch (ArgumentOutOfRangeException e) when (e.ParamName == "targetRatioOfDenseMs")

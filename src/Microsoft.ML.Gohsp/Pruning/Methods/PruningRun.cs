@@ -47,7 +47,12 @@ public sealed class PruningRun
     /// </summary>
     /// <param name="context">Model, data, sinks, cancellation; the previous stage's report and the teacher of a staged run.</param>
     /// <param name="method">The method: its name and options.</param>
-    public static PruningRun Start(PruningContext context, IPruningMethod method)
+    /// <param name="planImportance">
+    /// For a method that ranks the structures once, before any training (SOMP): computes that ranking after the checks,
+    /// so that a latency target is calibrated by timing the plans the method itself allocates (<see cref="PlanImportance"/>
+    /// keeps the result). Null calibrates with the magnitude of the weights.
+    /// </param>
+    public static PruningRun Start(PruningContext context, IPruningMethod method, Func<IReadOnlyList<BlockImportance>>? planImportance = null)
     {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(method);
@@ -59,8 +64,9 @@ public sealed class PruningRun
             throw new ArgumentException("The training data carries a teacher's probabilities and Distillation (the dense model as teacher) is on: " +
                 "the teacher's probabilities replace the dense-model teacher, so set Distillation = false, or train without them.", nameof(PruningOptions.Distillation));
         // the one place a run's budget is built: a latency target is calibrated here, before any training (or carried from the previous stage)
-        var budget = PruningBudget.Resolve(options, context.Model, context.Previous, context.LatencyTimer);
-        var run = new PruningRun(context, method, budget);
+        var importance = planImportance?.Invoke();
+        var budget = PruningBudget.Resolve(options, context.Model, context.Previous, context.LatencyTimer, importance);
+        var run = new PruningRun(context, method, budget) { PlanImportance = importance };
         if (budget.CalibrationNote is { } note) run.Log(note);
         if (budget.Latency is not null) run.Log(budget.Describe());
         if (context.Previous is not { } previous) run.Measure("dense", context.Model);
@@ -81,6 +87,8 @@ public sealed class PruningRun
     public ImageTensorData Train { get; }
     /// <summary>What the run's allocations spend: parameters, or the latency a table estimates.</summary>
     public PruningBudget Budget { get; }
+    /// <summary>The ranking <see cref="Start"/> computed for the plan and the latency calibration; null when none was given.</summary>
+    public IReadOnlyList<BlockImportance>? PlanImportance { get; private init; }
     /// <summary>The method's <see cref="IPruningMethod.Name"/>: report method, log prefix and training-stage prefix.</summary>
     public string Name { get; }
 

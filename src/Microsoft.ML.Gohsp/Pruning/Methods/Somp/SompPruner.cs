@@ -28,15 +28,16 @@ public sealed class SompPruner : IPruningMethod
     public PruningResult Run(PruningContext context)
     {
         PruningRun.RequireDense(context, "SOMP");
-        var run = PruningRun.Start(context, this);
         var dense = context.Model;
         var calibration = Options.Importance == SompImportance.Magnitude ? null : context.Train.Take(Options.CalibrationImages);
-        var importance = Options.Importance switch
+        // ranked before the budget is resolved, so that a latency target is calibrated with the plans this ranking gives
+        var run = PruningRun.Start(context, this, () => Options.Importance switch
         {
             SompImportance.Fisher => FisherImportance.OneShot(dense, calibration!, Options.FineTune),
             SompImportance.Taylor => TaylorImportance.Structures(dense, calibration!, Options.FineTune),
             _ => StructuredProjection.Magnitude(dense),
-        };
+        });
+        var importance = run.PlanImportance!;
         if (calibration is not null) run.Log($"ranked by the {Options.Importance} criterion on {calibration.Count} calibration images");
         var plan = run.Budget.Allocate(dense.Architecture, importance);
         run.Log($"kept heads per block {string.Join(" | ", plan.Blocks.Select(b => string.Join(",", b.Heads)))}");
