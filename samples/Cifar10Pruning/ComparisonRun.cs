@@ -238,7 +238,7 @@ internal sealed class ComparisonRun(SampleOptions options, ConsoleUi ui, ImageSe
     {
         var o = options.ApplyMethodFlags(variant.Method.CreateOptions());
         (o.Progress, o.ValidationSet, o.TeacherScoreColumnName) = (progress, validation, TeacherColumn);
-        PruningProtocol.ApplyEpochBudget(variant.Configure(budget.Apply(o)), options.PostEpochs, PostDenseRecipe(seed));
+        PruningProtocol.ApplyEpochBudget(variant.Configure(budget.Apply(o)), options.PostEpochs, PostDenseRecipe(seed), options.FirstStageEpochs);
         return (ml.Transforms.Prune(o, dense).Fit(prepared), variant.Method.DescribeTraining(o));
     }
 

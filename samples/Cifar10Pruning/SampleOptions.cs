@@ -67,6 +67,8 @@ internal sealed record SampleOptions
                                (0, 1]. Default 0.75
           --sgmp-frequency N   SGMP and sgmp-fisher: optimiser steps between pruning steps (0: automatic, at most 10
                                pruning steps). Default 0
+          --first-stage-epochs N   GOHSP and SGMP: epochs of --post-epochs before the cut (soft pruning, gradual
+                               pruning), from 1 to --post-epochs − 1; the rest fine-tunes. Default ⌊post-epochs / 2⌋
           --teacher NAME       distil the ViT (dense training and every pruning stage that trains) from a teacher's
                                scores: resnet18 = ML.NET's pretrained ResNet18 featurizer (224×224) + LbfgsMaximumEntropy,
                                fitted on the training images, which it scores once; report.json gets config.teacher
@@ -209,6 +211,9 @@ internal sealed record SampleOptions
     /// <summary>SGMP's pruning frequency in optimiser steps (<c>--sgmp-frequency</c>); null: the library's default.</summary>
     public int? SgmpFrequency { get; init; }
 
+    /// <summary>GOHSP's and SGMP's epochs before the cut (<c>--first-stage-epochs</c>); null: the protocol's ⌊post-epochs / 2⌋.</summary>
+    public int? FirstStageEpochs { get; init; }
+
     /// <summary>An earlier run's output folder whose dense model and dense reference this run starts from (<c>--dense-from</c>).</summary>
     public string? DenseFrom { get; init; }
 
@@ -251,7 +256,7 @@ internal sealed record SampleOptions
         ["data", "images", "test-fraction", "arch", "epochs", "post-epochs", "sparsity", "target-latency", "method", "method-assembly", "seed", "seeds", "out", "threads", "max-train", "max-test", "precision",
          "validation", "validation-seed", "results-md", "aggregate", "retime", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
          "projection-metric", "sgmp-metric", "teacher", "teacher-weight", "teacher-temperature", "teacher-folds", "teacher-cache",
-         "sgmp-ramp", "sgmp-frequency", "dense-from", "distil", "admm-pull"];
+         "sgmp-ramp", "sgmp-frequency", "dense-from", "distil", "admm-pull", "first-stage-epochs"];
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric", "admm-pull"];
     private static readonly string[] SgmpFlags = ["sgmp-ramp", "sgmp-frequency"];
@@ -325,6 +330,7 @@ internal sealed record SampleOptions
             Teacher = values.TryGetValue("teacher", out var teacher) ? ParseTeacher(teacher) : null,
             SgmpRamp = values.TryGetValue("sgmp-ramp", out var sgr) ? ParseRamp(sgr) : null,
             SgmpFrequency = values.ContainsKey("sgmp-frequency") ? Int(values, "sgmp-frequency", 0, min: 0) : null,
+            FirstStageEpochs = values.ContainsKey("first-stage-epochs") ? Int(values, "first-stage-epochs", 0, min: 1) : null,
             DenseFrom = values.GetValueOrDefault("dense-from"),
             Distil = values.TryGetValue("distil", out var di) ? ParseChoice(di, "distil", DistilNames) : DenseDistillation.Off,
             TeacherFolds = Int(values, "teacher-folds", 1, min: 1),
@@ -336,6 +342,8 @@ internal sealed record SampleOptions
         string methods = string.Join(",", o.Variants.Select(v => v.Name));
         if (o.Methods.Where(m => m.MinimumTrainingEpochs > o.PostEpochs).ToArray() is { Length: > 0 } tooFew)
             throw new ArgumentException($"Option '--post-epochs': {string.Join(" and ", tooFew.Select(m => m.Label))} need at least {tooFew.Max(m => m.MinimumTrainingEpochs)} epochs after the dense model (one per training stage), got {o.PostEpochs}.");
+        if (o.FirstStageEpochs is int fse && fse >= o.PostEpochs)
+            throw new ArgumentException($"Option '--first-stage-epochs': {fse} leaves none of the {o.PostEpochs} post-dense epochs (--post-epochs) for the fine-tuning after the cut; give 1 to {o.PostEpochs - 1}.");
         if (TeacherFlags.FirstOrDefault(values.ContainsKey) is string teacherFlag && o.Teacher is null)
             throw new ArgumentException($"Option '--{teacherFlag}' sets how the ViT distils from a teacher, but no --teacher is given.");
         if (o.Distil != DenseDistillation.Off && o.Teacher is not null)

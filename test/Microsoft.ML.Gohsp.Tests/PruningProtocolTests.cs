@@ -55,6 +55,24 @@ public class PruningProtocolTests
         o.FineTune.CheckpointFolder.Should().Be(Path.Combine("ckpt", "sgmp-fine-tune"));
     }
 
+    /// <summary>A longer first stage moves the boundary inside the one schedule; a one-stage method ignores it; a split that empties a stage is refused.</summary>
+    [Fact]
+    public void TheFirstStageCanTakeMoreOfTheEpochsOnTheSameSchedule()
+    {
+        var b = new ViTTrainingOptions { LearningRate = 3e-4, MinLearningRate = 1e-6, WarmupEpochs = 1 };
+        var g = PruningProtocol.ApplyEpochBudget(new GohspOptions { Sparsity = 0.5 }, 4, b, firstStageEpochs: 3);
+        (g.SoftPruning.Epochs, g.FineTune.Epochs).Should().Be((3, 1));
+        double boundary = PruningProtocol.BoundaryRate(b, 3, 4);
+        boundary.Should().BeLessThan(PruningProtocol.BoundaryRate(b, 2, 4), "three of four epochs reach further down the cosine");
+        (g.SoftPruning.MinLearningRate, g.FineTune.LearningRate).Should().Be((boundary, boundary));
+        var sgmp = PruningProtocol.ApplyEpochBudget(new SgmpOptions { Sparsity = 0.5 }, 4, b, firstStageEpochs: 1);
+        (sgmp.Gradual.Epochs, sgmp.FineTune.Epochs).Should().Be((1, 3));
+        PruningProtocol.ApplyEpochBudget(new SompOptions { Sparsity = 0.5 }, 4, b, firstStageEpochs: 3).FineTune.Epochs.Should().Be(4);
+        foreach (int bad in new[] { 0, 4, -1 })
+            FluentActions.Invoking(() => PruningProtocol.ApplyEpochBudget(new GohspOptions { Sparsity = 0.5 }, 4, b, bad))
+                .Should().Throw<ArgumentOutOfRangeException>().Where(e => e.ParamName == "firstStageEpochs").WithMessage("*between 1 and 3*");
+    }
+
     [Fact]
     public void TooFewEpochsOrABadSparsityAreRejected()
     {

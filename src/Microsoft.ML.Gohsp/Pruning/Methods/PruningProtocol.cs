@@ -58,10 +58,19 @@ public static class PruningProtocol
     /// <summary>
     /// Sets the training stages of existing <paramref name="options"/> (for example an ML.NET estimator's
     /// <c>Options</c>) to the protocol's split of <paramref name="totalEpochs"/>; other options are left as they are. A
-    /// method with one training stage gets all of them; a method with two gets ⌊E/2⌋ before the cut and the rest after it.
+    /// method with one training stage gets all of them; a method with two gets ⌊E/2⌋ before the cut (or
+    /// <paramref name="firstStageEpochs"/>) and the rest after it.
     /// </summary>
+    /// <param name="options">The method's options.</param>
+    /// <param name="totalEpochs">Training epochs after the dense model.</param>
+    /// <param name="baseOptions">As for <see cref="ForEpochBudget"/>.</param>
+    /// <param name="firstStageEpochs">
+    /// For a method with two training stages: the epochs before the cut (soft pruning, gradual pruning), from 1 to
+    /// <paramref name="totalEpochs"/> − 1; null: ⌊E/2⌋. The learning-rate schedule over all E epochs is the same; only the
+    /// boundary moves. A method with one stage ignores it.
+    /// </param>
     /// <returns><paramref name="options"/>, validated.</returns>
-    public static TOptions ApplyEpochBudget<TOptions>(TOptions options, int totalEpochs, ViTTrainingOptions? baseOptions = null)
+    public static TOptions ApplyEpochBudget<TOptions>(TOptions options, int totalEpochs, ViTTrainingOptions? baseOptions = null, int? firstStageEpochs = null)
         where TOptions : PruningOptions
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -78,7 +87,10 @@ public static class PruningProtocol
             stages[0].Options = Stage(b, totalEpochs, StageFolder(name, stages[0]));
         else
         {
-            int first = totalEpochs / 2;
+            if (firstStageEpochs is int f && (f < 1 || f > totalEpochs - 1))
+                throw new ArgumentOutOfRangeException(nameof(firstStageEpochs), f,
+                    $"firstStageEpochs must leave each of {name}'s two training stages at least one of the {totalEpochs} epochs: between 1 and {totalEpochs - 1}.");
+            int first = firstStageEpochs ?? totalEpochs / 2;
             // the learning rate the one schedule over all E epochs reaches at the stage boundary
             double boundary = BoundaryRate(b, first, totalEpochs);
             stages[0].Options = FirstStage(b, first, totalEpochs, boundary, StageFolder(name, stages[0]));
