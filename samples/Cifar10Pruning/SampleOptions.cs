@@ -69,6 +69,8 @@ internal sealed record SampleOptions
                                pruning steps). Default 0
           --first-stage-epochs N   GOHSP and SGMP: epochs of --post-epochs before the cut (soft pruning, gradual
                                pruning), from 1 to --post-epochs − 1; the rest fine-tunes. Default ⌊post-epochs / 2⌋
+          --carry-moments      GOHSP and SGMP: the fine-tuning after the cut starts from AdamW's moments and step
+                               counts at the end of the stage before it, sliced as the weights are, instead of afresh
           --teacher NAME       distil the ViT (dense training and every pruning stage that trains) from a teacher's
                                scores: resnet18 = ML.NET's pretrained ResNet18 featurizer (224×224) + LbfgsMaximumEntropy,
                                fitted on the training images, which it scores once; report.json gets config.teacher
@@ -155,6 +157,7 @@ internal sealed record SampleOptions
     {
         options.Distillation = Distil != DenseDistillation.Off;
         options.DistillEveryStage = Distil == DenseDistillation.EveryStage;
+        options.CarryOptimizerMoments = CarryMoments;
         return options switch
         {
             GohspOptions g => ApplyGohspFlags(g),
@@ -211,6 +214,9 @@ internal sealed record SampleOptions
     /// <summary>SGMP's pruning frequency in optimiser steps (<c>--sgmp-frequency</c>); null: the library's default.</summary>
     public int? SgmpFrequency { get; init; }
 
+    /// <summary>Carry AdamW's state across the cut (<c>--carry-moments</c>, <see cref="PruningOptions.CarryOptimizerMoments"/>).</summary>
+    public bool CarryMoments { get; init; }
+
     /// <summary>GOHSP's and SGMP's epochs before the cut (<c>--first-stage-epochs</c>); null: the protocol's ⌊post-epochs / 2⌋.</summary>
     public int? FirstStageEpochs { get; init; }
 
@@ -257,7 +263,7 @@ internal sealed record SampleOptions
          "validation", "validation-seed", "results-md", "aggregate", "retime", "baselines", "head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support",
          "projection-metric", "sgmp-metric", "teacher", "teacher-weight", "teacher-temperature", "teacher-folds", "teacher-cache",
          "sgmp-ramp", "sgmp-frequency", "dense-from", "distil", "admm-pull", "first-stage-epochs"];
-    private static readonly string[] SwitchFlags = ["plain", "no-speed", "help"];
+    private static readonly string[] SwitchFlags = ["plain", "no-speed", "help", "carry-moments"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric", "admm-pull"];
     private static readonly string[] SgmpFlags = ["sgmp-ramp", "sgmp-frequency"];
     private static readonly string[] TeacherFlags = ["teacher-weight", "teacher-temperature", "teacher-folds", "teacher-cache"];
@@ -319,6 +325,7 @@ internal sealed record SampleOptions
             Baselines = values.GetValueOrDefault("baselines"),
             Plain = switches.Contains("plain"),
             NoSpeed = switches.Contains("no-speed"),
+            CarryMoments = switches.Contains("carry-moments"),
             Help = switches.Contains("help"),
             HeadGraphWeight = values.TryGetValue("head-graph-weight", out var hg) ? ParseNumber(hg, "head-graph-weight", 0, double.PositiveInfinity) : null,
             HeadGraphScoring = values.TryGetValue("head-graph-scoring", out var hs) ? ParseChoice(hs, "head-graph-scoring", HeadGraphScoringNames) : null,

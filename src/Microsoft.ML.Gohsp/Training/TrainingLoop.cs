@@ -38,6 +38,18 @@ public sealed partial class TrainingLoop
     /// <summary>Optional hook (soft pruning, masking, distillation…).</summary>
     public ITrainingHook? Hook { get; set; }
 
+    /// <summary>
+    /// AdamW's state to start from instead of zero moments (the state of an earlier stage, sliced by the surgery); null starts
+    /// fresh. A run that resumes from a checkpoint takes the checkpoint's state instead.
+    /// </summary>
+    internal OptimizerMoments? InitialMoments { get; init; }
+
+    /// <summary>Whether <see cref="Train"/> keeps AdamW's final state in <see cref="FinalMoments"/>.</summary>
+    internal bool CaptureMoments { get; init; }
+
+    /// <summary>AdamW's state after the last <see cref="Train"/> call with <see cref="CaptureMoments"/>; the caller owns it.</summary>
+    internal OptimizerMoments? FinalMoments { get; private set; }
+
     /// <summary>Per-epoch history of the last <see cref="Train"/> call (including epochs restored from a checkpoint).</summary>
     public IReadOnlyList<EpochRecord> History => _history;
 
@@ -85,11 +97,13 @@ public sealed partial class TrainingLoop
         using var optimizer = CreateOptimizer(model, o);
         string fingerprint = $"{_stage}|{arch}|{train.Count}|{DataFingerprint(train)}|{o.Fingerprint()}"
             + (train.TeacherProbabilities is null ? "" : "|" + o.TeacherFingerprint())
-            + (Hook is null ? "" : "|hook " + Hook.Fingerprint);
+            + (Hook is null ? "" : "|hook " + Hook.Fingerprint)
+            + (InitialMoments is null ? "" : "|carried optimiser moments");
         var run = new Run(model, optimizer, train, validation, device, stepsPerEpoch, (long)stepsPerEpoch * o.Epochs, cancellationToken);
 
         DeleteStaleCheckpointTemporaries();
         StartEpoch = TryResume(model, optimizer, fingerprint, o);
+        if (StartEpoch == 0) InitialMoments?.LoadInto(model, optimizer);
         Hook?.OnTrainingStart(model, StartEpoch, stepsPerEpoch);
 
         var previousPrecision = model.Precision;
@@ -102,6 +116,7 @@ public sealed partial class TrainingLoop
                 cancellationToken.ThrowIfCancellationRequested();
                 FinishEpoch(run, epoch, figures, fingerprint);
             }
+            if (CaptureMoments) FinalMoments = OptimizerMoments.Capture(model, optimizer);
         }
         finally
         {

@@ -57,10 +57,17 @@ public sealed class PruningContext
     /// </summary>
     internal Func<ViTArchitecture, ViTArchitecture, int, (double Ratio, double DenseMs)>? LatencyTimer { get; init; }
 
+    /// <summary>
+    /// AdamW's state at the end of the previous stage of the same run (<see cref="PruningOptions.CarryOptimizerMoments"/>),
+    /// for the fine-tuning after the cut; owned by the caller. Null starts the fine-tuning fresh.
+    /// </summary>
+    internal OptimizerMoments? Moments { get; init; }
+
     /// <summary>The same data, sinks and cancellation for the next stage of a staged run.</summary>
-    internal PruningContext With(VisionTransformerModel model, PruningReport? previous, VisionTransformerModel? teacher) =>
+    internal PruningContext With(VisionTransformerModel model, PruningReport? previous, VisionTransformerModel? teacher, OptimizerMoments? moments = null) =>
         new(model, Train, Validation)
         {
             Log = Log, Progress = Progress, CancellationToken = CancellationToken, Previous = previous, Teacher = teacher, LatencyTimer = LatencyTimer,
+            Moments = moments,
         };
 }

@@ -122,6 +122,14 @@ public abstract partial class PruningOptions
     /// </summary>
     public bool DistillEveryStage { get; set; }
 
+    /// <summary>
+    /// Carry AdamW's state across the surgery: the fine-tuning starts from the step counts and moments the stage before the
+    /// cut (GOHSP's soft pruning, SGMP's gradual stage) ended with, sliced as the weights are, instead of from zero moments.
+    /// Within one run (<c>GohspPrune</c>, <c>SgmpPrune</c>, <see cref="PruningProtocol.Run"/>); a stage run on its own starts
+    /// fresh. A method without a stage before the cut (SOMP) ignores it. Default false.
+    /// </summary>
+    public bool CarryOptimizerMoments { get; set; }
+
     /// <summary>Distillation temperature T, positive. Default 4.</summary>
     public double DistillationTemperature { get; set; } = 4;
 

@@ -16,6 +16,7 @@ public sealed class PruningRun
     private readonly PruningContext _context;
     private readonly PruningOptions _options;
     private readonly Dictionary<string, double> _accuracy = new();
+    private OptimizerMoments? _moments;
     private readonly Dictionary<string, double> _nll = new();
     private string? _lastStage;
 
@@ -110,14 +111,37 @@ public sealed class PruningRun
     /// Trains <paramref name="model"/> in place on the training data (stage name "<see cref="Name"/>-<paramref name="stage"/>"),
     /// distilling from <see cref="Teacher"/> as well when <see cref="PruningOptions.DistillEveryStage"/> is on.
     /// </summary>
+    /// <remarks>
+    /// With <see cref="PruningOptions.CarryOptimizerMoments"/> the run keeps AdamW's state at the end of the stage, and
+    /// <see cref="Finish"/> starts the fine-tuning from it, sliced by the surgery.
+    /// </remarks>
     public void TrainStage(VisionTransformerModel model, ViTTrainingOptions options, string stage, ITrainingHook? hook = null)
-        => RunStage(model, options, stage, hook, _options.Distillation && _options.DistillEveryStage);
+    {
+        var moments = RunStage(model, options, stage, hook, _options.Distillation && _options.DistillEveryStage, null, _options.CarryOptimizerMoments);
+        if (moments is null) return;
+        _moments?.Dispose();
+        _moments = moments;
+    }
 
-    private void RunStage(VisionTransformerModel model, ViTTrainingOptions options, string stage, ITrainingHook? hook, bool distil)
+    private OptimizerMoments? RunStage(VisionTransformerModel model, ViTTrainingOptions options, string stage, ITrainingHook? hook, bool distil,
+        OptimizerMoments? initial, bool capture)
     {
         var kd = distil ? new Distillation(Teacher, _options.DistillationTemperature, _options.DistillationWeight) : null;
-        new TrainingLoop(options, $"{Name}-{stage}", _context.Log, _context.Progress) { Hook = CombinedTrainingHook.Of(hook, kd) }
-            .Train(model, Train, null, _context.CancellationToken);
+        var loop = new TrainingLoop(options, $"{Name}-{stage}", _context.Log, _context.Progress)
+        { Hook = CombinedTrainingHook.Of(hook, kd), InitialMoments = initial, CaptureMoments = capture };
+        loop.Train(model, Train, null, _context.CancellationToken);
+        return loop.FinalMoments;
+    }
+
+    /// <summary>
+    /// Hands AdamW's state at the end of the last <see cref="TrainStage"/> to the caller (to carry it to the next stage of a
+    /// staged run, <see cref="PruningContext.Moments"/>); null without <see cref="PruningOptions.CarryOptimizerMoments"/>.
+    /// </summary>
+    internal OptimizerMoments? DetachMoments()
+    {
+        var moments = _moments;
+        _moments = null;
+        return moments;
     }
 
     /// <summary>
@@ -134,7 +158,13 @@ public sealed class PruningRun
         {
             string? preCut = _lastStage;
             Measure(PruningReport.HardPrunedStage, pruned);
-            RunStage(pruned, _options.FineTune, "fine-tune", null, _options.Distillation);
+            // AdamW's state before the cut (this run's stage, or the previous stage's of a staged run), cut as the weights are
+            var before = _moments ?? (_options.CarryOptimizerMoments ? _context.Moments : null);
+            using (var carried = before is null ? null : HardPruning.SliceMoments(before, model.Architecture, plan))
+            {
+                if (carried is not null) Log($"fine-tuning starts from the optimiser's moments of the {preCut} stage (step {carried.Entries.Values.Max(e => e.Step)})");
+                RunStage(pruned, _options.FineTune, "fine-tune", null, _options.Distillation, carried, capture: false);
+            }
             pruned.to(CPU);
             Measure("fine-tuned", pruned);
             var report = Report(PruningReport.FinalStage, pruned.Architecture, plan, details) with { PreCutStage = preCut };
@@ -149,6 +179,11 @@ public sealed class PruningRun
         {
             pruned.Dispose();
             throw;
+        }
+        finally
+        {
+            _moments?.Dispose();
+            _moments = null;
         }
     }
 

@@ -48,8 +48,9 @@ public sealed class GohspPruner : IPruningMethod
         {
             // stage 2 trains the stage-1 copy in place (no third copy of the weights), so its teacher is the dense model
             var teacher = context.Teacher ?? context.Model;
-            var soft = SoftPruneCore(context.With(masked.Model, masked.Report, teacher), inPlace: true);
-            return HardPruneAndFineTune(context.With(soft.Model, soft.Report, teacher));
+            var (soft, moments) = SoftPruneCore(context.With(masked.Model, masked.Report, teacher), inPlace: true);
+            using (moments)
+                return HardPruneAndFineTune(context.With(soft.Model, soft.Report, teacher, moments));
         }
         finally
         {
@@ -142,9 +143,15 @@ public sealed class GohspPruner : IPruningMethod
     /// <see cref="PruningContext.Previous"/> (for the head scores and accuracies; null when there is none). Stage 2 reads
     /// Sparsity, SoftPruning, Admm and Budget of the options.
     /// </param>
-    public PruningResult SoftPrune(PruningContext context) => SoftPruneCore(context, inPlace: false);
+    public PruningResult SoftPrune(PruningContext context)
+    {
+        var (result, moments) = SoftPruneCore(context, inPlace: false);
+        moments?.Dispose();
+        return result;
+    }
 
-    private PruningResult SoftPruneCore(PruningContext context, bool inPlace)
+    // stage 2, and AdamW's final state when the options carry it to the fine-tuning (the caller owns it)
+    private (PruningResult, OptimizerMoments?) SoftPruneCore(PruningContext context, bool inPlace)
     {
         var run = PruningRun.Start(context, this);
         var (model, previous, options) = (context.Model, context.Previous, Options);
@@ -170,10 +177,11 @@ public sealed class GohspPruner : IPruningMethod
                 CutPlan = cut,
                 CutPlanOverlap = overlap,
             };
-            return new PruningResult(soft, run.Report(SoftPrunedStage, soft.Architecture, cut, details));
+            return (new PruningResult(soft, run.Report(SoftPrunedStage, soft.Architecture, cut, details)), run.DetachMoments());
         }
         catch
         {
+            run.DetachMoments()?.Dispose();
             if (!inPlace) soft.Dispose();
             throw;
         }
