@@ -83,7 +83,7 @@ internal sealed record SampleOptions
                                images reads them instead of fitting again. off: always fit, store nothing. Default
                                ~/.local/share/Microsoft.ML.Gohsp/teacher (%LOCALAPPDATA% on Windows)
           --teacher-weight A   with --teacher: α of α·T²·KL(teacher ‖ student) + (1 − α)·CE(label), in [0, 1]. Default 0.5
-          --teacher-temperature T   with --teacher: the temperature T of both distributions, > 0. Default 4
+          --teacher-temperature T   with --teacher: the temperature T of both distributions, > 0. Default 1
           --distil D           distil every pruning method from the dense model: fine-tune (its fine-tuning) or
                                every-stage (also GOHSP's soft pruning and SGMP's gradual stage), with the library's α
                                and T; off: none. Not with --teacher. Default off

@@ -95,9 +95,9 @@ public class ViTTrainingOptions
     /// <summary>
     /// Temperature T of a teacher's soft targets (<see cref="TeacherWeight"/>), a positive finite number: teacher and student
     /// distributions are softened to softmax(log p / T) and softmax(logits / T). Ignored without teacher probabilities.
-    /// Default 4.
+    /// Default 1: the teacher's own probabilities (docs/results.md, "Distillation from a teacher's scores").
     /// </summary>
-    public double TeacherTemperature { get; set; } = 4;
+    public double TeacherTemperature { get; set; } = 1;
 
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first invalid option.</summary>
     public virtual void Validate(int channels)
