@@ -266,6 +266,7 @@ internal sealed record SampleOptions
     private static readonly string[] SwitchFlags = ["plain", "no-speed", "help", "carry-moments"];
     private static readonly string[] GohspFlags = ["head-graph-weight", "head-graph-scoring", "sparsity-ramp", "monotone-support", "projection-metric", "admm-pull"];
     private static readonly string[] SgmpFlags = ["sgmp-ramp", "sgmp-frequency"];
+    private static readonly string[] BeforeCutFlags = ["first-stage-epochs", "carry-moments"];
     private static readonly string[] TeacherFlags = ["teacher-weight", "teacher-temperature", "teacher-folds", "teacher-cache"];
 
     /// <summary>Parses the flags; every problem is an <see cref="ArgumentException"/> with a one-line message naming the flag.</summary>
@@ -362,6 +363,8 @@ internal sealed record SampleOptions
             throw new ArgumentException($"Option '--{gohspFlag}' sets a GOHSP option, but --method {methods} runs no GOHSP.");
         if (SgmpFlags.FirstOrDefault(values.ContainsKey) is string sgmpFlag && !o.Methods.Contains(PruningMethods.Sgmp))
             throw new ArgumentException($"Option '--{sgmpFlag}' sets an SGMP option, but --method {methods} runs no SGMP.");
+        if (BeforeCutFlags.FirstOrDefault(f => values.ContainsKey(f) || switches.Contains(f)) is string cutFlag && o.Methods.All(m => m.MinimumTrainingEpochs < 2))
+            throw new ArgumentException($"Option '--{cutFlag}' sets the training stage before the cut, but --method {methods} runs no method with one (GOHSP, SGMP).");
         if (o.DenseFrom is { } denseFrom)
         {
             if (o.Aggregate is not null) throw new ArgumentException("Option '--dense-from' trains; --aggregate trains nothing.");

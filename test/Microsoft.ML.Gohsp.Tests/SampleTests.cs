@@ -490,6 +490,8 @@ public class SampleTests(SampleRunFixture run, ITestOutputHelper output) : IClas
         { "unknown teacher", ["--teacher", "resnet50"], "Option '--teacher': unknown teacher 'resnet50'. Known: resnet18." },
         { "first stage takes every epoch", ["--method", "gohsp", "--post-epochs", "4", "--first-stage-epochs", "4"], "Option '--first-stage-epochs': 4 leaves none of the 4 post-dense epochs (--post-epochs) for the fine-tuning after the cut; give 1 to 3." },
         { "first stage of no epochs", ["--first-stage-epochs", "0"], "Option '--first-stage-epochs' expects an integer ≥ 1, got '0'." },
+        { "first stage without a stage before the cut", ["--method", "somp,somp-fisher", "--post-epochs", "4", "--first-stage-epochs", "3"], "Option '--first-stage-epochs' sets the training stage before the cut, but --method somp,somp-fisher runs no method with one (GOHSP, SGMP)." },
+        { "carried moments without a stage before the cut", ["--method", "somp-taylor", "--carry-moments"], "Option '--carry-moments' sets the training stage before the cut, but --method somp-taylor runs no method with one (GOHSP, SGMP)." },
         { "SGMP ramp 0", ["--method", "sgmp", "--sgmp-ramp", "0"], "Option '--sgmp-ramp': '0' is not a fraction in (0, 1]." },
         { "SGMP frequency without SGMP", ["--method", "gohsp,somp", "--sgmp-frequency", "4"], "Option '--sgmp-frequency' sets an SGMP option, but --method gohsp,somp runs no SGMP." },
         { "dense-from missing", ["--dense-from", "{tmp}/nothing"], "Option '--dense-from': folder '{tmp}/nothing' does not exist." },

@@ -16,8 +16,8 @@ public sealed class PruningRun
     private readonly PruningContext _context;
     private readonly PruningOptions _options;
     private readonly Dictionary<string, double> _accuracy = new();
-    private OptimizerMoments? _moments;
     private readonly Dictionary<string, double> _nll = new();
+    private OptimizerMoments? _moments;
     private string? _lastStage;
 
     private PruningRun(PruningContext context, IPruningMethod method, PruningBudget budget)
@@ -159,7 +159,7 @@ public sealed class PruningRun
             string? preCut = _lastStage;
             Measure(PruningReport.HardPrunedStage, pruned);
             // AdamW's state before the cut (this run's stage, or the previous stage's of a staged run), cut as the weights are
-            var before = _moments ?? (_options.CarryOptimizerMoments ? _context.Moments : null);
+            var before = _moments ?? _context.Moments;
             using (var carried = before is null ? null : HardPruning.SliceMoments(before, model.Architecture, plan))
             {
                 if (carried is not null) Log($"fine-tuning starts from the optimiser's moments of the {preCut} stage (step {carried.Entries.Values.Max(e => e.Step)})");
